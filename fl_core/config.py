@@ -1,0 +1,372 @@
+"""Typed configuration: ``params.yaml`` loaded into frozen dataclasses.
+
+``params.yaml`` is the single source of truth, one section per stage. :func:`load_params`
+reads it and :func:`from_dict` validates every key *before any work starts*: an unknown key,
+a wrong type or a value outside its allowed set raises :class:`ConfigError` naming the dotted
+key and the allowed values. Library functions take these dataclasses (or plain typed
+arguments) and never read files themselves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+DatasetName = Literal["digits", "mnist5k", "synthetic", "file"]
+PartitionScheme = Literal["iid", "dirichlet", "shards", "quantity", "natural"]
+ModelName = Literal["logreg", "mlp", "cnn"]
+StrategyName = Literal["fedavg"]
+ServerOptimizerName = Literal["sgd", "adam"]
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is wrong; the message names the key and what is allowed."""
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """FedProx Synthetic(alpha, beta) generator settings (Li et al., MLSys 2020)."""
+
+    alpha: float = 1.0
+    beta: float = 1.0
+    num_clients: int = 30
+    num_features: int = 60
+    num_classes: int = 10
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """``data`` section, read by the ``prepare`` stage."""
+
+    dataset: DatasetName = "mnist5k"
+    path: str | None = None
+    label_column: str = "label"
+    client_column: str | None = None
+    test_fraction: float = 0.2
+    seed: int = 42
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass(frozen=True)
+class PartitionConfig:
+    """``partition`` section, read by the ``partition`` stage."""
+
+    scheme: PartitionScheme = "dirichlet"
+    num_clients: int = 20
+    alpha: float = 0.5
+    classes_per_client: int = 2
+    sigma: float = 1.0
+    min_samples: int = 10
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """``validation`` section, read by the ``validate`` stage."""
+
+    min_samples_per_client: int = 10
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """``model`` section: which lightweight model and its size."""
+
+    name: ModelName = "mlp"
+    hidden: tuple[int, ...] = (200,)
+    channels: tuple[int, ...] = (8, 16)
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """``client`` section: local training on each client."""
+
+    local_epochs: int = 2
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    prox_mu: float = 0.0
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """``server`` section: aggregation rule and server optimizer (FedAvg / FedAvgM / FedAdam)."""
+
+    strategy: StrategyName = "fedavg"
+    optimizer: ServerOptimizerName = "sgd"
+    lr: float = 1.0
+    momentum: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.99
+    tau: float = 1e-3
+    max_update_norm: float = 1e4
+
+
+@dataclass(frozen=True)
+class CampaignConfig:
+    """``campaign`` section: rounds, cohort and stopping rules."""
+
+    name: str = "mnist5k-mlp"
+    rounds: int = 30
+    clients_per_round: int = 10
+    fraction: float | None = None
+    target_accuracy: float | None = None
+    plateau_patience: int | None = None
+    plateau_min_delta: float = 0.001
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """``evaluate`` section: the centralized baseline trained for comparison."""
+
+    baseline_epochs: int = 20
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """``tracking`` section: MLflow experiment and registered model name."""
+
+    experiment: str = "federated"
+    registered_model: str = "fl-mnist5k-mlp"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole ``params.yaml``."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    campaign: CampaignConfig = field(default_factory=CampaignConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able nested dict (tuples become lists)."""
+        return _to_plain(dataclasses.asdict(self))
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys -> values, for logging as MLflow params."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, obj: dict[str, Any]) -> None:
+            for key, value in obj.items():
+                name = f"{prefix}.{key}" if prefix else key
+                if isinstance(value, dict):
+                    walk(name, value)
+                else:
+                    out[name] = value
+
+        walk("", self.to_dict())
+        return out
+
+
+def _to_plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+# Bounds checked after typing: key -> (predicate, description of allowed values).
+_RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
+    "data.test_fraction": (lambda v: 0.0 < v < 1.0, "a number in (0, 1)"),
+    "data.synthetic.alpha": (lambda v: v >= 0, "a number >= 0"),
+    "data.synthetic.beta": (lambda v: v >= 0, "a number >= 0"),
+    "data.synthetic.num_clients": (lambda v: v >= 1, "an integer >= 1"),
+    "data.synthetic.num_features": (lambda v: v >= 1, "an integer >= 1"),
+    "data.synthetic.num_classes": (lambda v: v >= 2, "an integer >= 2"),
+    "partition.num_clients": (lambda v: v >= 1, "an integer >= 1"),
+    "partition.alpha": (lambda v: v > 0, "a number > 0"),
+    "partition.classes_per_client": (lambda v: v >= 1, "an integer >= 1"),
+    "partition.sigma": (lambda v: v >= 0, "a number >= 0"),
+    "partition.min_samples": (lambda v: v >= 1, "an integer >= 1"),
+    "validation.min_samples_per_client": (lambda v: v >= 1, "an integer >= 1"),
+    "model.hidden": (lambda v: all(h >= 1 for h in v), "a list of integers >= 1"),
+    "model.channels": (lambda v: len(v) >= 1 and all(c >= 1 for c in v), "integers >= 1"),
+    "client.local_epochs": (lambda v: v >= 1, "an integer >= 1"),
+    "client.batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "client.lr": (lambda v: v > 0, "a number > 0"),
+    "client.momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "client.weight_decay": (lambda v: v >= 0, "a number >= 0"),
+    "client.prox_mu": (lambda v: v >= 0, "a number >= 0"),
+    "server.lr": (lambda v: v > 0, "a number > 0"),
+    "server.momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "server.beta1": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "server.beta2": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "server.tau": (lambda v: v > 0, "a number > 0"),
+    "server.max_update_norm": (lambda v: v > 0, "a number > 0"),
+    "campaign.rounds": (lambda v: v >= 1, "an integer >= 1"),
+    "campaign.clients_per_round": (lambda v: v >= 1, "an integer >= 1"),
+    "campaign.fraction": (lambda v: v is None or 0 < v <= 1, "null or a number in (0, 1]"),
+    "campaign.target_accuracy": (lambda v: v is None or 0 < v <= 1, "null or a number in (0, 1]"),
+    "campaign.plateau_patience": (lambda v: v is None or v >= 1, "null or an integer >= 1"),
+    "campaign.plateau_min_delta": (lambda v: v >= 0, "a number >= 0"),
+    "evaluate.baseline_epochs": (lambda v: v >= 1, "an integer >= 1"),
+}
+
+
+def _describe(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(_describe(a) for a in get_args(tp))
+    if origin is tuple:
+        return f"a list of {_describe(get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(
+        tp, str(tp)
+    )
+
+
+def _coerce(key: str, tp: Any, value: Any) -> Any:
+    """Check ``value`` against the annotation ``tp``; return the typed value."""
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return _build(key, typing.cast(type, tp), value)
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ConfigError(f"{key}: {value!r} is not allowed; allowed values: {_describe(tp)}")
+        return value
+    if origin in (types.UnionType, typing.Union):
+        errors = []
+        for arg in get_args(tp):
+            try:
+                return _coerce(key, arg, value)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise ConfigError(f"{key}: expected {_describe(tp)}, got {value!r}")
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected {_describe(tp)}, got {value!r}")
+        inner = get_args(tp)[0]
+        return tuple(_coerce(f"{key}[{i}]", inner, v) for i, v in enumerate(value))
+    if tp is type(None):
+        if value is not None:
+            raise ConfigError(f"{key}: expected null, got {value!r}")
+        return None
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{key}: expected a non-empty string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover - programming error
+
+
+def _build(prefix: str, cls: type, raw: dict[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            where = f"{prefix}.{key}" if prefix else key
+            raise ConfigError(f"{where}: unknown key; allowed keys: {', '.join(names)}")
+    kwargs: dict[str, Any] = {}
+    for name in names:
+        if name in raw:
+            dotted = f"{prefix}.{name}" if prefix else name
+            value = _coerce(dotted, hints[name], raw[name])
+            rule = _RULES.get(dotted)
+            if rule is not None and not rule[0](value):
+                raise ConfigError(f"{dotted}: {value!r} is not allowed; allowed values: {rule[1]}")
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _check_cross(cfg: Config) -> None:
+    if cfg.data.dataset == "file" and not cfg.data.path:
+        raise ConfigError("data.path: required when data.dataset is 'file'")
+    if cfg.partition.scheme == "natural" and cfg.data.dataset not in ("synthetic", "file"):
+        raise ConfigError(
+            "partition.scheme: 'natural' needs a dataset with natural clients; allowed "
+            "with data.dataset 'synthetic' or 'file' (with data.client_column)"
+        )
+    if (
+        cfg.partition.scheme == "natural"
+        and cfg.data.dataset == "file"
+        and not (cfg.data.client_column)
+    ):
+        raise ConfigError("data.client_column: required when partition.scheme is 'natural'")
+    if cfg.model.name == "cnn" and cfg.data.dataset not in ("digits", "mnist5k"):
+        raise ConfigError(
+            "model.name: 'cnn' needs image data; allowed with data.dataset 'digits' or 'mnist5k'"
+        )
+    if (
+        cfg.partition.scheme != "natural"
+        and cfg.campaign.fraction is None
+        and (cfg.campaign.clients_per_round > cfg.partition.num_clients)
+    ):
+        raise ConfigError(
+            f"campaign.clients_per_round: {cfg.campaign.clients_per_round} is more than "
+            f"partition.num_clients ({cfg.partition.num_clients}); allowed values: 1.."
+            f"{cfg.partition.num_clients}"
+        )
+
+
+def from_dict(raw: dict[str, Any] | None) -> Config:
+    """Validate a nested mapping (as in ``params.yaml``) into a :class:`Config`.
+
+    Raises
+    ------
+    ConfigError
+        Naming the dotted key and the allowed keys or values.
+    """
+    cfg = typing.cast(Config, _build("", Config, raw or {}))
+    _check_cross(cfg)
+    return cfg
+
+
+def load_params(path: str | Path = "params.yaml") -> Config:
+    """Read and validate ``params.yaml``."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return from_dict(raw)
+
+
+def with_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
+    """Return ``cfg`` with dotted-key overrides applied and validated.
+
+    Example: ``with_overrides(cfg, {"campaign.rounds": 5})``.
+    """
+    raw = cfg.to_dict()
+    for dotted, value in overrides.items():
+        node = raw
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            if part not in node or not isinstance(node[part], dict):
+                raise ConfigError(f"{dotted}: unknown key")
+            node = node[part]
+        node[parts[-1]] = value
+    return from_dict(raw)

@@ -1,0 +1,246 @@
+"""Lightweight models for CPU edge devices, and their flat-vector parameter layout.
+
+Parameters travel and aggregate as one flat ``float32`` vector plus a :class:`Layout`
+(names and shapes, in ``state_dict`` order). Torch is used for training, evaluation and
+export only; aggregation math works on the flat vectors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Names and shapes of a model's parameters, in flat-vector order."""
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return tuple(math.prod(s) for s in self.shapes)
+
+    @property
+    def num_params(self) -> int:
+        return sum(self.sizes)
+
+    def to_json(self) -> list[list[Any]]:
+        return [[n, list(s)] for n, s in zip(self.names, self.shapes, strict=True)]
+
+    @classmethod
+    def from_json(cls, raw: Any) -> Layout:
+        """Parse a layout from untrusted JSON; raises ``ValueError`` on anything malformed."""
+        if not isinstance(raw, list) or not raw:
+            raise ValueError("layout must be a non-empty list of [name, shape]")
+        names: list[str] = []
+        shapes: list[tuple[int, ...]] = []
+        for item in raw:
+            if (
+                not isinstance(item, list)
+                or len(item) != 2
+                or not isinstance(item[0], str)
+                or not isinstance(item[1], list)
+                or not all(
+                    isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in item[1]
+                )
+            ):
+                raise ValueError(f"layout entry {item!r} is not [name, [non-negative ints]]")
+            names.append(item[0])
+            shapes.append(tuple(item[1]))
+        return cls(tuple(names), tuple(shapes))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a model: name, data shape and size hyperparameters."""
+
+    name: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    hidden: tuple[int, ...] = (200,)
+    channels: tuple[int, ...] = (8, 16)
+
+    @property
+    def num_features(self) -> int:
+        return math.prod(self.input_shape)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "input_shape": list(self.input_shape),
+            "num_classes": self.num_classes,
+            "hidden": list(self.hidden),
+            "channels": list(self.channels),
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> ModelSpec:
+        return cls(
+            name=str(raw["name"]),
+            input_shape=tuple(int(v) for v in raw["input_shape"]),
+            num_classes=int(raw["num_classes"]),
+            hidden=tuple(int(v) for v in raw.get("hidden", (200,))),
+            channels=tuple(int(v) for v in raw.get("channels", (8, 16))),
+        )
+
+
+def _logreg(spec: ModelSpec) -> nn.Module:
+    from torch import nn
+
+    return nn.Sequential(nn.Flatten(), nn.Linear(spec.num_features, spec.num_classes))
+
+
+def _mlp(spec: ModelSpec) -> nn.Module:
+    from torch import nn
+
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = spec.num_features
+    for h in spec.hidden:
+        layers += [nn.Linear(width, h), nn.ReLU()]
+        width = h
+    layers.append(nn.Linear(width, spec.num_classes))
+    return nn.Sequential(*layers)
+
+
+def _cnn(spec: ModelSpec) -> nn.Module:
+    """A small LeNet-style CNN: conv-relu-pool blocks then a linear head."""
+    from torch import nn
+
+    if len(spec.input_shape) != 3:
+        raise ValueError(f"cnn needs image input (C, H, W), got input_shape={spec.input_shape}")
+    c, h, w = spec.input_shape
+    layers: list[nn.Module] = [nn.Unflatten(1, (c, h, w))]
+    for out in spec.channels:
+        layers += [nn.Conv2d(c, out, kernel_size=3, padding=1), nn.ReLU()]
+        if h >= 4 and w >= 4:
+            layers.append(nn.MaxPool2d(2))
+            h, w = h // 2, w // 2
+        c = out
+    layers += [nn.Flatten(), nn.Linear(c * h * w, spec.num_classes)]
+    return nn.Sequential(*layers)
+
+
+MODELS: dict[str, Callable[[ModelSpec], nn.Module]] = {
+    "logreg": _logreg,
+    "mlp": _mlp,
+    "cnn": _cnn,
+}
+
+
+def build_model(spec: ModelSpec) -> nn.Module:
+    """Instantiate the model named by ``spec`` (input is a flat ``(batch, features)`` tensor)."""
+    try:
+        factory = MODELS[spec.name]
+    except KeyError:
+        raise ValueError(
+            f"model name {spec.name!r} is unknown; allowed values: {', '.join(MODELS)}"
+        ) from None
+    return factory(spec)
+
+
+def layout_of(model: nn.Module) -> Layout:
+    state = model.state_dict()
+    return Layout(tuple(state), tuple(tuple(t.shape) for t in state.values()))
+
+
+def get_flat(model: nn.Module) -> np.ndarray:
+    """Concatenate the model's ``state_dict`` into one float32 vector (a copy)."""
+    parts = [
+        t.detach().cpu().reshape(-1).to(dtype=_f32()).numpy() for t in model.state_dict().values()
+    ]
+    return np.concatenate(parts).astype(np.float32, copy=False)
+
+
+def set_flat(model: nn.Module, vector: np.ndarray, layout: Layout | None = None) -> None:
+    """Load a flat vector into the model; the vector's length must match its layout."""
+    import torch
+
+    layout = layout or layout_of(model)
+    if layout != layout_of(model):
+        raise ValueError("layout does not match the model's parameters")
+    if vector.ndim != 1 or vector.size != layout.num_params:
+        raise ValueError(f"vector has {vector.size} values, layout needs {layout.num_params}")
+    state = {}
+    offset = 0
+    for name, shape, size in zip(layout.names, layout.shapes, layout.sizes, strict=True):
+        chunk = np.asarray(vector[offset : offset + size], dtype=np.float32).reshape(shape)
+        state[name] = torch.from_numpy(chunk.copy())
+        offset += size
+    model.load_state_dict(state)
+
+
+def split_flat(vector: np.ndarray, layout: Layout) -> dict[str, np.ndarray]:
+    """Split a flat vector into named arrays (views) following ``layout``."""
+    if vector.size != layout.num_params:
+        raise ValueError(f"vector has {vector.size} values, layout needs {layout.num_params}")
+    out = {}
+    offset = 0
+    for name, shape, size in zip(layout.names, layout.shapes, layout.sizes, strict=True):
+        out[name] = vector[offset : offset + size].reshape(shape)
+        offset += size
+    return out
+
+
+def concat_flat(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    return np.concatenate([np.asarray(a, dtype=np.float32).reshape(-1) for a in arrays])
+
+
+def init_vector(spec: ModelSpec, *, seed: int) -> tuple[np.ndarray, Layout]:
+    """Deterministic initial parameters for ``spec`` from ``seed``."""
+    import torch
+
+    gen_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model = build_model(spec)
+    finally:
+        torch.random.set_rng_state(gen_state)
+    return get_flat(model), layout_of(model)
+
+
+def vector_sha256(vector: np.ndarray) -> str:
+    """Content hash of a parameter vector (the model hash used for determinism checks)."""
+    return hashlib.sha256(np.ascontiguousarray(vector, dtype=np.float32).tobytes()).hexdigest()
+
+
+def model_size(spec: ModelSpec) -> dict[str, int]:
+    """Parameter count and fp32 size in bytes."""
+    _, layout = init_vector(spec, seed=0)
+    return {"num_params": layout.num_params, "size_bytes": 4 * layout.num_params}
+
+
+def _f32() -> Any:
+    import torch
+
+    return torch.float32
+
+
+def predict_logits(
+    spec: ModelSpec, vector: np.ndarray, x: np.ndarray, *, batch_size: int = 1024
+) -> np.ndarray:
+    """Forward pass of the model given by (spec, vector) on ``x`` (n, features) -> logits."""
+    import torch
+
+    model = build_model(spec)
+    set_flat(model, vector)
+    model.eval()
+    outs = []
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            xb = torch.from_numpy(
+                np.ascontiguousarray(x[start : start + batch_size], dtype=np.float32)
+            )
+            outs.append(model(xb).numpy())
+    if not outs:
+        return np.zeros((0, spec.num_classes), dtype=np.float32)
+    return np.concatenate(outs)
