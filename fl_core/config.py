@@ -86,10 +86,10 @@ class ModelConfig:
 class ClientConfig:
     """``client`` section: local training on each client."""
 
-    local_epochs: int = 2
-    batch_size: int = 32
+    local_epochs: int = 3
+    batch_size: int = 16
     lr: float = 0.05
-    momentum: float = 0.0
+    momentum: float = 0.9
     weight_decay: float = 0.0
     prox_mu: float = 0.0
 
@@ -101,7 +101,7 @@ class ServerConfig:
     strategy: StrategyName = "fedavg"
     optimizer: ServerOptimizerName = "sgd"
     lr: float = 1.0
-    momentum: float = 0.0
+    momentum: float = 0.7
     beta1: float = 0.9
     beta2: float = 0.99
     tau: float = 1e-3

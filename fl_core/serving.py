@@ -31,6 +31,10 @@ class FederatedClassifier(PythonModel):
     def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> Any:
         import torch
 
+        if isinstance(model_input, dict):  # a named tensor input arrives as {name: array}
+            if len(model_input) != 1:
+                raise ValueError(f"expected one input tensor, got {sorted(model_input)}")
+            (model_input,) = model_input.values()
         x = np.asarray(model_input, dtype=np.float32).reshape(-1, self.spec.num_features)
         with torch.no_grad():
             logits = self.model(torch.from_numpy(x))
