@@ -28,7 +28,8 @@ class FederatedClassifier(PythonModel):
         set_flat(self.model, vector)
         self.model.eval()
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> Any:
+    # No type hints on predict: MLflow would read them as a schema (the signature is explicit).
+    def predict(self, context, model_input, params=None):
         import torch
 
         if isinstance(model_input, dict):  # a named tensor input arrives as {name: array}
