@@ -626,4 +626,5 @@ def deploy(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
     x_test, y_test = _table(Path(rec["test"]["file"]))
     out = tr.promote_if_better(tracking, store.get_json(final_key), x_test=x_test, y_test=y_test)
     store.put_json(key, out)
+    tr.end_run(tracking)
     return out
