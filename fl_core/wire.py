@@ -4,69 +4,102 @@ Layout of a message::
 
     b"FLW1" | uint32 big-endian header length | header (UTF-8 JSON) | payload
 
-The header names the campaign, round, base model version, client, codec, parameter layout,
-``num_examples``, payload length and the payload's sha256. :func:`decode` checks every one
-of these against the bytes and raises :class:`WireError` with a reason on anything wrong
-(truncated, oversized, corrupt, mismatched layout), so a bad message is rejected and the
-round goes on with the others.
+The header names the format version, kind (``update`` or ``model``), campaign, round, base
+model version, client, codec, parameter layout, ``num_examples``, client metrics,
+``delta_from`` (for a model sent as a delta, else null), the payload length and the
+payload's sha256. :func:`decode` checks every one of these against the bytes and raises
+:class:`WireError` with a reason on anything wrong (truncated, oversized, corrupt,
+mismatched layout or codec, malformed payload), so a bad message is rejected and the round
+goes on with the others.
 
-Codecs here: ``dense_fp32`` (lossless) and ``fp16``. Quantized and sparse codecs plug into
-:data:`CODECS` with the same ``encode(vector) -> bytes`` / ``decode(bytes, n) -> vector``.
+The payload is produced by the codec named in the header (:func:`fl_core.codec.parse_codec`:
+``dense_fp32``, ``fp16``, ``q8``/``q4``/``q2``, ``topk:<f>``, ``topk:<f>+fp16|q8|q4|q2``).
+Sparse payloads can be read without densifying (:func:`decode_sparse`). Byte accounting is
+``len(message)``: header and framing included (:func:`encoded_size`, :func:`message_sizes`).
+
+Versions: writers emit ``format_version`` 2 (which added ``delta_from`` and the quantized
+and sparse codecs); readers also accept version 1 messages (no ``delta_from``).
+
+Downlink deltas: :func:`encode_model_for_client` sends the new global model either whole or
+as ``model - known_model`` (header ``delta_from`` = the client's last known version),
+whichever is smaller; :func:`decode_model_for_client` adds the delta back.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import struct
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 
+from fl_core.codec import (
+    Codec,
+    DenseFp32,
+    ErrorFeedback,
+    Fp16,
+    StochasticQuantizer,
+    WireError,
+    parse_codec,
+)
+from fl_core.codec.base import as_vector
 from fl_core.models import Layout
 
+logger = logging.getLogger(__name__)
+
 MAGIC = b"FLW1"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MAX_HEADER_BYTES = 1 << 20
 DEFAULT_MAX_MESSAGE_BYTES = 256 << 20
+MAX_PARAMS = 1 << 28
+"""Largest layout accepted (1 GiB as float32); bounds what a sparse payload can expand to."""
 KINDS = ("update", "model")
 
+CODECS: Mapping[str, Codec] = MappingProxyType(
+    {
+        "dense_fp32": DenseFp32(),
+        "fp16": Fp16(),
+        "q8": StochasticQuantizer(bits=8),
+        "q4": StochasticQuantizer(bits=4),
+        "q2": StochasticQuantizer(bits=2),
+    }
+)
+"""The codecs with fixed names; parametric ones (``topk:...``) come from ``parse_codec``."""
 
-class WireError(ValueError):
-    """A message that cannot be accepted; ``str(exc)`` is the rejection reason."""
-
-
-def _enc_fp32(v: np.ndarray) -> bytes:
-    return np.ascontiguousarray(v, dtype="<f4").tobytes()
-
-
-def _dec_fp32(data: bytes, n: int) -> np.ndarray:
-    if len(data) != 4 * n:
-        raise WireError(f"dense_fp32 payload has {len(data)} bytes, layout needs {4 * n}")
-    return np.frombuffer(data, dtype="<f4").astype(np.float32)
-
-
-def _enc_fp16(v: np.ndarray) -> bytes:
-    return np.ascontiguousarray(v, dtype="<f2").tobytes()
-
-
-def _dec_fp16(data: bytes, n: int) -> np.ndarray:
-    if len(data) != 2 * n:
-        raise WireError(f"fp16 payload has {len(data)} bytes, layout needs {2 * n}")
-    return np.frombuffer(data, dtype="<f2").astype(np.float32)
-
-
-CODECS: dict[str, tuple[Callable[[np.ndarray], bytes], Callable[[bytes, int], np.ndarray]]] = {
-    "dense_fp32": (_enc_fp32, _dec_fp32),
-    "fp16": (_enc_fp16, _dec_fp16),
-}
+__all__ = [
+    "CODECS",
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "FORMAT_VERSION",
+    "KINDS",
+    "MAGIC",
+    "MAX_PARAMS",
+    "Header",
+    "WireError",
+    "decode",
+    "decode_model_for_client",
+    "decode_sparse",
+    "default_rng",
+    "encode",
+    "encode_model_for_client",
+    "encoded_size",
+    "message_sizes",
+    "read_header",
+]
 
 
 @dataclass(frozen=True)
 class Header:
-    """Metadata that travels with every update or model."""
+    """Metadata that travels with every update or model.
+
+    ``delta_from`` is set only on a model message whose payload is the difference to the
+    model of that version (see :func:`encode_model_for_client`).
+    """
 
     kind: str
     campaign: str
@@ -77,6 +110,7 @@ class Header:
     layout: Layout
     num_examples: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
+    delta_from: int | None = None
 
     def to_json(self, *, payload: bytes) -> dict[str, Any]:
         return {
@@ -90,22 +124,101 @@ class Header:
             "layout": self.layout.to_json(),
             "num_examples": self.num_examples,
             "metrics": self.metrics,
+            "delta_from": self.delta_from,
             "payload_bytes": len(payload),
             "sha256": hashlib.sha256(payload).hexdigest(),
         }
 
 
-def encode(header: Header, vector: np.ndarray) -> bytes:
-    """Serialise ``vector`` with ``header``; the codec is ``header.codec``."""
+# --------------------------------------------------------------------------- encoding
+
+
+def default_rng(header: Header) -> np.random.Generator:
+    """The generator a stochastic codec uses when :func:`encode` is given none.
+
+    Derived from the header's campaign, round, base version, client, kind, codec and
+    ``delta_from`` (never the wall clock), so re-encoding the same message on a retry
+    gives the same bytes.
+    """
+    material = json.dumps(
+        [
+            header.campaign,
+            header.round,
+            header.base_version,
+            header.client,
+            header.kind,
+            header.codec,
+            header.delta_from,
+        ]
+    )
+    seed = int.from_bytes(hashlib.sha256(material.encode()).digest()[:8], "big")
+    return np.random.default_rng(seed)
+
+
+def encode(
+    header: Header,
+    vector: np.ndarray,
+    *,
+    rng: np.random.Generator | None = None,
+    feedback: ErrorFeedback | None = None,
+) -> bytes:
+    """Serialise ``vector`` with ``header``; the codec is ``header.codec``.
+
+    Parameters
+    ----------
+    header
+        The message's metadata; ``header.layout.num_params`` must equal ``vector.size``.
+    vector
+        The flat update or model (converted to float32).
+    rng
+        For stochastic codecs; defaults to :func:`default_rng` of the header.
+    feedback
+        A client's :class:`~fl_core.codec.ErrorFeedback`: the payload then encodes
+        ``vector + residual`` and the residual is updated to what the codec lost.
+
+    Raises ``ValueError`` naming the argument on a bad header or vector.
+    """
     if header.kind not in KINDS:
         raise ValueError(f"kind: {header.kind!r} is not allowed; allowed values: {KINDS}")
-    if header.codec not in CODECS:
-        raise ValueError(f"codec: {header.codec!r} is unknown; allowed values: {list(CODECS)}")
-    if vector.ndim != 1 or vector.size != header.layout.num_params:
+    codec = parse_codec(header.codec)
+    if header.delta_from is not None and (header.kind != "model" or header.delta_from < 0):
+        raise ValueError("delta_from: only a model message may be a delta, from a version >= 0")
+    n = header.layout.num_params
+    if n > MAX_PARAMS:
+        raise ValueError(f"layout of {n} parameters exceeds MAX_PARAMS={MAX_PARAMS}")
+    vector = np.asarray(vector)
+    if vector.ndim != 1 or vector.size != n:
         raise ValueError(f"vector of {vector.size} values does not fit the header's layout")
-    payload = CODECS[header.codec][0](vector)
+    if rng is None and codec.stochastic:
+        rng = default_rng(header)
+    if feedback is not None:
+        payload, _ = feedback.compress(vector, codec, rng=rng)
+    else:
+        payload = codec.encode(vector, rng=rng)
     head = json.dumps(header.to_json(payload=payload), sort_keys=True).encode()
     return MAGIC + struct.pack(">I", len(head)) + head + payload
+
+
+def encoded_size(data: bytes) -> int:
+    """Bytes a message costs on the wire: exactly ``len(data)``, header and framing included."""
+    return len(data)
+
+
+def message_sizes(data: bytes) -> dict[str, int]:
+    """``header_bytes`` (magic, length and JSON), ``payload_bytes`` and ``total_bytes``."""
+    if len(data) < 8 or data[:4] != MAGIC:
+        raise WireError("not a FLW1 message (bad magic)")
+    (head_len,) = struct.unpack(">I", data[4:8])
+    if 8 + head_len > len(data):
+        raise WireError("truncated or oversized header")
+    return {
+        "header_bytes": 8 + head_len,
+        "payload_bytes": len(data) - 8 - head_len,
+        "total_bytes": len(data),
+    }
+
+
+# --------------------------------------------------------------------------- decoding
 
 
 def _field(raw: dict[str, Any], name: str, tp: type | tuple[type, ...]) -> Any:
@@ -115,13 +228,21 @@ def _field(raw: dict[str, Any], name: str, tp: type | tuple[type, ...]) -> Any:
     return value
 
 
-def decode(
+def _count(raw: dict[str, Any], name: str) -> int:
+    value: int = _field(raw, name, int)
+    if value < 0:
+        raise WireError(f"header field {name!r} must be >= 0, got {value}")
+    return value
+
+
+def _parse(
     data: bytes,
     *,
-    expected_layout: Layout | None = None,
-    max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-) -> tuple[Header, np.ndarray]:
-    """Parse and verify a message; raises :class:`WireError` with the reason if it is bad."""
+    expected_layout: Layout | None,
+    expected_codec: str | None,
+    max_bytes: int,
+) -> tuple[Header, Codec, bytes]:
+    """Verify framing, header and checksum; returns the header, its codec and the payload."""
     if len(data) > max_bytes:
         raise WireError(f"message of {len(data)} bytes exceeds the limit of {max_bytes}")
     if len(data) < 8 or data[:4] != MAGIC:
@@ -131,12 +252,13 @@ def decode(
         raise WireError("truncated or oversized header")
     try:
         raw = json.loads(data[8 : 8 + head_len].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise WireError(f"header is not valid JSON: {exc}") from None
     if not isinstance(raw, dict):
         raise WireError("header is not a JSON object")
-    if raw.get("format_version") != FORMAT_VERSION:
-        raise WireError(f"unsupported format_version {raw.get('format_version')!r}")
+    version = raw.get("format_version")
+    if isinstance(version, bool) or version not in READABLE_VERSIONS:
+        raise WireError(f"unsupported format_version {version!r}; readable: {READABLE_VERSIONS}")
     payload = data[8 + head_len :]
     if len(payload) != _field(raw, "payload_bytes", int):
         raise WireError(
@@ -150,27 +272,212 @@ def decode(
         raise WireError(f"bad layout: {exc}") from None
     if expected_layout is not None and layout != expected_layout:
         raise WireError("layout does not match the global model's layout")
+    if layout.num_params > MAX_PARAMS:
+        raise WireError(f"layout of {layout.num_params} parameters exceeds {MAX_PARAMS}")
     kind = _field(raw, "kind", str)
     if kind not in KINDS:
         raise WireError(f"unknown kind {kind!r}")
-    codec = _field(raw, "codec", str)
-    if codec not in CODECS:
-        raise WireError(f"unknown codec {codec!r}")
+    codec_name = _field(raw, "codec", str)
+    try:
+        codec = parse_codec(codec_name)
+    except ValueError:
+        raise WireError(f"unknown codec {codec_name[:64]!r}") from None
+    if expected_codec is not None and codec.name != parse_codec(expected_codec).name:
+        raise WireError(f"codec {codec.name!r} is not the expected {expected_codec!r}")
     metrics = raw.get("metrics", {})
     if not isinstance(metrics, dict) or not all(
-        isinstance(k, str) and isinstance(v, int | float) for k, v in metrics.items()
+        isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)
+        for k, v in metrics.items()
     ):
         raise WireError("header field 'metrics' must map names to numbers")
+    delta_from = raw.get("delta_from")
+    if delta_from is not None:
+        delta_from = _count(raw, "delta_from")
+        if kind != "model":
+            raise WireError("an update cannot carry delta_from (only a model may be a delta)")
     header = Header(
         kind=kind,
         campaign=_field(raw, "campaign", str),
-        round=_field(raw, "round", int),
-        base_version=_field(raw, "base_version", int),
+        round=_count(raw, "round"),
+        base_version=_count(raw, "base_version"),
         client=_field(raw, "client", str),
-        codec=codec,
+        codec=codec_name,
         layout=layout,
-        num_examples=_field(raw, "num_examples", int),
+        num_examples=_count(raw, "num_examples"),
         metrics={k: float(v) for k, v in metrics.items()},
+        delta_from=delta_from,
     )
-    vector = CODECS[codec][1](payload, layout.num_params)
+    return header, codec, payload
+
+
+def _payload_error(codec: Codec, exc: ValueError) -> WireError:
+    if isinstance(exc, WireError):
+        return exc
+    return WireError(f"malformed {codec.name} payload: {exc}")
+
+
+def read_header(
+    data: bytes,
+    *,
+    expected_layout: Layout | None = None,
+    expected_codec: str | None = None,
+    max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+) -> Header:
+    """The verified header (framing, fields and checksum checked), without decoding the
+    payload; e.g. to pick :func:`decode` or :func:`decode_sparse` from ``header.codec``."""
+    header, _, _ = _parse(
+        data, expected_layout=expected_layout, expected_codec=expected_codec, max_bytes=max_bytes
+    )
+    return header
+
+
+def decode(
+    data: bytes,
+    *,
+    expected_layout: Layout | None = None,
+    expected_codec: str | None = None,
+    max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+) -> tuple[Header, np.ndarray]:
+    """Parse and verify a message into its header and dense float32 vector.
+
+    Raises :class:`WireError` with the reason if anything is wrong; ``expected_layout`` and
+    ``expected_codec`` (compared by canonical name) reject messages that do not match.
+    For a model with ``delta_from`` set the vector is the delta; see
+    :func:`decode_model_for_client`.
+    """
+    header, codec, payload = _parse(
+        data, expected_layout=expected_layout, expected_codec=expected_codec, max_bytes=max_bytes
+    )
+    try:
+        vector = codec.decode(payload, header.layout.num_params)
+    except ValueError as exc:
+        raise _payload_error(codec, exc) from None
     return header, vector
+
+
+def decode_sparse(
+    data: bytes,
+    *,
+    expected_layout: Layout | None = None,
+    expected_codec: str | None = None,
+    max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+) -> tuple[Header, np.ndarray, np.ndarray]:
+    """Parse and verify a sparse (``topk:...``) message without densifying it.
+
+    Returns the header, the int64 indices (strictly increasing, in ``[0, num_params)``) and
+    the float32 values. A message with a dense codec raises :class:`WireError`.
+    """
+    header, codec, payload = _parse(
+        data, expected_layout=expected_layout, expected_codec=expected_codec, max_bytes=max_bytes
+    )
+    if not codec.sparse:
+        raise WireError(f"codec {codec.name!r} is dense; decode_sparse needs a sparse codec")
+    try:
+        sparse = codec.decode_sparse(payload, header.layout.num_params)
+    except ValueError as exc:
+        raise _payload_error(codec, exc) from None
+    if sparse is None:  # not reached: codec.sparse promises a sparse decoding
+        raise WireError(f"codec {codec.name!r} gave no sparse decoding")
+    return header, sparse[0], sparse[1]
+
+
+# --------------------------------------------------------------------------- downlink
+
+
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    return bool(np.array_equal(a.view(np.uint32), b.view(np.uint32)))
+
+
+def encode_model_for_client(
+    header: Header,
+    model: np.ndarray,
+    *,
+    known_version: int | None = None,
+    known_model: np.ndarray | None = None,
+    delta_codec: str | None = None,
+    rng: np.random.Generator | None = None,
+) -> bytes:
+    """The global model for one client: whole, or as a delta from the version it holds.
+
+    Parameters
+    ----------
+    header
+        A ``kind="model"`` header without ``delta_from``; ``header.codec`` encodes the
+        whole model.
+    model
+        The new global model vector.
+    known_version, known_model
+        The client's last known model version and that model's vector (both or neither).
+    delta_codec
+        Codec of the delta candidate; defaults to ``header.codec``. A sparse codec such as
+        ``topk:0.1`` pays off when few parameters changed (e.g. after sparse rounds).
+    rng
+        For stochastic codecs; defaults to :func:`default_rng` of each candidate's header.
+
+    Returns
+    -------
+    bytes
+        The delta message (header ``delta_from=known_version``, payload
+        ``model - known_model``) if its payload is strictly smaller than the whole model's
+        (the headers differ by a few bytes only, which must not decide) and,
+        when ``header.codec`` is lossless, ``known_model + decoded delta`` reproduces
+        ``model`` bit for bit (so a lossless downlink stays lossless; float32 subtraction
+        is not always reversible). Otherwise the whole-model message. With a lossy delta
+        codec the client ends up with an approximation of ``model``; a server that wants to
+        mirror it can call :func:`decode_model_for_client` on the returned bytes.
+    """
+    if header.kind != "model":
+        raise ValueError(f"header: kind must be 'model', got {header.kind!r}")
+    if header.delta_from is not None:
+        raise ValueError("header: delta_from must be None; pass known_version instead")
+    if (known_version is None) != (known_model is None):
+        raise ValueError("known_version and known_model must be given together")
+    full = encode(header, model, rng=rng)
+    if known_version is None or known_model is None:
+        return full
+    target = as_vector(model, name="model")
+    base = as_vector(known_model, name="known_model")
+    if base.shape != target.shape:
+        raise ValueError(f"known_model has {base.size} values, model has {target.size}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        delta = target - base
+    if not np.isfinite(delta).all():
+        return full
+    delta_header = replace(header, codec=delta_codec or header.codec, delta_from=known_version)
+    candidate = encode(delta_header, delta, rng=rng)
+    if message_sizes(candidate)["payload_bytes"] >= message_sizes(full)["payload_bytes"]:
+        return full
+    if parse_codec(header.codec).lossless:
+        _, sent = decode(candidate, max_bytes=len(candidate))
+        if not _same_bits(base + sent, target):
+            logger.debug("delta for version %d is not exact; sending the whole model", header.round)
+            return full
+    return candidate
+
+
+def decode_model_for_client(
+    data: bytes,
+    *,
+    known_version: int | None = None,
+    known_model: np.ndarray | None = None,
+    expected_layout: Layout | None = None,
+    max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+) -> tuple[Header, np.ndarray]:
+    """Decode a model message from :func:`encode_model_for_client` into the full model.
+
+    A delta message needs the model of version ``header.delta_from`` as ``known_model``
+    (with ``known_version``); otherwise :class:`WireError` says which version it needs.
+    """
+    header, vector = decode(data, expected_layout=expected_layout, max_bytes=max_bytes)
+    if header.kind != "model":
+        raise WireError(f"kind is {header.kind!r}, expected 'model'")
+    if header.delta_from is None:
+        return header, vector
+    if known_model is None or known_version != header.delta_from:
+        raise WireError(
+            f"model is a delta from version {header.delta_from}, the client holds {known_version}"
+        )
+    base = as_vector(known_model, name="known_model")
+    if base.shape != vector.shape:
+        raise WireError(f"delta has {vector.size} values, the known model has {base.size}")
+    return header, base + vector

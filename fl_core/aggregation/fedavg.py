@@ -1,5 +1,5 @@
 """Weighted FedAvg (McMahan et al., "Communication-Efficient Learning of Deep Networks from
-Decentralized Data", AISTATS 2017), streaming over updates."""
+Decentralized Data", AISTATS 2017), streaming over updates, dense or sparse."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ from fl_core.aggregation.base import Aggregator
 class FedAvg(Aggregator):
     """Mean of updates weighted by ``weight`` (num_examples), accumulated in float64.
 
-    Holds one running sum of size ``dim``, whatever the cohort size.
+    Holds one running sum of size ``dim``, whatever the cohort size. Sparse updates (e.g.
+    top-k, Stich et al., NeurIPS 2018) go through :meth:`add_sparse`, which touches only
+    their ``k`` entries: an absent entry is a zero, so this equals adding the densified
+    update, without building it.
     """
 
     def __init__(self, dim: int) -> None:
@@ -20,6 +23,47 @@ class FedAvg(Aggregator):
 
     def _add(self, update: np.ndarray, weight: float) -> None:
         self._sum += weight * np.asarray(update, dtype=np.float64)
+
+    def add_sparse(self, indices: np.ndarray, values: np.ndarray, *, weight: float) -> None:
+        """Add one client's sparse update ``{indices[i]: values[i]}`` with its weight.
+
+        Parameters
+        ----------
+        indices
+            1-D integer array of distinct positions in ``[0, dim)``, any order.
+        values
+            1-D array of the same length (accumulated in float64).
+        weight
+            Aggregation weight (e.g. num_examples), positive and finite.
+
+        Counts like :meth:`add` (``count``, ``total_weight``). Raises ``ValueError`` naming
+        the argument on out-of-range or duplicate indices, mismatched lengths or a bad
+        weight, before changing any state.
+        """
+        idx = np.asarray(indices)
+        vals = np.asarray(values)
+        if idx.ndim != 1 or vals.shape != idx.shape:
+            raise ValueError(
+                f"indices and values must be 1-D, same length: {idx.shape}, {vals.shape}"
+            )
+        if idx.size and not np.issubdtype(idx.dtype, np.integer):
+            raise ValueError(f"indices must be integers, got dtype {idx.dtype}")
+        if not np.isfinite(weight) or weight <= 0:
+            raise ValueError(f"weight must be a positive finite number, got {weight}")
+        if idx.size:
+            if np.issubdtype(idx.dtype, np.unsignedinteger) and int(idx.max()) >= self.dim:
+                raise ValueError(f"indices must lie in [0, {self.dim}), got {int(idx.max())}")
+            idx = idx.astype(np.int64, copy=False)
+            lo, hi = int(idx.min()), int(idx.max())
+            if lo < 0 or hi >= self.dim:
+                raise ValueError(f"indices must lie in [0, {self.dim}), got {lo}..{hi}")
+            increasing = idx.size < 2 or bool(np.all(idx[1:] > idx[:-1]))
+            if not increasing and np.unique(idx).size != idx.size:
+                raise ValueError("indices must be distinct; got duplicates")
+            # Distinct indices: fancy-index += is np.add.at without its per-element cost.
+            self._sum[idx] += weight * vals.astype(np.float64)
+        self.count += 1
+        self.total_weight += weight
 
     def result(self) -> np.ndarray:
         if self.count == 0:
