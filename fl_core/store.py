@@ -1,20 +1,82 @@
 """The artifact store: where round state lives (models, updates, manifests, optimizer state).
 
-Keys are ``/``-separated paths such as ``campaigns/<id>/rounds/0003/manifest.json``. The
-embedded default is a local folder; writes are atomic (temp file + rename), so a crash never
-leaves half an artifact behind. XCom and the DAGs carry only keys/URIs and counts.
+Keys are ``/``-separated paths such as ``campaigns/<id>/rounds/0003/manifest.json``. XCom and
+the DAGs carry only keys/URIs and counts.
+
+Two backends share one interface (:class:`ArtifactStore`):
+
+* :class:`LocalStore`, the embedded default: a local folder. Writes are atomic (temp file +
+  rename), so a crash never leaves half an artifact behind.
+* :class:`S3Store`, the production switch: an S3 bucket (MinIO in ``docker compose``) through
+  boto3. A single ``PUT`` is atomic in S3: a reader sees the old object or the new one, never
+  part of one, so no temp objects are needed.
+
+Both validate keys the same way (:func:`check_key`) so a key means the same artifact on both.
+:func:`open_store` turns a path, ``file://`` or ``s3://`` URL into a store and
+:func:`store_from_env` applies the ``FL_ARTIFACT_STORE`` switch.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import os
+import re
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ENV_ARTIFACT_STORE",
+    "ENV_S3_ENDPOINT_URLS",
+    "ArtifactStore",
+    "LocalStore",
+    "S3Store",
+    "check_key",
+    "open_store",
+    "store_from_env",
+]
+
+ENV_ARTIFACT_STORE = "FL_ARTIFACT_STORE"
+"""Environment variable naming the artifact store: a path, ``file://`` or ``s3://`` URL."""
+ENV_S3_ENDPOINT_URLS = ("FL_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL")
+"""Environment variables read (first non-empty wins) for the S3 endpoint of ``s3://`` URLs."""
+
+_BUCKET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
+
+
+def check_key(key: str) -> str:
+    """Return ``key`` if it is a valid artifact key, else raise ``ValueError``.
+
+    A key is a non-empty, relative, ``/``-separated path without empty, ``.`` or ``..``
+    segments (so it cannot escape the store's root and maps to exactly one file or object).
+
+    Parameters
+    ----------
+    key : str
+        The key to check.
+
+    Returns
+    -------
+    str
+        ``key`` unchanged.
+    """
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"invalid artifact key {key!r}: must be a non-empty string")
+    if key.startswith("/") or "\x00" in key or any(s in ("", ".", "..") for s in key.split("/")):
+        raise ValueError(
+            f"invalid artifact key {key!r}: must be a relative '/'-separated path without "
+            "empty, '.' or '..' segments"
+        )
+    return key
 
 
 class ArtifactStore:
@@ -57,10 +119,11 @@ class LocalStore(ArtifactStore):
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).resolve()
 
+    def __repr__(self) -> str:
+        return f"LocalStore({str(self.root)!r})"
+
     def _path(self, key: str) -> Path:
-        if key.startswith("/") or ".." in key.split("/"):
-            raise ValueError(f"invalid artifact key {key!r}")
-        return self.root / key
+        return self.root / check_key(key)
 
     def put_bytes(self, key: str, data: bytes) -> str:
         path = self._path(key)
@@ -98,11 +161,237 @@ class LocalStore(ArtifactStore):
         return self._path(key).as_uri()
 
 
+class S3Store(ArtifactStore):
+    """An S3 bucket (or an S3-compatible server such as MinIO), through boto3.
+
+    Artifact ``key`` lives at object key ``<prefix>/<key>``. Credentials come from the
+    environment exactly as boto3 finds them (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``,
+    ``AWS_PROFILE``, instance roles, ...); this class never reads or stores secrets itself.
+
+    Parameters
+    ----------
+    bucket : str
+        Bucket name (must exist; the store never creates buckets).
+    prefix : str, optional
+        Folder inside the bucket under which every key lives; leading and trailing ``/`` are
+        ignored. Empty means the bucket root.
+    endpoint_url : str or None, optional
+        S3 endpoint, e.g. ``http://127.0.0.1:9000`` for MinIO; ``None`` lets boto3 decide
+        (AWS, or ``AWS_ENDPOINT_URL``). With an explicit endpoint, path-style addressing is
+        used (``http://host/bucket/key``), which MinIO and moto need.
+    region : str or None, optional
+        Region name; ``None`` lets boto3 decide (``AWS_DEFAULT_REGION``, config file).
+    client : Any, optional
+        A ready boto3 S3 client (for custom configuration or tests). Mutually exclusive with
+        ``endpoint_url`` and ``region``. Without it, a client is created lazily on first use
+        from a private boto3 session.
+
+    Notes
+    -----
+    * Writes are single ``PutObject`` calls, atomic in S3: readers see either the previous or
+      the new object, never a partial one.
+    * :meth:`list` has the same folder semantics as :class:`LocalStore` (``list("a/b")``
+      lists objects under ``a/b/``, not ``a/bc``) and follows continuation tokens, so it returns
+      every key whatever the bucket size; ``page_size`` is the ``MaxKeys`` per request.
+    * :meth:`uri` returns ``s3://bucket/prefix/key`` (not percent-encoded, as the AWS CLI
+      writes them); :func:`open_store` accepts it back for the prefix part.
+    """
+
+    page_size: int = 1000
+    """Keys per ``ListObjectsV2`` request (S3's maximum is 1000)."""
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        client: Any | None = None,
+    ) -> None:
+        if not isinstance(bucket, str) or not _BUCKET_NAME.fullmatch(bucket):
+            raise ValueError(
+                f"bucket {bucket!r} is not a valid bucket name (letters, digits, '.', '-', '_')"
+            )
+        prefix = prefix.strip("/")
+        if prefix:
+            try:
+                check_key(prefix)
+            except ValueError:
+                raise ValueError(
+                    f"prefix {prefix!r} must be a '/'-separated path without empty, '.' or '..' "
+                    "segments"
+                ) from None
+        if client is not None and (endpoint_url is not None or region is not None):
+            raise ValueError("client is mutually exclusive with endpoint_url and region")
+        self.bucket = bucket
+        self.prefix = prefix
+        self.endpoint_url = endpoint_url
+        self.region = region
+        self._client = client
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return (
+            f"S3Store(bucket={self.bucket!r}, prefix={self.prefix!r}, "
+            f"endpoint_url={self.endpoint_url!r})"
+        )
+
+    @property
+    def client(self) -> Any:
+        """The boto3 S3 client (created on first use)."""
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = self._make_client()
+        return self._client
+
+    def _make_client(self) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        options: dict[str, Any] = {"retries": {"mode": "standard", "max_attempts": 5}}
+        if self.endpoint_url is not None:
+            options["s3"] = {"addressing_style": "path"}
+        session = boto3.session.Session()
+        logger.debug("creating S3 client for %r", self)
+        return session.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name=self.region,
+            config=Config(**options),
+        )
+
+    @property
+    def _root(self) -> str:
+        return f"{self.prefix}/" if self.prefix else ""
+
+    def _object_key(self, key: str) -> str:
+        return self._root + check_key(key)
+
+    def put_bytes(self, key: str, data: bytes) -> str:
+        self.client.put_object(Bucket=self.bucket, Key=self._object_key(key), Body=bytes(data))
+        return self.uri(key)
+
+    def get_bytes(self, key: str) -> bytes:
+        object_key = self._object_key(key)
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=object_key)
+        except Exception as exc:
+            if _is_not_found(exc):
+                raise KeyError(f"no artifact {key!r} in s3://{self.bucket}/{self.prefix}") from None
+            raise
+        body = response["Body"]
+        try:
+            return bytes(body.read())
+        finally:
+            body.close()
+
+    def exists(self, key: str) -> bool:
+        object_key = self._object_key(key)
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=object_key)
+        except Exception as exc:
+            if _is_not_found(exc):
+                return False
+            raise
+        return True
+
+    def list(self, prefix: str) -> list[str]:
+        folder = prefix.rstrip("/")
+        search = self._root + (check_key(folder) + "/" if folder else "")
+        paginator = self.client.get_paginator("list_objects_v2")
+        pages = paginator.paginate(
+            Bucket=self.bucket, Prefix=search, PaginationConfig={"PageSize": self.page_size}
+        )
+        root = len(self._root)
+        keys = [
+            item["Key"][root:]
+            for page in pages
+            for item in page.get("Contents", ())
+            if not item["Key"].endswith("/")
+        ]
+        return sorted(keys)
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._object_key(key)}"
+
+
+def _is_not_found(exc: Exception) -> bool:
+    """Whether a botocore ``ClientError`` means "no such object"."""
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return False
+    code = str(response.get("Error", {}).get("Code", ""))
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code in ("NoSuchKey", "404", "NotFound") or (status == 404 and code != "NoSuchBucket")
+
+
 def open_store(url: str | Path) -> ArtifactStore:
-    """Open a store from a path or ``file://`` URL (S3 comes with the production switch)."""
+    """Open a store from a path, a ``file://`` URL or an ``s3://bucket/prefix`` URL.
+
+    Parameters
+    ----------
+    url : str or Path
+        * a filesystem path (relative or absolute) -> :class:`LocalStore`;
+        * ``file:///abs/path`` (host empty or ``localhost``, percent-encoding decoded, as
+          produced by :meth:`LocalStore.uri`) -> :class:`LocalStore`;
+        * ``s3://bucket`` or ``s3://bucket/prefix`` -> :class:`S3Store`, with the endpoint
+          from ``FL_S3_ENDPOINT_URL`` or else ``AWS_ENDPOINT_URL`` (unset: AWS itself) and
+          credentials and region as boto3 finds them in the environment.
+
+    Returns
+    -------
+    ArtifactStore
+        The store; no connection is made until the first call.
+    """
+    if isinstance(url, Path):
+        return LocalStore(url)
     text = str(url)
-    if text.startswith("file://"):
-        text = text[len("file://") :]
-    if "://" in text:
-        raise ValueError(f"unsupported artifact store URL {url!r}; allowed: a path or file://")
-    return LocalStore(text)
+    if not text.strip():
+        raise ValueError("url must be a path, a file:// URL or an s3:// URL, got an empty string")
+    scheme, sep, _ = text.partition("://")
+    if not sep:
+        return LocalStore(text)
+    scheme = scheme.lower()
+    parts = urlsplit(text)
+    if parts.query or parts.fragment:
+        raise ValueError(f"url {url!r} must not have a query or fragment")
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise ValueError(
+                f"url {url!r} has host {parts.netloc!r}; a file:// URL needs an absolute path "
+                "(file:///abs/path); pass a relative path as a plain path"
+            )
+        return LocalStore(url2pathname(parts.path))
+    if scheme == "s3":
+        bucket = parts.netloc
+        if not bucket or "@" in bucket or ":" in bucket:
+            raise ValueError(f"url {url!r} must look like s3://bucket or s3://bucket/prefix")
+        endpoint = next((os.environ[n] for n in ENV_S3_ENDPOINT_URLS if os.environ.get(n)), None)
+        return S3Store(bucket, parts.path.strip("/"), endpoint_url=endpoint)
+    raise ValueError(
+        f"url {url!r} has unsupported scheme {scheme!r}; allowed: a path, file://, s3://"
+    )
+
+
+def store_from_env(default_root: str | Path) -> ArtifactStore:
+    """The store named by ``FL_ARTIFACT_STORE``, else a :class:`LocalStore` at ``default_root``.
+
+    Parameters
+    ----------
+    default_root : str or Path
+        Folder of the embedded default store (e.g. ``.fl/artifacts``).
+
+    Returns
+    -------
+    ArtifactStore
+        ``open_store(os.environ["FL_ARTIFACT_STORE"])`` when that variable is set and
+        non-empty (a path, ``file://`` or ``s3://`` URL), else ``LocalStore(default_root)``.
+    """
+    url = os.environ.get(ENV_ARTIFACT_STORE, "").strip()
+    if url:
+        store = open_store(url)
+        logger.info("artifact store from %s: %r", ENV_ARTIFACT_STORE, store)
+        return store
+    return LocalStore(default_root)
