@@ -8,11 +8,14 @@ export PATH := $(BIN):$(PATH)
 export FL_HOME ?= $(CURDIR)/.fl
 export GIT_PYTHON_REFRESH := quiet
 
-.PHONY: setup run test lint bench mlflow-ui clean-state help
+.PHONY: setup run experiment airflow serve test lint bench mlflow-ui clean-state help
 
 help:
-	@echo "make run        run the federated experiment (dvc repro) on the embedded defaults"
-	@echo "make test       run the test suite"
+	@echo "make run         a federated campaign through the Airflow DAGs (embedded defaults)"
+	@echo "make experiment  the whole DVC pipeline (dvc repro) with the in-process engine"
+	@echo "make airflow     Airflow UI and scheduler on http://127.0.0.1:8080"
+	@echo "make serve       serve models:/fl-mnist5k-mlp@champion on http://127.0.0.1:5001"
+	@echo "make test        run the test suite"
 	@echo "make lint       ruff + mypy"
 	@echo "make bench      benchmarks (bench/)"
 	@echo "make mlflow-ui  MLflow UI on http://127.0.0.1:5000"
@@ -28,10 +31,23 @@ $(STAMP): requirements.lock pyproject.toml
 
 setup: $(STAMP)
 
+# Data stages are DVC's (versioned partitions); the campaign runs as Airflow DAG runs.
 run: setup
+	dvc repro validate
+	PYTHONPATH=plugins python -m fl_airflow.run
+
+experiment: setup
 	dvc repro
 	-dvc push -q
 	fl summary
+
+airflow: setup
+	PYTHONPATH=plugins python -m fl_airflow.services
+
+MODEL ?= fl-mnist5k-mlp
+serve: setup
+	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(FL_HOME)/mlflow.db} \
+	  mlflow models serve -m "models:/$(MODEL)@champion" --env-manager local -h 127.0.0.1 -p 5001
 
 test: setup
 	python -m pytest -q
@@ -41,7 +57,7 @@ lint: setup
 	mypy
 
 bench: setup
-	python bench/bench_engine.py
+	for b in bench/bench_*.py; do echo ">> $$b"; python $$b || exit 1; done
 
 mlflow-ui: setup
 	mlflow ui --backend-store-uri sqlite:///$(FL_HOME)/mlflow.db --host 127.0.0.1 --port 5000

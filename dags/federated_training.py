@@ -24,7 +24,6 @@ from typing import Any
 import pendulum
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import Param, dag, get_current_context, task
-
 from fl_airflow.hooks.artifact_store import ArtifactStoreHook
 from fl_airflow.sensors.updates import UpdatesArrivedSensor
 
@@ -46,8 +45,11 @@ def _store() -> Any:
     doc_md=__doc__,
     render_template_as_native_obj=True,
     params={
-        "dataset": Param("mnist5k", enum=["mnist5k", "digits", "synthetic"],
-                         description="Built-in dataset (partitioned per params.yaml)"),
+        "dataset": Param(
+            "mnist5k",
+            enum=["mnist5k", "digits", "synthetic"],
+            description="Built-in dataset (partitioned per params.yaml)",
+        ),
         "model": Param("mlp", enum=["mlp", "logreg", "cnn"]),
         "strategy": Param("fedavg", enum=["fedavg"], description="Aggregation rule"),
         "rounds": Param(30, type="integer", minimum=1, maximum=1000),
@@ -55,13 +57,22 @@ def _store() -> Any:
         "local_epochs": Param(3, type="integer", minimum=1, maximum=100),
         "privacy_level": Param("off", enum=["off"], description="Differential privacy level"),
         "codec": Param("dense_fp32", enum=["dense_fp32", "fp16"], description="Uplink codec"),
-        "client_batch_size": Param(5, type="integer", minimum=1, maximum=1000,
-                                   description="Clients per mapped training task"),
-        "campaign_id": Param(None, type=["null", "string"],
-                             description="Set by the previous round; empty starts a campaign"),
+        "client_batch_size": Param(
+            5,
+            type="integer",
+            minimum=1,
+            maximum=1000,
+            description="Clients per mapped training task",
+        ),
+        "campaign_id": Param(
+            None,
+            type=["null", "string"],
+            description="Set by the previous round; empty starts a campaign",
+        ),
         "round": Param(1, type="integer", minimum=1, description="Set by the previous round"),
-        "chain": Param(True, type="boolean",
-                       description="Trigger the next round's run when this one ends"),
+        "chain": Param(
+            True, type="boolean", description="Trigger the next round's run when this one ends"
+        ),
     },
 )
 def federated_training() -> None:
@@ -87,8 +98,9 @@ def federated_training() -> None:
         from fl_core import pipeline
 
         size = int(get_current_context()["params"]["client_batch_size"])
-        batches = pipeline.client_batches(_store(), ref["campaign_id"], ref["round"],
-                                          batch_size=size)
+        batches = pipeline.client_batches(
+            _store(), ref["campaign_id"], ref["round"], batch_size=size
+        )
         print(f"dispatched {sum(map(len, batches))} tasks in {len(batches)} batches")
         return batches
 
@@ -97,8 +109,10 @@ def federated_training() -> None:
         from fl_core import pipeline
 
         out = pipeline.train_clients(_store(), ref["campaign_id"], ref["round"], batch)
-        print(f"clients {batch}: trained {out['trained']}, already uploaded {out['skipped']}, "
-              f"{out['bytes_up']} bytes up")
+        print(
+            f"clients {batch}: trained {out['trained']}, already uploaded {out['skipped']}, "
+            f"{out['bytes_up']} bytes up"
+        )
         return out
 
     @task
@@ -114,8 +128,10 @@ def federated_training() -> None:
         from fl_core import pipeline
 
         out = pipeline.validate_updates(_store(), ref["campaign_id"], ref["round"])
-        print(f"accepted {out['num_accepted']}, rejected {out['rejected']}, "
-              f"{out['bytes_up']} bytes up")
+        print(
+            f"accepted {out['num_accepted']}, rejected {out['rejected']}, "
+            f"{out['bytes_up']} bytes up"
+        )
         return int(out["num_accepted"])
 
     @task
@@ -123,8 +139,10 @@ def federated_training() -> None:
         from fl_core import pipeline
 
         out = pipeline.aggregate(_store(), ref["campaign_id"], ref["round"])
-        print(f"{out['strategy']} over {out['num_aggregated']} updates "
-              f"({out['total_examples']} examples), update norm {out['update_norm']:.4f}")
+        print(
+            f"{out['strategy']} over {out['num_aggregated']} updates "
+            f"({out['total_examples']} examples), update norm {out['update_norm']:.4f}"
+        )
         return out
 
     @task
@@ -148,9 +166,11 @@ def federated_training() -> None:
         from fl_core import pipeline
 
         m = pipeline.evaluate(_store(), ref["campaign_id"], ref["round"])
-        print(f"round {m['round']}: test accuracy {m['test_accuracy']:.4f}, loss "
-              f"{m['test_loss']:.4f}, client accuracy p10 {m['client_accuracy_p10']:.4f}, "
-              f"bytes up {m['bytes_up']}, down {m['bytes_down']}")
+        print(
+            f"round {m['round']}: test accuracy {m['test_accuracy']:.4f}, loss "
+            f"{m['test_loss']:.4f}, client accuracy p10 {m['client_accuracy_p10']:.4f}, "
+            f"bytes up {m['bytes_up']}, down {m['bytes_down']}"
+        )
         return float(m["test_accuracy"])
 
     @task

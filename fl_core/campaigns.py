@@ -118,6 +118,11 @@ def open_campaign(
     if report.exists():
         status = "passed" if json.loads(report.read_text()).get("success") else "failed"
     return pipeline.start_campaign(
-        store, cfg, data_dir=data_dir, campaign_id=cid, tracking=tracking,
-        warm_start=warm_start, validation_status=status,
+        store,
+        cfg,
+        data_dir=data_dir,
+        campaign_id=cid,
+        tracking=tracking,
+        warm_start=warm_start,
+        validation_status=status,
     )

@@ -65,6 +65,21 @@ def local_train(
     seed
         Derived by the caller from (campaign seed, round, client).
     """
+    from fl_core.models import single_thread
+
+    with single_thread():
+        return _local_train(spec, global_vector, x, y, settings=settings, seed=seed)
+
+
+def _local_train(
+    spec: ModelSpec,
+    global_vector: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    settings: TrainSettings,
+    seed: int,
+) -> ClientResult:
     import torch
     import torch.nn.functional as F
 

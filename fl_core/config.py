@@ -18,6 +18,8 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
+from fl_core.privacy.settings import PrivacySettings
+
 DatasetName = Literal["digits", "mnist5k", "synthetic", "file"]
 PartitionScheme = Literal["iid", "dirichlet", "shards", "quantity", "natural"]
 ModelName = Literal["logreg", "mlp", "cnn"]
@@ -109,6 +111,23 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class CommunicationConfig:
+    """``communication`` section: codecs on the uplink (updates) and the downlink (models).
+
+    Codec names: ``dense_fp32``, ``fp16``, ``q8``/``q4``/``q2`` (stochastic quantization),
+    ``topk:<fraction>`` and ``topk:<fraction>+q8`` etc. (sparse). ``error_feedback`` keeps
+    each client's compression residual across rounds (lossy uplink codecs only).
+    ``downlink_delta_codec`` sends a client the model as a delta from the version it last
+    saw when that message is smaller than the full model.
+    """
+
+    uplink_codec: str = "dense_fp32"
+    error_feedback: bool = True
+    downlink_codec: str = "dense_fp32"
+    downlink_delta_codec: str | None = None
+
+
+@dataclass(frozen=True)
 class CampaignConfig:
     """``campaign`` section: rounds, cohort and stopping rules."""
 
@@ -147,6 +166,8 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    privacy: PrivacySettings = field(default_factory=PrivacySettings)
+    communication: CommunicationConfig = field(default_factory=CommunicationConfig)
     campaign: CampaignConfig = field(default_factory=CampaignConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -300,6 +321,30 @@ def _build(prefix: str, cls: type, raw: dict[str, Any]) -> Any:
     return cls(**kwargs)
 
 
+def _codec_ok(name: str | None) -> bool:
+    from fl_core.codec import parse_codec
+
+    if name is None:
+        return True
+    try:
+        parse_codec(name)
+    except ValueError:
+        return False
+    return True
+
+
+_CODEC_FORMS = "dense_fp32, fp16, q8, q4, q2, topk:<fraction>, topk:<fraction>+fp16|q8|q4|q2"
+_RULES["communication.uplink_codec"] = (_codec_ok, _CODEC_FORMS)
+_RULES["privacy.level"] = (
+    lambda v: v in ("off", "low", "medium", "high", "custom"),
+    "one of 'off', 'low', 'medium', 'high', 'custom'",
+)
+_RULES["privacy.mode"] = (lambda v: v in ("central", "local"), "one of 'central', 'local'")
+_RULES["privacy.accountant"] = (lambda v: v in ("rdp", "prv"), "one of 'rdp', 'prv'")
+_RULES["communication.downlink_codec"] = (_codec_ok, _CODEC_FORMS)
+_RULES["communication.downlink_delta_codec"] = (_codec_ok, "null or " + _CODEC_FORMS)
+
+
 def _check_cross(cfg: Config) -> None:
     if cfg.data.dataset == "file" and not cfg.data.path:
         raise ConfigError("data.path: required when data.dataset is 'file'")
@@ -330,6 +375,31 @@ def _check_cross(cfg: Config) -> None:
         )
 
 
+def sampling_rate(cfg: Config, num_clients: int | None = None) -> float:
+    """The per-round client sampling rate ``q`` (``campaign.fraction``, else
+    ``clients_per_round / num_clients``); the privacy accountant's subsampling rate."""
+    n = num_clients or cfg.partition.num_clients
+    if cfg.campaign.fraction is not None:
+        return cfg.campaign.fraction
+    return min(1.0, cfg.campaign.clients_per_round / n)
+
+
+def resolve_privacy(cfg: Config, num_clients: int | None = None) -> Any:
+    """Validate and calibrate the ``privacy`` section for this campaign (ConfigError naming
+    the key on a bad combination)."""
+    from fl_core.privacy.settings import resolve
+
+    n = num_clients or cfg.partition.num_clients
+    keys = {"num_clients": "partition.num_clients", "rounds": "campaign.rounds",
+            "sampling_rate": "campaign.fraction" if cfg.campaign.fraction is not None
+            else "campaign.clients_per_round"}
+    try:
+        return resolve(cfg.privacy, num_clients=n, sampling_rate=sampling_rate(cfg, n),
+                       rounds=cfg.campaign.rounds, keys=keys)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def from_dict(raw: dict[str, Any] | None) -> Config:
     """Validate a nested mapping (as in ``params.yaml``) into a :class:`Config`.
 
@@ -340,6 +410,10 @@ def from_dict(raw: dict[str, Any] | None) -> Config:
     """
     cfg = typing.cast(Config, _build("", Config, raw or {}))
     _check_cross(cfg)
+    if cfg.partition.scheme != "natural" and (
+        cfg.privacy.level != "off" or cfg.privacy.client_dp_sgd
+    ):
+        resolve_privacy(cfg)  # fails before any work, naming the key
     return cfg
 
 

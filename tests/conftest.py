@@ -18,6 +18,7 @@ def tiny_config(**sections: Any) -> Config:
         "validation": {"min_samples_per_client": 10},
         "model": {"name": "mlp", "hidden": [32]},
         "client": {"local_epochs": 1, "batch_size": 32, "lr": 0.1, "momentum": 0.5},
+        "server": {"momentum": 0.0},
         "campaign": {"name": "tiny", "rounds": 3, "clients_per_round": 4, "seed": 7},
         "evaluate": {"baseline_epochs": 3},
         "tracking": {"experiment": "tests", "registered_model": "fl-tiny"},

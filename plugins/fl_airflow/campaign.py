@@ -27,6 +27,12 @@ def open_round(store: Any, params: dict[str, Any]) -> dict[str, Any]:
     if rnd != 1:
         raise ValueError(f"campaign {cid!r} does not exist; only round 1 can start a campaign")
     cfg = config_from_form(load_params(project_root() / "params.yaml"), params)
-    cid = open_campaign(store, cfg, project_root=project_root(), home=fl_home(),
-                        campaign_id=cid, tags={"fl.orchestrator": "airflow"})
+    cid = open_campaign(
+        store,
+        cfg,
+        project_root=project_root(),
+        home=fl_home(),
+        campaign_id=cid,
+        tags={"fl.orchestrator": "airflow"},
+    )
     return {"campaign_id": cid, "round": 1}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -23,8 +24,12 @@ from fl_airflow import env
 
 
 def _migrate() -> None:
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def load_dag(dag_id: str) -> Any:
@@ -39,11 +44,11 @@ def load_dag(dag_id: str) -> Any:
 
 def run_campaign(form: dict[str, Any], *, quiet: bool = True) -> dict[str, Any]:
     """Run every round of one campaign as a DAG run; returns the campaign's final status."""
+    if quiet:  # task logs stay in Airflow; the console shows the progress bar
+        os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
     env.configure()
-    if quiet:
-        for name in ("airflow", "airflow.task", "sqlalchemy", "alembic", "mlflow",
-                     "great_expectations"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+    for name in ("sqlalchemy", "alembic", "mlflow", "great_expectations"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     _migrate()
     from tqdm import tqdm
 
@@ -56,8 +61,13 @@ def run_campaign(form: dict[str, Any], *, quiet: bool = True) -> dict[str, Any]:
     store = ArtifactStoreHook.get_store()
     cfg = config_from_form(load_params(env.PROJECT_ROOT / "params.yaml"), form)
     cid = form.get("campaign_id") or pipeline.new_campaign_id(cfg.campaign.name)
-    bar = tqdm(total=cfg.campaign.rounds, desc=f"campaign {cid}", unit="round",
-               file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(
+        total=cfg.campaign.rounds,
+        desc=f"campaign {cid}",
+        unit="round",
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
     status: dict[str, Any] = {}
     try:
         for rnd in range(1, cfg.campaign.rounds + 1):
@@ -68,17 +78,37 @@ def run_campaign(form: dict[str, Any], *, quiet: bool = True) -> dict[str, Any]:
                 raise RuntimeError(f"round {rnd}: DAG run {dag_run.run_id} ended {dag_run.state}")
             status = store.get_json(pipeline.campaign_key(cid, "status.json"))
             metrics = store.get_json(pipeline.round_key(cid, rnd, "metrics.json"))
-            bar.set_postfix(acc=f"{metrics['test_accuracy']:.4f}",
-                            s=f"{time.perf_counter() - started:.1f}")
+            bar.set_postfix(
+                acc=f"{metrics['test_accuracy']:.4f}", s=f"{time.perf_counter() - started:.1f}"
+            )
             bar.update(1)
             if not status["continue"]:
                 break
     finally:
         bar.close()
-    deployed = store.get_json(pipeline.campaign_key(cid, "deploy.json")) if store.exists(
-        pipeline.campaign_key(cid, "deploy.json")) else None
-    return {**status, "deployed": deployed, "airflow_db": env.configure()[
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"], "artifact_store": store.uri("campaigns/" + cid)}
+    deployed = (
+        store.get_json(pipeline.campaign_key(cid, "deploy.json"))
+        if store.exists(pipeline.campaign_key(cid, "deploy.json"))
+        else None
+    )
+    return {
+        **status,
+        "deployed": deployed,
+        "airflow_db": env.configure()["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"],
+        "artifact_store": store.uri("campaigns/" + cid),
+    }
+
+
+def rerun_round(campaign_id: str, rnd: int) -> str:
+    """Run round ``rnd`` of an existing campaign again as a new DAG run (e.g. after clearing
+    some of its outputs); returns the run's state. Idempotent steps give the same model."""
+    os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
+    env.configure()
+    _migrate()
+    dag_run = load_dag("federated_training").test(
+        run_conf={"campaign_id": campaign_id, "round": rnd, "chain": False}
+    )
+    return str(dag_run.state)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,17 +120,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model")
     parser.add_argument("--client-batch-size", type=int, dest="client_batch_size", default=5)
     parser.add_argument("--json", action="store_true", help="print the final status as JSON")
+    parser.add_argument("--rerun-round", type=int, help="re-run one round of --campaign-id")
+    parser.add_argument("--campaign-id")
     args = parser.parse_args(argv)
-    form = {k: v for k, v in vars(args).items() if v is not None and k != "json"}
+    if args.rerun_round:
+        state = rerun_round(args.campaign_id, args.rerun_round)
+        print(state)
+        return 0 if state == "success" else 1
+    form = {
+        k: v for k, v in vars(args).items() if v is not None and k not in ("json", "rerun_round")
+    }
     out = run_campaign(form)
     if args.json:
-        print(json.dumps(out, indent=1, default=str))
+        print(json.dumps(out, default=str))  # one line, last on stdout
     else:
         dep = out.get("deployed") or {}
-        print(f"\ncampaign {out['campaign_id']}: {out['last_round']} rounds ({out['reason']}), "
-              f"final test accuracy {out['final_accuracy']:.4f}")
-        print(f"  model {dep.get('registered_model')} v{dep.get('version')} -> alias "
-              f"{dep.get('alias')}")
+        print(
+            f"\ncampaign {out['campaign_id']}: {out['last_round']} rounds ({out['reason']}), "
+            f"final test accuracy {out['final_accuracy']:.4f}"
+        )
+        print(
+            f"  model {dep.get('registered_model')} v{dep.get('version')} -> alias "
+            f"{dep.get('alias')}"
+        )
         print(f"  Airflow DB {out['airflow_db']} (see the runs: make airflow)")
         print(f"  artifacts {out['artifact_store']}")
     return 0

@@ -21,12 +21,9 @@ class ArtifactStoreHook(BaseHook):
 
     @staticmethod
     def get_store() -> Any:
-        from fl_core.store import open_store
+        from fl_core.store import store_from_env
 
-        url = os.environ.get("FL_ARTIFACT_STORE")
-        if url:
-            return open_store(url)
-        return open_store(fl_home() / "artifacts")
+        return store_from_env(fl_home() / "artifacts")
 
 
 def fl_home() -> Path:

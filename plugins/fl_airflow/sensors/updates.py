@@ -22,8 +22,13 @@ class UpdatesArrivedSensor(BaseSensorOperator):
     template_fields: Sequence[str] = ("campaign_id", "round_num")
 
     def __init__(
-        self, *, campaign_id: str, round_num: Any, quorum: float = 1.0,
-        deadline_s: float = 600.0, **kwargs: Any,
+        self,
+        *,
+        campaign_id: str,
+        round_num: Any,
+        quorum: float = 1.0,
+        deadline_s: float = 600.0,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if not 0 < quorum <= 1:
@@ -44,6 +49,5 @@ class UpdatesArrivedSensor(BaseSensorOperator):
         need = max(1, int(self.quorum * len(tasks) + 0.999999))
         self._started = self._started or time.monotonic()
         late = time.monotonic() - self._started > self.deadline_s
-        self.log.info("round %d: %d/%d updates arrived (quorum %d)", rnd, arrived,
-                      len(tasks), need)
+        self.log.info("round %d: %d/%d updates arrived (quorum %d)", rnd, arrived, len(tasks), need)
         return arrived >= need or (late and arrived > 0)
