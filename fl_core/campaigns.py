@@ -44,8 +44,12 @@ def config_from_form(base: Config, form: dict[str, Any]) -> Config:
         overrides[key] = value
     cfg = with_overrides(base, overrides)
     if "model.name" in overrides or "data.dataset" in overrides:
+        # Another dataset or model is another registered model: never compare a champion
+        # with a challenger that does not even take the same input.
         name = f"{cfg.data.dataset}-{cfg.model.name}"
-        cfg = with_overrides(cfg, {"campaign.name": name})
+        cfg = with_overrides(
+            cfg, {"campaign.name": name, "tracking.registered_model": f"fl-{name}"}
+        )
     return cfg
 
 

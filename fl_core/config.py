@@ -149,6 +149,20 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class MonitoringConfig:
+    """``monitoring`` section: schedules of the retraining and monitoring DAGs, and when the
+    deployed model counts as degraded. The alert webhook URL is a secret: it comes from the
+    environment (``FL_ALERT_WEBHOOK_URL``), never from this file."""
+
+    retraining_schedule: str = "0 2 * * *"
+    monitoring_schedule: str = "0 * * * *"
+    max_accuracy_drop: float = 0.05
+    max_drift: float = 0.25
+    cooldown_hours: float = 24.0
+    eval_path: str | None = None
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     """``tracking`` section: MLflow experiment and registered model name."""
 
@@ -170,6 +184,7 @@ class Config:
     communication: CommunicationConfig = field(default_factory=CommunicationConfig)
     campaign: CampaignConfig = field(default_factory=CampaignConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -235,7 +250,18 @@ _RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "campaign.plateau_patience": (lambda v: v is None or v >= 1, "null or an integer >= 1"),
     "campaign.plateau_min_delta": (lambda v: v >= 0, "a number >= 0"),
     "evaluate.baseline_epochs": (lambda v: v >= 1, "an integer >= 1"),
+    "monitoring.max_accuracy_drop": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "monitoring.max_drift": (lambda v: v > 0, "a number > 0 (PSI; 0.1 moderate, 0.25 major)"),
+    "monitoring.cooldown_hours": (lambda v: v >= 0, "a number >= 0"),
+    "monitoring.retraining_schedule": (lambda v: _cron_ok(v), "a 5-field cron expression"),
+    "monitoring.monitoring_schedule": (lambda v: _cron_ok(v), "a 5-field cron expression"),
 }
+
+
+def _cron_ok(text: str) -> bool:
+    from croniter import croniter
+
+    return len(text.split()) == 5 and bool(croniter.is_valid(text))
 
 
 def _describe(tp: Any) -> str:
@@ -313,7 +339,10 @@ def _build(prefix: str, cls: type, raw: dict[str, Any]) -> Any:
     for name in names:
         if name in raw:
             dotted = f"{prefix}.{name}" if prefix else name
-            value = _coerce(dotted, hints[name], raw[name])
+            raw_value = raw[name]
+            if dotted == "privacy.level" and raw_value is False:
+                raw_value = "off"  # YAML 1.1 reads a bare `off` as false
+            value = _coerce(dotted, hints[name], raw_value)
             rule = _RULES.get(dotted)
             if rule is not None and not rule[0](value):
                 raise ConfigError(f"{dotted}: {value!r} is not allowed; allowed values: {rule[1]}")

@@ -36,3 +36,41 @@ def open_round(store: Any, params: dict[str, Any]) -> dict[str, Any]:
         tags={"fl.orchestrator": "airflow"},
     )
     return {"campaign_id": cid, "round": 1}
+
+
+def open_retraining(store: Any, conf: dict[str, Any]) -> dict[str, Any]:
+    """Open a campaign warm-started from the champion, in the champion's own setting (its
+    campaign's config, with this run's overrides); a fresh params.yaml campaign if there is
+    no champion."""
+    from fl_core import pipeline
+    from fl_core.campaigns import config_from_form, open_campaign
+    from fl_core.config import from_dict, load_params, with_overrides
+    from fl_core.operations import champion
+    from fl_core.tracking import default_tracking_uri
+
+    base = load_params(project_root() / "params.yaml")
+    name = conf.get("registered_model") or base.tracking.registered_model
+    found = champion(default_tracking_uri(fl_home()), name)
+    warm = None
+    if found is not None:
+        warm, tags = found
+        cid = tags.get("fl.campaign_id")
+        if cid and store.exists(pipeline.campaign_key(cid, "campaign.json")):
+            base = from_dict(pipeline.load_campaign(store, cid)["config"])
+    cfg = config_from_form(base, {k: v for k, v in conf.items() if k != "dataset"})
+    cfg = with_overrides(cfg, {"tracking.registered_model": name})
+    reason = str(conf.get("reason") or "scheduled")
+    cid = open_campaign(
+        store,
+        cfg,
+        project_root=project_root(),
+        home=fl_home(),
+        campaign_id=pipeline.new_campaign_id(cfg.campaign.name + "-retrain"),
+        warm_start=warm,
+        tags={
+            "fl.orchestrator": "airflow",
+            "fl.trigger": "retraining",
+            "fl.retraining_reason": reason[:500],
+        },
+    )
+    return {"campaign_id": cid, "round": 1, "warm_start": warm is not None, "reason": reason}

@@ -111,6 +111,14 @@ def rerun_round(campaign_id: str, rnd: int) -> str:
     return str(dag_run.state)
 
 
+def run_dag(dag_id: str, conf: dict[str, Any]) -> str:
+    """One run of any DAG of this repo, in-process; returns its final state."""
+    os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
+    env.configure()
+    _migrate()
+    return str(load_dag(dag_id).test(run_conf=conf).state)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int)
@@ -122,7 +130,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the final status as JSON")
     parser.add_argument("--rerun-round", type=int, help="re-run one round of --campaign-id")
     parser.add_argument("--campaign-id")
+    parser.add_argument("--dag", help="run one DAG run of this DAG id (with --conf) and exit")
+    parser.add_argument("--conf", default="{}", help="JSON conf for --dag")
     args = parser.parse_args(argv)
+    if args.dag:
+        state = run_dag(args.dag, json.loads(args.conf))
+        print(state)
+        return 0 if state == "success" else 1
     if args.rerun_round:
         state = rerun_round(args.campaign_id, args.rerun_round)
         print(state)

@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -163,7 +164,7 @@ def test_mlflow_run_has_two_round_steps_and_a_champion(campaign: dict[str, Any])
     run = runs[0]
     assert run.data.tags["fl.orchestrator"] == "airflow"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "test_accuracy")] == [1, 2]
-    version = client.get_model_version_by_alias("fl-mnist5k-mlp", "champion")
+    version = client.get_model_version_by_alias("fl-digits-mlp", "champion")
     assert version.run_id == run.info.run_id
     assert version.tags["fl.campaign_id"] == campaign["status"]["campaign_id"]
     assert version.tags["fl.dataset"] == "digits"
@@ -245,7 +246,7 @@ def test_served_champion_answers_invocations(campaign: dict[str, Any]) -> None:
             "models",
             "serve",
             "-m",
-            "models:/fl-mnist5k-mlp@champion",
+            "models:/fl-digits-mlp@champion",
             "--env-manager",
             "local",
             "-h",
@@ -286,3 +287,137 @@ def test_served_champion_answers_invocations(campaign: dict[str, Any]) -> None:
     deployed = campaign["status"]["deployed"]
     assert (preds == y).mean() == pytest.approx(deployed["accuracy"], abs=1e-9)
     assert deployed["accuracy"] > 0.2  # far above chance (0.1) after 2 rounds
+
+
+def _dag_runs(home: Path, dag_id: str) -> list[tuple[str, str, dict[str, Any]]]:
+    db = _db(home)
+    rows = db.execute(
+        "select run_id, state, conf from dag_run where dag_id=? order by id", (dag_id,)
+    ).fetchall()
+    return [(r[0], r[1], _conf(r[2])) for r in rows]
+
+
+def _conf(raw: Any) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if isinstance(raw, bytes):
+        raw = raw.decode()
+    try:
+        out: dict[str, Any] = json.loads(raw)
+        return out
+    except (TypeError, ValueError):
+        return {"raw": str(raw)}
+
+
+def _tasks(home: Path, dag_id: str) -> dict[str, str]:
+    db = _db(home)
+    run_id = db.execute(
+        "select run_id from dag_run where dag_id=? order by id desc limit 1", (dag_id,)
+    ).fetchone()[0]
+    return dict(
+        db.execute(
+            "select task_id, state from task_instance where run_id=? and dag_id=?", (run_id, dag_id)
+        ).fetchall()
+    )
+
+
+def _monitor(campaign: dict[str, Any], conf: dict[str, Any], **env: str) -> None:
+    out = _run(
+        ["-m", "fl_airflow.run", "--dag", "federated_monitoring", "--conf", json.dumps(conf)],
+        {**campaign["env"], **env},
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+
+def test_monitoring_triggers_nothing_when_healthy(campaign: dict[str, Any]) -> None:
+    _monitor(campaign, {"registered_model": "fl-digits-mlp"})
+
+    states = _tasks(campaign["home"], "federated_monitoring")
+    assert states["check_champion"] == states["decide"] == "success"
+    assert states["alert"] == states["trigger_retraining"] == "skipped"
+    assert _dag_runs(campaign["home"], "federated_retraining") == []
+
+
+def test_degradation_alerts_and_triggers_retraining_once(
+    campaign: dict[str, Any], tmp_path: Path
+) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import numpy as np
+
+    from fl_core.data.io import read_table, write_table
+    from fl_core.monitoring import degrade_labels
+
+    received: list[dict[str, Any]] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    home = campaign["home"]
+    test_file = next((home / "datasets").glob("*/data/prepared/test.parquet"))
+    x, y = read_table(test_file)
+    degraded = tmp_path / "degraded.parquet"  # the labels of the new data moved under the model
+    write_table(
+        degraded, x, degrade_labels(y, fraction=0.6, num_classes=10, rng=np.random.default_rng(0))
+    )
+    url = f"http://127.0.0.1:{server.server_port}/alert"
+    conf = {"eval_path": str(degraded), "registered_model": "fl-digits-mlp"}
+    try:
+        _monitor(campaign, conf, FL_ALERT_WEBHOOK_URL=url)
+        first = _tasks(home, "federated_monitoring")
+        _monitor(campaign, conf, FL_ALERT_WEBHOOK_URL=url)
+        second = _tasks(home, "federated_monitoring")
+    finally:
+        server.shutdown()
+
+    assert first["alert"] == first["trigger_retraining"] == "success"
+    runs = _dag_runs(home, "federated_retraining")
+    assert len(runs) == 1, "the cooldown must stop the second trigger"
+    assert "accuracy" in runs[0][2]["reason"]
+    assert second["alert_suppressed"] == "success" and second["trigger_retraining"] == "skipped"
+    assert len(received) == 1
+    assert received[0]["event"] == "federated_model_degraded"
+    assert received[0]["retraining_triggered"] is True
+
+
+def test_retraining_warm_starts_from_the_champion(campaign: dict[str, Any]) -> None:
+    from fl_core import pipeline, wire
+    from fl_core.store import LocalStore
+
+    home = campaign["home"]
+    out = _run(
+        [
+            "-m",
+            "fl_airflow.run",
+            "--dag",
+            "federated_retraining",
+            "--conf",
+            json.dumps({"reason": "test", "rounds": 1, "registered_model": "fl-digits-mlp"}),
+        ],
+        campaign["env"],
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+    store = LocalStore(home / "artifacts")
+    champion_cid = campaign["status"]["campaign_id"]
+    new = [
+        r
+        for r in _dag_runs(home, "federated_training")
+        if r[2].get("round") == 1
+        and str(r[2].get("campaign_id", "")).startswith("digits-mlp-retrain")
+    ]
+    assert len(new) == 1 and new[0][1] == "queued"  # handed to the scheduler
+    cid = new[0][2]["campaign_id"]
+    assert pipeline.load_campaign(store, cid)["warm_start"] is True
+    _, start = wire.decode(store.get_bytes(pipeline.model_key(cid, 0)))
+    _, champion = wire.decode(store.get_bytes(pipeline.model_key(champion_cid, 2)))
+    np.testing.assert_array_equal(start, champion)

@@ -1,0 +1,158 @@
+"""Steps of the monitoring and retraining DAGs (no Airflow here; the DAGs call these).
+
+Monitoring: evaluate the deployed ``champion`` on the latest evaluation data, validate that
+data (Great Expectations), measure its drift from the training data (PSI), decide whether
+the model is degraded, and trigger retraining at most once per cooldown.
+Retraining: a new campaign warm-started from the champion's weights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fl_core.config import Config
+from fl_core.store import ArtifactStore
+
+logger = logging.getLogger(__name__)
+
+COOLDOWN_KEY = "monitoring/cooldown.json"
+
+
+def champion(tracking_uri: str, model_name: str) -> tuple[np.ndarray, dict[str, str]] | None:
+    """The champion's parameter vector and version tags from the registry (None if none)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from fl_core import wire
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        version = client.get_model_version_by_alias(model_name, "champion")
+        with tempfile.TemporaryDirectory() as tmp:
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{model_name}/{version.version}", dst_path=tmp
+            )
+            weights = next(Path(local).rglob("weights.flw"))
+            _, vector = wire.decode(weights.read_bytes())
+            return vector, dict(version.tags)
+    except (MlflowException, StopIteration) as exc:
+        logger.info("no champion to warm-start from (%s)", exc)
+        return None
+
+
+def check_champion(
+    cfg: Config,
+    *,
+    tracking_uri: str,
+    eval_path: Path,
+    reference_path: Path,
+    meta: dict[str, Any],
+) -> dict[str, Any]:
+    """Evaluate ``models:/NAME@champion`` on ``eval_path`` and judge its health.
+
+    Degraded when accuracy dropped more than ``monitoring.max_accuracy_drop`` below the
+    accuracy measured at deploy time, when the features drifted (mean PSI against
+    ``reference_path`` above ``monitoring.max_drift``), or when the data fails validation.
+    """
+    from mlflow.tracking import MlflowClient
+
+    from fl_core.data.io import read_table
+    from fl_core.data.validation import ValidationRules, validate_tables
+    from fl_core.monitoring import check_health, drift_statistic
+    from fl_core.tracking import model_accuracy
+
+    name = cfg.tracking.registered_model
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    champion = client.get_model_version_by_alias(name, "champion")
+    reference_accuracy = float(champion.tags.get("fl.deploy_eval_accuracy", "nan"))
+    report = validate_tables(
+        [eval_path],
+        rules=ValidationRules(
+            num_features=int(meta["num_features"]),
+            labels=tuple(int(v) for v in meta["labels"]),
+            feature_min=meta["feature_min"],
+            feature_max=meta["feature_max"],
+            min_samples=1,
+        ),
+    )
+    out: dict[str, Any] = {
+        "model": name,
+        "version": str(champion.version),
+        "eval_path": str(eval_path),
+        "reference_accuracy": reference_accuracy,
+        "validation_failures": [f.__dict__ for f in report.failures],
+    }
+    reasons: list[str] = []
+    if not report.success:
+        reasons.append(f"evaluation data failed validation ({len(report.failures)} failures)")
+        out.update(healthy=False, reasons=reasons, accuracy=None, drift=None)
+        return out
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    x, y = read_table(eval_path)
+    x_ref, y_ref = read_table(reference_path)
+    accuracy = model_accuracy(f"models:/{name}/{champion.version}", x, y)
+    drift = drift_statistic(x_ref, x, reference_y=y_ref, current_y=y)
+    health = check_health(
+        accuracy=accuracy,
+        reference_accuracy=None if np.isnan(reference_accuracy) else reference_accuracy,
+        drift=float(drift["psi_mean"]),
+        max_accuracy_drop=cfg.monitoring.max_accuracy_drop,
+        max_drift=cfg.monitoring.max_drift,
+    )
+    out.update(healthy=health.healthy, reasons=list(health.reasons), accuracy=accuracy, drift=drift)
+    return out
+
+
+def decide_retraining(
+    store: ArtifactStore, report: dict[str, Any], *, now_s: float, cooldown_hours: float
+) -> dict[str, Any]:
+    """Trigger retraining for a degraded model, at most once per cooldown (state in store)."""
+    from fl_core.monitoring import Cooldown
+
+    if report["healthy"]:
+        return {"trigger": False, "reason": "healthy"}
+    cooldown = Cooldown(cooldown_s=cooldown_hours * 3600.0)
+    if store.exists(COOLDOWN_KEY):
+        cooldown.load_state_dict(store.get_json(COOLDOWN_KEY))
+    reason = "; ".join(report["reasons"])
+    if not cooldown.allow(now_s):
+        return {
+            "trigger": False,
+            "reason": f"cooldown ({cooldown.remaining(now_s):.0f} s left)",
+            "degraded": reason,
+        }
+    cooldown.record(now_s)
+    store.put_json(COOLDOWN_KEY, cooldown.state_dict())
+    return {"trigger": True, "reason": reason}
+
+
+def alert_payload(report: dict[str, Any], decision: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "event": "federated_model_degraded",
+        "model": report.get("model"),
+        "version": report.get("version"),
+        "reasons": report.get("reasons"),
+        "accuracy": report.get("accuracy"),
+        "reference_accuracy": report.get("reference_accuracy"),
+        "psi_mean": (report.get("drift") or {}).get("psi_mean"),
+        "retraining_triggered": decision.get("trigger"),
+        "decision": decision.get("reason"),
+    }
+
+
+def write_report(store: ArtifactStore, run_id: str, report: dict[str, Any]) -> str:
+    key = f"monitoring/reports/{run_id.replace(':', '_').replace('+', '_')}.json"
+    store.put_json(key, json.loads(json.dumps(report, default=str)))
+    return key
