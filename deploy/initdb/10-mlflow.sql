@@ -1,0 +1,2 @@
+-- A second database on the same PostgreSQL for MLflow's tracking store and registry.
+CREATE DATABASE mlflow OWNER airflow;
