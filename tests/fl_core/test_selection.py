@@ -1,0 +1,209 @@
+"""Client selection: random and Oort-style, availability, speeds, over-selection."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from fl_core.selection import (
+    PROFILES,
+    AvailabilityModel,
+    ClientStats,
+    OortSelector,
+    RandomSelector,
+    SimulatedClock,
+    SpeedProfile,
+    arrivals,
+    create_selector,
+    overselect,
+    sample_profiles,
+)
+
+CLIENTS = [f"c{i:02d}" for i in range(30)]
+
+
+def explored_oort(**kwargs: object) -> OortSelector:
+    """An Oort selector whose 30 clients all delivered once with identical reports."""
+    sel = OortSelector(**kwargs)  # type: ignore[arg-type]
+    for c in CLIENTS:
+        sel.observe(c, round=1, completed=True, num_examples=100, loss=1.0, duration_s=10.0)
+    return sel
+
+
+def test_random_selector_picks_k_distinct_candidates_deterministically() -> None:
+    sel = RandomSelector()
+
+    a = sel.select(CLIENTS, 8, rng=np.random.default_rng(1), round=1)
+    b = sel.select(list(reversed(CLIENTS)), 8, rng=np.random.default_rng(1), round=1)
+
+    assert a == b and len(set(a)) == 8 and set(a) <= set(CLIENTS)
+    assert sel.select(CLIENTS[:3], 8, rng=np.random.default_rng(1), round=1) == CLIENTS[:3]
+    assert sel.select(CLIENTS, 0, rng=np.random.default_rng(1), round=1) == []
+
+
+@pytest.mark.parametrize("selector", [RandomSelector(), explored_oort()])
+def test_unavailable_clients_are_never_chosen(selector: RandomSelector | OortSelector) -> None:
+    avail = AvailabilityModel(seed=3, base_availability=0.6, diurnal_amplitude=0.8)
+
+    for rnd in range(1, 40):
+        online = avail.available(CLIENTS, rnd)
+        chosen = selector.select(online, 10, rng=np.random.default_rng(rnd), round=rnd)
+        assert all(avail.is_available(c, rnd) for c in chosen)
+        assert len(chosen) == min(10, len(online))
+
+
+def test_bad_reputation_client_is_chosen_much_less_often() -> None:
+    sel = explored_oort()
+    sel.set_signals(reputation={"c00": 0.05})
+    counts: Counter[str] = Counter()
+
+    for rnd in range(2, 302):
+        counts.update(sel.select(CLIENTS, 10, rng=np.random.default_rng(rnd), round=rnd))
+
+    mean_others = np.mean([counts[c] for c in CLIENTS[1:]])
+    assert counts["c00"] < 0.2 * mean_others
+
+
+def test_min_reputation_bans_a_client_for_every_selector() -> None:
+    for sel in (RandomSelector(min_reputation=0.3), explored_oort(min_reputation=0.3)):
+        sel.set_signals(reputation={"c05": 0.1})
+        for rnd in range(2, 40):
+            assert "c05" not in sel.select(CLIENTS, 29, rng=np.random.default_rng(rnd), round=rnd)
+
+
+def test_oort_prefers_fast_high_loss_clients_and_explores_new_ones() -> None:
+    sel = OortSelector(preferred_duration_s=20.0)
+    for i, c in enumerate(CLIENTS[:20]):
+        slow = i < 10
+        sel.observe(
+            c,
+            round=1,
+            completed=True,
+            num_examples=100,
+            loss=1.0,
+            duration_s=100.0 if slow else 10.0,
+        )
+    counts: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+
+    for rnd in range(2, 102):
+        counts.update(sel.select(CLIENTS, 6, rng=np.random.default_rng(rnd), round=rnd))
+        reasons.update(sel.last_reasons.values())
+
+    slow_mean = np.mean([counts[c] for c in CLIENTS[:10]])
+    fast_mean = np.mean([counts[c] for c in CLIENTS[10:20]])
+    assert fast_mean > 5 * slow_mean
+    assert all(counts[c] > 0 for c in CLIENTS[20:])  # never-seen clients get explored
+    assert reasons["explore"] > 0 and reasons["exploit"] > reasons["explore"]
+    assert sel.epsilon(1) == pytest.approx(0.9) and sel.epsilon(1000) == pytest.approx(0.2)
+
+
+def test_observe_counts_each_round_once_and_state_round_trips_as_json() -> None:
+    sel = explored_oort()
+    sel.observe("c01", round=2, completed=False)
+    sel.observe("c01", round=2, completed=False)  # retried step: ignored
+    restored = OortSelector()
+    restored.load_state_dict(json.loads(json.dumps(sel.state_dict())))
+
+    assert sel.stats["c01"].times_selected == 2 and sel.stats["c01"].times_completed == 1
+    assert restored.stats == sel.stats
+    picks = [s.select(CLIENTS, 7, rng=np.random.default_rng(5), round=3) for s in (sel, restored)]
+    assert picks[0] == picks[1]
+
+
+def test_client_stats_completion_rate_and_create_selector() -> None:
+    st = ClientStats("a", times_selected=8, times_completed=3)
+
+    assert st.completion_rate == pytest.approx(0.4) and not st.explored
+    assert isinstance(create_selector("oort", cutoff=0.9), OortSelector)
+    with pytest.raises(ValueError, match="allowed values: random, oort"):
+        create_selector("greedy")
+    with pytest.raises(ValueError, match="cutoff"):
+        OortSelector(cutoff=1.5)
+    with pytest.raises(ValueError, match="k must"):
+        RandomSelector().select(CLIENTS, -1, rng=np.random.default_rng(0), round=1)
+
+
+def test_availability_is_deterministic_per_client_and_round() -> None:
+    a = AvailabilityModel(seed=11, base_availability=0.7, dropout_rate=0.2)
+    b = AvailabilityModel(seed=11, base_availability=0.7, dropout_rate=0.2)
+    grid = [(c, r) for c in CLIENTS for r in range(1, 101)]
+
+    online = [a.is_available(c, r) for c, r in grid]
+    done = [a.completes(c, r) for c, r in grid]
+
+    assert online == [b.is_available(c, r) for c, r in grid]
+    assert np.mean(online) == pytest.approx(0.7, abs=0.03)
+    assert np.mean(done) == pytest.approx(0.8, abs=0.03)
+    assert online != [
+        AvailabilityModel(seed=12, base_availability=0.7).is_available(c, r) for c, r in grid
+    ]
+
+
+def test_diurnal_availability_peaks_at_the_local_peak_hour() -> None:
+    model = AvailabilityModel(seed=1, base_availability=1.0, diurnal_amplitude=1.0, peak_hour=2)
+    one_zone = model.timezone_offset("c00")
+
+    # round r is at local hour r + offset: find the rounds at the peak and the trough
+    peak = round((2 - one_zone) % 24)
+    trough = (peak + 12) % 24
+
+    assert model.probability("c00", peak) > 0.99
+    assert model.probability("c00", trough) < 0.01
+    offsets = {model.timezone_offset(c) for c in CLIENTS}
+    assert len(offsets) == len(CLIENTS)  # time zones spread the clients
+
+
+def test_overselect_covers_dropouts() -> None:
+    assert overselect(10, 0.0) == 10
+    assert overselect(10, 0.2) == 13
+    strict = overselect(10, 0.2, confidence=0.95)
+    assert strict > 13
+    # the smallest m with P(Binomial(m, 0.8) >= 10) >= 0.95, checked by simulation
+    hits = np.random.default_rng(0).binomial(strict, 0.8, size=20000) >= 10
+    assert hits.mean() >= 0.94
+    with pytest.raises(ValueError, match="dropout_rate"):
+        overselect(10, 1.0)
+    with pytest.raises(ValueError, match="k must"):
+        overselect(0, 0.1)
+
+
+def test_speed_profiles_time_a_round_and_sample_a_mix() -> None:
+    wifi = PROFILES["wifi"]
+    t = wifi.round_time(num_examples=1000, bytes_down=10**6, bytes_up=10**6, epochs=2)
+    expected = 2 * wifi.latency_s + 8 / wifi.downlink_mbps + 8 / wifi.uplink_mbps + 1.6
+
+    profiles = sample_profiles(
+        1000, {"wifi": 0.5, "cellular_slow": 0.5}, np.random.default_rng(0), jitter=0
+    )
+
+    assert t == pytest.approx(expected)
+    names = Counter(p.name for p in profiles)
+    assert set(names) == {"wifi", "cellular_slow"} and abs(names["wifi"] - 500) < 60
+    assert profiles == sample_profiles(
+        1000, {"wifi": 0.5, "cellular_slow": 0.5}, np.random.default_rng(0), jitter=0
+    )
+    jittered = sample_profiles(50, {"cellular_fast": 1}, np.random.default_rng(0))
+    assert len({p.compute_s_per_example for p in jittered}) == 50
+    assert SpeedProfile.from_json(wifi.to_json()) == wifi
+    with pytest.raises(ValueError, match="unknown profile 'satellite'"):
+        sample_profiles(3, {"satellite": 1.0}, np.random.default_rng(0))
+
+
+def test_arrivals_close_the_round_at_quorum_or_deadline() -> None:
+    durations = {"a": 5.0, "b": 1.0, "c": 9.0, "d": None, "e": 3.0}
+
+    quorum = arrivals(durations, quorum=3)
+    deadline = arrivals(durations, deadline_s=4.0)
+    everyone = arrivals(durations)
+
+    assert quorum.received == ["b", "e", "a"] and quorum.duration_s == 5.0
+    assert quorum.stragglers == ["c", "d"]
+    assert deadline.received == ["b", "e"] and deadline.duration_s == 4.0
+    assert everyone.received == ["b", "e", "a", "c"] and everyone.duration_s == 9.0
+    clock = SimulatedClock()
+    clock.advance(quorum.duration_s)
+    assert clock.state_dict() == {"now": 5.0}
