@@ -23,7 +23,11 @@ from fl_core.privacy.settings import PrivacySettings
 DatasetName = Literal["digits", "mnist5k", "synthetic", "file"]
 PartitionScheme = Literal["iid", "dirichlet", "shards", "quantity", "natural"]
 ModelName = Literal["logreg", "mlp", "cnn"]
-StrategyName = Literal["fedavg"]
+StrategyName = Literal[
+    "fedavg", "median", "weighted_median", "trimmed_mean", "krum", "multi_krum", "bulyan",
+    "norm_bounding", "centered_clipping", "fltrust",
+]
+AttackName = Literal["none", "sign_flip", "scaling", "gaussian", "alie", "label_flip"]
 ServerOptimizerName = Literal["sgd", "adam"]
 
 
@@ -108,6 +112,11 @@ class ServerConfig:
     beta2: float = 0.99
     tau: float = 1e-3
     max_update_norm: float = 1e4
+    norm_outlier_factor: float | None = 10.0
+    num_byzantine: int = 0
+    trim_fraction: float = 0.1
+    clip_norm: float = 10.0
+    root_dataset_size: int = 100
 
 
 @dataclass(frozen=True)
@@ -125,6 +134,66 @@ class CommunicationConfig:
     error_feedback: bool = True
     downlink_codec: str = "dense_fp32"
     downlink_delta_codec: str | None = None
+    policy: Literal["fixed", "adaptive"] = "fixed"
+    slow_mbps: float = 2.0
+    fast_mbps: float = 15.0
+    slow_codec: str = "topk:0.01+q8"
+    medium_codec: str = "topk:0.05+q8"
+    fast_codec: str = "q8"
+    slow_epochs_factor: int = 2
+    slow_participation_every: int = 2
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    """``selection`` section: random, or adaptive Oort-style selection (Lai et al., OSDI
+    2021) using loss, speed, availability history, validation quality and reputation."""
+
+    strategy: Literal["random", "oort"] = "random"
+    overselect: bool = False
+    exploration: float = 0.9
+    min_reputation: float = 0.0
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """``simulation`` section: device/network profiles, availability and a simulated clock
+    for simulated clients (shares of the three profiles: cellular_slow, cellular_fast,
+    wifi)."""
+
+    enabled: bool = False
+    cellular_slow: float = 0.3
+    cellular_fast: float = 0.4
+    wifi: float = 0.3
+    jitter: float = 0.2
+    base_availability: float = 1.0
+    diurnal_amplitude: float = 0.0
+    hours_per_round: float = 1.0
+    dropout_rate: float = 0.0
+    deadline_s: float | None = None
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """``attack`` section (evaluation only): a fraction of malicious simulated clients."""
+
+    kind: AttackName = "none"
+    fraction: float = 0.0
+    scale: float | None = None
+    noise_std: float = 1.0
+
+
+@dataclass(frozen=True)
+class AsyncConfig:
+    """``asynchronous`` section: FedBuff (Nguyen et al., AISTATS 2022). The server
+    aggregates whenever ``buffer_size`` updates arrived, whatever version each was computed
+    on, weighted by 1/(1+staleness)^exponent; ``concurrency`` clients train at once."""
+
+    enabled: bool = False
+    buffer_size: int = 5
+    concurrency: int = 10
+    staleness_exponent: float = 0.5
+    max_staleness: int | None = 10
 
 
 @dataclass(frozen=True)
@@ -182,6 +251,10 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
     communication: CommunicationConfig = field(default_factory=CommunicationConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    asynchronous: AsyncConfig = field(default_factory=AsyncConfig)
     campaign: CampaignConfig = field(default_factory=CampaignConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
@@ -250,6 +323,32 @@ _RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "campaign.plateau_patience": (lambda v: v is None or v >= 1, "null or an integer >= 1"),
     "campaign.plateau_min_delta": (lambda v: v >= 0, "a number >= 0"),
     "evaluate.baseline_epochs": (lambda v: v >= 1, "an integer >= 1"),
+    "server.norm_outlier_factor": (lambda v: v is None or v > 1, "null or a number > 1"),
+    "server.num_byzantine": (lambda v: v >= 0, "an integer >= 0"),
+    "server.trim_fraction": (lambda v: 0 <= v < 0.5, "a number in [0, 0.5)"),
+    "server.clip_norm": (lambda v: v > 0, "a number > 0"),
+    "server.root_dataset_size": (lambda v: v >= 1, "an integer >= 1"),
+    "communication.slow_mbps": (lambda v: v > 0, "a number > 0"),
+    "communication.fast_mbps": (lambda v: v > 0, "a number > 0"),
+    "communication.slow_epochs_factor": (lambda v: v >= 1, "an integer >= 1"),
+    "communication.slow_participation_every": (lambda v: v >= 1, "an integer >= 1"),
+    "selection.exploration": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "selection.min_reputation": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "simulation.cellular_slow": (lambda v: v >= 0, "a number >= 0"),
+    "simulation.cellular_fast": (lambda v: v >= 0, "a number >= 0"),
+    "simulation.wifi": (lambda v: v >= 0, "a number >= 0"),
+    "simulation.jitter": (lambda v: v >= 0, "a number >= 0"),
+    "simulation.base_availability": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "simulation.diurnal_amplitude": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "simulation.hours_per_round": (lambda v: v >= 0, "a number >= 0"),
+    "simulation.dropout_rate": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "simulation.deadline_s": (lambda v: v is None or v > 0, "null or a number > 0"),
+    "attack.fraction": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "attack.noise_std": (lambda v: v >= 0, "a number >= 0"),
+    "asynchronous.buffer_size": (lambda v: v >= 1, "an integer >= 1"),
+    "asynchronous.concurrency": (lambda v: v >= 1, "an integer >= 1"),
+    "asynchronous.staleness_exponent": (lambda v: v >= 0, "a number >= 0"),
+    "asynchronous.max_staleness": (lambda v: v is None or v >= 0, "null or an integer >= 0"),
     "monitoring.max_accuracy_drop": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
     "monitoring.max_drift": (lambda v: v > 0, "a number > 0 (PSI; 0.1 moderate, 0.25 major)"),
     "monitoring.cooldown_hours": (lambda v: v >= 0, "a number >= 0"),
@@ -364,6 +463,8 @@ def _codec_ok(name: str | None) -> bool:
 
 _CODEC_FORMS = "dense_fp32, fp16, q8, q4, q2, topk:<fraction>, topk:<fraction>+fp16|q8|q4|q2"
 _RULES["communication.uplink_codec"] = (_codec_ok, _CODEC_FORMS)
+for _k in ("slow_codec", "medium_codec", "fast_codec"):
+    _RULES[f"communication.{_k}"] = (_codec_ok, _CODEC_FORMS)
 _RULES["privacy.level"] = (
     lambda v: v in ("off", "low", "medium", "high", "custom"),
     "one of 'off', 'low', 'medium', 'high', 'custom'",
@@ -375,6 +476,22 @@ _RULES["communication.downlink_delta_codec"] = (_codec_ok, "null or " + _CODEC_F
 
 
 def _check_cross(cfg: Config) -> None:
+    s = cfg.server
+    if s.strategy in ("krum", "multi_krum") and s.num_byzantine < 1:
+        raise ConfigError(f"server.num_byzantine: {s.strategy} needs >= 1 (f, the number of "
+                          "Byzantine clients it tolerates)")
+    if s.strategy == "bulyan" and cfg.campaign.clients_per_round < 4 * s.num_byzantine + 3:
+        raise ConfigError(
+            f"campaign.clients_per_round: bulyan with server.num_byzantine={s.num_byzantine} "
+            f"needs >= {4 * s.num_byzantine + 3} updates per round (n >= 4f + 3)")
+    if cfg.asynchronous.enabled and (cfg.privacy.level != "off"):
+        raise ConfigError("asynchronous.enabled: not supported with privacy (the accountant "
+                          "assumes synchronous Poisson rounds); allowed: false")
+    if cfg.asynchronous.enabled and cfg.asynchronous.buffer_size > cfg.asynchronous.concurrency:
+        raise ConfigError("asynchronous.buffer_size: must be <= asynchronous.concurrency")
+    if cfg.communication.policy == "adaptive" and not cfg.simulation.enabled:
+        raise ConfigError("communication.policy: 'adaptive' needs the clients' link speeds; "
+                          "enable simulation (simulation.enabled: true)")
     if cfg.data.dataset == "file" and not cfg.data.path:
         raise ConfigError("data.path: required when data.dataset is 'file'")
     if cfg.partition.scheme == "natural" and cfg.data.dataset not in ("synthetic", "file"):

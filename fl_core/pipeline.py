@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from fl_core import simulation as sim
 from fl_core import wire
 from fl_core.aggregation import ServerOptimizer, create_aggregator
 from fl_core.aggregation.math import l2_norm
@@ -242,6 +243,9 @@ def start_campaign(
         "warm_start": warm_start is not None,
         "validation_status": validation_status,
         "privacy": privacy,
+        "profiles": sim.campaign_profiles(cfg, [c["client_id"] for c in manifest["clients"]])
+        if cfg.simulation.enabled else None,
+        "malicious": sim.malicious_clients(cfg, [c["client_id"] for c in manifest["clients"]]),
         # Server-private: DP noise must not be predictable from params.yaml's seed.
         "noise_seed": secrets.randbits(62),
     }
@@ -290,17 +294,83 @@ def select_clients(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
                                 rng=rng(cfg.campaign.seed, rnd, "select"))
         strategy = f"poisson(q={rp.sampling_rate:.4g})"
     else:
-        if cfg.campaign.fraction is not None:
-            k = max(1, round(cfg.campaign.fraction * len(ids)))
-        else:
-            k = min(cfg.campaign.clients_per_round, len(ids))
-        chosen = rng(cfg.campaign.seed, rnd, "select").choice(len(ids), size=k, replace=False)
-        cohort = sorted(ids[i] for i in chosen)
-        strategy = "random"
+        cohort, strategy, target = _select(store, cid, rnd, rec, cfg, ids)
     out = {"round": rnd, "cohort": cohort, "num_selected": len(cohort), "strategy": strategy}
+    if not _central(rp):
+        out["target"] = target
     store.put_json(key, out)
     logger.info("round %d: selected %d of %d clients (%s)", rnd, len(cohort), len(ids), strategy)
     return out
+
+
+def _select(
+    store: ArtifactStore, cid: str, rnd: int, rec: dict[str, Any], cfg: Config, ids: list[str]
+) -> tuple[list[str], str, int]:
+    """Cohort without DP: among the clients online this round (simulation), not already
+    training (asynchronous), and allowed by the communication policy; random or Oort;
+    over-selected to survive the expected dropouts. Returns (cohort, strategy, target)."""
+    from fl_core.selection import overselect
+
+    candidates = list(ids)
+    if cfg.simulation.enabled:
+        candidates = sim.availability(cfg).available(candidates, rnd)
+        candidates = [c for c in candidates if sim.participates(cfg, sim.profile(rec, c), rnd)]
+    if cfg.asynchronous.enabled:
+        busy = set(_inflight(store, cid, rnd - 1))
+        candidates = [c for c in candidates if c not in busy]
+        target = max(0, cfg.asynchronous.concurrency - len(busy))
+    elif cfg.campaign.fraction is not None:
+        target = max(1, round(cfg.campaign.fraction * len(ids)))
+    else:
+        target = min(cfg.campaign.clients_per_round, len(ids))
+    k = target
+    if cfg.selection.overselect and cfg.simulation.dropout_rate > 0 and target:
+        k = overselect(target, cfg.simulation.dropout_rate)
+    k = min(k, len(candidates))
+    selector = _selector(store, cid, rnd - 1, cfg)
+    cohort = sorted(selector.select(candidates, k, rng=rng(cfg.campaign.seed, rnd, "select"),
+                                    round=rnd)) if k else []
+    return cohort, cfg.selection.strategy, target
+
+
+def _selector(store: ArtifactStore, cid: str, upto: int, cfg: Config) -> Any:
+    """The selector with the records of rounds <= ``upto`` and current reputations."""
+    from fl_core.selection import create_selector
+
+    kwargs: dict[str, Any] = {"min_reputation": cfg.selection.min_reputation}
+    if cfg.selection.strategy == "oort":
+        kwargs["exploration"] = cfg.selection.exploration
+    selector = create_selector(cfg.selection.strategy, **kwargs)
+    if upto >= 1 and store.exists(round_key(cid, upto, "selector.json")):
+        selector.load_state_dict(store.get_json(round_key(cid, upto, "selector.json")))
+    book = _reputation(store, cid, upto)
+    selector.set_signals(reputation={c: book.score(c, round=upto + 1) for c in book.clients})
+    return selector
+
+
+def _reputation(store: ArtifactStore, cid: str, upto: int) -> Any:
+    from fl_core.reputation import ReputationBook
+
+    book = ReputationBook()
+    if upto >= 1 and store.exists(round_key(cid, upto, "reputation.json")):
+        book.load_state_dict(store.get_json(round_key(cid, upto, "reputation.json")))
+    return book
+
+
+def _inflight(store: ArtifactStore, cid: str, upto: int) -> dict[str, dict[str, Any]]:
+    """Asynchronous mode: clients still training after round ``upto`` closed."""
+    if upto < 1:
+        return {}
+    out: dict[str, dict[str, Any]] = store.get_json(round_key(cid, upto, "collected.json")).get(
+        "inflight", {})
+    return out
+
+
+def _clock(store: ArtifactStore, cid: str, upto: int) -> float:
+    """Simulated time (s) when round ``upto`` closed."""
+    if upto < 1:
+        return 0.0
+    return float(store.get_json(round_key(cid, upto, "collected.json")).get("clock_s", 0.0))
 
 
 def dispatch(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
@@ -313,16 +383,19 @@ def dispatch(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
     cfg = campaign_config(rec)
     cohort = select_clients(store, cid, rnd)["cohort"]
     c, comm = cfg.client, cfg.communication
+    plans = {client: sim.client_plan(cfg, sim.profile(rec, client)) for client in cohort}
     tasks = {
         client: {
-            "local_epochs": c.local_epochs,
+            "local_epochs": plans[client]["local_epochs"],
             "batch_size": c.batch_size,
             "lr": c.lr,
             "momentum": c.momentum,
             "weight_decay": c.weight_decay,
             "prox_mu": c.prox_mu,
-            "codec": comm.uplink_codec,
-            "error_feedback": comm.error_feedback and not parse_codec(comm.uplink_codec).lossless,
+            "codec": plans[client]["codec"],
+            "link": plans[client]["link"],
+            "error_feedback": comm.error_feedback
+            and not parse_codec(plans[client]["codec"]).lossless,
             "downlink_codec": comm.downlink_codec,
             "downlink_delta_codec": comm.downlink_delta_codec,
             "seed": derive_seed(cfg.campaign.seed, rnd, "train", client),
@@ -362,13 +435,19 @@ def train_clients(store: ArtifactStore, cid: str, rnd: int, clients: list[str]) 
     files = _client_files(rec)
     base = manifest["base_version"]
     global_vector = load_model(store, cid, base)
-    trained, skipped, bytes_up, bytes_down = 0, 0, 0, 0
+    cfg = campaign_config(rec)
+    avail = sim.availability(cfg) if cfg.simulation.enabled else None
+    malicious = set(rec.get("malicious") or [])
+    trained, skipped, dropped, bytes_up, bytes_down = 0, 0, 0, 0, 0
     for client in clients:
         if client not in manifest["tasks"]:
             raise ValueError(f"client {client!r} has no task in round {rnd}")
         key = update_key(cid, rnd, client)
         if store.exists(key):
             skipped += 1
+            continue
+        if avail is not None and not avail.completes(client, rnd):
+            dropped += 1  # went offline before delivering: no update arrives
             continue
         task = manifest["tasks"][client]
         state = _load_client_state(store, cid, client, rnd)
@@ -384,6 +463,10 @@ def train_clients(store: ArtifactStore, cid: str, rnd: int, clients: list[str]) 
             down, known_version=known, known_model=known_model, expected_layout=layout
         )
         x, y = _table(files[client])
+        if client in malicious and cfg.attack.kind == "label_flip":
+            from fl_core.attacks import flip_labels
+
+            y = flip_labels(y, spec.num_classes)
         result, metrics = _train_one(spec, start, x, y, task, rp)
         if rp is not None and rp.enabled and rp.mode == "local":
             from fl_core.privacy.local import privatize_update_locally
@@ -400,8 +483,21 @@ def train_clients(store: ArtifactStore, cid: str, rnd: int, clients: list[str]) 
             feedback = ErrorFeedback(layout.num_params)
             if "residual" in state:
                 feedback.load_state_dict({"residual": state["residual"]})
+        metrics = {**metrics, "bytes_down": len(down)}
+        prof = sim.profile(rec, client)
+        if prof is not None:  # what a real client measures and reports
+            metrics["uplink_mbps"] = prof.uplink_mbps
+            metrics["latency_s"] = prof.latency_s
         data = encode_update(cid, rnd, base, client, layout, result, task["codec"],
-                             feedback=feedback, metrics={**metrics, "bytes_down": len(down)})
+                             feedback=feedback, metrics=metrics)
+        if prof is not None:  # simulated time from dispatch to delivery, real byte counts
+            data = encode_update(
+                cid, rnd, base, client, layout, result, task["codec"],
+                feedback=_restored(feedback, state),
+                metrics={**metrics, "sim_duration_s": prof.round_time(
+                    num_examples=result.num_examples, bytes_down=len(down),
+                    bytes_up=len(data), epochs=task["local_epochs"])},
+            )
         new_state: dict[str, np.ndarray] = {"known_version": np.asarray(base)}
         if feedback is not None:
             new_state.update(feedback.state_dict())
@@ -413,8 +509,18 @@ def train_clients(store: ArtifactStore, cid: str, rnd: int, clients: list[str]) 
         bytes_down += len(down)
         logger.debug("client %s: %d bytes down (delta from %s), %d up", client, len(down),
                      down_header.delta_from, len(data))
-    return {"round": rnd, "trained": trained, "skipped": skipped, "bytes_up": bytes_up,
-            "bytes_down": bytes_down}
+    return {"round": rnd, "trained": trained, "skipped": skipped, "dropped": dropped,
+            "bytes_up": bytes_up, "bytes_down": bytes_down}
+
+
+def _restored(feedback: ErrorFeedback | None, state: dict[str, Any]) -> ErrorFeedback | None:
+    """A fresh copy of the client's error feedback as it was before this round."""
+    if feedback is None:
+        return None
+    again = ErrorFeedback(feedback.residual.size)
+    if "residual" in state:
+        again.load_state_dict({"residual": state["residual"]})
+    return again
 
 
 def _train_one(
@@ -454,21 +560,93 @@ def encode_update(
 
 
 def collect(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
-    """Close the round's collection: which cohort members delivered, who is missing."""
+    """Close the round's collection: which updates count, who is missing.
+
+    Synchronous: the cohort's updates; with simulation, on the simulated clock the round
+    closes at the target count (quorum, when over-selected) or the deadline, and later
+    updates are stragglers. Asynchronous (FedBuff): the ``buffer_size`` earliest arrivals
+    among every client in flight, whatever model version each trained on; the rest stay in
+    flight. In an attack simulation the adversary's messages replace the attackers' updates
+    here (their honest updates are kept under ``honest/``).
+    """
     key = round_key(cid, rnd, "collected.json")
     if (cached := _cached(store, key)) is not None:
         return cached
+    rec = load_campaign(store, cid)
+    cfg = campaign_config(rec)
+    selection = select_clients(store, cid, rnd)
     cohort = dispatch(store, cid, rnd)["tasks"]
-    received = [c for c in sorted(cohort) if store.exists(update_key(cid, rnd, c))]
-    missing = [c for c in sorted(cohort) if c not in received]
-    if not received and not _central(_privacy(load_campaign(store, cid))):
+    start = _clock(store, cid, rnd - 1)
+    arrived = {c: rnd for c in sorted(cohort) if store.exists(update_key(cid, rnd, c))}
+    durations = {c: _sim_duration(store, update_key(cid, rnd, c)) for c in arrived}
+    out: dict[str, Any] = {"round": rnd}
+    if cfg.asynchronous.enabled:
+        pool = {c: {"round": int(v["round"]), "arrival": float(v["arrival"])}
+                for c, v in _inflight(store, cid, rnd - 1).items()}
+        for c in cohort:
+            if c in arrived:
+                pool[c] = {"round": rnd, "arrival": start + (durations[c] or 0.0)}
+        order = sorted(pool, key=lambda c: (pool[c]["arrival"], c))
+        received = order[: cfg.asynchronous.buffer_size]
+        clock = max([start] + [pool[c]["arrival"] for c in received])
+        sources = {c: int(pool[c]["round"]) for c in received}
+        out.update(inflight={c: pool[c] for c in order[cfg.asynchronous.buffer_size :]})
+        missing = sorted(c for c in cohort if c not in arrived)
+    elif cfg.simulation.enabled:
+        from fl_core.selection import arrivals
+
+        timing = arrivals({c: durations.get(c) for c in sorted(cohort)},
+                          quorum=selection.get("target") or None,
+                          deadline_s=cfg.simulation.deadline_s)
+        received, missing = sorted(timing.received), timing.stragglers
+        clock, sources = start + timing.duration_s, {c: rnd for c in received}
+    else:
+        received = sorted(arrived)
+        missing = [c for c in sorted(cohort) if c not in arrived]
+        clock, sources = start, {c: rnd for c in received}
+    if not received and not _central(_privacy(rec)):
         raise RuntimeError(f"round {rnd}: no update arrived from a cohort of {len(cohort)}")
-    out = {"round": rnd, "received": received, "missing": missing,
-           "num_received": len(received), "num_missing": len(missing)}
+    _adversary(store, cid, rnd, cfg, rec, sources)
+    out.update(received=received, missing=missing, sources=sources, clock_s=clock,
+               num_received=len(received), num_missing=len(missing))
     store.put_json(key, out)
     if missing:
-        logger.warning("round %d: %d stragglers/dropouts: %s", rnd, len(missing), missing)
+        logger.info("round %d: %d stragglers/dropouts: %s", rnd, len(missing), missing)
     return out
+
+
+def _sim_duration(store: ArtifactStore, key: str) -> float | None:
+    try:
+        header = wire.read_header(store.get_bytes(key))
+    except wire.WireError:
+        return None  # a broken message is rejected by validation, not timed
+    value = header.metrics.get("sim_duration_s")
+    return None if value is None else float(value)
+
+
+def _adversary(
+    store: ArtifactStore, cid: str, rnd: int, cfg: Config, rec: dict[str, Any],
+    sources: dict[str, int],
+) -> None:
+    """Evaluation only: replace the received attackers' updates with the attack."""
+    malicious = set(rec.get("malicious") or [])
+    if cfg.attack.kind in ("none", "label_flip") or not malicious & set(sources):
+        return
+    honest: dict[str, np.ndarray] = {}
+    headers: dict[str, wire.Header] = {}
+    for client, src in sources.items():
+        key = update_key(cid, src, client)
+        kept = round_key(cid, src, "honest", f"{client}.flw")
+        if client in malicious and not store.exists(kept):
+            store.put_bytes(kept, store.get_bytes(key))
+        data = store.get_bytes(kept if client in malicious else key)
+        try:
+            headers[client], honest[client] = wire.decode(data)
+        except wire.WireError:
+            continue
+    for client, vector in sim.attack_updates(cfg, honest, sorted(malicious), rnd=rnd).items():
+        header = wire.Header(**{**headers[client].__dict__, "codec": "dense_fp32"})
+        store.put_bytes(update_key(cid, sources[client], client), wire.encode(header, vector))
 
 
 def validate_updates(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
@@ -479,29 +657,47 @@ def validate_updates(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]
     rec = load_campaign(store, cid)
     cfg = campaign_config(rec)
     layout = _layout(rec)
-    manifest = dispatch(store, cid, rnd)
+    collected = collect(store, cid, rnd)
+    malicious = set(rec.get("malicious") or [])
     accepted: list[dict[str, Any]] = []
     rejected: list[dict[str, Any]] = []
     bytes_up = bytes_down = 0
-    for client in collect(store, cid, rnd)["received"]:
-        data = store.get_bytes(update_key(cid, rnd, client))
+    for client in collected["received"]:
+        src = int(collected["sources"][client])
+        task = dispatch(store, cid, src)["tasks"][client]
+        data = store.get_bytes(update_key(cid, src, client))
         bytes_up += len(data)
+        codec = "dense_fp32" if client in malicious and cfg.attack.kind not in (
+            "none", "label_flip") else task["codec"]  # the simulated adversary sends fp32
         reason, info = _check_update(
-            data, cid=cid, rnd=rnd, client=client, base_version=manifest["base_version"],
-            layout=layout, codec=manifest["tasks"][client]["codec"],
-            max_norm=cfg.server.max_update_norm,
+            data, cid=cid, rnd=src, client=client, base_version=src - 1,
+            layout=layout, codec=codec, max_norm=cfg.server.max_update_norm,
         )
         if reason is None:
-            accepted.append({"client": client, **info})
+            accepted.append({"client": client, "source_round": src, "staleness": rnd - src,
+                             **info})
             bytes_down += int(info.get("bytes_down", 0))
         else:
             rejected.append({"client": client, "reason": reason})
-            logger.warning("round %d: rejected update from %s: %s", rnd, client, reason)
+    factor = cfg.server.norm_outlier_factor
+    if factor is not None and len(accepted) >= 3:
+        median = float(np.median([a["norm"] for a in accepted]))
+        for item in [a for a in accepted if a["norm"] > factor * median]:
+            accepted.remove(item)
+            rejected.append({"client": item["client"], "reason": (
+                f"norm outlier: {item['norm']:.4g} > {factor:g} x median {median:.4g}")})
+    for item in rejected:
+        logger.warning("round %d: rejected update from %s: %s", rnd, item["client"],
+                       item["reason"])
     out = {"round": rnd, "accepted": accepted, "rejected": rejected,
            "num_accepted": len(accepted), "num_rejected": len(rejected), "bytes_up": bytes_up,
            "bytes_down": bytes_down}
     store.put_json(key, out)
     return out
+
+
+def _upd_key(cid: str, item: dict[str, Any], rnd: int) -> str:
+    return update_key(cid, int(item.get("source_round", rnd)), item["client"])
 
 
 def _check_update(
@@ -531,7 +727,8 @@ def _check_update(
         "train_loss": header.metrics.get("train_loss", math.nan),
         "duration_s": header.metrics.get("duration_s", math.nan),
         "bytes": len(data),
-        **{k: v for k, v in header.metrics.items() if k in ("dp_sgd_epsilon", "bytes_down")},
+        **{k: v for k, v in header.metrics.items()
+           if k in ("dp_sgd_epsilon", "bytes_down", "sim_duration_s", "uplink_mbps")},
     }
 
 
@@ -560,7 +757,7 @@ def aggregate(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
         total = np.zeros(layout.num_params, dtype=np.float64)
         norms = []
         for item in accepted:
-            _, vector = wire.decode(store.get_bytes(update_key(cid, rnd, item["client"])))
+            _, vector = wire.decode(store.get_bytes(_upd_key(cid, item, rnd)))
             clipped, norm = clip_by_l2(vector, c_norm)
             total += clipped
             norms.append(norm)
@@ -573,22 +770,101 @@ def aggregate(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
         return out
     if not accepted:
         raise RuntimeError(f"round {rnd}: every update was rejected; nothing to aggregate")
-    agg = create_aggregator(cfg.server.strategy, dim=layout.num_params)
-    sparse = parse_codec(cfg.communication.uplink_codec).sparse and hasattr(agg, "add_sparse")
+    agg = create_aggregator(cfg.server.strategy, dim=layout.num_params,
+                            **_rule_kwargs(store, cid, rnd, rec, cfg, len(accepted)))
+    sparse = hasattr(agg, "add_sparse") and all(
+        parse_codec(dispatch(store, cid, int(a["source_round"]))["tasks"][a["client"]]["codec"])
+        .sparse for a in accepted) and not rec.get("malicious")
+    weights = {}
     for item in accepted:
-        data = store.get_bytes(update_key(cid, rnd, item["client"]))
+        weight = float(item["num_examples"])
+        if cfg.asynchronous.enabled:
+            from fl_core.aggregation.fedbuff import staleness_weight
+
+            weight *= staleness_weight(int(item["staleness"]),
+                                       exponent=cfg.asynchronous.staleness_exponent,
+                                       max_staleness=cfg.asynchronous.max_staleness)
+        weights[item["client"]] = weight
+        if weight <= 0:
+            continue  # too stale: dropped
+        data = store.get_bytes(_upd_key(cid, item, rnd))
         if sparse:
             _, idx, values = wire.decode_sparse(data)
-            agg.add_sparse(idx, values, weight=float(item["num_examples"]))  # type: ignore[attr-defined]
+            agg.add_sparse(idx, values, weight=weight)  # type: ignore[attr-defined]
         else:
             _, vector = wire.decode(data)
-            agg.add(vector, weight=float(item["num_examples"]))
+            agg.add(vector, weight=weight)
     mean = agg.result()
     store.put_arrays(key, {"update": mean})
+    scores = [float(v) for v in agg.outlier_scores()] if hasattr(agg, "outlier_scores") else []
+    _record_clients(store, cid, rnd, cfg, accepted, scores)
     out = {"round": rnd, "num_aggregated": agg.count, "total_examples": int(agg.total_weight),
-           "strategy": cfg.server.strategy, "sparse": sparse, "update_norm": l2_norm(mean)}
+           "strategy": cfg.server.strategy, "sparse": sparse, "update_norm": l2_norm(mean),
+           "max_staleness_seen": max(int(a.get("staleness", 0)) for a in accepted)}
     store.put_json(info_key, out)
     return out
+
+
+def _rule_kwargs(
+    store: ArtifactStore, cid: str, rnd: int, rec: dict[str, Any], cfg: Config, n: int
+) -> dict[str, Any]:
+    """Hyperparameters of the configured rule (f, trim fraction, clip norm, root update)."""
+    s = cfg.server
+    if s.strategy in ("krum", "multi_krum", "bulyan"):
+        return {"num_byzantine": s.num_byzantine}
+    if s.strategy == "trimmed_mean":
+        return {"beta": s.trim_fraction}
+    if s.strategy == "norm_bounding":
+        return {"max_norm": s.clip_norm}
+    if s.strategy == "centered_clipping":
+        return {"tau": s.clip_norm}
+    if s.strategy == "fltrust":
+        return {"root_update": _root_update(store, cid, rnd, rec, cfg)}
+    return {}
+
+
+def _root_update(
+    store: ArtifactStore, cid: str, rnd: int, rec: dict[str, Any], cfg: Config
+) -> np.ndarray:
+    """FLTrust's server update: the server trains on its own small, clean root dataset
+    (simulation: the first ``server.root_dataset_size`` rows of the held-out test set)."""
+    x, y = _table(Path(rec["test"]["file"]))
+    n = cfg.server.root_dataset_size
+    c = cfg.client
+    result = local_train(
+        _spec(rec), load_model(store, cid, rnd - 1), x[:n], y[:n],
+        settings=TrainSettings(local_epochs=c.local_epochs, batch_size=c.batch_size, lr=c.lr,
+                               momentum=c.momentum),
+        seed=derive_seed(cfg.campaign.seed, rnd, "root"),
+    )
+    return result.delta
+
+
+def _record_clients(
+    store: ArtifactStore, cid: str, rnd: int, cfg: Config, accepted: list[dict[str, Any]],
+    scores: list[float],
+) -> None:
+    """Reputation (rejections, outlier scores) and the selector's records, as of round r."""
+    validation = validate_updates(store, cid, rnd)
+    book = _reputation(store, cid, rnd - 1)
+    for item in validation["rejected"]:
+        book.record(item["client"], round=rnd, accepted=False, reason=item["reason"])
+    for i, item in enumerate(accepted):
+        book.record(item["client"], round=rnd, accepted=True,
+                    outlier_score=scores[i] if i < len(scores) else None)
+    store.put_json(round_key(cid, rnd, "reputation.json"), book.state_dict())
+    selector = _selector(store, cid, rnd - 1, cfg)
+    done = {a["client"]: a for a in accepted}
+    for client in dispatch(store, cid, rnd)["tasks"]:
+        item = done.get(client)
+        selector.observe(
+            client, round=rnd, completed=item is not None,
+            num_examples=None if item is None else int(item["num_examples"]),
+            loss=None if item is None else float(item["train_loss"]),
+            duration_s=None if item is None else float(
+                item.get("sim_duration_s", item.get("duration_s", 0.0))),
+        )
+    store.put_json(round_key(cid, rnd, "selector.json"), selector.state_dict())
 
 
 def privatize(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
@@ -714,6 +990,7 @@ def evaluate(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
     }
     if privacy.get("epsilon") is not None:
         out["epsilon"] = privacy["epsilon"]
+    out["sim_time_s"] = float(collect(store, cid, rnd).get("clock_s", 0.0))
     store.put_json(key, out)
     return out
 
