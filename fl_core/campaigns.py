@@ -26,6 +26,8 @@ FORM_KEYS: dict[str, str] = {
     "rounds": "campaign.rounds",
     "clients_per_round": "campaign.clients_per_round",
     "local_epochs": "client.local_epochs",
+    "privacy_level": "privacy.level",
+    "codec": "communication.uplink_codec",
 }
 
 

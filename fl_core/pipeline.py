@@ -770,23 +770,18 @@ def aggregate(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
         return out
     if not accepted:
         raise RuntimeError(f"round {rnd}: every update was rejected; nothing to aggregate")
+    if cfg.asynchronous.enabled:
+        return _aggregate_fedbuff(store, cid, rnd, cfg, layout, accepted, key, info_key)
     agg = create_aggregator(cfg.server.strategy, dim=layout.num_params,
                             **_rule_kwargs(store, cid, rnd, rec, cfg, len(accepted)))
+    if cfg.server.strategy == "centered_clipping" and store.exists(
+            round_key(cid, rnd - 1, "rule_state.npz")):
+        agg.load_state_dict(store.get_arrays(round_key(cid, rnd - 1, "rule_state.npz")))  # type: ignore[attr-defined]
     sparse = hasattr(agg, "add_sparse") and all(
         parse_codec(dispatch(store, cid, int(a["source_round"]))["tasks"][a["client"]]["codec"])
         .sparse for a in accepted) and not rec.get("malicious")
-    weights = {}
     for item in accepted:
         weight = float(item["num_examples"])
-        if cfg.asynchronous.enabled:
-            from fl_core.aggregation.fedbuff import staleness_weight
-
-            weight *= staleness_weight(int(item["staleness"]),
-                                       exponent=cfg.asynchronous.staleness_exponent,
-                                       max_staleness=cfg.asynchronous.max_staleness)
-        weights[item["client"]] = weight
-        if weight <= 0:
-            continue  # too stale: dropped
         data = store.get_bytes(_upd_key(cid, item, rnd))
         if sparse:
             _, idx, values = wire.decode_sparse(data)
@@ -796,6 +791,8 @@ def aggregate(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
             agg.add(vector, weight=weight)
     mean = agg.result()
     store.put_arrays(key, {"update": mean})
+    if cfg.server.strategy == "centered_clipping":  # the center carries over to next round
+        store.put_arrays(round_key(cid, rnd, "rule_state.npz"), agg.state_dict())  # type: ignore[attr-defined]
     scores = [float(v) for v in agg.outlier_scores()] if hasattr(agg, "outlier_scores") else []
     _record_clients(store, cid, rnd, cfg, accepted, scores)
     out = {"round": rnd, "num_aggregated": agg.count, "total_examples": int(agg.total_weight),
@@ -805,22 +802,53 @@ def aggregate(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
     return out
 
 
+def _aggregate_fedbuff(
+    store: ArtifactStore, cid: str, rnd: int, cfg: Config, layout: Layout,
+    accepted: list[dict[str, Any]], key: str, info_key: str,
+) -> dict[str, Any]:
+    """FedBuff (Nguyen et al., AISTATS 2022): sum of w_i s(staleness_i) u_i over the sum
+    of the sample weights w_i, so stale updates also shrink the step (not only their share);
+    updates staler than ``max_staleness`` are dropped."""
+    from fl_core.aggregation.fedbuff import FedBuffBuffer
+
+    a = cfg.asynchronous
+    buffer = FedBuffBuffer(layout.num_params, buffer_size=len(accepted),
+                           exponent=a.staleness_exponent, max_staleness=a.max_staleness)
+    for item in accepted:
+        _, vector = wire.decode(store.get_bytes(_upd_key(cid, item, rnd)))
+        buffer.add(vector, weight=float(item["num_examples"]),
+                   base_version=int(item["source_round"]) - 1, current_version=rnd - 1)
+    mean = buffer.flush().astype(np.float32)
+    store.put_arrays(key, {"update": mean})
+    _record_clients(store, cid, rnd, cfg, accepted, [])
+    out = {"round": rnd, "num_aggregated": len(accepted) - buffer.num_dropped,
+           "num_too_stale": buffer.num_dropped, "strategy": "fedbuff", "sparse": False,
+           "total_examples": int(sum(a["num_examples"] for a in accepted)),
+           "update_norm": l2_norm(mean),
+           "max_staleness_seen": max(int(a.get("staleness", 0)) for a in accepted)}
+    store.put_json(info_key, out)
+    return out
+
+
 def _rule_kwargs(
     store: ArtifactStore, cid: str, rnd: int, rec: dict[str, Any], cfg: Config, n: int
 ) -> dict[str, Any]:
     """Hyperparameters of the configured rule (f, trim fraction, clip norm, root update)."""
+    from fl_core.aggregation import requires_full_cohort
+
     s = cfg.server
+    out: dict[str, Any] = {"capacity": n} if requires_full_cohort(s.strategy) else {}
     if s.strategy in ("krum", "multi_krum", "bulyan"):
-        return {"num_byzantine": s.num_byzantine}
-    if s.strategy == "trimmed_mean":
-        return {"beta": s.trim_fraction}
-    if s.strategy == "norm_bounding":
-        return {"max_norm": s.clip_norm}
-    if s.strategy == "centered_clipping":
-        return {"tau": s.clip_norm}
-    if s.strategy == "fltrust":
-        return {"root_update": _root_update(store, cid, rnd, rec, cfg)}
-    return {}
+        out["num_byzantine"] = s.num_byzantine
+    elif s.strategy == "trimmed_mean":
+        out["beta"] = s.trim_fraction
+    elif s.strategy == "norm_bounding":
+        out["max_norm"] = s.clip_norm
+    elif s.strategy == "centered_clipping":
+        out["tau"] = s.clip_norm
+    elif s.strategy == "fltrust":
+        out["root_update"] = _root_update(store, cid, rnd, rec, cfg)
+    return out
 
 
 def _root_update(

@@ -294,6 +294,7 @@ def train(cfg: Config, paths: Paths, *, progress: bool = True) -> dict[str, Any]
                 "rounds": result.rounds,
                 "bytes_up_total": sum(h["bytes_up"] for h in result.history),
                 "bytes_down_total": sum(h["bytes_down"] for h in result.history),
+                "epsilon": result.history[-1].get("epsilon"),
             },
             indent=1,
             sort_keys=True,
@@ -408,6 +409,12 @@ def summary(paths: Paths) -> str:
         f"(gap {ev['accuracy_gap_points']:+.2f} points)",
         f"  model sha256      {campaign['model_sha256'][:16]}…",
     ]
+    train = json.loads((paths.metrics / "train.json").read_text())
+    if train.get("epsilon") is not None:
+        lines.append(f"  privacy           epsilon spent {train['epsilon']:.4f}")
+    lines.append(
+        f"  uplink bytes      {train['bytes_up_total']:,} (downlink {train['bytes_down_total']:,})"
+    )
     if reg:
         lines.append(
             f"  registered        {reg.get('registered_model')} v{reg.get('version')} "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from fl_core.aggregation.base import Aggregator
+from fl_core.aggregation.math import accumulate
 
 
 class FedAvg(Aggregator):
@@ -22,7 +23,8 @@ class FedAvg(Aggregator):
         self._sum = np.zeros(dim, dtype=np.float64)
 
     def _add(self, update: np.ndarray, weight: float) -> None:
-        self._sum += weight * np.asarray(update, dtype=np.float64)
+        # In place, block by block: no full-size float64 temporaries per update.
+        accumulate(self._sum, np.asarray(update), weight)
 
     def add_sparse(self, indices: np.ndarray, values: np.ndarray, *, weight: float) -> None:
         """Add one client's sparse update ``{indices[i]: values[i]}`` with its weight.

@@ -153,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
             f"\ncampaign {out['campaign_id']}: {out['last_round']} rounds ({out['reason']}), "
             f"final test accuracy {out['final_accuracy']:.4f}"
         )
+        if out.get("epsilon") is not None:
+            print(f"  privacy: epsilon spent {out['epsilon']:.4f}")
         print(
             f"  model {dep.get('registered_model')} v{dep.get('version')} -> alias "
             f"{dep.get('alias')}"
