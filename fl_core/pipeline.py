@@ -174,7 +174,8 @@ def _load_client_state(store: ArtifactStore, cid: str, client: str, rnd: int) ->
     version it last received): always the latest state of an *earlier* round, so a retried
     round starts from the same state and produces the same bytes."""
     earlier = [
-        k for k in store.list(campaign_key(cid, "clients", client))
+        k
+        for k in store.list(campaign_key(cid, "clients", client))
         if k.endswith(".npz") and int(k.rsplit("state_r", 1)[1][:4]) < rnd
     ]
     return store.get_arrays(max(earlier)) if earlier else {}
@@ -244,7 +245,8 @@ def start_campaign(
         "validation_status": validation_status,
         "privacy": privacy,
         "profiles": sim.campaign_profiles(cfg, [c["client_id"] for c in manifest["clients"]])
-        if cfg.simulation.enabled else None,
+        if cfg.simulation.enabled
+        else None,
         "malicious": sim.malicious_clients(cfg, [c["client_id"] for c in manifest["clients"]]),
         # Server-private: DP noise must not be predictable from params.yaml's seed.
         "noise_seed": secrets.randbits(62),
@@ -253,15 +255,24 @@ def start_campaign(
     store.put_json(campaign_key(cid, "campaign.json"), rec)
     logger.info(
         "campaign %s: %s on %s, %d clients, %d params",
-        cid, spec.name, rec["dataset"], len(rec["clients"]), layout.num_params,
+        cid,
+        spec.name,
+        rec["dataset"],
+        len(rec["clients"]),
+        layout.num_params,
     )
     return cid
 
 
 def _encode_model(cid: str, version: int, layout: Layout, vector: np.ndarray) -> bytes:
     header = wire.Header(
-        kind="model", campaign=cid, round=version, base_version=version,
-        client="server", codec="dense_fp32", layout=layout,
+        kind="model",
+        campaign=cid,
+        round=version,
+        base_version=version,
+        client="server",
+        codec="dense_fp32",
+        layout=layout,
     )
     return wire.encode(header, vector)
 
@@ -290,8 +301,9 @@ def select_clients(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
     if _central(rp):
         from fl_core.privacy.sampling import poisson_cohort
 
-        cohort = poisson_cohort(ids, rate=rp.sampling_rate,
-                                rng=rng(cfg.campaign.seed, rnd, "select"))
+        cohort = poisson_cohort(
+            ids, rate=rp.sampling_rate, rng=rng(cfg.campaign.seed, rnd, "select")
+        )
         strategy = f"poisson(q={rp.sampling_rate:.4g})"
     else:
         cohort, strategy, target = _select(store, cid, rnd, rec, cfg, ids)
@@ -328,8 +340,11 @@ def _select(
         k = overselect(target, cfg.simulation.dropout_rate)
     k = min(k, len(candidates))
     selector = _selector(store, cid, rnd - 1, cfg)
-    cohort = sorted(selector.select(candidates, k, rng=rng(cfg.campaign.seed, rnd, "select"),
-                                    round=rnd)) if k else []
+    cohort = (
+        sorted(selector.select(candidates, k, rng=rng(cfg.campaign.seed, rnd, "select"), round=rnd))
+        if k
+        else []
+    )
     return cohort, cfg.selection.strategy, target
 
 
@@ -362,7 +377,8 @@ def _inflight(store: ArtifactStore, cid: str, upto: int) -> dict[str, dict[str, 
     if upto < 1:
         return {}
     out: dict[str, dict[str, Any]] = store.get_json(round_key(cid, upto, "collected.json")).get(
-        "inflight", {})
+        "inflight", {}
+    )
     return out
 
 
@@ -454,9 +470,18 @@ def train_clients(store: ArtifactStore, cid: str, rnd: int, clients: list[str]) 
         known = int(state["known_version"]) if "known_version" in state else None
         known_model = None if known is None else load_model(store, cid, known)
         down = wire.encode_model_for_client(
-            wire.Header(kind="model", campaign=cid, round=rnd, base_version=base, client=client,
-                        codec=task["downlink_codec"], layout=layout),
-            global_vector, known_version=known, known_model=known_model,
+            wire.Header(
+                kind="model",
+                campaign=cid,
+                round=rnd,
+                base_version=base,
+                client=client,
+                codec=task["downlink_codec"],
+                layout=layout,
+            ),
+            global_vector,
+            known_version=known,
+            known_model=known_model,
             delta_codec=task["downlink_delta_codec"],
         )
         down_header, start = wire.decode_model_for_client(
@@ -472,12 +497,14 @@ def train_clients(store: ArtifactStore, cid: str, rnd: int, clients: list[str]) 
             from fl_core.privacy.local import privatize_update_locally
 
             noisy = privatize_update_locally(
-                result.delta, clipping_norm=rp.clipping_norm,
+                result.delta,
+                clipping_norm=rp.clipping_norm,
                 noise_multiplier=float(rp.update_noise_multiplier),
                 rng=rng(rec["noise_seed"], rnd, "local", client),
             )
-            result = ClientResult(noisy.astype(np.float32), result.num_examples,
-                                  result.train_loss, result.duration_s)
+            result = ClientResult(
+                noisy.astype(np.float32), result.num_examples, result.train_loss, result.duration_s
+            )
         feedback = None
         if task["error_feedback"]:
             feedback = ErrorFeedback(layout.num_params)
@@ -488,15 +515,36 @@ def train_clients(store: ArtifactStore, cid: str, rnd: int, clients: list[str]) 
         if prof is not None:  # what a real client measures and reports
             metrics["uplink_mbps"] = prof.uplink_mbps
             metrics["latency_s"] = prof.latency_s
-        data = encode_update(cid, rnd, base, client, layout, result, task["codec"],
-                             feedback=feedback, metrics=metrics)
+        data = encode_update(
+            cid,
+            rnd,
+            base,
+            client,
+            layout,
+            result,
+            task["codec"],
+            feedback=feedback,
+            metrics=metrics,
+        )
         if prof is not None:  # simulated time from dispatch to delivery, real byte counts
             data = encode_update(
-                cid, rnd, base, client, layout, result, task["codec"],
+                cid,
+                rnd,
+                base,
+                client,
+                layout,
+                result,
+                task["codec"],
                 feedback=_restored(feedback, state),
-                metrics={**metrics, "sim_duration_s": prof.round_time(
-                    num_examples=result.num_examples, bytes_down=len(down),
-                    bytes_up=len(data), epochs=task["local_epochs"])},
+                metrics={
+                    **metrics,
+                    "sim_duration_s": prof.round_time(
+                        num_examples=result.num_examples,
+                        bytes_down=len(down),
+                        bytes_up=len(data),
+                        epochs=task["local_epochs"],
+                    ),
+                },
             )
         new_state: dict[str, np.ndarray] = {"known_version": np.asarray(base)}
         if feedback is not None:
@@ -507,10 +555,21 @@ def train_clients(store: ArtifactStore, cid: str, rnd: int, clients: list[str]) 
         trained += 1
         bytes_up += len(data)
         bytes_down += len(down)
-        logger.debug("client %s: %d bytes down (delta from %s), %d up", client, len(down),
-                     down_header.delta_from, len(data))
-    return {"round": rnd, "trained": trained, "skipped": skipped, "dropped": dropped,
-            "bytes_up": bytes_up, "bytes_down": bytes_down}
+        logger.debug(
+            "client %s: %d bytes down (delta from %s), %d up",
+            client,
+            len(down),
+            down_header.delta_from,
+            len(data),
+        )
+    return {
+        "round": rnd,
+        "trained": trained,
+        "skipped": skipped,
+        "dropped": dropped,
+        "bytes_up": bytes_up,
+        "bytes_down": bytes_down,
+    }
 
 
 def _restored(feedback: ErrorFeedback | None, state: dict[str, Any]) -> ErrorFeedback | None:
@@ -524,7 +583,11 @@ def _restored(feedback: ErrorFeedback | None, state: dict[str, Any]) -> ErrorFee
 
 
 def _train_one(
-    spec: ModelSpec, start: np.ndarray, x: np.ndarray, y: np.ndarray, task: dict[str, Any],
+    spec: ModelSpec,
+    start: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    task: dict[str, Any],
     rp: Any,
 ) -> tuple[ClientResult, dict[str, float]]:
     """Local training; record-level DP-SGD through Opacus when the campaign asks for it."""
@@ -532,29 +595,57 @@ def _train_one(
         from fl_core.privacy.dpsgd import train_dp_sgd
 
         result, eps = train_dp_sgd(
-            spec, start, x, y, local_epochs=task["local_epochs"], batch_size=task["batch_size"],
-            lr=task["lr"], noise_multiplier=rp.dp_sgd_noise_multiplier,
-            max_grad_norm=rp.dp_sgd_max_grad_norm, delta=float(rp.dp_sgd_delta),
+            spec,
+            start,
+            x,
+            y,
+            local_epochs=task["local_epochs"],
+            batch_size=task["batch_size"],
+            lr=task["lr"],
+            noise_multiplier=rp.dp_sgd_noise_multiplier,
+            max_grad_norm=rp.dp_sgd_max_grad_norm,
+            delta=float(rp.dp_sgd_delta),
             seed=task["seed"],
         )
         return result, {"dp_sgd_epsilon": float(eps)}
     settings = TrainSettings(
-        local_epochs=task["local_epochs"], batch_size=task["batch_size"], lr=task["lr"],
-        momentum=task["momentum"], weight_decay=task["weight_decay"], prox_mu=task["prox_mu"],
+        local_epochs=task["local_epochs"],
+        batch_size=task["batch_size"],
+        lr=task["lr"],
+        momentum=task["momentum"],
+        weight_decay=task["weight_decay"],
+        prox_mu=task["prox_mu"],
     )
     return local_train(spec, start, x, y, settings=settings, seed=task["seed"]), {}
 
 
 def encode_update(
-    cid: str, rnd: int, base_version: int, client: str, layout: Layout, result: ClientResult,
-    codec: str, *, feedback: ErrorFeedback | None = None, metrics: dict[str, float] | None = None,
+    cid: str,
+    rnd: int,
+    base_version: int,
+    client: str,
+    layout: Layout,
+    result: ClientResult,
+    codec: str,
+    *,
+    feedback: ErrorFeedback | None = None,
+    metrics: dict[str, float] | None = None,
 ) -> bytes:
     """A client's update as a wire message (error feedback applied when given)."""
     header = wire.Header(
-        kind="update", campaign=cid, round=rnd, base_version=base_version, client=client,
-        codec=codec, layout=layout, num_examples=result.num_examples,
-        metrics={"train_loss": result.train_loss, "duration_s": result.duration_s,
-                 **(metrics or {})},
+        kind="update",
+        campaign=cid,
+        round=rnd,
+        base_version=base_version,
+        client=client,
+        codec=codec,
+        layout=layout,
+        num_examples=result.num_examples,
+        metrics={
+            "train_loss": result.train_loss,
+            "duration_s": result.duration_s,
+            **(metrics or {}),
+        },
     )
     return wire.encode(header, result.delta, feedback=feedback)
 
@@ -581,8 +672,10 @@ def collect(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
     durations = {c: _sim_duration(store, update_key(cid, rnd, c)) for c in arrived}
     out: dict[str, Any] = {"round": rnd}
     if cfg.asynchronous.enabled:
-        pool = {c: {"round": int(v["round"]), "arrival": float(v["arrival"])}
-                for c, v in _inflight(store, cid, rnd - 1).items()}
+        pool = {
+            c: {"round": int(v["round"]), "arrival": float(v["arrival"])}
+            for c, v in _inflight(store, cid, rnd - 1).items()
+        }
         for c in cohort:
             if c in arrived:
                 pool[c] = {"round": rnd, "arrival": start + (durations[c] or 0.0)}
@@ -595,9 +688,11 @@ def collect(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
     elif cfg.simulation.enabled:
         from fl_core.selection import arrivals
 
-        timing = arrivals({c: durations.get(c) for c in sorted(cohort)},
-                          quorum=selection.get("target") or None,
-                          deadline_s=cfg.simulation.deadline_s)
+        timing = arrivals(
+            {c: durations.get(c) for c in sorted(cohort)},
+            quorum=selection.get("target") or None,
+            deadline_s=cfg.simulation.deadline_s,
+        )
         received, missing = sorted(timing.received), timing.stragglers
         clock, sources = start + timing.duration_s, {c: rnd for c in received}
     else:
@@ -607,8 +702,14 @@ def collect(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
     if not received and not _central(_privacy(rec)):
         raise RuntimeError(f"round {rnd}: no update arrived from a cohort of {len(cohort)}")
     _adversary(store, cid, rnd, cfg, rec, sources)
-    out.update(received=received, missing=missing, sources=sources, clock_s=clock,
-               num_received=len(received), num_missing=len(missing))
+    out.update(
+        received=received,
+        missing=missing,
+        sources=sources,
+        clock_s=clock,
+        num_received=len(received),
+        num_missing=len(missing),
+    )
     store.put_json(key, out)
     if missing:
         logger.info("round %d: %d stragglers/dropouts: %s", rnd, len(missing), missing)
@@ -625,7 +726,11 @@ def _sim_duration(store: ArtifactStore, key: str) -> float | None:
 
 
 def _adversary(
-    store: ArtifactStore, cid: str, rnd: int, cfg: Config, rec: dict[str, Any],
+    store: ArtifactStore,
+    cid: str,
+    rnd: int,
+    cfg: Config,
+    rec: dict[str, Any],
     sources: dict[str, int],
 ) -> None:
     """Evaluation only: replace the received attackers' updates with the attack."""
@@ -667,15 +772,23 @@ def validate_updates(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]
         task = dispatch(store, cid, src)["tasks"][client]
         data = store.get_bytes(update_key(cid, src, client))
         bytes_up += len(data)
-        codec = "dense_fp32" if client in malicious and cfg.attack.kind not in (
-            "none", "label_flip") else task["codec"]  # the simulated adversary sends fp32
+        codec = (
+            "dense_fp32"
+            if client in malicious and cfg.attack.kind not in ("none", "label_flip")
+            else task["codec"]
+        )  # the simulated adversary sends fp32
         reason, info = _check_update(
-            data, cid=cid, rnd=src, client=client, base_version=src - 1,
-            layout=layout, codec=codec, max_norm=cfg.server.max_update_norm,
+            data,
+            cid=cid,
+            rnd=src,
+            client=client,
+            base_version=src - 1,
+            layout=layout,
+            codec=codec,
+            max_norm=cfg.server.max_update_norm,
         )
         if reason is None:
-            accepted.append({"client": client, "source_round": src, "staleness": rnd - src,
-                             **info})
+            accepted.append({"client": client, "source_round": src, "staleness": rnd - src, **info})
             bytes_down += int(info.get("bytes_down", 0))
         else:
             rejected.append({"client": client, "reason": reason})
@@ -684,14 +797,25 @@ def validate_updates(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]
         median = float(np.median([a["norm"] for a in accepted]))
         for item in [a for a in accepted if a["norm"] > factor * median]:
             accepted.remove(item)
-            rejected.append({"client": item["client"], "reason": (
-                f"norm outlier: {item['norm']:.4g} > {factor:g} x median {median:.4g}")})
+            rejected.append(
+                {
+                    "client": item["client"],
+                    "reason": (
+                        f"norm outlier: {item['norm']:.4g} > {factor:g} x median {median:.4g}"
+                    ),
+                }
+            )
     for item in rejected:
-        logger.warning("round %d: rejected update from %s: %s", rnd, item["client"],
-                       item["reason"])
-    out = {"round": rnd, "accepted": accepted, "rejected": rejected,
-           "num_accepted": len(accepted), "num_rejected": len(rejected), "bytes_up": bytes_up,
-           "bytes_down": bytes_down}
+        logger.warning("round %d: rejected update from %s: %s", rnd, item["client"], item["reason"])
+    out = {
+        "round": rnd,
+        "accepted": accepted,
+        "rejected": rejected,
+        "num_accepted": len(accepted),
+        "num_rejected": len(rejected),
+        "bytes_up": bytes_up,
+        "bytes_down": bytes_down,
+    }
     store.put_json(key, out)
     return out
 
@@ -701,8 +825,15 @@ def _upd_key(cid: str, item: dict[str, Any], rnd: int) -> str:
 
 
 def _check_update(
-    data: bytes, *, cid: str, rnd: int, client: str, base_version: int, layout: Layout,
-    codec: str, max_norm: float,
+    data: bytes,
+    *,
+    cid: str,
+    rnd: int,
+    client: str,
+    base_version: int,
+    layout: Layout,
+    codec: str,
+    max_norm: float,
 ) -> tuple[str | None, dict[str, Any]]:
     try:
         header, vector = wire.decode(data, expected_layout=layout, expected_codec=codec)
@@ -727,8 +858,11 @@ def _check_update(
         "train_loss": header.metrics.get("train_loss", math.nan),
         "duration_s": header.metrics.get("duration_s", math.nan),
         "bytes": len(data),
-        **{k: v for k, v in header.metrics.items()
-           if k in ("dp_sgd_epsilon", "bytes_down", "sim_duration_s", "uplink_mbps")},
+        **{
+            k: v
+            for k, v in header.metrics.items()
+            if k in ("dp_sgd_epsilon", "bytes_down", "sim_duration_s", "uplink_mbps")
+        },
     }
 
 
@@ -762,24 +896,40 @@ def aggregate(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
             total += clipped
             norms.append(norm)
         store.put_arrays(key, {"sum": total, "norms": np.asarray(norms, dtype=np.float64)})
-        out = {"round": rnd, "num_aggregated": len(accepted), "strategy": "dp_clipped_sum",
-               "clipping_norm": c_norm, "num_clipped": int(sum(n > c_norm for n in norms)),
-               "total_examples": int(sum(a["num_examples"] for a in accepted)),
-               "update_norm": l2_norm(total)}
+        out = {
+            "round": rnd,
+            "num_aggregated": len(accepted),
+            "strategy": "dp_clipped_sum",
+            "clipping_norm": c_norm,
+            "num_clipped": int(sum(n > c_norm for n in norms)),
+            "total_examples": int(sum(a["num_examples"] for a in accepted)),
+            "update_norm": l2_norm(total),
+        }
         store.put_json(info_key, out)
         return out
     if not accepted:
         raise RuntimeError(f"round {rnd}: every update was rejected; nothing to aggregate")
     if cfg.asynchronous.enabled:
         return _aggregate_fedbuff(store, cid, rnd, cfg, layout, accepted, key, info_key)
-    agg = create_aggregator(cfg.server.strategy, dim=layout.num_params,
-                            **_rule_kwargs(store, cid, rnd, rec, cfg, len(accepted)))
+    agg = create_aggregator(
+        cfg.server.strategy,
+        dim=layout.num_params,
+        **_rule_kwargs(store, cid, rnd, rec, cfg, len(accepted)),
+    )
     if cfg.server.strategy == "centered_clipping" and store.exists(
-            round_key(cid, rnd - 1, "rule_state.npz")):
+        round_key(cid, rnd - 1, "rule_state.npz")
+    ):
         agg.load_state_dict(store.get_arrays(round_key(cid, rnd - 1, "rule_state.npz")))  # type: ignore[attr-defined]
-    sparse = hasattr(agg, "add_sparse") and all(
-        parse_codec(dispatch(store, cid, int(a["source_round"]))["tasks"][a["client"]]["codec"])
-        .sparse for a in accepted) and not rec.get("malicious")
+    sparse = (
+        hasattr(agg, "add_sparse")
+        and all(
+            parse_codec(
+                dispatch(store, cid, int(a["source_round"]))["tasks"][a["client"]]["codec"]
+            ).sparse
+            for a in accepted
+        )
+        and not rec.get("malicious")
+    )
     for item in accepted:
         weight = float(item["num_examples"])
         data = store.get_bytes(_upd_key(cid, item, rnd))
@@ -795,16 +945,28 @@ def aggregate(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
         store.put_arrays(round_key(cid, rnd, "rule_state.npz"), agg.state_dict())  # type: ignore[attr-defined]
     scores = [float(v) for v in agg.outlier_scores()] if hasattr(agg, "outlier_scores") else []
     _record_clients(store, cid, rnd, cfg, accepted, scores)
-    out = {"round": rnd, "num_aggregated": agg.count, "total_examples": int(agg.total_weight),
-           "strategy": cfg.server.strategy, "sparse": sparse, "update_norm": l2_norm(mean),
-           "max_staleness_seen": max(int(a.get("staleness", 0)) for a in accepted)}
+    out = {
+        "round": rnd,
+        "num_aggregated": agg.count,
+        "total_examples": int(agg.total_weight),
+        "strategy": cfg.server.strategy,
+        "sparse": sparse,
+        "update_norm": l2_norm(mean),
+        "max_staleness_seen": max(int(a.get("staleness", 0)) for a in accepted),
+    }
     store.put_json(info_key, out)
     return out
 
 
 def _aggregate_fedbuff(
-    store: ArtifactStore, cid: str, rnd: int, cfg: Config, layout: Layout,
-    accepted: list[dict[str, Any]], key: str, info_key: str,
+    store: ArtifactStore,
+    cid: str,
+    rnd: int,
+    cfg: Config,
+    layout: Layout,
+    accepted: list[dict[str, Any]],
+    key: str,
+    info_key: str,
 ) -> dict[str, Any]:
     """FedBuff (Nguyen et al., AISTATS 2022): sum of w_i s(staleness_i) u_i over the sum
     of the sample weights w_i, so stale updates also shrink the step (not only their share);
@@ -812,20 +974,33 @@ def _aggregate_fedbuff(
     from fl_core.aggregation.fedbuff import FedBuffBuffer
 
     a = cfg.asynchronous
-    buffer = FedBuffBuffer(layout.num_params, buffer_size=len(accepted),
-                           exponent=a.staleness_exponent, max_staleness=a.max_staleness)
+    buffer = FedBuffBuffer(
+        layout.num_params,
+        buffer_size=len(accepted),
+        exponent=a.staleness_exponent,
+        max_staleness=a.max_staleness,
+    )
     for item in accepted:
         _, vector = wire.decode(store.get_bytes(_upd_key(cid, item, rnd)))
-        buffer.add(vector, weight=float(item["num_examples"]),
-                   base_version=int(item["source_round"]) - 1, current_version=rnd - 1)
+        buffer.add(
+            vector,
+            weight=float(item["num_examples"]),
+            base_version=int(item["source_round"]) - 1,
+            current_version=rnd - 1,
+        )
     mean = buffer.flush().astype(np.float32)
     store.put_arrays(key, {"update": mean})
     _record_clients(store, cid, rnd, cfg, accepted, [])
-    out = {"round": rnd, "num_aggregated": len(accepted) - buffer.num_dropped,
-           "num_too_stale": buffer.num_dropped, "strategy": "fedbuff", "sparse": False,
-           "total_examples": int(sum(a["num_examples"] for a in accepted)),
-           "update_norm": l2_norm(mean),
-           "max_staleness_seen": max(int(a.get("staleness", 0)) for a in accepted)}
+    out = {
+        "round": rnd,
+        "num_aggregated": len(accepted) - buffer.num_dropped,
+        "num_too_stale": buffer.num_dropped,
+        "strategy": "fedbuff",
+        "sparse": False,
+        "total_examples": int(sum(a["num_examples"] for a in accepted)),
+        "update_norm": l2_norm(mean),
+        "max_staleness_seen": max(int(a.get("staleness", 0)) for a in accepted),
+    }
     store.put_json(info_key, out)
     return out
 
@@ -860,16 +1035,24 @@ def _root_update(
     n = cfg.server.root_dataset_size
     c = cfg.client
     result = local_train(
-        _spec(rec), load_model(store, cid, rnd - 1), x[:n], y[:n],
-        settings=TrainSettings(local_epochs=c.local_epochs, batch_size=c.batch_size, lr=c.lr,
-                               momentum=c.momentum),
+        _spec(rec),
+        load_model(store, cid, rnd - 1),
+        x[:n],
+        y[:n],
+        settings=TrainSettings(
+            local_epochs=c.local_epochs, batch_size=c.batch_size, lr=c.lr, momentum=c.momentum
+        ),
         seed=derive_seed(cfg.campaign.seed, rnd, "root"),
     )
     return result.delta
 
 
 def _record_clients(
-    store: ArtifactStore, cid: str, rnd: int, cfg: Config, accepted: list[dict[str, Any]],
+    store: ArtifactStore,
+    cid: str,
+    rnd: int,
+    cfg: Config,
+    accepted: list[dict[str, Any]],
     scores: list[float],
 ) -> None:
     """Reputation (rejections, outlier scores) and the selector's records, as of round r."""
@@ -878,19 +1061,26 @@ def _record_clients(
     for item in validation["rejected"]:
         book.record(item["client"], round=rnd, accepted=False, reason=item["reason"])
     for i, item in enumerate(accepted):
-        book.record(item["client"], round=rnd, accepted=True,
-                    outlier_score=scores[i] if i < len(scores) else None)
+        book.record(
+            item["client"],
+            round=rnd,
+            accepted=True,
+            outlier_score=scores[i] if i < len(scores) else None,
+        )
     store.put_json(round_key(cid, rnd, "reputation.json"), book.state_dict())
     selector = _selector(store, cid, rnd - 1, cfg)
     done = {a["client"]: a for a in accepted}
     for client in dispatch(store, cid, rnd)["tasks"]:
         item = done.get(client)
         selector.observe(
-            client, round=rnd, completed=item is not None,
+            client,
+            round=rnd,
+            completed=item is not None,
             num_examples=None if item is None else int(item["num_examples"]),
             loss=None if item is None else float(item["train_loss"]),
-            duration_s=None if item is None else float(
-                item.get("sim_duration_s", item.get("duration_s", 0.0))),
+            duration_s=None
+            if item is None
+            else float(item.get("sim_duration_s", item.get("duration_s", 0.0))),
         )
     store.put_json(round_key(cid, rnd, "selector.json"), selector.state_dict())
 
@@ -918,8 +1108,10 @@ def privatize(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
 
         c_norm = float(info["clipping_norm"])
         release = noisy_mean(
-            arrays["sum"], noise_multiplier=float(rp.update_noise_multiplier),
-            clipping_norm=c_norm, expected_cohort_size=rp.expected_cohort_size,
+            arrays["sum"],
+            noise_multiplier=float(rp.update_noise_multiplier),
+            clipping_norm=c_norm,
+            expected_cohort_size=rp.expected_cohort_size,
             rng=rng(rec["noise_seed"], rnd, "noise"),
         )
         store.put_arrays(key, {"update": release})  # the release first, then the accounting
@@ -928,8 +1120,10 @@ def privatize(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
             clipper.update(arrays["norms"], rng(rec["noise_seed"], rnd, "clip"))
             store.put_json(round_key(cid, rnd, "clipper.json"), clipper.state_dict())
         out["noise_std"] = gaussian_noise_std(
-            noise_multiplier=float(rp.update_noise_multiplier), clipping_norm=c_norm,
-            expected_cohort_size=rp.expected_cohort_size)
+            noise_multiplier=float(rp.update_noise_multiplier),
+            clipping_norm=c_norm,
+            expected_cohort_size=rp.expected_cohort_size,
+        )
         out["clipping_norm"] = c_norm
         out["next_clipping_norm"] = float(clipper.current_norm) if clipper else c_norm
     else:
@@ -938,16 +1132,29 @@ def privatize(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
         acct = _accountant(store, cid, rp, rnd - 1)
         acct.step(rnd)
         store.put_json(round_key(cid, rnd, "accountant.json"), acct.state_dict())
-        out.update(epsilon=float(acct.epsilon()), delta=rp.delta, target_epsilon=rp.epsilon,
-                   mode=rp.mode, noise_multiplier=rp.noise_multiplier)
+        out.update(
+            epsilon=float(acct.epsilon()),
+            delta=rp.delta,
+            target_epsilon=rp.epsilon,
+            mode=rp.mode,
+            noise_multiplier=rp.noise_multiplier,
+        )
     if rp is not None and rp.client_dp_sgd:
-        eps = [a["dp_sgd_epsilon"] for a in validate_updates(store, cid, rnd)["accepted"]
-               if "dp_sgd_epsilon" in a]
+        eps = [
+            a["dp_sgd_epsilon"]
+            for a in validate_updates(store, cid, rnd)["accepted"]
+            if "dp_sgd_epsilon" in a
+        ]
         out["dp_sgd_epsilon_max"] = max(eps) if eps else None
     store.put_json(info_key, out)
     if out.get("epsilon") is not None:
-        logger.info("round %d: epsilon spent %.4f of %s (delta %s)", rnd, out["epsilon"],
-                    rp.epsilon, rp.delta)
+        logger.info(
+            "round %d: epsilon spent %.4f of %s (delta %s)",
+            rnd,
+            out["epsilon"],
+            rp.epsilon,
+            rp.delta,
+        )
     return out
 
 
@@ -974,8 +1181,12 @@ def server_update(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
     new = opt.step(load_model(store, cid, rnd - 1), update)
     store.put_arrays(round_key(cid, rnd, "server_opt.npz"), opt.state_dict())
     store.put_bytes(model_key(cid, rnd), _encode_model(cid, rnd, _layout(rec), new))
-    out = {"round": rnd, "model_version": rnd, "model_key": model_key(cid, rnd),
-           "model_sha256": vector_sha256(new)}
+    out = {
+        "round": rnd,
+        "model_version": rnd,
+        "model_key": model_key(cid, rnd),
+        "model_sha256": vector_sha256(new),
+    }
     store.put_json(info_key, out)
     return out
 
@@ -1008,9 +1219,13 @@ def evaluate(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
         "client_accuracy_std": float(acc.std()),
         "client_accuracy_min": float(acc.min()),
         "client_accuracy_p10": float(np.percentile(acc, 10)),
-        "train_loss": float(np.average([a["train_loss"] for a in accepted],
-                                       weights=[a["num_examples"] for a in accepted]))
-        if accepted else math.nan,
+        "train_loss": float(
+            np.average(
+                [a["train_loss"] for a in accepted], weights=[a["num_examples"] for a in accepted]
+            )
+        )
+        if accepted
+        else math.nan,
         "num_accepted": validation["num_accepted"],
         "num_rejected": validation["num_rejected"],
         "bytes_up": validation["bytes_up"],
@@ -1019,6 +1234,10 @@ def evaluate(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
     if privacy.get("epsilon") is not None:
         out["epsilon"] = privacy["epsilon"]
     out["sim_time_s"] = float(collect(store, cid, rnd).get("clock_s", 0.0))
+    if accepted and validation["bytes_up"]:
+        # Against dense fp32 payloads of the same updates (4 bytes per parameter).
+        dense = 4 * _layout(rec).num_params * len(accepted)
+        out["uplink_ratio_vs_dense"] = dense / sum(int(a["bytes"]) for a in accepted)
     store.put_json(key, out)
     return out
 
@@ -1092,9 +1311,33 @@ def register(store: ArtifactStore, cid: str, rnd: int, *, final: bool = False) -
             history=history(store, cid, rnd),
             model_bytes=store.get_bytes(model_key(cid, rnd)),
         )
+        with tempfile.TemporaryDirectory() as tmp:
+            table = Path(tmp) / "bytes_per_client.csv"
+            table.write_text(bytes_per_client_csv(store, cid, rnd))
+            tr.log_artifact(tracking, table)
         store.put_json(final_key, info)
         out.update(info)
     return out
+
+
+def bytes_per_client_csv(store: ArtifactStore, cid: str, upto: int) -> str:
+    """round,client,bytes_up,bytes_down,codec,status for every delivered update."""
+    lines = ["round,client,bytes_up,bytes_down,codec,status"]
+    for r in range(1, upto + 1):
+        key = round_key(cid, r, "validation.json")
+        if not store.exists(key):
+            continue
+        report = store.get_json(key)
+        tasks = dispatch(store, cid, r)["tasks"]
+        for item in report["accepted"]:
+            codec = tasks.get(item["client"], {}).get("codec", "")
+            lines.append(
+                f"{r},{item['client']},{item['bytes']},{int(item.get('bytes_down', 0))},"
+                f"{codec},accepted"
+            )
+        for item in report["rejected"]:
+            lines.append(f"{r},{item['client']},,,,rejected")
+    return "\n".join(lines) + "\n"
 
 
 def deploy(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
@@ -1116,15 +1359,20 @@ def deploy(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
     x_test, y_test = _table(Path(rec["test"]["file"]))
     out = tr.promote_if_better(tracking, store.get_json(final_key), x_test=x_test, y_test=y_test)
     with tempfile.TemporaryDirectory() as tmp:
-        edge = export_edge(_spec(rec), load_model(store, cid, rnd), Path(tmp),
-                           x_eval=x_test, y_eval=y_test)
+        edge = export_edge(
+            _spec(rec), load_model(store, cid, rnd), Path(tmp), x_eval=x_test, y_eval=y_test
+        )
         for path in sorted(Path(tmp).iterdir()):
             store.put_bytes(campaign_key(cid, "edge", path.name), path.read_bytes())
             tr.log_artifact(tracking, path, "edge")
-    edge_info = {k: edge[k] for k in ("kind", "size_bytes", "float_size_bytes",
-                                      "accuracy_int8", "accuracy_float")}
-    tr.log_metrics(tracking, {f"edge_{k}": float(v) for k, v in edge_info.items()
-                              if isinstance(v, int | float)})
+    edge_info = {
+        k: edge[k]
+        for k in ("kind", "size_bytes", "float_size_bytes", "accuracy_int8", "accuracy_float")
+    }
+    tr.log_metrics(
+        tracking,
+        {f"edge_{k}": float(v) for k, v in edge_info.items() if isinstance(v, int | float)},
+    )
     out["edge"] = edge_info
     store.put_json(key, out)
     tr.end_run(tracking)

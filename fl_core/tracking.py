@@ -39,6 +39,8 @@ ROUND_METRICS = (
     "bytes_up",
     "bytes_down",
     "epsilon",
+    "uplink_ratio_vs_dense",
+    "sim_time_s",
 )
 
 

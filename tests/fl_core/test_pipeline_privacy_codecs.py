@@ -157,3 +157,34 @@ def test_client_with_the_wrong_codec_is_rejected(tiny_data: Path, tmp_path: Path
 
     assert [r["client"] for r in report["rejected"]] == [cohort[0]]
     assert "codec" in report["rejected"][0]["reason"]
+
+
+def test_client_dp_sgd_reports_record_level_epsilon(tiny_data: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(
+        privacy={"client_dp_sgd": True, "dp_sgd_noise_multiplier": 1.0}, campaign={"rounds": 1}
+    )
+    store = LocalStore(tmp_path)
+
+    result = run_campaign(cfg, data_dir=tiny_data, store=store, progress=False)
+
+    out = store.get_json(pipeline.round_key(result.campaign_id, 1, "privacy.json"))
+    accepted = store.get_json(pipeline.round_key(result.campaign_id, 1, "validation.json"))[
+        "accepted"
+    ]
+    assert all(a["dp_sgd_epsilon"] > 0 for a in accepted)
+    assert out["dp_sgd_epsilon_max"] == max(a["dp_sgd_epsilon"] for a in accepted)
+
+
+def test_byte_accounting_per_client_and_ratio(tiny_data: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(communication={"uplink_codec": "q8"})
+    store = LocalStore(tmp_path)
+
+    result = run_campaign(cfg, data_dir=tiny_data, store=store, progress=False)
+
+    cid = result.campaign_id
+    rows = pipeline.bytes_per_client_csv(store, cid, 3).strip().splitlines()[1:]
+    assert len(rows) == 12  # 3 rounds x 4 clients
+    for row in rows:
+        rnd, client, up, *_ = row.split(",")
+        assert int(up) == len(store.get_bytes(pipeline.update_key(cid, int(rnd), client)))
+    assert 3.0 < result.history[0]["uplink_ratio_vs_dense"] < 4.0  # q8: ~4x minus headers
