@@ -526,26 +526,14 @@ def train_clients(store: ArtifactStore, cid: str, rnd: int, clients: list[str]) 
             feedback=feedback,
             metrics=metrics,
         )
-        if prof is not None:  # simulated time from dispatch to delivery, real byte counts
-            data = encode_update(
-                cid,
-                rnd,
-                base,
-                client,
-                layout,
-                result,
-                task["codec"],
-                feedback=_restored(feedback, state),
-                metrics={
-                    **metrics,
-                    "sim_duration_s": prof.round_time(
-                        num_examples=result.num_examples,
-                        bytes_down=len(down),
-                        bytes_up=len(data),
-                        epochs=task["local_epochs"],
-                    ),
-                },
+        if prof is not None:  # the simulator's clock: dispatch to delivery, real byte counts
+            duration = prof.round_time(
+                num_examples=result.num_examples,
+                bytes_down=len(down),
+                bytes_up=len(data),
+                epochs=task["local_epochs"],
             )
+            store.put_json(_sim_key(cid, rnd, client), {"duration_s": duration})
         new_state: dict[str, np.ndarray] = {"known_version": np.asarray(base)}
         if feedback is not None:
             new_state.update(feedback.state_dict())
@@ -570,16 +558,6 @@ def train_clients(store: ArtifactStore, cid: str, rnd: int, clients: list[str]) 
         "bytes_up": bytes_up,
         "bytes_down": bytes_down,
     }
-
-
-def _restored(feedback: ErrorFeedback | None, state: dict[str, Any]) -> ErrorFeedback | None:
-    """A fresh copy of the client's error feedback as it was before this round."""
-    if feedback is None:
-        return None
-    again = ErrorFeedback(feedback.residual.size)
-    if "residual" in state:
-        again.load_state_dict({"residual": state["residual"]})
-    return again
 
 
 def _train_one(
@@ -669,7 +647,7 @@ def collect(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
     cohort = dispatch(store, cid, rnd)["tasks"]
     start = _clock(store, cid, rnd - 1)
     arrived = {c: rnd for c in sorted(cohort) if store.exists(update_key(cid, rnd, c))}
-    durations = {c: _sim_duration(store, update_key(cid, rnd, c)) for c in arrived}
+    durations = {c: _sim_duration(store, cid, rnd, c) for c in arrived}
     out: dict[str, Any] = {"round": rnd}
     if cfg.asynchronous.enabled:
         pool = {
@@ -716,13 +694,14 @@ def collect(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
     return out
 
 
-def _sim_duration(store: ArtifactStore, key: str) -> float | None:
-    try:
-        header = wire.read_header(store.get_bytes(key))
-    except wire.WireError:
-        return None  # a broken message is rejected by validation, not timed
-    value = header.metrics.get("sim_duration_s")
-    return None if value is None else float(value)
+def _sim_key(cid: str, rnd: int, client: str) -> str:
+    return round_key(cid, rnd, "sim", f"{client}.json")
+
+
+def _sim_duration(store: ArtifactStore, cid: str, rnd: int, client: str) -> float | None:
+    """Simulated seconds from dispatch to delivery (None without simulation)."""
+    key = _sim_key(cid, rnd, client)
+    return float(store.get_json(key)["duration_s"]) if store.exists(key) else None
 
 
 def _adversary(
@@ -861,7 +840,7 @@ def _check_update(
         **{
             k: v
             for k, v in header.metrics.items()
-            if k in ("dp_sgd_epsilon", "bytes_down", "sim_duration_s", "uplink_mbps")
+            if k in ("dp_sgd_epsilon", "bytes_down", "uplink_mbps")
         },
     }
 
@@ -1005,6 +984,12 @@ def _aggregate_fedbuff(
     return out
 
 
+def _duration(store: ArtifactStore, cid: str, item: dict[str, Any], rnd: int) -> float:
+    """A delivered update's duration: simulated when simulating, else the client's report."""
+    sim_s = _sim_duration(store, cid, int(item.get("source_round", rnd)), item["client"])
+    return float(item.get("duration_s", 0.0)) if sim_s is None else sim_s
+
+
 def _rule_kwargs(
     store: ArtifactStore, cid: str, rnd: int, rec: dict[str, Any], cfg: Config, n: int
 ) -> dict[str, Any]:
@@ -1078,9 +1063,7 @@ def _record_clients(
             completed=item is not None,
             num_examples=None if item is None else int(item["num_examples"]),
             loss=None if item is None else float(item["train_loss"]),
-            duration_s=None
-            if item is None
-            else float(item.get("sim_duration_s", item.get("duration_s", 0.0))),
+            duration_s=None if item is None else _duration(store, cid, item, rnd),
         )
     store.put_json(round_key(cid, rnd, "selector.json"), selector.state_dict())
 
