@@ -12,6 +12,7 @@ DAG's last task triggers the next round itself.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -61,6 +62,9 @@ def run_campaign(form: dict[str, Any], *, quiet: bool = True) -> dict[str, Any]:
     store = ArtifactStoreHook.get_store()
     cfg = config_from_form(load_params(env.PROJECT_ROOT / "params.yaml"), form)
     cid = form.get("campaign_id") or pipeline.new_campaign_id(cfg.campaign.name)
+    # What each task did (cohort, accepted/rejected, accuracy, bytes) goes to this file; the
+    # console keeps the progress bar.
+    task_log = env.fl_home() / "airflow" / f"tasks-{cid}.log"
     bar = tqdm(
         total=cfg.campaign.rounds,
         desc=f"campaign {cid}",
@@ -73,9 +77,16 @@ def run_campaign(form: dict[str, Any], *, quiet: bool = True) -> dict[str, Any]:
         for rnd in range(1, cfg.campaign.rounds + 1):
             conf = {**form, "campaign_id": cid, "round": rnd, "chain": False}
             started = time.perf_counter()
-            dag_run = dag.test(run_conf=conf)
+            with (
+                open(task_log, "a") as log,
+                contextlib.redirect_stdout(log if quiet else sys.stdout),
+            ):
+                dag_run = dag.test(run_conf=conf)
             if str(dag_run.state) != "success":
-                raise RuntimeError(f"round {rnd}: DAG run {dag_run.run_id} ended {dag_run.state}")
+                raise RuntimeError(
+                    f"round {rnd}: DAG run {dag_run.run_id} ended {dag_run.state}; "
+                    f"task output in {task_log}"
+                )
             status = store.get_json(pipeline.campaign_key(cid, "status.json"))
             metrics = store.get_json(pipeline.round_key(cid, rnd, "metrics.json"))
             bar.set_postfix(
@@ -94,6 +105,7 @@ def run_campaign(form: dict[str, Any], *, quiet: bool = True) -> dict[str, Any]:
     return {
         **status,
         "deployed": deployed,
+        "task_log": str(task_log),
         "airflow_db": env.configure()["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"],
         "artifact_store": store.uri("campaigns/" + cid),
     }
@@ -160,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{dep.get('alias')}"
         )
         print(f"  Airflow DB {out['airflow_db']} (see the runs: make airflow)")
+        print(f"  task output {out['task_log']}")
         print(f"  artifacts {out['artifact_store']}")
     return 0
 
