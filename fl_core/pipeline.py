@@ -525,6 +525,7 @@ def train_clients(store: ArtifactStore, cid: str, rnd: int, clients: list[str]) 
             task["codec"],
             feedback=feedback,
             metrics=metrics,
+            seed=task["seed"],
         )
         if prof is not None:  # the simulator's clock: dispatch to delivery, real byte counts
             duration = prof.round_time(
@@ -608,8 +609,11 @@ def encode_update(
     *,
     feedback: ErrorFeedback | None = None,
     metrics: dict[str, float] | None = None,
+    seed: int | None = None,
 ) -> bytes:
-    """A client's update as a wire message (error feedback applied when given)."""
+    """A client's update as a wire message (error feedback applied when given). Stochastic
+    codecs draw from ``seed`` (the task's seed: campaign seed, round and client), so the
+    same campaign config gives the same bytes whatever its id."""
     header = wire.Header(
         kind="update",
         campaign=cid,
@@ -625,7 +629,8 @@ def encode_update(
             **(metrics or {}),
         },
     )
-    return wire.encode(header, result.delta, feedback=feedback)
+    codec_rng = None if seed is None else np.random.default_rng(derive_seed(seed, "codec"))
+    return wire.encode(header, result.delta, feedback=feedback, rng=codec_rng)
 
 
 def collect(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:

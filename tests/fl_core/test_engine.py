@@ -141,3 +141,15 @@ def test_other_models_train_too(name: str, tiny_data: Path, tmp_path: Path) -> N
     result = run_campaign(cfg, data_dir=tiny_data, store=LocalStore(tmp_path), progress=False)
 
     assert result.final_accuracy > 0.3
+
+
+def test_stochastic_codecs_are_reproducible_whatever_the_campaign_id(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    cfg = tiny_config(communication={"uplink_codec": "topk:0.2+q4"}, campaign={"rounds": 2})
+
+    a = run_campaign(cfg, data_dir=tiny_data, store=LocalStore(tmp_path / "a"), progress=False)
+    b = run_campaign(cfg, data_dir=tiny_data, store=LocalStore(tmp_path / "b"), progress=False)
+
+    assert a.campaign_id != b.campaign_id
+    assert a.model_sha256 == b.model_sha256
