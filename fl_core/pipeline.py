@@ -1016,19 +1016,26 @@ def _rule_kwargs(
     return out
 
 
+def root_rows(num_rows: int, cfg: Config) -> np.ndarray:
+    """Indices of FLTrust's root set in the test table (seeded, the same every round)."""
+    n = min(cfg.server.root_dataset_size, num_rows)
+    return np.sort(rng(cfg.campaign.seed, "fltrust-root").choice(num_rows, size=n, replace=False))
+
+
 def _root_update(
     store: ArtifactStore, cid: str, rnd: int, rec: dict[str, Any], cfg: Config
 ) -> np.ndarray:
     """FLTrust's server update: the server trains on its own small, clean root dataset
-    (simulation: the first ``server.root_dataset_size`` rows of the held-out test set)."""
+    (simulation: ``server.root_dataset_size`` rows of the held-out test set, a seeded random
+    sample fixed for the campaign: the test table can be sorted by label)."""
     x, y = _table(Path(rec["test"]["file"]))
-    n = cfg.server.root_dataset_size
+    rows = root_rows(len(y), cfg)
     c = cfg.client
     result = local_train(
         _spec(rec),
         load_model(store, cid, rnd - 1),
-        x[:n],
-        y[:n],
+        x[rows],
+        y[rows],
         settings=TrainSettings(
             local_epochs=c.local_epochs, batch_size=c.batch_size, lr=c.lr, momentum=c.momentum
         ),

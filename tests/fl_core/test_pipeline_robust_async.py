@@ -3,6 +3,7 @@ adaptive communication) and asynchronous FedBuff through the round pipeline."""
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fl_core import pipeline, wire
@@ -159,12 +160,12 @@ def test_every_rule_trains_through_the_pipeline(rule: str, tiny_data: Path, tmp_
         tiny_data,
         tmp_path,
         rule,
-        campaign={"clients_per_round": 6, "rounds": 2},
+        campaign={"clients_per_round": 6, "rounds": 4},
         server={"strategy": rule, "num_byzantine": 1, "clip_norm": 5.0},
     )
 
     assert result.final_accuracy > 0.2
-    info = store.get_json(pipeline.round_key(result.campaign_id, 2, "aggregate.json"))
+    info = store.get_json(pipeline.round_key(result.campaign_id, 4, "aggregate.json"))
     assert info["strategy"] == rule
 
 
@@ -189,3 +190,14 @@ def test_oort_selection_keeps_its_state_per_round(tiny_data: Path, tmp_path: Pat
         )
     )
     assert header.metrics["uplink_mbps"] > 0  # the client reports its link
+
+
+def test_fltrust_root_set_is_a_random_sample_not_the_first_rows(tiny_data: Path) -> None:
+    from fl_core.data.io import read_table
+
+    _, y = read_table(tiny_data / "prepared" / "test.parquet")
+    sorted_y = np.sort(y)  # a test table sorted by label, as MNIST 5k's is
+    rows = pipeline.root_rows(len(y), tiny_config(server={"root_dataset_size": 30}))
+
+    assert len(set(rows.tolist())) == 30
+    assert len(np.unique(sorted_y[rows])) >= 5  # the first 30 rows would be one or two labels
