@@ -777,7 +777,9 @@ def validate_updates(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]
         else:
             rejected.append({"client": client, "reason": reason})
     factor = cfg.server.norm_outlier_factor
-    if factor is not None and len(accepted) >= 3:
+    # Not under central DP: a threshold relative to the cohort's median lets one client flip
+    # others between accepted and rejected, breaking the clipped sum's sensitivity bound.
+    if factor is not None and len(accepted) >= 3 and not _central(_privacy(rec)):
         median = float(np.median([a["norm"] for a in accepted]))
         for item in [a for a in accepted if a["norm"] > factor * median]:
             accepted.remove(item)
