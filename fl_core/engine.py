@@ -47,7 +47,8 @@ def run_round(store: ArtifactStore, cid: str, rnd: int, *, batch_size: int = 8) 
     the round's metrics and the stop decision. ``train_clients`` runs once per batch of
     ``batch_size`` clients, as the DAG's mapped tasks do."""
     outputs: dict[str, Any] = {}
-    for name, step in rounds.ROUND_STEPS:
+    for name in rounds.ROUND_STEPS:
+        step = rounds.step(name)
         if name == "train_clients":
             for batch in rounds.client_batches(store, cid, rnd, batch_size=batch_size):
                 step(store, cid, rnd, batch)

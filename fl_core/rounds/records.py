@@ -12,7 +12,6 @@ left out (so ``"epsilon" in metrics`` says whether DP was on).
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -57,7 +56,7 @@ class Record:
             raise RecordError(
                 f"{cls.NAME}: schema version {schema} is not the supported {cls.SCHEMA}"
             )
-        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in raw.items() if k in names}
         try:
             return cls._convert(kwargs)
@@ -327,7 +326,7 @@ class CampaignStatus(Record):
     def from_dict(cls, raw: dict[str, Any]) -> CampaignStatus:
         raw = dict(raw)
         raw["proceed"] = raw.pop("continue", True)
-        return super().from_dict(raw)  # type: ignore[return-value]
+        return super().from_dict(raw)
 
 
 RECORDS: tuple[type[Record], ...] = (
@@ -362,4 +361,3 @@ __all__ = [
     "read",
     "write",
 ]
-_ = typing  # (typing kept for forward references in annotations)

@@ -208,3 +208,26 @@ def history(store: ArtifactStore, cid: str, upto: int) -> list[dict[str, Any]]:
         for r in range(1, upto + 1)
         if store.exists(records.RoundMetrics.key(cid, r))
     ]
+
+
+# --------------------------------------------------------------------------- updates
+
+
+def max_update_bytes(lay: Layout) -> int:
+    """The largest message an update of ``lay`` can legitimately be (dense fp32, or a
+    sparse message listing every coordinate), plus the largest header."""
+    return 8 * lay.num_params + wire.MAX_HEADER_BYTES + 64
+
+
+def read_update(store: ArtifactStore, key: str, lay: Layout) -> bytes:
+    """An update's bytes, refused before reading when the stored object is too large."""
+    limit = max_update_bytes(lay)
+    size_of = getattr(store, "size", None)
+    if callable(size_of):
+        size = int(size_of(key))
+        if size > limit:
+            raise wire.WireError(f"update of {size} bytes exceeds the {limit}-byte limit")
+    data = store.get_bytes(key)
+    if len(data) > limit:
+        raise wire.WireError(f"update of {len(data)} bytes exceeds the {limit}-byte limit")
+    return data
