@@ -55,6 +55,7 @@ test: setup
 lint: setup
 	ruff check .
 	mypy
+	PYTHONPATH=plugins lint-imports
 
 bench: setup
 	for b in bench/bench_*.py; do echo ">> $$b"; python $$b || exit 1; done

@@ -104,11 +104,13 @@ def open_campaign(
     tags: dict[str, str] | None = None,
 ) -> str:
     """Prepare data, start the MLflow run and create the campaign; idempotent per id."""
-    from fl_core import pipeline
+    from fl_core import rounds
     from fl_core import tracking as tr
+    from fl_core.rounds.campaign import check_campaign_id
+    from fl_core.rounds.layout import campaign_record_key
 
-    cid = campaign_id or pipeline.new_campaign_id(cfg.campaign.name)
-    if store.exists(pipeline.campaign_key(cid, "campaign.json")):
+    cid = check_campaign_id(campaign_id or rounds.new_campaign_id(cfg.campaign.name))
+    if store.exists(campaign_record_key(cid)):
         return cid
     data_dir = ensure_data(cfg, project_root=project_root, home=home)
     tracking = tr.start_campaign_run(
@@ -123,7 +125,7 @@ def open_campaign(
     status = "unknown"
     if report.exists():
         status = "passed" if json.loads(report.read_text()).get("success") else "failed"
-    return pipeline.start_campaign(
+    return rounds.start_campaign(
         store,
         cfg,
         data_dir=data_dir,

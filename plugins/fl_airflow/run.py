@@ -54,14 +54,14 @@ def run_campaign(form: dict[str, Any], *, quiet: bool = True) -> dict[str, Any]:
     from tqdm import tqdm
 
     from fl_airflow.hooks.artifact_store import ArtifactStoreHook
-    from fl_core import pipeline
     from fl_core.campaigns import config_from_form
     from fl_core.config import load_params
+    from fl_core.rounds import layout, new_campaign_id, records
 
     dag = load_dag("federated_training")
     store = ArtifactStoreHook.get_store()
     cfg = config_from_form(load_params(env.PROJECT_ROOT / "params.yaml"), form)
-    cid = form.get("campaign_id") or pipeline.new_campaign_id(cfg.campaign.name)
+    cid = form.get("campaign_id") or new_campaign_id(cfg.campaign.name)
     # What each task did (cohort, accepted/rejected, accuracy, bytes) goes to this file; the
     # console keeps the progress bar.
     task_log = env.fl_home() / "airflow" / f"tasks-{cid}.log"
@@ -87,8 +87,8 @@ def run_campaign(form: dict[str, Any], *, quiet: bool = True) -> dict[str, Any]:
                     f"round {rnd}: DAG run {dag_run.run_id} ended {dag_run.state}; "
                     f"task output in {task_log}"
                 )
-            status = store.get_json(pipeline.campaign_key(cid, "status.json"))
-            metrics = store.get_json(pipeline.round_key(cid, rnd, "metrics.json"))
+            status = records.read(store, records.CampaignStatus, cid, step="run").to_dict()
+            metrics = records.read(store, records.RoundMetrics, cid, rnd, step="run").to_dict()
             bar.set_postfix(
                 acc=f"{metrics['test_accuracy']:.4f}", s=f"{time.perf_counter() - started:.1f}"
             )
@@ -98,8 +98,8 @@ def run_campaign(form: dict[str, Any], *, quiet: bool = True) -> dict[str, Any]:
     finally:
         bar.close()
     deployed = (
-        store.get_json(pipeline.campaign_key(cid, "deploy.json"))
-        if store.exists(pipeline.campaign_key(cid, "deploy.json"))
+        store.get_json(layout.campaign_key(cid, layout.DEPLOY))
+        if store.exists(layout.campaign_key(cid, layout.DEPLOY))
         else None
     )
     return {
@@ -107,7 +107,7 @@ def run_campaign(form: dict[str, Any], *, quiet: bool = True) -> dict[str, Any]:
         "deployed": deployed,
         "task_log": str(task_log),
         "airflow_db": env.configure()["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"],
-        "artifact_store": store.uri("campaigns/" + cid),
+        "artifact_store": store.uri(layout.campaign_key(cid)),
     }
 
 

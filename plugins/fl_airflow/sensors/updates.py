@@ -40,12 +40,16 @@ class UpdatesArrivedSensor(BaseSensorOperator):
         self._started: float | None = None
 
     def poke(self, context: Context) -> bool:
-        from fl_core import pipeline
+        from fl_core.rounds import records
+        from fl_core.rounds.layout import update_key
 
         store = ArtifactStoreHook.get_store()
         rnd = int(self.round_num)
-        tasks = pipeline.dispatch(store, self.campaign_id, rnd)["tasks"]
-        arrived = sum(store.exists(pipeline.update_key(self.campaign_id, rnd, c)) for c in tasks)
+        # Read-only: the manifest must exist (dispatch ran); the sensor never writes one.
+        tasks = records.read(
+            store, records.Manifest, self.campaign_id, rnd, step="wait_for_updates"
+        ).tasks
+        arrived = sum(store.exists(update_key(self.campaign_id, rnd, c)) for c in tasks)
         need = max(1, int(self.quorum * len(tasks) + 0.999999))
         self._started = self._started or time.monotonic()
         late = time.monotonic() - self._started > self.deadline_s
