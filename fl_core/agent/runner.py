@@ -23,6 +23,7 @@ import numpy as np
 from fl_core.agent import training
 from fl_core.agent.identity import ClientHome, Identity, PendingUpload
 from fl_core.agent.transport import CoordinatorClient, Refused, RetryPolicy, Unreachable
+from fl_core.client import TaskDeclined
 from fl_core.coordinator import protocol
 
 logger = logging.getLogger(__name__)
@@ -234,7 +235,7 @@ class Agent:
         if not self.data.validate(task["model_spec"]):
             self.heartbeat()  # reports data_valid=False: selection leaves this client out
             raise Refused(400, "local data failed validation; not training")
-        state = training.AgentState.from_arrays(self.home.load_state(campaign))
+        state = training.ClientState.from_arrays(self.home.load_state(campaign))
         message, seconds = self.client.download_model(
             str(task["model_url"]), known_version=state.known_version
         )
@@ -251,7 +252,18 @@ class Agent:
                     "metrics": {k: v for k, v in metrics.items() if np.isfinite(v)},
                 },
             )
-        result = training.run_task(message, task, self.data.x, self.data.y, state=state)
+        measured = {
+            k: v
+            for k, v in (("uplink_mbps", self._uplink_mbps), ("latency_s", self._latency_s))
+            if v is not None
+        }
+        try:
+            result = training.train(
+                message, task, self.data.x, self.data.y, state=state, measured=measured
+            )
+        except TaskDeclined as exc:
+            logger.warning("declined %s round %d: %s", campaign, rnd, exc)
+            return
         identity = self.client.identity
         assert identity is not None
         signature = protocol.sign(

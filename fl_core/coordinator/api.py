@@ -11,8 +11,9 @@ use it like this (see ``docs/protocol.md``)::
     coord.evaluations(cid, rnd)                             # evaluate (federated metrics)
 
 An accepted upload is in the store at ``update_key(cid, rnd, client)`` (the exact bytes the
-client sent) with ``<that key>.sig.json`` beside it, so ``collect`` finds it like a simulated
-update. Every method is safe to call again (idempotent).
+client sent) with its signature record at ``signature_key(cid, rnd, client)`` beside it
+(keys from :mod:`fl_core.rounds.layout`), so ``collect`` finds it like a simulated update.
+Every method is safe to call again (idempotent).
 """
 
 from __future__ import annotations
@@ -60,16 +61,10 @@ __all__ = [
     "ProtocolError",
     "ReceivedUpdate",
     "RoundStatus",
-    "signature_key",
 ]
 
 HEADER_ALLOWANCE = 64 << 10
 """Bytes allowed for an update's framing and JSON header beyond its payload bound."""
-
-
-def signature_key(update_key: str) -> str:
-    """Where an update's signature record lives: beside the update."""
-    return update_key + ".sig.json"
 
 
 @dataclass(frozen=True)
@@ -238,7 +233,7 @@ class Coordinator:
         The campaign record (``campaign.json``) must be in the store: its layout and model
         spec are what uploads are checked against.
         """
-        from fl_core.pipeline import model_key as _model_key
+        from fl_core.rounds.layout import model_key as _model_key
 
         if deadline_s <= 0:
             raise ValueError(f"deadline_s must be > 0, got {deadline_s}")
@@ -399,10 +394,10 @@ class Coordinator:
 
     def _campaign(self, campaign: str) -> dict[str, Any]:
         """The campaign record's layout and model spec (cached; the record is immutable)."""
-        from fl_core.pipeline import campaign_key
+        from fl_core.rounds.layout import campaign_record_key
 
         if campaign not in self._campaigns:
-            key = campaign_key(campaign, "campaign.json")
+            key = campaign_record_key(campaign)
             if not self.store.exists(key):
                 raise KeyError(f"campaign record {key!r} is not in the store (start the campaign)")
             rec = self.store.get_json(key)
@@ -446,7 +441,7 @@ class Coordinator:
     ) -> bytes:
         """The round's global model for one client, whole or as a delta from the version it
         holds (the task's downlink codecs), exactly as the in-process transport encodes it."""
-        from fl_core.pipeline import model_key
+        from fl_core.rounds.layout import model_key
 
         with self.session() as s:
             rnd_row = registry.get_round(s, campaign, rnd)
@@ -498,7 +493,7 @@ class Coordinator:
         campaign's layout and the task's codec, header fields against the task, finite
         values and metrics (400); then the signature record and the bytes go to the store.
         """
-        from fl_core.pipeline import update_key
+        from fl_core.rounds.layout import signature_key, update_key
 
         digest = hashlib.sha256(data).hexdigest()
         with self.session() as s:
@@ -533,7 +528,7 @@ class Coordinator:
             fresh = not row.stored
             if fresh:
                 self.store.put_json(
-                    signature_key(key),
+                    signature_key(campaign, rnd, client_id),
                     {
                         "algorithm": "ed25519",
                         "signed": "FL-UPDATE-1\\n<campaign>\\n<round>\\n<client>\\n<sha256>",

@@ -26,7 +26,7 @@ from fl_core import wire
 from fl_core.coordinator.api import Coordinator
 from fl_core.coordinator.app import create_app
 from fl_core.models import Layout, ModelSpec, init_vector
-from fl_core.pipeline import campaign_key, model_key
+from fl_core.rounds.layout import campaign_key, model_key
 from fl_core.store import ArtifactStore
 
 HOST = "127.0.0.1"

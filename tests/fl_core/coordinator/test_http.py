@@ -19,8 +19,8 @@ from fl_core import wire
 from fl_core.agent.identity import Identity
 from fl_core.agent.transport import CoordinatorClient, Refused, RetryPolicy
 from fl_core.coordinator import protocol
-from fl_core.coordinator.api import Coordinator, signature_key
-from fl_core.pipeline import update_key
+from fl_core.coordinator.api import Coordinator
+from fl_core.rounds.layout import signature_key, update_key
 from tests.fl_core.coordinator.harness import (
     ServerThread,
     TLSFiles,
@@ -228,7 +228,7 @@ def test_accepted_update_is_stored_verbatim_with_its_signature(
     key = update_key(CID, 1, "a")
     assert out["stored"] is True and out["key"] == key
     assert coord.store.get_bytes(key) == data
-    sig = coord.store.get_json(signature_key(key))
+    sig = coord.store.get_json(signature_key(CID, 1, "a"))
     message = protocol.update_message(
         campaign=CID, rnd=1, client_id="a", message_sha256=hashlib.sha256(data).hexdigest()
     )
