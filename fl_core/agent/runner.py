@@ -207,9 +207,18 @@ class Agent:
         )
         self._last_heartbeat = time.monotonic()
 
-    def _resume_pending(self) -> None:
+    def resume(self) -> int:
+        """Send every update left pending by a crash or a network failure (byte-identical,
+        so the coordinator accepts it once); returns how many were settled."""
+        self.ensure_identity()
+        return self._resume_pending()
+
+    def _resume_pending(self) -> int:
+        done = 0
         for upload in self.home.pending():
+            done += 1
             self._upload(upload)
+        return done
 
     def _upload(self, upload: PendingUpload) -> None:
         self.home.commit_pending(upload)
