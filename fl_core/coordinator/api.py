@@ -480,7 +480,7 @@ class Coordinator:
         """Refuse an upload before its body is read (403 not selected, 410 too late);
         returns the size cap for it."""
         with self.session() as s:
-            registry.round_open_for(s, campaign, rnd, client_id)
+            registry.upload_context(s, campaign, rnd, client_id)
         return self.update_cap(campaign)
 
     def accept_update(
@@ -497,26 +497,21 @@ class Coordinator:
 
         digest = hashlib.sha256(data).hexdigest()
         with self.session() as s:
-            rnd_row, task = registry.round_open_for(s, campaign, rnd, client_id)
-            client = s.get(ClientRow, client_id)
-            if client is None or client.public_key is None:
-                raise ProtocolError(401, "unknown client")
-            public_key = client.public_key
-            signed = protocol.update_message(
-                campaign=campaign, rnd=rnd, client_id=client_id, message_sha256=digest
-            )
-            if not protocol.verify(public_key, signed, signature):
-                raise ProtocolError(401, "bad update signature")
-            prior = registry.accepted_update(s, campaign, rnd, client_id)
-            if prior is not None and prior.sha256 != digest:
-                raise ProtocolError(409, "a different update for this task was already accepted")
-            base_version = rnd_row.base_version
-            task_dict = dict(task.task)
-        if prior is None:
-            self._check_message(data, campaign, rnd, client_id, base_version, task_dict)
+            ctx = registry.upload_context(s, campaign, rnd, client_id)
+        if ctx.public_key is None:
+            raise ProtocolError(401, "unknown client")
+        signed = protocol.update_message(
+            campaign=campaign, rnd=rnd, client_id=client_id, message_sha256=digest
+        )
+        if not protocol.verify(ctx.public_key, signed, signature):
+            raise ProtocolError(401, "bad update signature")
+        if ctx.update_sha256 is not None and ctx.update_sha256 != digest:
+            raise ProtocolError(409, "a different update for this task was already accepted")
+        if ctx.update_sha256 is None:
+            self._check_message(data, campaign, rnd, client_id, ctx.base_version, ctx.task)
         key = update_key(campaign, rnd, client_id)
         with self.session() as s:
-            row = registry.claim_update(
+            to_store, received_at = registry.claim_update(
                 s,
                 campaign=campaign,
                 rnd=rnd,
@@ -525,8 +520,7 @@ class Coordinator:
                 sha256=digest,
                 size=len(data),
             )
-            fresh = not row.stored
-            if fresh:
+            if to_store:
                 self.store.put_json(
                     signature_key(campaign, rnd, client_id),
                     {
@@ -536,15 +530,15 @@ class Coordinator:
                         "round": rnd,
                         "client": client_id,
                         "sha256": digest,
-                        "public_key": public_key,
+                        "public_key": ctx.public_key,
                         "signature": signature,
-                        "received_at": row.received_at,
+                        "received_at": received_at,
                     },
                 )
                 self.store.put_bytes(key, data)
-                registry.mark_stored(s, row)
+                registry.mark_stored(s, campaign, rnd, client_id)
                 logger.debug("stored update of %s for %s round %d", client_id, campaign, rnd)
-            return fresh, ReceivedUpdate(client_id, key, digest, len(data), row.received_at)
+        return to_store, ReceivedUpdate(client_id, key, digest, len(data), received_at)
 
     def _check_message(
         self,
