@@ -484,7 +484,14 @@ class Coordinator:
         return self.update_cap(campaign)
 
     def accept_update(
-        self, client_id: str, campaign: str, rnd: int, data: bytes, *, signature: str
+        self,
+        client_id: str,
+        campaign: str,
+        rnd: int,
+        data: bytes,
+        *,
+        signature: str,
+        sha256: str | None = None,
     ) -> tuple[bool, ReceivedUpdate]:
         """Verify and store one upload; returns (newly stored, record).
 
@@ -492,10 +499,11 @@ class Coordinator:
         (401); same task already taken by other bytes (409); wire checks against the
         campaign's layout and the task's codec, header fields against the task, finite
         values and metrics (400); then the signature record and the bytes go to the store.
+        ``sha256`` is the digest of ``data`` when the caller already computed it.
         """
         from fl_core.rounds.layout import signature_key, update_key
 
-        digest = hashlib.sha256(data).hexdigest()
+        digest = sha256 or hashlib.sha256(data).hexdigest()
         with self.session() as s:
             ctx = registry.upload_context(s, campaign, rnd, client_id)
         if ctx.public_key is None:

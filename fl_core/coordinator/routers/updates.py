@@ -10,6 +10,7 @@ then :meth:`~fl_core.coordinator.api.Coordinator.accept_update` (401 / 409 / 400
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 from fastapi import APIRouter, Depends, Path, Request
@@ -48,10 +49,15 @@ async def upload_update(
                 raise ProtocolError(413, f"update exceeds the limit of {cap} bytes")
             body += chunk
             digest.update(chunk)
-        if digest.hexdigest() != request.headers.get(protocol.H_CONTENT_SHA256):
+        hexdigest = digest.hexdigest()
+        if hexdigest != request.headers.get(protocol.H_CONTENT_SHA256):
             raise ProtocolError(401, "body does not match the signed sha256")
         fresh, rec = await run_in_threadpool(
-            coord.accept_update, client_id, campaign, rnd, bytes(body), signature=signature
+            functools.partial(coord.accept_update, signature=signature, sha256=hexdigest),
+            client_id,
+            campaign,
+            rnd,
+            bytes(body),
         )
         del body
     out = UploadOut(
