@@ -18,6 +18,7 @@ Every method is safe to call again (idempotent).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -135,6 +136,7 @@ class Coordinator:
         self._engine: sa.Engine | None = None
         self._sessions: Any = None
         self._lock = threading.Lock()
+        self._sqlite_turn = threading.RLock()
         self._campaigns: dict[str, dict[str, Any]] = {}
 
     @classmethod
@@ -162,9 +164,16 @@ class Coordinator:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A registry session (the schema is migrated on first use)."""
-        _ = self.engine
-        with self._sessions() as session:
+        """A registry session (the schema is migrated on first use).
+
+        On SQLite, sessions of this process take turns (one lock): SQLite has one writer at
+        a time and its busy handler *sleeps* between retries, so many threads contending for
+        the write lock would collapse throughput; queued on a lock, each waits only for the
+        milliseconds the holder needs. PostgreSQL sessions run concurrently.
+        """
+        engine = self.engine
+        guard = self._sqlite_turn if engine.dialect.name == "sqlite" else contextlib.nullcontext()
+        with guard, self._sessions() as session:
             yield session
 
     def close(self) -> None:
@@ -528,24 +537,25 @@ class Coordinator:
                 sha256=digest,
                 size=len(data),
             )
-            if to_store:
-                self.store.put_json(
-                    signature_key(campaign, rnd, client_id),
-                    {
-                        "algorithm": "ed25519",
-                        "signed": "FL-UPDATE-1\\n<campaign>\\n<round>\\n<client>\\n<sha256>",
-                        "campaign": campaign,
-                        "round": rnd,
-                        "client": client_id,
-                        "sha256": digest,
-                        "public_key": ctx.public_key,
-                        "signature": signature,
-                        "received_at": received_at,
-                    },
-                )
-                self.store.put_bytes(key, data)
+        if to_store:  # outside the session: store I/O must not hold the registry
+            self.store.put_json(
+                signature_key(campaign, rnd, client_id),
+                {
+                    "algorithm": "ed25519",
+                    "signed": "FL-UPDATE-1\\n<campaign>\\n<round>\\n<client>\\n<sha256>",
+                    "campaign": campaign,
+                    "round": rnd,
+                    "client": client_id,
+                    "sha256": digest,
+                    "public_key": ctx.public_key,
+                    "signature": signature,
+                    "received_at": received_at,
+                },
+            )
+            self.store.put_bytes(key, data)
+            with self.session() as s:
                 registry.mark_stored(s, campaign, rnd, client_id)
-                logger.debug("stored update of %s for %s round %d", client_id, campaign, rnd)
+            logger.debug("stored update of %s for %s round %d", client_id, campaign, rnd)
         return to_store, ReceivedUpdate(client_id, key, digest, len(data), received_at)
 
     def _check_message(
