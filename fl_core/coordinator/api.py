@@ -90,19 +90,17 @@ class RoundStatus:
     received: list[str]
     deadline: float
     closed: bool
+    deadline_passed: bool
+    """Whether the deadline had passed when this status was read."""
     stragglers: dict[str, str] = field(default_factory=dict)
 
     @property
     def num_received(self) -> int:
         return len(self.received)
 
-    @property
-    def deadline_passed(self) -> bool:
-        return time.time() > self.deadline
-
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out.update(num_received=self.num_received, deadline_passed=self.deadline_passed)
+        out.update(num_received=self.num_received)
         return out
 
 
@@ -333,6 +331,7 @@ class Coordinator:
                 received=received,
                 deadline=row.deadline,
                 closed=row.closed_at is not None,
+                deadline_passed=time.time() > row.deadline,
                 stragglers=stragglers,
             )
 
@@ -383,6 +382,22 @@ class Coordinator:
                         s, campaign, rnd, client, "no update when the round closed"
                     )
         return self.round_status(campaign, rnd)
+
+    async def wait_for_updates(
+        self, campaign: str, rnd: int, *, quorum: int, poll_s: float = 2.0
+    ) -> RoundStatus:
+        """Wait (without blocking the event loop) until ``quorum`` updates are stored or the
+        round's deadline passes; for a deferrable sensor's trigger in the triggerer. Reads
+        only; closing the round is ``collect``'s job (:meth:`close_round`)."""
+        import asyncio
+
+        if quorum < 1:
+            raise ValueError(f"quorum must be >= 1, got {quorum}")
+        while True:
+            status = await asyncio.to_thread(self.round_status, campaign, rnd)
+            if status.num_received >= quorum or status.deadline_passed or status.closed:
+                return status
+            await asyncio.sleep(poll_s)
 
     def evaluations(self, campaign: str, rnd: int) -> list[EvaluationReport]:
         """Clients' federated-evaluation reports for a round, by client id."""
