@@ -7,8 +7,9 @@ the clients are asyncio + httpx in this process, one connection each. The model 
 default MLP of ``params.yaml`` (MNIST 784 -> 200 -> 10, 159,010 parameters); updates are
 real wire messages (``dense_fp32`` and ``topk:0.1+q8`` by default), signed as the agent
 signs them. Printed per (N, codec, endpoint): uploads/s over the upload phase, upload p50 /
-p99 latency, the server's peak RSS (``VmHWM``), rejected uploads (final non-2xx) and lost
-updates (acknowledged but not in the store)::
+p99 latency, the server's peak RSS during the upload phase (``VmHWM``, reset after the
+heartbeat/task/download phase, whose own latency and peak are in the last column),
+rejected uploads (final non-2xx) and lost updates (acknowledged but not in the store)::
 
     python bench/bench_coordinator.py [--clients 100 1000] [--codecs dense_fp32 topk:0.1+q8]
 """
@@ -102,6 +103,10 @@ class Server:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
         return float("nan")
+
+    def reset_peak(self) -> None:
+        """Start a new peak-RSS window (Linux: ``5`` to ``/proc/<pid>/clear_refs``)."""
+        Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -263,6 +268,8 @@ def run_one(n: int, codec: str) -> list[dict[str, Any]]:
         server = Server("coordinator", home)
         try:
             prep, failed = asyncio.run(_prepare_clients(server.url, clients, key_of))
+            rss_prep = server.peak_rss_mb()
+            server.reset_peak()  # the upload phase's own peak
             jobs = []
             for c in clients:
                 data = updates[c]
@@ -282,7 +289,7 @@ def run_one(n: int, codec: str) -> list[dict[str, Any]]:
         coord.close()
         rows.append(dict(
             n=n, codec=codec, endpoint="coordinator", size=size, out=out, rss=rss,
-            prep_p50=_pct(prep, 50), prep_p99=_pct(prep, 99), prep_failed=failed,
+            rss_prep=rss_prep, prep_p50=_pct(prep, 50), prep_p99=_pct(prep, 99), prep_failed=failed,
         ))  # fmt: skip
 
         bare = Server("bare", home)
@@ -318,7 +325,7 @@ def main() -> None:
     print(
         f"{'N':>5} {'codec':<12} {'endpoint':<11} {'update':>8} {'uploads/s':>10} "
         f"{'p50 ms':>8} {'p99 ms':>8} {'peak RSS':>9} {'rejected':>8} {'lost':>5}  "
-        f"{'hb+task+model p50/p99 ms':>25}"
+        f"{'hb+task+model p50/p99 ms, peak RSS':>36}"
     )
     for n in args.clients:
         for codec in args.codecs:
@@ -331,10 +338,12 @@ def main() -> None:
                     if r["endpoint"] == "coordinator"
                     else "-"
                 )
+                if r["endpoint"] == "coordinator":
+                    prep += f" RSS {r['rss_prep']:.0f}MB"
                 print(
                     f"{n:>5} {codec:<12} {r['endpoint']:<11} {r['size'] / 1024:>6.0f}KB "
                     f"{n / o.seconds:>10.1f} {_pct(lat, 50):>8.0f} {_pct(lat, 99):>8.0f} "
-                    f"{r['rss']:>7.0f}MB {o.rejected:>8} {o.lost:>5}  {prep:>25}",
+                    f"{r['rss']:>7.0f}MB {o.rejected:>8} {o.lost:>5}  {prep:>36}",
                     flush=True,
                 )
                 if o.rejected:
