@@ -128,7 +128,7 @@ def federated_training() -> None:
         """Publish the round's tasks; return the client batches the training tasks map over."""
         from fl_airflow.steps import run_step
 
-        from fl_core.rounds import client_batches
+        from fl_core.rounds.dispatch import client_batches
 
         run_step("dispatch", ref)
         size = int(get_current_context()["params"]["client_batch_size"])

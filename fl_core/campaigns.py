@@ -109,7 +109,7 @@ def open_campaign(
     from fl_core.rounds.campaign import check_campaign_id
     from fl_core.rounds.layout import campaign_record_key
 
-    cid = check_campaign_id(campaign_id or rounds.new_campaign_id(cfg.campaign.name))
+    cid = check_campaign_id(campaign_id or rounds.step("new_campaign_id")(cfg.campaign.name))
     if store.exists(campaign_record_key(cid)):
         return cid
     data_dir = ensure_data(cfg, project_root=project_root, home=home)
@@ -125,7 +125,7 @@ def open_campaign(
     status = "unknown"
     if report.exists():
         status = "passed" if json.loads(report.read_text()).get("success") else "failed"
-    return rounds.start_campaign(
+    return rounds.step("start_campaign")(
         store,
         cfg,
         data_dir=data_dir,

@@ -25,14 +25,20 @@ def test_import_linter_contracts_are_kept() -> None:
 
 
 def test_dag_files_import_only_downwards() -> None:
-    allowed = ("airflow", "fl_airflow", "pendulum", "datetime", "typing", "__future__")
+    # At parse time a DAG file may import Airflow, the plugin, light libraries and, of
+    # fl_core, only the step list (fl_core.rounds); the steps load inside tasks.
+    heavy = ("torch", "mlflow", "numpy", "pandas", "sklearn", "great_expectations", "dvc")
     for dag_file in sorted((REPO / "dags").glob("*.py")):
         tree = ast.parse(dag_file.read_text())
-        top = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
-        for node in top:
-            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [
-                a.name for a in node.names
-            ]
+        for node in tree.body:
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
             for name in names:
-                ok = name.startswith(allowed) or name == "fl_core.rounds"
-                assert ok, f"{dag_file.name} imports {name} at parse time"
+                root = name.split(".")[0]
+                assert root not in heavy, f"{dag_file.name} imports {name} at parse time"
+                if root == "fl_core":
+                    assert name == "fl_core.rounds", f"{dag_file.name} imports {name}"

@@ -68,17 +68,9 @@ def select_clients(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
 
 
 def _check_campaign_open(store: ArtifactStore, cid: str, rnd: int) -> None:
-    """A round after the one that ended the campaign is refused; so is a round whose
-    predecessor has not been decided (next_round of round r - 1)."""
+    """A round after the one that ended the campaign is refused."""
     status = R.maybe(store, R.CampaignStatus, cid)
-    if rnd == 1:
-        return
-    if status is None or status.last_round < rnd - 1:
-        raise R.MissingRecord(
-            f"round {rnd}: select_clients needs round {rnd - 1}'s next_round decision; "
-            f"run round {rnd - 1} to its next_round step first"
-        )
-    if not status.proceed and status.last_round < rnd:
+    if status is not None and not status.proceed and status.last_round < rnd:
         raise CampaignEnded(
             f"campaign {cid} ended after round {status.last_round} ({status.reason}); "
             f"round {rnd} is refused"

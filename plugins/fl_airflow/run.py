@@ -56,7 +56,8 @@ def run_campaign(form: dict[str, Any], *, quiet: bool = True) -> dict[str, Any]:
     from fl_airflow.hooks.artifact_store import ArtifactStoreHook
     from fl_core.campaigns import config_from_form
     from fl_core.config import load_params
-    from fl_core.rounds import layout, new_campaign_id, records
+    from fl_core.rounds import layout, records
+    from fl_core.rounds.campaign import new_campaign_id
 
     dag = load_dag("federated_training")
     store = ArtifactStoreHook.get_store()
