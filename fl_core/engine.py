@@ -21,6 +21,7 @@ from typing import Any
 
 from fl_core import rounds
 from fl_core.config import Config
+from fl_core.rounds.campaign import start_campaign
 from fl_core.rounds.state import history
 from fl_core.store import ArtifactStore
 
@@ -111,7 +112,7 @@ def _run(
     deploy: bool,
     validation_status: str,
 ) -> CampaignResult:
-    cid = rounds.step("start_campaign")(
+    cid = start_campaign(
         store,
         cfg,
         data_dir=data_dir,

@@ -17,6 +17,23 @@ Round ``r`` (1-based) starts from model version ``r - 1`` and produces version `
 
 from __future__ import annotations
 
+import re
+
+#: A campaign id: a store-key component and an MLflow/Airflow label, so short and plain.
+CAMPAIGN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+CAMPAIGN_ID_MAX_LENGTH = 100
+
+
+def check_campaign_id(cid: str) -> str:
+    """``cid`` if it is a valid campaign id, else ``ValueError`` naming the rule."""
+    if not isinstance(cid, str) or not re.fullmatch(CAMPAIGN_ID_PATTERN, cid) or ".." in cid:
+        raise ValueError(
+            f"campaign id {cid!r} is invalid: 1-{CAMPAIGN_ID_MAX_LENGTH} characters of letters, "
+            "digits, '.', '_', '-', starting with a letter or digit, no '..'"
+        )
+    return cid
+
+
 CAMPAIGNS = "campaigns"
 
 # Campaign-level records.
