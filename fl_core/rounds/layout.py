@@ -118,3 +118,13 @@ def client_state_round(key: str) -> int:
 
 def edge_key(cid: str, name: str) -> str:
     return campaign_key(cid, EDGE, name)
+
+
+# Monitoring (outside any campaign).
+MONITORING = "monitoring"
+MONITORING_COOLDOWN = f"{MONITORING}/cooldown.json"
+
+
+def monitoring_report_key(run_id: str) -> str:
+    """Where a monitoring run's report is kept (run ids carry ':' and '+')."""
+    return f"{MONITORING}/reports/{run_id.replace(':', '_').replace('+', '_')}.json"
