@@ -208,6 +208,11 @@ class CampaignConfig:
     plateau_patience: int | None = None
     plateau_min_delta: float = 0.001
     seed: int = 42
+    # Where the clients are: simulated in-process (the embedded default), or real devices
+    # talking to the coordinator (fl client run ...). Remote rounds run on the wall clock.
+    clients: Literal["simulated", "remote"] = "simulated"
+    quorum: float = 1.0  # remote: the fraction of the cohort whose updates close the round
+    deadline_s: float = 600.0  # remote: seconds from dispatch until the round closes anyway
 
 
 @dataclass(frozen=True)
@@ -322,6 +327,8 @@ _RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "campaign.target_accuracy": (lambda v: v is None or 0 < v <= 1, "null or a number in (0, 1]"),
     "campaign.plateau_patience": (lambda v: v is None or v >= 1, "null or an integer >= 1"),
     "campaign.plateau_min_delta": (lambda v: v >= 0, "a number >= 0"),
+    "campaign.quorum": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "campaign.deadline_s": (lambda v: v > 0, "a number of seconds > 0"),
     "evaluate.baseline_epochs": (lambda v: v >= 1, "an integer >= 1"),
     "server.norm_outlier_factor": (lambda v: v is None or v > 1, "null or a number > 1"),
     "server.num_byzantine": (lambda v: v >= 0, "an integer >= 0"),

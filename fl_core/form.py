@@ -109,6 +109,14 @@ FORM_FIELDS: tuple[FormField, ...] = (
         enum=FORM_CODECS,
     ),
     FormField(
+        "clients",
+        "campaign.clients",
+        "string",
+        "simulated: in-process clients on the partitions; remote: enrolled devices running "
+        "`fl client run` (rounds close at campaign.quorum or campaign.deadline_s)",
+        enum=("simulated", "remote"),
+    ),
+    FormField(
         "client_batch_size",
         None,
         "integer",
