@@ -13,9 +13,11 @@ from pathlib import Path
 import typer
 
 from fl_core import stages
+from fl_core.cli_remote import add_remote_commands
 from fl_core.config import Config, ConfigError, load_params
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+add_remote_commands(app)
 
 ParamsOpt = typer.Option(Path("params.yaml"), "--params", "-p", help="The params file.")
 
