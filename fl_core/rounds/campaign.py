@@ -29,6 +29,7 @@ from fl_core.store import ArtifactStore
 
 logger = logging.getLogger(__name__)
 
+
 def new_campaign_id(name: str) -> str:
     """A fresh, sortable campaign id (an identifier, not a source of randomness)."""
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "campaign"

@@ -14,7 +14,7 @@ from typing import Any
 from fl_core import simulation
 from fl_core.config import Config
 from fl_core.rounds import records as R
-from fl_core.rounds import state
+from fl_core.rounds import remote, state
 from fl_core.seeding import rng
 from fl_core.store import ArtifactStore
 
@@ -34,7 +34,10 @@ def select_clients(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
     rec = state.load_campaign(store, cid)
     cfg = state.campaign_config(rec)
     _check_campaign_open(store, cid, rnd)
-    ids = [c["client_id"] for c in rec["clients"]]
+    if remote.is_remote(cfg):  # enrolled devices with live heartbeats: real availability
+        ids = remote.live_clients(store)
+    else:
+        ids = [c["client_id"] for c in rec["clients"]]
     rp = state.privacy(rec)
     if rp is not None and rp.enabled:
         budget = state.privacy_budget(store, cid, rnd)
@@ -85,7 +88,7 @@ def _select(
     over-selected to survive the expected dropouts. Returns (cohort, strategy, target)."""
     from fl_core.selection import overselect
 
-    candidates = simulation.world(cfg, rec).candidates(ids, rnd)
+    candidates = ids if remote.is_remote(cfg) else simulation.world(cfg, rec).candidates(ids, rnd)
     if cfg.asynchronous.enabled:
         busy = set(state.inflight(store, cid, rnd - 1, step=STEP))
         candidates = [c for c in candidates if c not in busy]

@@ -32,6 +32,17 @@ def train_clients(store: ArtifactStore, cid: str, rnd: int, clients: list[str]) 
     rec = state.load_campaign(store, cid)
     manifest = R.read(store, R.Manifest, cid, rnd, step=STEP)
     cfg = state.campaign_config(rec)
+    if manifest.transport == "remote":  # the devices train; this transport has nothing to do
+        return {
+            "round": rnd,
+            "remote": True,
+            "trained": 0,
+            "skipped": 0,
+            "dropped": 0,
+            "declined": 0,
+            "bytes_up": 0,
+            "bytes_down": 0,
+        }
     lay = state.model_layout(rec)
     files = state.client_files(rec)
     base = manifest.base_version
