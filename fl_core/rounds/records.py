@@ -295,6 +295,12 @@ class RoundMetrics(Record):
     epsilon: float | None = None
     uplink_ratio_vs_dense: float | None = None
     dp_sgd_epsilon_max: float | None = None
+    # Remote rounds: the devices' evaluation of model v(r-1) on their held-out data.
+    fed_model_version: int | None = None
+    fed_num_clients: int | None = None
+    fed_num_examples: int | None = None
+    fed_accuracy: float | None = None
+    fed_loss: float | None = None
 
 
 @dataclass

@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--local-epochs", type=int, dest="local_epochs")
     parser.add_argument("--dataset")
     parser.add_argument("--model")
+    parser.add_argument("--clients", choices=["simulated", "remote"])
     parser.add_argument("--client-batch-size", type=int, dest="client_batch_size", default=5)
     parser.add_argument("--json", action="store_true", help="print the final status as JSON")
     parser.add_argument("--rerun-round", type=int, help="re-run one round of --campaign-id")
@@ -154,9 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         state = rerun_round(args.campaign_id, args.rerun_round)
         print(state)
         return 0 if state == "success" else 1
-    form = {
-        k: v for k, v in vars(args).items() if v is not None and k not in ("json", "rerun_round")
-    }
+    from fl_core.form import FORM_FIELDS
+
+    fields = {f.name for f in FORM_FIELDS}
+    form = {k: v for k, v in vars(args).items() if v is not None and k in fields}
     out = run_campaign(form)
     if args.json:
         print(json.dumps(out, default=str))  # one line, last on stdout
