@@ -109,7 +109,7 @@ def accepted_updates(store: ArtifactStore, cid: str, rnd: int) -> list[tuple[dic
     return out
 
 
-# --------------------------------------------------------------------------- data with unequal clients
+# ------------------------------------------------------------------ data with unequal clients
 
 
 @pytest.fixture(scope="session")
@@ -124,7 +124,7 @@ def unequal_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return paths.data
 
 
-# --------------------------------------------------------------------------- FedAvg weighting
+# --------------------------------------------------------------------------- FedAvg weights
 
 
 def test_fedavg_of_unequal_clients_is_the_example_weighted_mean_of_the_stored_updates(
