@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fl_core import pipeline
+from fl_core import rounds
 from fl_core.config import Config
+from fl_core.rounds.state import history
 from fl_core.store import ArtifactStore
 
 logger = logging.getLogger(__name__)
@@ -42,20 +43,17 @@ class CampaignResult:
 
 
 def run_round(store: ArtifactStore, cid: str, rnd: int, *, batch_size: int = 8) -> dict[str, Any]:
-    """Every step of one round, in order; returns the round's metrics and the stop decision."""
-    pipeline.select_clients(store, cid, rnd)
-    pipeline.dispatch(store, cid, rnd)
-    for batch in pipeline.client_batches(store, cid, rnd, batch_size=batch_size):
-        pipeline.train_clients(store, cid, rnd, batch)
-    pipeline.collect(store, cid, rnd)
-    pipeline.validate_updates(store, cid, rnd)
-    pipeline.aggregate(store, cid, rnd)
-    pipeline.privatize(store, cid, rnd)
-    pipeline.server_update(store, cid, rnd)
-    metrics = pipeline.evaluate(store, cid, rnd)
-    pipeline.register(store, cid, rnd)
-    decision = pipeline.next_round(store, cid, rnd)
-    return {"metrics": metrics, "decision": decision}
+    """Every step of one round, in the order of :data:`fl_core.rounds.ROUND_STEPS`; returns
+    the round's metrics and the stop decision. ``train_clients`` runs once per batch of
+    ``batch_size`` clients, as the DAG's mapped tasks do."""
+    outputs: dict[str, Any] = {}
+    for name, step in rounds.ROUND_STEPS:
+        if name == "train_clients":
+            for batch in rounds.client_batches(store, cid, rnd, batch_size=batch_size):
+                step(store, cid, rnd, batch)
+            continue
+        outputs[name] = step(store, cid, rnd)
+    return {"metrics": outputs["evaluate"], "decision": outputs["next_round"]}
 
 
 def run_campaign(
@@ -112,7 +110,7 @@ def _run(
     deploy: bool,
     validation_status: str,
 ) -> CampaignResult:
-    cid = pipeline.start_campaign(
+    cid = rounds.start_campaign(
         store,
         cfg,
         data_dir=data_dir,
@@ -153,15 +151,15 @@ def _run(
     finally:
         if bar is not None:
             bar.close()
-    registered = pipeline.register(store, cid, rnd, final=True) if tracking else None
-    deployed = pipeline.deploy(store, cid, rnd) if (tracking and deploy) else None
-    hist = pipeline.history(store, cid, rnd)
+    registered = rounds.register_model(store, cid, rnd) if tracking else None
+    deployed = rounds.deploy(store, cid, rnd) if (tracking and deploy) else None
+    hist = history(store, cid, rnd)
     return CampaignResult(
         campaign_id=cid,
         rounds=rnd,
         final_accuracy=hist[-1]["test_accuracy"],
         best_accuracy=max(h["test_accuracy"] for h in hist),
-        model_sha256=pipeline.server_update(store, cid, rnd)["model_sha256"],
+        model_sha256=rounds.server_update(store, cid, rnd)["model_sha256"],
         stop_reason=str(decision.get("reason")),
         history=hist,
         registered=registered,

@@ -96,6 +96,33 @@ def create_aggregator(name: str, *, dim: int, **kwargs: Any) -> Aggregator:
     return cls(dim, **kwargs)
 
 
+def aggregator_from_config(
+    name: str,
+    *,
+    dim: int,
+    server: Any,
+    num_updates: int,
+    root_update: Any = None,
+) -> Aggregator:
+    """Build the rule ``name`` with its hyperparameters read from the ``server`` config
+    section as the rule's class declares them (``config_arguments``), its capacity when it
+    buffers the cohort, and the server's root update when it needs one."""
+    cls = _aggregator_class(name)
+    kwargs: dict[str, Any] = {arg: getattr(server, field) for arg, field in cls.config_arguments.items()}
+    if cls.requires_full_cohort:
+        kwargs["capacity"] = num_updates
+    if cls.needs_root_update:
+        if root_update is None:
+            raise ValueError(f"aggregator {name!r} needs the server's root update")
+        kwargs["root_update"] = root_update
+    return create_aggregator(name, dim=dim, **kwargs)
+
+
+def needs_root_update(name: str) -> bool:
+    """Whether the rule ``name`` needs the server's root update (FLTrust)."""
+    return bool(_aggregator_class(name).needs_root_update)
+
+
 def requires_full_cohort(name: str) -> bool:
     """Whether the rule ``name`` needs every update of the round before aggregating (it
     buffers them) rather than streaming them one at a time."""
@@ -118,6 +145,8 @@ __all__ = [
     "TrimmedMean",
     "WeightedMedian",
     "aggregator_arguments",
+    "aggregator_from_config",
+    "needs_root_update",
     "create_aggregator",
     "requires_full_cohort",
 ]

@@ -8,12 +8,25 @@ that need the whole cohort (median, Krum, ...) subclass it and buffer.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import ClassVar
 
 import numpy as np
 
 
 class Aggregator(ABC):
-    """Consumes weighted updates of one dimension and yields their aggregate."""
+    """Consumes weighted updates of one dimension and yields their aggregate.
+
+    Class attributes describe a rule to the round steps, so they never special-case a rule
+    by name: ``config_arguments`` maps the rule's keyword arguments to ``server.*`` config
+    fields; ``needs_root_update`` asks for the server's root update (FLTrust);
+    ``supports_sparse`` says :meth:`add_sparse` exists; ``requires_full_cohort`` that the
+    rule buffers the whole cohort.
+    """
+
+    config_arguments: ClassVar[dict[str, str]] = {}
+    needs_root_update: ClassVar[bool] = False
+    supports_sparse: ClassVar[bool] = False
+    requires_full_cohort: ClassVar[bool] = False
 
     def __init__(self, dim: int) -> None:
         if dim < 1:
@@ -38,3 +51,19 @@ class Aggregator(ABC):
     @abstractmethod
     def result(self) -> np.ndarray:
         """The aggregate update (float32); raises ``ValueError`` if nothing was added."""
+
+    def add_sparse(self, indices: np.ndarray, values: np.ndarray, *, weight: float) -> None:
+        """Add a sparse update (only rules with ``supports_sparse``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not take sparse updates")
+
+    def outlier_scores(self) -> np.ndarray:
+        """Per added update, how far it lies from the aggregate (about 1 typical); empty for
+        rules that do not score (feeds :mod:`fl_core.reputation`)."""
+        return np.empty(0, dtype=np.float64)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """State carried across rounds (none for a memoryless rule)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Restore :meth:`state_dict` output (nothing to restore for a memoryless rule)."""

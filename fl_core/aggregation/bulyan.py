@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
 from fl_core.aggregation.buffered import BufferedAggregator
@@ -28,6 +30,8 @@ class Bulyan(BufferedAggregator):
     num_byzantine
         ``f``, the number of Byzantine updates to tolerate.
     """
+
+    config_arguments: ClassVar[dict[str, str]] = {"num_byzantine": "num_byzantine"}
 
     def __init__(self, dim: int, *, num_byzantine: int, capacity: int | None = None) -> None:
         super().__init__(dim, capacity=capacity)

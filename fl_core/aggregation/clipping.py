@@ -32,6 +32,7 @@ class NormBounding(Aggregator):
     """
 
     requires_full_cohort: ClassVar[bool] = False
+    config_arguments: ClassVar[dict[str, str]] = {"max_norm": "clip_norm"}
 
     def __init__(self, dim: int, *, max_norm: float) -> None:
         super().__init__(dim)
@@ -76,6 +77,8 @@ class CenteredClipping(BufferedAggregator):
     center
         Initial center (e.g. the previous aggregate).
     """
+
+    config_arguments: ClassVar[dict[str, str]] = {"tau": "clip_norm"}
 
     def __init__(
         self,

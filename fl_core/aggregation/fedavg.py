@@ -3,6 +3,8 @@ Decentralized Data", AISTATS 2017), streaming over updates, dense or sparse."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
 from fl_core.aggregation.base import Aggregator
@@ -17,6 +19,8 @@ class FedAvg(Aggregator):
     their ``k`` entries: an absent entry is a zero, so this equals adding the densified
     update, without building it.
     """
+
+    supports_sparse: ClassVar[bool] = True
 
     def __init__(self, dim: int) -> None:
         super().__init__(dim)
@@ -66,6 +70,10 @@ class FedAvg(Aggregator):
             self._sum[idx] += weight * vals.astype(np.float64)
         self.count += 1
         self.total_weight += weight
+
+    def weighted_sum(self) -> np.ndarray:
+        """The running float64 sum of ``weight * update`` (zeros before any add)."""
+        return self._sum.copy()
 
     def result(self) -> np.ndarray:
         if self.count == 0:

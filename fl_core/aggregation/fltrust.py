@@ -23,6 +23,7 @@ class FLTrust(Aggregator):
     """
 
     requires_full_cohort: ClassVar[bool] = False
+    needs_root_update: ClassVar[bool] = True
 
     def __init__(self, dim: int, *, root_update: np.ndarray | None = None) -> None:
         super().__init__(dim)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
 from fl_core.aggregation.buffered import BufferedAggregator
@@ -26,6 +28,8 @@ class Krum(BufferedAggregator):
     num_byzantine
         ``f``, the number of Byzantine updates to tolerate.
     """
+
+    config_arguments: ClassVar[dict[str, str]] = {"num_byzantine": "num_byzantine"}
 
     rule = "krum"
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
 from fl_core.aggregation.buffered import BufferedAggregator
@@ -21,6 +23,8 @@ class TrimmedMean(BufferedAggregator):
     beta
         Fraction trimmed from each end, ``0 <= beta < 0.5``.
     """
+
+    config_arguments: ClassVar[dict[str, str]] = {"beta": "trim_fraction"}
 
     def __init__(self, dim: int, *, beta: float = 0.1, capacity: int | None = None) -> None:
         super().__init__(dim, capacity=capacity)

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 import time
 import warnings
 
 import numpy as np
 
-from fl_core.client import ClientResult
+from fl_core.client.training import ClientResult
 from fl_core.models import ModelSpec, build_model, get_flat, set_flat
 from fl_core.privacy.accountant import RDP_ORDERS, quiet_opacus
 
@@ -39,6 +40,7 @@ def train_dp_sgd(
     max_grad_norm: float,
     delta: float,
     seed: int,
+    noise_seed: int | None = None,
 ) -> tuple[ClientResult, float]:
     """Train locally with DP-SGD from ``global_vector``; return the update and epsilon.
 
@@ -56,8 +58,12 @@ def train_dp_sgd(
     delta
         Record-level delta at which epsilon is reported (should be < 1 / len(x)).
     seed
-        Seeds batch sampling and noise (deterministic; use an unpredictable seed in
-        production, or Opacus's ``secure_mode``).
+        Seeds batch sampling (public, reproducible).
+    noise_seed
+        Seeds the DP noise. ``None`` (the default, and what clients use) draws it from the
+        operating system's CSPRNG (``secrets``), so nobody who knows the public seed can
+        recompute and subtract the noise. Opacus's ``secure_mode`` needs torchcsprng, which
+        is not installable here; a CSPRNG-seeded torch generator is the stand-in.
 
     Returns
     -------
@@ -125,7 +131,9 @@ def train_dp_sgd(
             noise_multiplier=noise_multiplier,
             max_grad_norm=max_grad_norm,
             poisson_sampling=True,
-            noise_generator=torch.Generator().manual_seed(seed + 1),
+            noise_generator=torch.Generator().manual_seed(
+                secrets.randbits(63) if noise_seed is None else noise_seed
+            ),
         )
         for _ in range(local_epochs):
             for xb, yb in dp_loader:

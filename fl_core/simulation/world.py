@@ -1,5 +1,5 @@
 """Simulated clients' world: device and network profiles, availability, the simulated
-clock, the adversary (evaluation only) and the adaptive communication policy.
+clock, the attacks' update math (evaluation only) and the adaptive communication policy.
 
 Everything is drawn from the campaign seed, so a campaign replays identically. In a real
 deployment the same inputs come from the clients' reports (measured bandwidth, latency,
@@ -48,7 +48,7 @@ def malicious_clients(cfg: Config, client_ids: list[str]) -> list[str]:
     """The campaign's attackers (a fixed fraction of all clients, drawn from the seed)."""
     if cfg.attack.kind == "none" or cfg.attack.fraction <= 0:
         return []
-    from fl_core.attacks import choose_malicious
+    from fl_core.simulation.attacks import choose_malicious
 
     return sorted(choose_malicious(client_ids, fraction=cfg.attack.fraction,
                                    rng=rng(cfg.campaign.seed, "malicious")))
@@ -59,7 +59,7 @@ def attack_updates(
 ) -> dict[str, np.ndarray]:
     """The attackers' messages of this round, from every received honest update (an
     omniscient adversary, as in the ALIE paper). Label flipping acts on data instead."""
-    from fl_core.attacks import apply_update_attack
+    from fl_core.simulation.attacks import apply_update_attack
 
     bad = sorted(c for c in honest if c in set(malicious))
     if not bad or cfg.attack.kind in ("none", "label_flip"):
@@ -105,3 +105,56 @@ def participates(cfg: Config, prof: SpeedProfile | None, rnd: int) -> bool:
     if c.policy != "adaptive" or link_class(cfg, prof) != "slow":
         return True
     return rnd % c.slow_participation_every == 0
+
+
+class SimulatedWorld:
+    """The simulated world of one campaign: who is online, who drops out, each client's
+    device/link profile and plan, and how long a delivery takes on the simulated clock.
+
+    With ``simulation.enabled`` false every client is online, completes, has no profile
+    and takes no simulated time; the plan is the configured (fixed or adaptive) one.
+    """
+
+    def __init__(self, cfg: Config, rec: dict[str, Any]) -> None:
+        self.cfg = cfg
+        self.rec = rec
+        self.enabled = cfg.simulation.enabled
+        self._availability = availability(cfg) if self.enabled else None
+
+    def candidates(self, ids: list[str], rnd: int) -> list[str]:
+        """Clients online and allowed to take part in round ``rnd``."""
+        if not self.enabled or self._availability is None:
+            return list(ids)
+        online = self._availability.available(list(ids), rnd)
+        return [c for c in online if participates(self.cfg, self.profile(c), rnd)]
+
+    def completes(self, client: str, rnd: int) -> bool:
+        """Whether the client stays online long enough to deliver its update."""
+        return self._availability is None or self._availability.completes(client, rnd)
+
+    def profile(self, client: str) -> SpeedProfile | None:
+        return profile(self.rec, client)
+
+    def plan(self, client: str) -> dict[str, Any]:
+        """Codec, local epochs and link class for the client (the communication policy)."""
+        return client_plan(self.cfg, self.profile(client))
+
+    def measured(self, client: str) -> dict[str, float]:
+        """What a real client would measure and report of its link."""
+        prof = self.profile(client)
+        if prof is None:
+            return {}
+        return {"uplink_mbps": prof.uplink_mbps, "latency_s": prof.latency_s}
+
+    def duration(
+        self, client: str, *, num_examples: int, bytes_down: int, bytes_up: int, epochs: int
+    ) -> float | None:
+        """Simulated seconds from dispatch to delivery (None without a profile)."""
+        prof = self.profile(client)
+        if prof is None:
+            return None
+        return float(
+            prof.round_time(
+                num_examples=num_examples, bytes_down=bytes_down, bytes_up=bytes_up, epochs=epochs
+            )
+        )

@@ -1,0 +1,86 @@
+"""Step ``dispatch``: publish the round manifest, the base model version and one task per
+selected client (local epochs, optimiser, uplink/downlink codecs, seed, client-side privacy).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fl_core import simulation
+from fl_core.codec import parse_codec
+from fl_core.rounds import layout as L
+from fl_core.rounds import records as R
+from fl_core.rounds import state
+from fl_core.seeding import derive_seed
+from fl_core.store import ArtifactStore
+
+STEP = "dispatch"
+
+
+def dispatch(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
+    """Write round ``rnd``'s manifest from its cohort record (idempotent)."""
+    if (done := R.maybe(store, R.Manifest, cid, rnd)) is not None:
+        return done.to_dict()
+    rec = state.load_campaign(store, cid)
+    cfg = state.campaign_config(rec)
+    cohort = R.read(store, R.Cohort, cid, rnd, step=STEP).cohort
+    world = simulation.world(cfg, rec)
+    c, comm = cfg.client, cfg.communication
+    privacy = client_privacy(state.privacy(rec))
+    tasks: dict[str, dict[str, Any]] = {}
+    for client in cohort:
+        plan = world.plan(client)
+        task: dict[str, Any] = {
+            "local_epochs": plan["local_epochs"],
+            "batch_size": c.batch_size,
+            "lr": c.lr,
+            "momentum": c.momentum,
+            "weight_decay": c.weight_decay,
+            "prox_mu": c.prox_mu,
+            "codec": plan["codec"],
+            "link": plan["link"],
+            "error_feedback": comm.error_feedback and not parse_codec(plan["codec"]).lossless,
+            "downlink_codec": comm.downlink_codec,
+            "downlink_delta_codec": comm.downlink_delta_codec,
+            "seed": derive_seed(cfg.campaign.seed, rnd, "train", client),
+        }
+        if privacy is not None:
+            task["privacy"] = privacy
+        tasks[client] = task
+    record = R.Manifest(
+        round=rnd,
+        base_version=rnd - 1,
+        model_key=L.model_key(cid, rnd - 1),
+        tasks=tasks,
+        num_tasks=len(tasks),
+    )
+    return R.write(store, record, cid, rnd)
+
+
+def client_privacy(rp: Any) -> dict[str, Any] | None:
+    """The client-side part of the campaign's privacy (local DP, DP-SGD), for its tasks."""
+    if rp is None:
+        return None
+    out: dict[str, Any] = {}
+    if rp.enabled and rp.mode == "local":
+        out.update(
+            mode="local",
+            clipping_norm=float(rp.clipping_norm),
+            noise_multiplier=float(rp.update_noise_multiplier),
+        )
+    if rp.client_dp_sgd:
+        out["dp_sgd"] = {
+            "noise_multiplier": float(rp.dp_sgd_noise_multiplier),
+            "max_grad_norm": float(rp.dp_sgd_max_grad_norm),
+            "delta": float(rp.dp_sgd_delta),
+            "max_epsilon": getattr(rp, "dp_sgd_max_epsilon", None),
+        }
+    return out or None
+
+
+def client_batches(store: ArtifactStore, cid: str, rnd: int, *, batch_size: int) -> list[list[str]]:
+    """The round's tasks cut into batches, one per mapped training task (reads the manifest)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    clients = sorted(R.read(store, R.Manifest, cid, rnd, step="train_clients").tasks)
+    return [clients[i : i + batch_size] for i in range(0, len(clients), batch_size)]

@@ -1,0 +1,65 @@
+"""Step ``evaluate``: global test metrics, the spread of accuracy over the clients' own data,
+training loss, bytes, epsilon spent and simulated time of round ``r``'s model."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from fl_core.client import evaluate as eval_model
+from fl_core.rounds import records as R
+from fl_core.rounds import state
+from fl_core.store import ArtifactStore
+
+STEP = "evaluate"
+
+
+def evaluate(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
+    """Write round ``rnd``'s metrics record (idempotent)."""
+    if (done := R.maybe(store, R.RoundMetrics, cid, rnd)) is not None:
+        return done.to_dict()
+    rec = state.load_campaign(store, cid)
+    spec = state.spec(rec)
+    R.read(store, R.ServerUpdateInfo, cid, rnd, step=STEP)
+    validation = R.read(store, R.Validation, cid, rnd, step=STEP)
+    privacy = R.read(store, R.PrivacyInfo, cid, rnd, step=STEP)
+    collected = R.read(store, R.Collected, cid, rnd, step=STEP)
+    vector = state.load_model(store, cid, rnd)
+    x_test, y_test = state.test_table(rec)
+    test = eval_model(spec, vector, x_test, y_test)
+    accs = []
+    for path in state.client_files(rec).values():
+        x, y = state.table(path)
+        accs.append(eval_model(spec, vector, x, y)["accuracy"])
+    acc = np.asarray(accs)
+    accepted = validation.accepted
+    ratio = None
+    if accepted and validation.bytes_up:
+        # Against dense fp32 payloads of the same updates (4 bytes per parameter).
+        dense = 4 * state.model_layout(rec).num_params * len(accepted)
+        ratio = dense / sum(int(a.bytes) for a in accepted)
+    record = R.RoundMetrics(
+        round=rnd,
+        test_accuracy=test["accuracy"],
+        test_loss=test["loss"],
+        client_accuracy_mean=float(acc.mean()),
+        client_accuracy_std=float(acc.std()),
+        client_accuracy_min=float(acc.min()),
+        client_accuracy_p10=float(np.percentile(acc, 10)),
+        train_loss=float(
+            np.average([a.train_loss for a in accepted], weights=[a.weight for a in accepted])
+        )
+        if accepted
+        else math.nan,
+        num_accepted=validation.num_accepted,
+        num_rejected=validation.num_rejected,
+        bytes_up=validation.bytes_up,
+        bytes_down=validation.bytes_down,
+        sim_time_s=float(collected.clock_s),
+        epsilon=privacy.epsilon,
+        uplink_ratio_vs_dense=ratio,
+        dp_sgd_epsilon_max=privacy.dp_sgd_epsilon_max,
+    )
+    return R.write(store, record, cid, rnd)
