@@ -1,0 +1,238 @@
+"""Mutation testing of the modules where a silent bug costs most (``make mutation``).
+
+Runs mutmut (pinned in the ``dev`` extra) group by group, each group mutating a few modules
+and running only the test files that exercise them, in a scratch copy of the project under
+``$FL_HOME/mutation/work`` (so no ``mutants/`` folder appears in the checkout), and writes
+``$FL_HOME/mutation/report.md`` and one ``<group>.json`` per group: per module, mutants
+killed / survived / timed out, the score over non-equivalent mutants, the survivors judged
+equivalent (with the reason, from :data:`EQUIVALENT`) and the other survivors with their
+diff, to be killed by a new test or judged.
+
+Usage::
+
+    python -m tests.mutation                 # every group
+    python -m tests.mutation codec wire      # some groups
+    python -m tests.mutation --max-children 1 codec
+
+Not part of ``make test``: a full run takes hours on two cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Group:
+    """Modules mutated together and the test files that exercise them."""
+
+    modules: tuple[str, ...]
+    tests: tuple[str, ...]
+
+
+GROUPS: dict[str, Group] = {
+    "codec": Group(
+        (
+            "fl_core/codec/quantize.py",
+            "fl_core/codec/sparse.py",
+            "fl_core/codec/feedback.py",
+            "fl_core/codec/dense.py",
+            "fl_core/codec/registry.py",
+            "fl_core/codec/base.py",
+        ),
+        (
+            "tests/fl_core/codec",
+            "tests/fl_core/test_wire.py",
+            "tests/fl_core/test_wire_properties.py",
+        ),
+    ),
+    "wire": Group(
+        ("fl_core/wire.py",),
+        ("tests/fl_core/test_wire.py", "tests/fl_core/test_wire_properties.py"),
+    ),
+    "aggregation": Group(
+        (
+            "fl_core/aggregation/math.py",
+            "fl_core/aggregation/robust_math.py",
+            "fl_core/aggregation/fedavg.py",
+            "fl_core/aggregation/fedbuff.py",
+        ),
+        ("tests/fl_core/aggregation",),
+    ),
+    "privacy": Group(
+        (
+            "fl_core/privacy/noise.py",
+            "fl_core/privacy/clipping.py",
+            "fl_core/privacy/aggregator.py",
+        ),
+        (
+            "tests/fl_core/privacy/test_noise_and_sampling.py",
+            "tests/fl_core/privacy/test_clipping.py",
+            "tests/fl_core/test_invariants.py",
+        ),
+    ),
+    "accountant": Group(
+        ("fl_core/privacy/accountant.py", "fl_core/privacy/settings.py"),
+        ("tests/fl_core/privacy/test_accountant.py", "tests/fl_core/privacy/test_settings.py"),
+    ),
+    "rounds": Group(
+        (
+            "fl_core/rounds/aggregate.py",
+            "fl_core/rounds/privatize.py",
+            "fl_core/rounds/validate.py",
+        ),
+        (
+            "tests/fl_core/test_invariants.py",
+            "tests/fl_core/test_pipeline_privacy_codecs.py",
+            "tests/fl_core/test_pipeline_robust_async.py",
+        ),
+    ),
+    "selection": Group(
+        ("fl_core/selection.py", "fl_core/reputation.py"),
+        ("tests/fl_core/test_selection.py", "tests/fl_core/test_reputation.py"),
+    ),
+}
+"""Every group ``make mutation`` runs, in this order."""
+
+EQUIVALENT: dict[str, str] = {}
+"""Survivors judged equivalent after reading them: mutant name -> why no test can kill it.
+Filled from the reports; see docs/benchmarks.md's sibling notes in the closing report."""
+
+_RESULT = re.compile(r"^\s*(?P<name>\S+): (?P<status>.+?)\s*$")
+
+
+def _module_of(mutant: str) -> str:
+    """``fl_core.codec.quantize.x_pack_bits__mutmut_3`` -> ``fl_core.codec.quantize``."""
+    return re.split(r"\.x[_\u01c1]", mutant, maxsplit=1)[0]
+
+
+def _mutmut(work: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["GIT_PYTHON_REFRESH"] = "quiet"
+    mutmut = shutil.which("mutmut") or str(Path(sys.executable).with_name("mutmut"))
+    return subprocess.run(
+        [mutmut, *args], cwd=work, env=env, text=True, capture_output=True, check=False
+    )
+
+
+def _prepare(work: Path, group: Group) -> None:
+    """A fresh copy of the package, the tests and pyproject.toml with this group's config."""
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    for name in ("fl_core", "tests"):
+        shutil.copytree(
+            ROOT / name, work / name, ignore=shutil.ignore_patterns("__pycache__", ".hypothesis")
+        )
+    text = (ROOT / "pyproject.toml").read_text()
+    text = re.sub(r"(?ms)^\[tool\.mutmut\].*?(?=^\[|\Z)", "", text)
+    config = {
+        "source_paths": ["fl_core"],
+        "only_mutate": list(group.modules),
+        "pytest_add_cli_args_test_selection": list(group.tests),
+        "pytest_add_cli_args": ["-p", "no:cacheprovider", "-q", "-x"],
+    }
+    lines = ["", "[tool.mutmut]"] + [f"{k} = {json.dumps(v)}" for k, v in config.items()]
+    (work / "pyproject.toml").write_text(text.rstrip() + "\n" + "\n".join(lines) + "\n")
+    tomllib.loads((work / "pyproject.toml").read_text())  # still valid TOML
+
+
+def run_group(name: str, group: Group, out: Path, max_children: int) -> dict[str, object]:
+    """Run mutmut for one group; returns (and writes) its per-module summary."""
+    work = out / "work"
+    _prepare(work, group)
+    print(f">> mutation group {name}: {', '.join(group.modules)}", flush=True)
+    run = _mutmut(work, "run", "--max-children", str(max_children))
+    (out / f"{name}.log").write_text(run.stdout[-20000:] + run.stderr[-20000:])
+    listing = _mutmut(work, "results", "--all", "true").stdout
+    statuses: dict[str, str] = {}
+    for line in listing.splitlines():
+        if match := _RESULT.match(line):
+            statuses[match["name"]] = match["status"]
+    survivors = [m for m, s in statuses.items() if s == "survived"]
+    diffs = {m: _mutmut(work, "show", m).stdout[-1500:] for m in survivors}
+    modules: dict[str, dict[str, object]] = {}
+    for module in sorted({_module_of(m) for m in statuses}):
+        mine = {m: s for m, s in statuses.items() if _module_of(m) == module}
+        counts = Counter(mine.values())
+        equivalent = {m: EQUIVALENT[m] for m in mine if m in EQUIVALENT and mine[m] == "survived"}
+        killed = counts.get("killed", 0) + counts.get("timeout", 0)
+        judged = len(mine) - len(equivalent)  # a mutant no test reaches counts as not killed
+        modules[module] = {
+            "mutants": len(mine),
+            "status": dict(counts),
+            "equivalent": equivalent,
+            "survived": {
+                m: diffs.get(m, s)
+                for m, s in mine.items()
+                if s not in ("killed", "timeout") and m not in equivalent
+            },
+            "score": round(killed / judged, 4) if judged else None,
+        }
+    summary: dict[str, object] = {"group": name, "exit_code": run.returncode, "modules": modules}
+    (out / f"{name}.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    shutil.rmtree(work, ignore_errors=True)
+    return summary
+
+
+def write_report(out: Path) -> Path:
+    """``report.md`` from every ``<group>.json`` under ``out``."""
+    rows = [
+        "# Mutation testing",
+        "",
+        "| module | mutants | killed | survived | equivalent | score (killed / non-equivalent) |",
+        "|---|---|---|---|---|---|",
+    ]
+    details: list[str] = []
+    for path in sorted(out.glob("*.json")):
+        summary = json.loads(path.read_text())
+        for module, info in summary["modules"].items():
+            status = info["status"]
+            score = "n/a" if info["score"] is None else f"{100 * info['score']:.1f}%"
+            rows.append(
+                f"| {module} | {info['mutants']} | {status.get('killed', 0)} | "
+                f"{len(info['survived'])} | {len(info['equivalent'])} | {score} |"
+            )
+            for mutant, reason in info["equivalent"].items():
+                details.append(f"- equivalent `{mutant}`: {reason}")
+            for mutant, diff in info["survived"].items():
+                details.append(f"- survived `{mutant}`:\n\n```diff\n{diff.strip()}\n```")
+    report = out / "report.md"
+    report.write_text("\n".join(rows + ["", "## Survivors", ""] + details) + "\n")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("groups", nargs="*", help=f"some of {', '.join(GROUPS)} (default: all)")
+    parser.add_argument("--max-children", type=int, default=2)
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.groups) - set(GROUPS))
+    if unknown:
+        parser.error(f"unknown groups {unknown}; allowed: {', '.join(GROUPS)}")
+    fl_home = Path(os.environ.get("FL_HOME", ROOT / ".fl"))
+    out = fl_home / "mutation"
+    out.mkdir(parents=True, exist_ok=True)
+    for name in args.groups or list(GROUPS):
+        summary = run_group(name, GROUPS[name], out, args.max_children)
+        modules: dict[str, dict[str, object]] = summary["modules"]  # type: ignore[assignment]
+        for module, info in modules.items():
+            print(f"   {module}: score {info['score']} {info['status']}", flush=True)
+    print(f">> report: {write_report(out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
