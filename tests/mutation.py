@@ -80,7 +80,6 @@ GROUPS: dict[str, Group] = {
         (
             "tests/fl_core/privacy/test_noise_and_sampling.py",
             "tests/fl_core/privacy/test_clipping.py",
-            "tests/fl_core/test_invariants.py",
         ),
     ),
     "accountant": Group(
