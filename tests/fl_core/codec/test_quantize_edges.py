@@ -110,3 +110,27 @@ def test_unpack_errors_give_the_sizes_and_the_reason() -> None:
         unpack_bits(np.zeros(3, np.uint8), 4, 8)
     with pytest.raises(WireError, match="^non-zero padding bits after the last code$"):
         unpack_bits(np.array([0xF0], np.uint8), 4, 1)
+
+
+def test_each_value_gets_its_own_dither() -> None:
+    """Independent rounding: one draw's errors average out over many values (a dither shared
+    by a whole chunk would shift them all by the same (u - 1/2) step)."""
+    codec = StochasticQuantizer(bits=2)
+    n = 64 * CHUNK_SIZE
+    x = np.tile(np.linspace(0.0, 3.0, CHUNK_SIZE, dtype=np.float32), 64)  # step 1 per chunk
+
+    for seed in range(5):
+        err = codec.decode(codec.encode(x, rng=np.random.default_rng(seed)), n) - x
+        assert abs(float(err.astype(np.float64).mean())) < 6 * 0.5 / np.sqrt(n)
+
+
+def test_values_at_the_top_of_a_chunk_never_wrap_around() -> None:
+    """t + u can round up to levels + 1 at the chunk's maximum; the clamp keeps the code
+    at the top level (a uint8 cast of 256 would wrap to 0: an error of the whole range)."""
+    codec = StochasticQuantizer(bits=8)
+    x = np.full(2_000_000, 255.0, np.float32)
+    x[::CHUNK_SIZE] = 0.0  # each chunk spans [0, 255] (step 1): most values on the top level
+
+    got = codec.decode(codec.encode(x, rng=np.random.default_rng(0)), x.size)
+
+    assert float(np.abs(got - x).max()) <= 1.0
