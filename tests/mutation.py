@@ -105,58 +105,88 @@ GROUPS: dict[str, Group] = {
 }
 """Every group ``make mutation`` runs, in this order."""
 
+_Q = "fl_core.codec.quantize."
+_R0 = "the input is already uint8 (quantize's codes), so the dtype argument changes nothing"
+_R1 = "9 // bits == 8 // bits for every allowed bits (8, 4, 2)"
+_R2 = "n / per is truthy whenever n > 0; padding a length that needs none gives the same grid"
+_R3 = "numpy's reshape treats any negative size as 'infer' (-2 behaves as -1)"
+_R4 = "j = 0 ORs grid[:, 0] << 0 into a copy of grid[:, 0]: no change"
+_R5 = "float64 codes hold the same small integers; dequantize writes them into float32 unchanged"
+_R6 = "a copy flag on an array that is only read or freshly computed: same values"
+_R7 = (
+    "a float64 grid: bitwise_and casts its uint8 results safely; the codes keep their integer "
+    "values"
+)
+_R8 = "as _28 (dtype dropped: float64)"
+_R9 = "m / chunk_size never equals the size, so the padding path runs; it yields the same grid"
+_R10 = "a float64 padded grid of float32 values: min, max and step come out identical"
+_R11 = "as _13"
+_R12 = "an empty float64 array serialises to the same zero bytes as an empty float32 one"
+_R13 = "as _10"
+_R14 = "empty codes of any dtype pack to zero bytes"
+_R15 = "as _15"
+_R16 = "spread is already float64 (a float64 max minus a float32 lo)"
+_R17 = (
+    "a float64 step differs from its float32 rounding by < 2**-24 relative; codes are drawn "
+    "against it and decoded with the float32 step: not observable"
+)
+_R18 = (
+    "constant chunks then get an infinite inverse, t = 0 * inf = nan, which casts to code 0 "
+    "here: they still decode to lo (platform-dependent cast, not observable on x86-64)"
+)
+_R19 = (
+    "float64 instead of float32 intermediates: the same codes (only more precise); the "
+    "float32 path exists for speed"
+)
+_R20 = "a step equal to float32's tiny takes the float64 path: same codes"
+_R21 = "as _41: without where=, only constant chunks divide by zero"
+_R22 = "float64 codes are truncated to uint8 by pack_bits: the same codes"
+_R23 = "lo.astype(None) is float64, as lo.astype(np.float64)"
+_R24 = "step.astype(None) is float64, as step.astype(np.float64)"
+_R25 = (
+    "lo + code * step of exact float32 factors rounds once to the same float32 whether lo is "
+    "float32 or float64"
+)
+_R26 = "as decode _10 (float64 step)"
+_EQUIVALENT_SPEC: list[tuple[str, tuple[int, ...], str]] = [
+    (_Q + "x_pack_bits", (3, 5), _R0),
+    (_Q + "x_pack_bits", (8,), _R1),
+    (_Q + "x_pack_bits", (12,), _R2),
+    (_Q + "x_pack_bits", (31,), _R3),
+    (_Q + "x_pack_bits", (36,), _R4),
+    (_Q + "x_unpack_bits", (13,), _R1),
+    (_Q + "x_unpack_bits", (16,), _R5),
+    (_Q + "x_unpack_bits", (17, 19, 20), _R6),
+    (_Q + "x_unpack_bits", (28,), _R7),
+    (_Q + "x_unpack_bits", (30,), _R8),
+    (_Q + "x_unpack_bits", (43,), _R3),
+    (_Q + "x__chunked", (6,), _R9),
+    (_Q + "x__chunked", (13,), _R10),
+    (_Q + "x__chunked", (15,), _R11),
+    (_Q + "x_quantize", (10,), _R12),
+    (_Q + "x_quantize", (12,), _R13),
+    (_Q + "x_quantize", (15,), _R14),
+    (_Q + "x_quantize", (17,), _R15),
+    (_Q + "x_quantize", (29,), _R16),
+    (_Q + "x_quantize", (33,), _R17),
+    (_Q + "x_quantize", (41,), _R18),
+    (_Q + "x_quantize", (46, 48, 50, 53, 55, 65, 68, 73, 79, 81), _R19),
+    (_Q + "x_quantize", (47,), _R20),
+    (_Q + "x_quantize", (63,), _R21),
+    (_Q + "x_quantize", (69, 71, 72), _R6),
+    (_Q + "x_quantize", (90,), _R22),
+    (_Q + "x_quantize", (92,), _R3),
+    (_Q + "x_check_scales", (7,), _R23),
+    (_Q + "x_check_scales", (10,), _R24),
+    (_Q + "xǁStochasticQuantizerǁencode", (21, 23, 26, 28, 30, 33), _R6),
+    (_Q + "xǁStochasticQuantizerǁdecode", (10,), _R25),
+    (_Q + "xǁStochasticQuantizerǁdecode", (20,), _R26),
+]
+
 EQUIVALENT: dict[str, str] = {
-    "fl_core.codec.quantize.x_pack_bits__mutmut_3": "the input is already uint8 (quantize's codes), so the dtype argument changes nothing",
-    "fl_core.codec.quantize.x_pack_bits__mutmut_5": "the input is already uint8 (quantize's codes), so the dtype argument changes nothing",
-    "fl_core.codec.quantize.x_pack_bits__mutmut_8": "9 // bits == 8 // bits for every allowed bits (8, 4, 2)",
-    "fl_core.codec.quantize.x_pack_bits__mutmut_12": "n / per is truthy whenever n > 0; padding a length that needs none gives the same grid",
-    "fl_core.codec.quantize.x_pack_bits__mutmut_31": "numpy's reshape treats any negative size as 'infer' (-2 behaves as -1)",
-    "fl_core.codec.quantize.x_pack_bits__mutmut_36": "j = 0 ORs grid[:, 0] << 0 into a copy of grid[:, 0]: no change",
-    "fl_core.codec.quantize.x_unpack_bits__mutmut_13": "9 // bits == 8 // bits for every allowed bits (8, 4, 2)",
-    "fl_core.codec.quantize.x_unpack_bits__mutmut_16": "float64 codes hold the same small integers; dequantize writes them into float32 unchanged",
-    "fl_core.codec.quantize.x_unpack_bits__mutmut_17": "a copy flag on an array that is only read or freshly computed: same values",
-    "fl_core.codec.quantize.x_unpack_bits__mutmut_19": "a copy flag on an array that is only read or freshly computed: same values",
-    "fl_core.codec.quantize.x_unpack_bits__mutmut_20": "a copy flag on an array that is only read or freshly computed: same values",
-    "fl_core.codec.quantize.x_unpack_bits__mutmut_28": "a float64 grid: bitwise_and casts its uint8 results safely; the codes keep their integer values",
-    "fl_core.codec.quantize.x_unpack_bits__mutmut_30": "as _28 (dtype dropped: float64)",
-    "fl_core.codec.quantize.x_unpack_bits__mutmut_43": "numpy's reshape treats any negative size as 'infer' (-2 behaves as -1)",
-    "fl_core.codec.quantize.x__chunked__mutmut_6": "m / chunk_size never equals the size, so the padding path runs; it yields the same grid",
-    "fl_core.codec.quantize.x__chunked__mutmut_13": "a float64 padded grid of float32 values: min, max and step come out identical",
-    "fl_core.codec.quantize.x__chunked__mutmut_15": "as _13",
-    "fl_core.codec.quantize.x_quantize__mutmut_10": "an empty float64 array serialises to the same zero bytes as an empty float32 one",
-    "fl_core.codec.quantize.x_quantize__mutmut_12": "as _10",
-    "fl_core.codec.quantize.x_quantize__mutmut_15": "empty codes of any dtype pack to zero bytes",
-    "fl_core.codec.quantize.x_quantize__mutmut_17": "as _15",
-    "fl_core.codec.quantize.x_quantize__mutmut_29": "spread is already float64 (a float64 max minus a float32 lo)",
-    "fl_core.codec.quantize.x_quantize__mutmut_33": "a float64 step differs from its float32 rounding by < 2**-24 relative; codes are drawn against it and decoded with the float32 step: not observable",
-    "fl_core.codec.quantize.x_quantize__mutmut_41": "constant chunks then get an infinite inverse, t = 0 * inf = nan, which casts to code 0 here: they still decode to lo (platform-dependent cast, not observable on x86-64)",
-    "fl_core.codec.quantize.x_quantize__mutmut_46": "float64 instead of float32 intermediates: the same codes (only more precise); the float32 path exists for speed",
-    "fl_core.codec.quantize.x_quantize__mutmut_47": "a step equal to float32's tiny takes the float64 path: same codes",
-    "fl_core.codec.quantize.x_quantize__mutmut_48": "float64 instead of float32 intermediates: the same codes (only more precise); the float32 path exists for speed",
-    "fl_core.codec.quantize.x_quantize__mutmut_50": "float64 instead of float32 intermediates: the same codes (only more precise); the float32 path exists for speed",
-    "fl_core.codec.quantize.x_quantize__mutmut_53": "float64 instead of float32 intermediates: the same codes (only more precise); the float32 path exists for speed",
-    "fl_core.codec.quantize.x_quantize__mutmut_55": "float64 instead of float32 intermediates: the same codes (only more precise); the float32 path exists for speed",
-    "fl_core.codec.quantize.x_quantize__mutmut_63": "as _41: without where=, only constant chunks divide by zero",
-    "fl_core.codec.quantize.x_quantize__mutmut_65": "float64 instead of float32 intermediates: the same codes (only more precise); the float32 path exists for speed",
-    "fl_core.codec.quantize.x_quantize__mutmut_68": "float64 instead of float32 intermediates: the same codes (only more precise); the float32 path exists for speed",
-    "fl_core.codec.quantize.x_quantize__mutmut_69": "a copy flag on an array that is only read or freshly computed: same values",
-    "fl_core.codec.quantize.x_quantize__mutmut_71": "a copy flag on an array that is only read or freshly computed: same values",
-    "fl_core.codec.quantize.x_quantize__mutmut_72": "a copy flag on an array that is only read or freshly computed: same values",
-    "fl_core.codec.quantize.x_quantize__mutmut_73": "float64 instead of float32 intermediates: the same codes (only more precise); the float32 path exists for speed",
-    "fl_core.codec.quantize.x_quantize__mutmut_79": "float64 instead of float32 intermediates: the same codes (only more precise); the float32 path exists for speed",
-    "fl_core.codec.quantize.x_quantize__mutmut_81": "float64 instead of float32 intermediates: the same codes (only more precise); the float32 path exists for speed",
-    "fl_core.codec.quantize.x_quantize__mutmut_90": "float64 codes are truncated to uint8 by pack_bits: the same codes",
-    "fl_core.codec.quantize.x_quantize__mutmut_92": "numpy's reshape treats any negative size as 'infer' (-2 behaves as -1)",
-    "fl_core.codec.quantize.x_check_scales__mutmut_7": "lo.astype(None) is float64, as lo.astype(np.float64)",
-    "fl_core.codec.quantize.x_check_scales__mutmut_10": "step.astype(None) is float64, as step.astype(np.float64)",
-    "fl_core.codec.quantize.xǁStochasticQuantizerǁencode__mutmut_21": "a copy flag on an array that is only read or freshly computed: same values",
-    "fl_core.codec.quantize.xǁStochasticQuantizerǁencode__mutmut_23": "a copy flag on an array that is only read or freshly computed: same values",
-    "fl_core.codec.quantize.xǁStochasticQuantizerǁencode__mutmut_26": "a copy flag on an array that is only read or freshly computed: same values",
-    "fl_core.codec.quantize.xǁStochasticQuantizerǁencode__mutmut_28": "a copy flag on an array that is only read or freshly computed: same values",
-    "fl_core.codec.quantize.xǁStochasticQuantizerǁencode__mutmut_30": "a copy flag on an array that is only read or freshly computed: same values",
-    "fl_core.codec.quantize.xǁStochasticQuantizerǁencode__mutmut_33": "a copy flag on an array that is only read or freshly computed: same values",
-    "fl_core.codec.quantize.xǁStochasticQuantizerǁdecode__mutmut_10": "lo + code * step of exact float32 factors rounds once to the same float32 whether lo is float32 or float64",
-    "fl_core.codec.quantize.xǁStochasticQuantizerǁdecode__mutmut_20": "as decode _10 (float64 step)",
+    f"{function}__mutmut_{n}": reason
+    for function, numbers, reason in _EQUIVALENT_SPEC
+    for n in numbers
 }
 """Survivors judged equivalent after reading them: mutant name -> why no test can kill it.
 Filled from the reports; see docs/benchmarks.md's sibling notes in the closing report."""
