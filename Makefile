@@ -65,3 +65,11 @@ mlflow-ui: setup
 
 clean-state:
 	rm -rf .fl data/prepared data/clients models metrics plots reports
+
+# Mutation testing (not part of `make test`; hours on two cores): mutmut from the dev extra,
+# group by group (MUTATION_GROUPS="codec wire" for some), report in $(FL_HOME)/mutation/.
+MUTATION_GROUPS ?=
+.PHONY: mutation
+mutation: setup
+	python -m pip install -q -e ".[dev]"
+	python -m tests.mutation --max-children 2 $(MUTATION_GROUPS)

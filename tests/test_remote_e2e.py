@@ -102,7 +102,7 @@ def test_ten_agents_over_https_train_the_same_model_as_the_simulation(tmp_path: 
                 [sys.executable, "-m", "fl_core.cli", "coordinator", "serve", "--host",
                  "127.0.0.1", "--port", str(port), "--tls-cert", str(tls.cert),
                  "--tls-key", str(tls.key)],
-                env=env, stdout=subprocess.DEVNULL, stderr=open(logs / "coordinator.log", "wb"),
+                env=env, stdout=subprocess.DEVNULL, stderr=open(logs / "coordinator.log", "wb"),  # noqa: SIM115
             )
         )  # fmt: skip
         for i, (client, entry) in enumerate(zip(clients, manifest["clients"], strict=True)):
@@ -121,7 +121,7 @@ def test_ten_agents_over_https_train_the_same_model_as_the_simulation(tmp_path: 
                      str(own / "heldout.parquet"), "--holdout", "0", "--home",
                      str(own / "home"), "--wait", "5"],
                     env=device_env, stdout=subprocess.DEVNULL,
-                    stderr=open(logs / f"{client}.log", "wb"),
+                    stderr=open(logs / f"{client}.log", "wb"),  # noqa: SIM115
                 )
             )  # fmt: skip
         deadline = time.monotonic() + 600
