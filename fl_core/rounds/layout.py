@@ -95,6 +95,11 @@ def signature_key(cid: str, rnd: int, client: str) -> str:
     return update_key(cid, rnd, client) + SIGNATURE_SUFFIX
 
 
+def claim_key(cid: str, rnd: int, client: str) -> str:
+    """Write-once claim of a simulated client's training (client-side DP noise)."""
+    return round_key(cid, rnd, "claims", f"{client}.json")
+
+
 def honest_key(cid: str, rnd: int, client: str) -> str:
     return round_key(cid, rnd, HONEST, f"{client}{UPDATE_SUFFIX}")
 

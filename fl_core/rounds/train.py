@@ -49,7 +49,7 @@ def train_clients(store: ArtifactStore, cid: str, rnd: int, clients: list[str]) 
     global_vector = state.load_model(store, cid, base)
     world = simulation.world(cfg, rec)
     adversary = simulation.adversary(cfg, rec)
-    trained = skipped = dropped = declined = bytes_up = bytes_down = 0
+    trained = skipped = dropped = declined = claimed = bytes_up = bytes_down = 0
     for client in clients:
         if client not in manifest.tasks:
             raise ValueError(f"client {client!r} has no task in round {rnd}")
@@ -61,6 +61,12 @@ def train_clients(store: ArtifactStore, cid: str, rnd: int, clients: list[str]) 
             dropped += 1  # went offline before delivering: no update arrives
             continue
         raw = manifest.tasks[client]
+        if raw.get("privacy") and not _claim(store, cid, rnd, client):
+            # Client-side DP noise is unrepeatable: one run only may train this client
+            # (another run holds the claim, or crashed holding it: a straggler this round).
+            logger.warning("round %d: %s is claimed by another run; skipped", rnd, client)
+            claimed += 1
+            continue
         task = ClientTask.from_manifest(
             raw,
             campaign=cid,
@@ -129,6 +135,7 @@ def train_clients(store: ArtifactStore, cid: str, rnd: int, clients: list[str]) 
         "skipped": skipped,
         "dropped": dropped,
         "declined": declined,
+        "claimed_elsewhere": claimed,
         "bytes_up": bytes_up,
         "bytes_down": bytes_down,
     }
@@ -144,3 +151,13 @@ def _load_client_state(store: ArtifactStore, cid: str, client: str, rnd: int) ->
     ]
     arrays: dict[str, np.ndarray] = store.get_arrays(max(earlier)) if earlier else {}
     return ClientState.from_arrays(arrays)
+
+
+def _claim(store: ArtifactStore, cid: str, rnd: int, client: str) -> bool:
+    """Claim the right to train ``client`` in round ``rnd`` (write-once); True if ours."""
+    import os
+    import socket
+    import time
+
+    owner = {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
+    return store.put_json_if_absent(L.claim_key(cid, rnd, client), owner)
