@@ -26,13 +26,15 @@ from typing import Any
 import pendulum
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import Param, dag, get_current_context, task
-from fl_airflow.hooks.artifact_store import ArtifactStoreHook
+from fl_airflow.hooks.artifact_store import ArtifactStoreHook, project_root
 from fl_airflow.sensors.updates import UpdatesArrivedSensor
 
 from fl_core.form import airflow_params, load_params_quietly
 from fl_core.rounds import FINAL_STEPS, ROUND_STEPS
 
 REF = "ti.xcom_pull(task_ids='open_round')"
+# The form's defaults are the project's params.yaml (the one open_round reads).
+FORM = airflow_params(load_params_quietly(str(project_root() / "params.yaml")))
 
 
 def _store() -> Any:
@@ -51,7 +53,12 @@ def _store() -> Any:
     render_template_as_native_obj=True,
     # Declared once in fl_core.form (config key, bounds, help, section); defaults from
     # params.yaml. Users' fields first, run plumbing in a collapsed section.
-    params={name: Param(**spec) for name, spec in airflow_params(load_params_quietly()).items()},
+    params={
+        name: Param(**spec)
+        for name, spec in airflow_params(
+            load_params_quietly(str(project_root() / "params.yaml"))
+        ).items()
+    },
 )
 def federated_training() -> None:
     @task

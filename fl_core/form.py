@@ -168,7 +168,10 @@ def check_conf_keys(conf: dict[str, Any]) -> None:
 
 
 def config_from_form(base: Config, form: dict[str, Any]) -> Config:
-    """Apply a run's form values to ``base`` (templated values may arrive as strings)."""
+    """Apply a run's form values to ``base`` (templated values may arrive as strings).
+
+    Only values that differ from ``base`` count: a field left at its default never
+    overrides the project's params.yaml (nor renames the registered model)."""
     check_conf_keys(form)
     overrides: dict[str, Any] = {}
     for f in FORM_FIELDS:
@@ -180,6 +183,8 @@ def config_from_form(base: Config, form: dict[str, Any]) -> Config:
                 value = int(value)
             except (TypeError, ValueError):
                 raise ConfigError(f"{f.key}: expected an integer, got {value!r}") from None
+        if value == f.default_value(base):
+            continue
         overrides[f.key] = value
     cfg = with_overrides(base, overrides)
     if "model.name" in overrides or "data.dataset" in overrides:
