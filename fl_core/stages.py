@@ -359,6 +359,8 @@ def train(cfg: Config, paths: Paths, *, progress: bool = True) -> dict[str, Any]
                 "rounds": result.rounds,
                 "bytes_up_total": sum(h["bytes_up"] for h in result.history),
                 "bytes_down_total": sum(h["bytes_down"] for h in result.history),
+                "updates_accepted_total": sum(int(h["num_accepted"]) for h in result.history),
+                "updates_rejected_total": sum(int(h["num_rejected"]) for h in result.history),
                 "epsilon": result.history[-1].get("epsilon"),
             },
             indent=1,
@@ -428,6 +430,7 @@ def evaluate(cfg: Config, paths: Paths) -> dict[str, Any]:
         "baseline_test_accuracy": baseline["accuracy"],
         "baseline_test_loss": baseline["loss"],
         "accuracy_gap_points": 100 * (baseline["accuracy"] - federated["accuracy"]),
+        "majority_class_accuracy": majority_class_accuracy(y_test),
         "rounds": campaign["rounds"],
     }
     paths.metrics.mkdir(parents=True, exist_ok=True)
@@ -454,6 +457,37 @@ def _read_rounds(path: Path) -> list[dict[str, Any]]:
         ]
 
 
+def majority_class_accuracy(labels: np.ndarray) -> float:
+    """Accuracy of always predicting the most frequent label of ``labels`` (0 when empty)."""
+    y = np.asarray(labels, dtype=np.int64).reshape(-1)
+    return float(np.bincount(y).max() / y.size) if y.size else 0.0
+
+
+#: A model within this many accuracy points of the majority-class rate learned nothing.
+MAJORITY_MARGIN_POINTS = 0.5
+
+
+def verdict(
+    accuracy: float, *, majority: float, rejected: int = 0, accepted: int | None = None
+) -> list[str]:
+    """Honest warning lines for a summary: a run at (or below) the majority-class rate is
+    "no better than predicting the majority class"; rejected updates are counted. Empty when
+    there is nothing to warn about."""
+    lines = []
+    if accuracy <= majority + MAJORITY_MARGIN_POINTS / 100:
+        lines.append(
+            f"no better than predicting the majority class ({majority:.4f}): the model "
+            "learned nothing useful (check feature scaling, lr, rounds)"
+        )
+    if rejected:
+        total = f" of {rejected + accepted}" if accepted is not None else ""
+        lines.append(
+            f"{rejected}{total} client updates were rejected (see the validation reasons in "
+            "the round records / MLflow num_rejected)"
+        )
+    return lines
+
+
 def summary(paths: Paths) -> str:
     """The short, human summary printed at the end of ``make run``."""
     campaign = json.loads((paths.models / "campaign.json").read_text())
@@ -475,16 +509,28 @@ def summary(paths: Paths) -> str:
         f"  model sha256      {campaign['model_sha256'][:16]}…",
     ]
     train = json.loads((paths.metrics / "train.json").read_text())
+    if "majority_class_accuracy" in ev:
+        lines.append(f"                    {ev['majority_class_accuracy']:.4f} majority class")
+    warnings = verdict(
+        float(ev["federated_test_accuracy"]),
+        majority=float(ev.get("majority_class_accuracy", 0.0)),
+        rejected=int(train.get("updates_rejected_total", 0)),
+        accepted=train.get("updates_accepted_total"),
+    )
+    lines += [f"  WARNING           {w}" for w in warnings]
     if train.get("epsilon") is not None:
         lines.append(f"  privacy           epsilon spent {train['epsilon']:.4f}")
     lines.append(
         f"  uplink bytes      {train['bytes_up_total']:,} (downlink {train['bytes_down_total']:,})"
     )
     if reg:
+        reused = " (identical model: existing version reused)" if reg.get("reused") else ""
         lines.append(
             f"  registered        {reg.get('registered_model')} v{reg.get('version')} "
-            f"(alias {dep.get('alias', 'challenger')})"
+            f"(alias {dep.get('alias', 'challenger')}){reused}"
         )
+        if dep.get("reason"):
+            lines.append(f"  not deployed      {dep['reason']}")
     lines += [
         f"  MLflow            {tracking.get('uri', '-')} (run {tracking.get('run_id', '-')})",
         "                    open it: make mlflow-ui  ->  http://127.0.0.1:5000",

@@ -142,7 +142,7 @@ def test_mlflow_has_the_campaign_run_and_registered_model(
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     model = mlflow.pyfunc.load_model("models:/fl-e2e@champion")
-    accuracy = float((np.asarray(model.predict(x)) == y).mean())
+    accuracy = float((np.asarray(model.predict(x)["label"]) == y).mean())
     ev = json.loads((root / "metrics/eval.json").read_text())
     assert accuracy == pytest.approx(ev["federated_test_accuracy"], abs=1e-6)
 
