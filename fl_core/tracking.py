@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ import random
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -375,7 +376,11 @@ def register_campaign_model(
                 "reused": True,
                 "gate": gate,
             }
-        with mlflow.start_run(run_id=tracking["run_id"]), warnings.catch_warnings():
+        with (
+            mlflow.start_run(run_id=tracking["run_id"]),
+            warnings.catch_warnings(),
+            _mlflow_prints_as_info(),
+        ):
             _quiet_logging_warnings()
             info = mlflow.pyfunc.log_model(
                 name="model",
@@ -418,6 +423,41 @@ def register_campaign_model(
         "reused": False,
         "gate": gate,
     }
+
+
+class _LogLines(io.TextIOBase):
+    """A text stream that turns each written line into an INFO record of ``logger``."""
+
+    def __init__(self) -> None:
+        self._buffer = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._buffer += text
+        *lines, self._buffer = self._buffer.split("\n")
+        for line in lines:
+            if line.strip():
+                logger.info("mlflow: %s", line.strip())
+        return len(text)
+
+    def flush(self) -> None:
+        if self._buffer.strip():
+            logger.info("mlflow: %s", self._buffer.strip())
+        self._buffer = ""
+
+
+@contextlib.contextmanager
+def _mlflow_prints_as_info() -> Iterator[None]:
+    """MLflow ``print``s its registry news ("Successfully registered model", "Created
+    version") to stderr, which Airflow files at ERROR level: log them at INFO instead."""
+    sink = _LogLines()
+    try:
+        with contextlib.redirect_stderr(sink):
+            yield
+    finally:
+        sink.flush()
 
 
 def _quiet_logging_warnings() -> None:
