@@ -154,7 +154,10 @@ def ensure_experiment(uri: str, name: str, *, artifact_root: str | Path | None =
                   EXPERIMENT_KIND)
         return str(exp.experiment_id)
     location = None
-    if artifact_root is not None and not os.environ.get("MLFLOW_TRACKING_URI"):
+    # An embedded store (SQLite) keeps artifacts under FL_HOME; a tracking server manages its
+    # own. (Not decided by MLFLOW_TRACKING_URI: mlflow.set_tracking_uri() sets it in-process,
+    # and the next experiment's artifacts would land in ./mlruns.)
+    if artifact_root is not None and uri.split(":", 1)[0] in ("sqlite", "file"):
         location = Path(artifact_root).resolve().as_uri()
     return str(
         _call(uri, "create_experiment", name, artifact_location=location,

@@ -75,6 +75,8 @@ def test_identical_model_reuses_the_version_and_serves_probabilities(
     assert first.registered["reused"] is False and second.registered["reused"] is True
     assert second.registered["version"] == first.registered["version"]
     assert len(_client(uri).search_model_versions("name = 'fl-dedupe'")) == 1
+    location = _client(uri).get_experiment_by_name("tests").artifact_location
+    assert location == (tmp_path / "mlartifacts").resolve().as_uri()  # not ./mlruns
 
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
