@@ -510,7 +510,9 @@ def summary(paths: Paths) -> str:
     ]
     train = json.loads((paths.metrics / "train.json").read_text())
     if "majority_class_accuracy" in ev:
-        lines.append(f"                    {ev['majority_class_accuracy']:.4f} majority class")
+        lines.insert(
+            -1, f"                    {ev['majority_class_accuracy']:.4f} majority class"
+        )
     warnings = verdict(
         float(ev["federated_test_accuracy"]),
         majority=float(ev.get("majority_class_accuracy", 0.0)),
