@@ -64,7 +64,8 @@ def configure(*, parallelism: int = 4) -> dict[str, str]:
     Besides Airflow's own settings: MLflow does not install its stderr log handler
     (``MLFLOW_CONFIGURE_LOGGING=false``: Airflow files a task's stderr at ERROR level, so
     MLflow's INFO lines became red ERROR lines; its records now reach Airflow's handler at
-    their real level), MLflow's artifact progress bars are off, and the known third-party
+    their real level), MLflow's artifact download progress bars are off (they were dumped
+    into task logs; ``make run``'s own console progress bar stays), and the known third-party
     deprecation warnings are filtered at their source modules (:func:`quiet_known_warnings`).
     """
     quiet = quiet_known_warnings()
@@ -97,7 +98,6 @@ def configure(*, parallelism: int = 4) -> dict[str, str]:
         "NO_PROXY": "*",
         "MLFLOW_CONFIGURE_LOGGING": "false",
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-        "TQDM_DISABLE": "1",
     }
     for key, value in values.items():
         os.environ.setdefault(key, value)
