@@ -222,6 +222,11 @@ def partition(cfg: Config, paths: Paths) -> dict[str, Any]:
             moments.append(m)
             entry["feature_moments"] = m.to_json()
         clients.append(entry)
+    if moments and (cfg.privacy.level != "off" or cfg.privacy.client_dp_sgd):
+        logger.warning(
+            "feature scaling uses per-client feature sums, which the privacy settings do not "
+            "cover; set data.scaling: none if the server must not learn client feature means"
+        )
     manifest = {
         "scheme": p.scheme,
         "dataset": meta["dataset"],
