@@ -12,7 +12,14 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from fl_core.config import Config, ConfigError, DatasetName, ModelName, StrategyName, with_overrides
+from fl_core.config import (
+    BUILTIN_DATASETS,
+    Config,
+    ConfigError,
+    ModelName,
+    StrategyName,
+    with_overrides,
+)
 from fl_core.privacy.settings import LEVELS
 from fl_core.rounds.layout import CAMPAIGN_ID_PATTERN
 
@@ -47,6 +54,12 @@ class FormField:
             value = getattr(value, part)
         return value
 
+    def choices(self, base: Config) -> tuple[Any, ...] | None:
+        if self.name == "dataset":
+            builtin = tuple(d for d in BUILTIN_DATASETS if d != "file")
+            return builtin + tuple(sorted(base.datasets))
+        return self.enum
+
     def param_kwargs(self, base: Config) -> dict[str, Any]:
         """Keyword arguments of ``airflow.sdk.Param`` for this field."""
         out: dict[str, Any] = {
@@ -56,14 +69,14 @@ class FormField:
             "section": self.section,
         }
         for name in ("enum", "minimum", "maximum", "pattern"):
-            value = getattr(self, name)
+            value = self.choices(base) if name == "enum" else getattr(self, name)
             if value is not None:
                 out[name] = list(value) if name == "enum" else value
         return out
 
 
-def _choices(literal: Any, *, drop: tuple[str, ...] = ()) -> tuple[str, ...]:
-    return tuple(v for v in typing.get_args(literal) if v not in drop)
+def _choices(literal: Any) -> tuple[str, ...]:
+    return tuple(typing.get_args(literal))
 
 
 FORM_FIELDS: tuple[FormField, ...] = (
@@ -71,8 +84,9 @@ FORM_FIELDS: tuple[FormField, ...] = (
         "dataset",
         "data.dataset",
         "string",
-        "Dataset (built-in, partitioned per params.yaml)",
-        enum=_choices(DatasetName, drop=("file",)),
+        "Dataset: a built-in or one registered with `fl init-dataset` (partitioned per "
+        "params.yaml)",
+        enum=(),  # filled from the config: built-ins and the registered datasets
     ),
     FormField("model", "model.name", "string", "Model", enum=_choices(ModelName)),
     FormField(

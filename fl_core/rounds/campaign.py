@@ -59,12 +59,12 @@ def start_campaign(
     data_dir = Path(data_dir).resolve()
     meta = read_json(data_dir / "prepared" / "meta.json")
     manifest = read_json(data_dir / "clients" / "manifest.json")
-    spec = ModelSpec(
+    spec = ModelSpec.for_data(
         name=cfg.model.name,
-        input_shape=tuple(meta["input_shape"]),
-        num_classes=int(meta["num_classes"]),
         hidden=cfg.model.hidden,
         channels=cfg.model.channels,
+        meta=meta,
+        manifest=manifest,
     )
     vector, lay = init_vector(spec, seed=derive_seed(cfg.campaign.seed, "init"))
     if warm_start is not None:

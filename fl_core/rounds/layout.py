@@ -20,8 +20,8 @@ from __future__ import annotations
 import re
 
 #: A campaign id: a store-key component and an MLflow/Airflow label, so short and plain.
-CAMPAIGN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
-CAMPAIGN_ID_MAX_LENGTH = 100
+CAMPAIGN_ID_MAX_LENGTH = 128
+CAMPAIGN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 
 
 def check_campaign_id(cid: str) -> str:
