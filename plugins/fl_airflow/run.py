@@ -61,7 +61,9 @@ def run_campaign(form: dict[str, Any], *, quiet: bool = True) -> dict[str, Any]:
 
     dag = load_dag("federated_training")
     store = ArtifactStoreHook.get_store()
-    cfg = config_from_form(load_params(env.PROJECT_ROOT / "params.yaml"), form)
+    from fl_airflow.hooks.artifact_store import project_root
+
+    cfg = config_from_form(load_params(project_root() / "params.yaml"), form)
     cid = form.get("campaign_id") or new_campaign_id(cfg.campaign.name)
     # What each task did (cohort, accepted/rejected, accuracy, bytes) goes to this file; the
     # console keeps the progress bar.
