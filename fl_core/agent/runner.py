@@ -129,6 +129,7 @@ class Agent:
         self._downlink_mbps: float | None = None
         self._latency_s: float | None = None
         self._last_heartbeat = 0.0
+        self._declined: set[tuple[str, int]] = set()
 
     def close(self) -> None:
         self.client.close()
@@ -163,7 +164,9 @@ class Agent:
                     self.heartbeat()
                 task = self.client.next_task(wait_s=self.config.wait_s)
                 failures = 0
-                if task is not None:
+                if task is not None and (task["campaign"], task["round"]) in self._declined:
+                    self.stop.wait(self.config.wait_s)  # stays open server-side; nothing to do
+                elif task is not None:
                     self.handle(task)
                     self.heartbeat()
                     if max_tasks is not None and self.tasks_done >= max_tasks:
@@ -243,6 +246,7 @@ class Agent:
             return
         if not self.data.validate(task["model_spec"]):
             self.heartbeat()  # reports data_valid=False: selection leaves this client out
+            self._declined.add((campaign, rnd))
             raise Refused(400, "local data failed validation; not training")
         state = training.ClientState.from_arrays(self.home.load_state(campaign))
         message, seconds = self.client.download_model(
@@ -272,6 +276,7 @@ class Agent:
             )
         except TaskDeclined as exc:
             logger.warning("declined %s round %d: %s", campaign, rnd, exc)
+            self._declined.add((campaign, rnd))
             return
         identity = self.client.identity
         assert identity is not None

@@ -67,7 +67,7 @@ async def _authenticate(request: Request, coord: Coordinator, body_sha256: str) 
 
     def check() -> str:
         with coord.session() as s:
-            row = registry.authenticate(
+            return registry.authenticate(
                 s,
                 client_id=client_id,
                 message=message,
@@ -76,7 +76,6 @@ async def _authenticate(request: Request, coord: Coordinator, body_sha256: str) 
                 timestamp=timestamp,
                 skew_s=coord.settings.clock_skew_s,
             )
-            return row.client_id
 
     return await run_in_threadpool(check)
 
