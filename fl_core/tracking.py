@@ -89,9 +89,10 @@ _TRANSIENT_MARKERS = (
     "TEMPORARILY_UNAVAILABLE",
     "REQUEST_LIMIT_EXCEEDED",
     "database is locked",
-    "502",
-    "503",
-    "504",
+    "error responses",  # urllib3: "too many 503 error responses"
+    "Bad Gateway",
+    "Service Unavailable",
+    "Gateway Timeout",
 )
 
 
@@ -572,8 +573,10 @@ def promote_if_better(
     promoted = not reasons
     if promoted:
         _call(uri, "set_registered_model_alias", name, "champion", version)
-        with contextlib.suppress(MlflowException):
-            _call(uri, "delete_registered_model_alias", name, "challenger")
+        with contextlib.suppress(MlflowException):  # only if it names this version
+            challenger = _call(uri, "get_model_version_by_alias", name, "challenger")
+            if str(challenger.version) == str(version):
+                _call(uri, "delete_registered_model_alias", name, "challenger")
     else:
         _call(uri, "set_registered_model_alias", name, "challenger", version)
     _call(uri, "set_model_version_tag", name, version, "fl.deploy_eval_accuracy", f"{new_acc:.6f}")
