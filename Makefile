@@ -47,6 +47,7 @@ airflow: setup
 MODEL ?= fl-mnist5k-mlp
 serve: setup
 	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(FL_HOME)/mlflow.db} \
+	MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false \
 	  mlflow models serve -m "models:/$(MODEL)@champion" --env-manager local -h 127.0.0.1 -p 5001
 
 test: setup
@@ -55,6 +56,7 @@ test: setup
 lint: setup
 	ruff check .
 	mypy
+	PYTHONPATH=plugins lint-imports
 
 bench: setup
 	for b in bench/bench_*.py; do echo ">> $$b"; python $$b || exit 1; done

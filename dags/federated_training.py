@@ -11,7 +11,9 @@ Tasks: open_round → select_clients → dispatch → train_clients (mapped over
 privatize → server_update → evaluate → register_round → next_round → trigger_next_round |
 register_model → deploy.
 
-Every task is one call into `fl_core.pipeline`; round state lives in the artifact store
+The tasks are built from the round's step list (`fl_core.rounds.ROUND_STEPS`, then
+`FINAL_STEPS`): a task id is its step's name and the task is one call into that step.
+Round state lives in the artifact store
 (`campaigns/<id>/rounds/<r>/…`), XCom carries only ids and counts. Tasks are idempotent:
 clearing any task and rerunning it gives the same global model.
 """
@@ -24,10 +26,15 @@ from typing import Any
 import pendulum
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import Param, dag, get_current_context, task
-from fl_airflow.hooks.artifact_store import ArtifactStoreHook
+from fl_airflow.hooks.artifact_store import ArtifactStoreHook, project_root
 from fl_airflow.sensors.updates import UpdatesArrivedSensor
 
+from fl_core.form import airflow_params, load_params_quietly
+from fl_core.rounds import FINAL_STEPS, ROUND_STEPS
+
 REF = "ti.xcom_pull(task_ids='open_round')"
+# The form's defaults are the project's params.yaml (the one open_round reads).
+FORM = airflow_params(load_params_quietly(str(project_root() / "params.yaml")))
 
 
 def _store() -> Any:
@@ -44,58 +51,13 @@ def _store() -> Any:
     default_args={"retries": 2, "retry_delay": timedelta(seconds=5)},
     doc_md=__doc__,
     render_template_as_native_obj=True,
+    # Declared once in fl_core.form (config key, bounds, help, section); defaults from
+    # params.yaml. Users' fields first, run plumbing in a collapsed section.
     params={
-        "dataset": Param(
-            "mnist5k",
-            enum=["mnist5k", "digits", "synthetic"],
-            description="Built-in dataset (partitioned per params.yaml)",
-        ),
-        "model": Param("mlp", enum=["mlp", "logreg", "cnn"]),
-        "strategy": Param(
-            "fedavg",
-            enum=[
-                "fedavg",
-                "median",
-                "weighted_median",
-                "trimmed_mean",
-                "krum",
-                "multi_krum",
-                "bulyan",
-                "norm_bounding",
-                "centered_clipping",
-                "fltrust",
-            ],
-            description="Aggregation rule (Byzantine-robust ones use server.* of params.yaml)",
-        ),
-        "rounds": Param(30, type="integer", minimum=1, maximum=1000),
-        "clients_per_round": Param(10, type="integer", minimum=1, maximum=10000),
-        "local_epochs": Param(3, type="integer", minimum=1, maximum=100),
-        "privacy_level": Param(
-            "off",
-            enum=["off", "low", "medium", "high"],
-            description="Differential privacy: low eps=8, medium eps=3, high eps=1 (delta 1e-5)",
-        ),
-        "codec": Param(
-            "dense_fp32",
-            enum=["dense_fp32", "fp16", "q8", "q4", "topk:0.1+q8", "topk:0.01+q8", "topk:0.01"],
-            description="Uplink codec (lossy ones keep an error-feedback residual per client)",
-        ),
-        "client_batch_size": Param(
-            5,
-            type="integer",
-            minimum=1,
-            maximum=1000,
-            description="Clients per mapped training task",
-        ),
-        "campaign_id": Param(
-            None,
-            type=["null", "string"],
-            description="Set by the previous round; empty starts a campaign",
-        ),
-        "round": Param(1, type="integer", minimum=1, description="Set by the previous round"),
-        "chain": Param(
-            True, type="boolean", description="Trigger the next round's run when this one ends"
-        ),
+        name: Param(**spec)
+        for name, spec in airflow_params(
+            load_params_quietly(str(project_root() / "params.yaml"))
+        ).items()
     },
 )
 def federated_training() -> None:
@@ -104,109 +66,50 @@ def federated_training() -> None:
         """Start the campaign on round 1 (data, MLflow run, initial model), else resume it."""
         from fl_airflow.campaign import open_round as open_
 
-        ref = open_(_store(), dict(get_current_context()["params"]))
+        from fl_core.form import check_conf_keys
+
+        context = get_current_context()
+        check_conf_keys(dict(context["dag_run"].conf or {}))  # a typo is an error, not ignored
+        ref = open_(_store(), dict(context["params"]))
         print(f"campaign {ref['campaign_id']} round {ref['round']}")
         return ref
 
-    @task
-    def select_clients(ref: dict[str, Any]) -> int:
-        from fl_core import pipeline
+    def step_task(name: str) -> Any:
+        """A task that runs the round step ``name`` (task id == step name)."""
 
-        out = pipeline.select_clients(_store(), ref["campaign_id"], ref["round"])
-        print(f"cohort ({out['num_selected']}, {out['strategy']}): {out['cohort']}")
-        return int(out["num_selected"])
+        @task(task_id=name)
+        def run(ref: dict[str, Any]) -> Any:
+            from fl_airflow.steps import run_step
 
-    @task
+            return run_step(name, ref)
+
+        return run
+
+    @task(task_id="dispatch")
     def dispatch(ref: dict[str, Any]) -> list[list[str]]:
-        from fl_core import pipeline
+        """Publish the round's tasks; return the client batches the training tasks map over."""
+        from fl_airflow.steps import run_step
 
+        from fl_core.rounds.dispatch import client_batches
+
+        run_step("dispatch", ref)
         size = int(get_current_context()["params"]["client_batch_size"])
-        batches = pipeline.client_batches(
-            _store(), ref["campaign_id"], ref["round"], batch_size=size
-        )
+        batches = client_batches(_store(), ref["campaign_id"], int(ref["round"]), batch_size=size)
         print(f"dispatched {sum(map(len, batches))} tasks in {len(batches)} batches")
         return batches
 
-    @task(max_active_tis_per_dagrun=4)
+    @task(task_id="train_clients", max_active_tis_per_dagrun=4)
     def train_clients(ref: dict[str, Any], batch: list[str]) -> dict[str, Any]:
-        from fl_core import pipeline
+        from fl_airflow.steps import run_step
 
-        out = pipeline.train_clients(_store(), ref["campaign_id"], ref["round"], batch)
-        print(
-            f"clients {batch}: trained {out['trained']}, already uploaded {out['skipped']}, "
-            f"{out['bytes_up']} bytes up"
-        )
+        out: dict[str, Any] = run_step("train_clients", ref, batch)
         return out
 
-    @task
-    def collect(ref: dict[str, Any]) -> int:
-        from fl_core import pipeline
-
-        out = pipeline.collect(_store(), ref["campaign_id"], ref["round"])
-        print(f"received {out['num_received']}, stragglers/dropouts {out['missing']}")
-        return int(out["num_received"])
-
-    @task
-    def validate_updates(ref: dict[str, Any]) -> int:
-        from fl_core import pipeline
-
-        out = pipeline.validate_updates(_store(), ref["campaign_id"], ref["round"])
-        print(
-            f"accepted {out['num_accepted']}, rejected {out['rejected']}, "
-            f"{out['bytes_up']} bytes up"
-        )
-        return int(out["num_accepted"])
-
-    @task
-    def aggregate(ref: dict[str, Any]) -> dict[str, Any]:
-        from fl_core import pipeline
-
-        out = pipeline.aggregate(_store(), ref["campaign_id"], ref["round"])
-        print(
-            f"{out['strategy']} over {out['num_aggregated']} updates "
-            f"({out['total_examples']} examples), update norm {out['update_norm']:.4f}"
-        )
-        return out
-
-    @task
-    def privatize(ref: dict[str, Any]) -> dict[str, Any]:
-        from fl_core import pipeline
-
-        out = pipeline.privatize(_store(), ref["campaign_id"], ref["round"])
-        print(f"privacy: {out}")
-        return out
-
-    @task
-    def server_update(ref: dict[str, Any]) -> str:
-        from fl_core import pipeline
-
-        out = pipeline.server_update(_store(), ref["campaign_id"], ref["round"])
-        print(f"global model v{out['model_version']} sha256 {out['model_sha256']}")
-        return str(out["model_sha256"])
-
-    @task
-    def evaluate(ref: dict[str, Any]) -> float:
-        from fl_core import pipeline
-
-        m = pipeline.evaluate(_store(), ref["campaign_id"], ref["round"])
-        print(
-            f"round {m['round']}: test accuracy {m['test_accuracy']:.4f}, loss "
-            f"{m['test_loss']:.4f}, client accuracy p10 {m['client_accuracy_p10']:.4f}, "
-            f"bytes up {m['bytes_up']}, down {m['bytes_down']}"
-        )
-        return float(m["test_accuracy"])
-
-    @task
-    def register_round(ref: dict[str, Any]) -> bool:
-        from fl_core import pipeline
-
-        return bool(pipeline.register(_store(), ref["campaign_id"], ref["round"])["logged"])
-
-    @task.branch
+    @task.branch(task_id="next_round")
     def next_round(ref: dict[str, Any]) -> str | None:
-        from fl_core import pipeline
+        from fl_airflow.steps import run_step
 
-        status = pipeline.next_round(_store(), ref["campaign_id"], ref["round"])
+        status = run_step("next_round", ref)
         if not status["continue"]:
             print(f"campaign ends after round {ref['round']}: {status['reason']}")
             return "register_model"
@@ -217,6 +120,7 @@ def federated_training() -> None:
     trigger_next = TriggerDagRunOperator(
         task_id="trigger_next_round",
         trigger_dag_id="federated_training",
+        trigger_run_id="{{ " + REF + "['campaign_id'] }}-r{{ " + REF + "['round'] + 1 }}",
         conf={
             "campaign_id": "{{ " + REF + "['campaign_id'] }}",
             "round": "{{ " + REF + "['round'] + 1 }}",
@@ -225,48 +129,36 @@ def federated_training() -> None:
         },
     )
 
-    @task
-    def register_model(ref: dict[str, Any]) -> dict[str, Any]:
-        from fl_core import pipeline
-
-        out = pipeline.register(_store(), ref["campaign_id"], ref["round"], final=True)
-        print(f"registered {out.get('registered_model')} version {out.get('version')}")
-        return out
-
-    @task
-    def deploy(ref: dict[str, Any]) -> dict[str, Any]:
-        from fl_core import pipeline
-
-        out = pipeline.deploy(_store(), ref["campaign_id"], ref["round"])
-        print(f"deploy: {out}")
-        return out
-
+    special = {"dispatch": dispatch, "train_clients": train_clients, "next_round": next_round}
     ref = open_round()
-    batches = dispatch(ref)
-    select_clients(ref) >> batches
-    trained = train_clients.partial(ref=ref).expand(batch=batches)
-    wait = UpdatesArrivedSensor(
-        task_id="wait_for_updates",
-        campaign_id="{{ " + REF + "['campaign_id'] }}",
-        round_num="{{ " + REF + "['round'] }}",
-        quorum=0.8,
-        deadline_s=600,
-        poke_interval=5,
-        timeout=3600,
-    )
-    collected = collect(ref)
-    trained >> wait >> collected
-    validated = validate_updates(ref)
-    aggregated = aggregate(ref)
-    privatized = privatize(ref)
-    updated = server_update(ref)
-    evaluated = evaluate(ref)
-    logged = register_round(ref)
-    decision = next_round(ref)
-    collected >> validated >> aggregated >> privatized >> updated >> evaluated >> logged
-    registered = register_model(ref)
-    registered >> deploy(ref)
-    logged >> decision >> [trigger_next, registered]
+    outputs: dict[str, Any] = {}
+    previous: Any = ref
+    for name in ROUND_STEPS:
+        if name == "train_clients":
+            trained = train_clients.partial(ref=ref).expand(batch=outputs["dispatch"])
+            wait = UpdatesArrivedSensor(
+                task_id="wait_for_updates",
+                campaign_id="{{ " + REF + "['campaign_id'] }}",
+                round_num="{{ " + REF + "['round'] }}",
+                quorum=0.8,
+                deadline_s=600,
+                poke_interval=5,
+                timeout=3600,
+            )
+            trained >> wait
+            previous = wait
+            continue
+        current = special.get(name, step_task(name))(ref)
+        if previous is not ref:
+            previous >> current
+        outputs[name] = previous = current
+    final_prev: Any = None
+    for name in FINAL_STEPS:
+        current = step_task(name)(ref)
+        if final_prev is not None:
+            final_prev >> current
+        outputs[name] = final_prev = current
+    outputs["next_round"] >> [trigger_next, outputs[FINAL_STEPS[0]]]
 
 
 federated_training()

@@ -9,27 +9,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from fl_core.rounds import (
-    aggregate,
-    client_batches,
-    collect,
-    deploy,
-    dispatch,
-    evaluate,
-    new_campaign_id,
-    next_round,
-    privatize,
-    register_model,
-    register_round,
-    select_clients,
-    server_update,
-    start_campaign,
-    train_clients,
-    validate_updates,
-)
-from fl_core.rounds.aggregate import root_rows
+from fl_core.rounds.aggregate import aggregate, root_rows
+from fl_core.rounds.campaign import new_campaign_id, start_campaign
+from fl_core.rounds.collect import collect
+from fl_core.rounds.deploy import deploy
+from fl_core.rounds.dispatch import client_batches, dispatch
+from fl_core.rounds.evaluate import evaluate
 from fl_core.rounds.layout import campaign_key, model_key, round_key, update_key
-from fl_core.rounds.register import bytes_per_client_csv
+from fl_core.rounds.next_round import next_round
+from fl_core.rounds.privatize import privatize
+from fl_core.rounds.register import bytes_per_client_csv, register_model, register_round
+from fl_core.rounds.select import select_clients
+from fl_core.rounds.server_update import server_update
 from fl_core.rounds.state import (
     campaign_config,
     history,
@@ -37,6 +28,8 @@ from fl_core.rounds.state import (
     load_model,
     privacy_budget,
 )
+from fl_core.rounds.train import train_clients
+from fl_core.rounds.validate import validate_updates
 from fl_core.store import ArtifactStore
 
 

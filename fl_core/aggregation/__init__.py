@@ -108,7 +108,9 @@ def aggregator_from_config(
     section as the rule's class declares them (``config_arguments``), its capacity when it
     buffers the cohort, and the server's root update when it needs one."""
     cls = _aggregator_class(name)
-    kwargs: dict[str, Any] = {arg: getattr(server, field) for arg, field in cls.config_arguments.items()}
+    kwargs: dict[str, Any] = {
+        arg: getattr(server, field) for arg, field in cls.config_arguments.items()
+    }
     if cls.requires_full_cohort:
         kwargs["capacity"] = num_updates
     if cls.needs_root_update:

@@ -65,5 +65,5 @@ class Aggregator(ABC):
         """State carried across rounds (none for a memoryless rule)."""
         return {}
 
-    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:  # noqa: B027
         """Restore :meth:`state_dict` output (nothing to restore for a memoryless rule)."""

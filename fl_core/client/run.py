@@ -217,7 +217,11 @@ def _train_dp_sgd(
         delta=delta,
         seed=task.seed,
     )
-    return result, {"dp_sgd_epsilon": after, "dp_sgd_epsilon_round": float(_round_eps)}, [
-        *history,
-        step,
-    ]
+    return (
+        result,
+        {"dp_sgd_epsilon": after, "dp_sgd_epsilon_round": float(_round_eps)},
+        [
+            *history,
+            step,
+        ],
+    )

@@ -10,8 +10,6 @@ fixed-denominator estimator, unbiased under Poisson sampling, sensitivity ``C / 
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from fl_core.aggregation.base import Aggregator

@@ -26,67 +26,66 @@ DAG run them in (a DAG task id is its step's name).
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
-from fl_core.rounds.aggregate import aggregate
-from fl_core.rounds.campaign import new_campaign_id, start_campaign
-from fl_core.rounds.collect import collect
-from fl_core.rounds.deploy import deploy
-from fl_core.rounds.dispatch import client_batches, dispatch
-from fl_core.rounds.evaluate import evaluate
-from fl_core.rounds.next_round import next_round
-from fl_core.rounds.privatize import privatize
-from fl_core.rounds.register import register_model, register_round
-from fl_core.rounds.select import select_clients
-from fl_core.rounds.server_update import server_update
-from fl_core.rounds.train import train_clients
-from fl_core.rounds.validate import validate_updates
-
 Step = Callable[..., dict[str, Any]]
 
-#: The steps of every round, in order. ``train_clients`` is the in-process transport (mapped
-#: over client batches); it takes the batch as a fourth argument.
-ROUND_STEPS: tuple[tuple[str, Step], ...] = (
-    ("select_clients", select_clients),
-    ("dispatch", dispatch),
-    ("train_clients", train_clients),
-    ("collect", collect),
-    ("validate_updates", validate_updates),
-    ("aggregate", aggregate),
-    ("privatize", privatize),
-    ("server_update", server_update),
-    ("evaluate", evaluate),
-    ("register_round", register_round),
-    ("next_round", next_round),
+#: The steps of every round, in order (a DAG task id is its step's name). ``train_clients``
+#: is the in-process transport of simulated clients, mapped over client batches (its batch
+#: is a fourth argument).
+ROUND_STEPS: tuple[str, ...] = (
+    "select_clients",
+    "dispatch",
+    "train_clients",
+    "collect",
+    "validate_updates",
+    "aggregate",
+    "privatize",
+    "server_update",
+    "evaluate",
+    "register_round",
+    "next_round",
 )
 
 #: The steps after the last round.
-FINAL_STEPS: tuple[tuple[str, Step], ...] = (
-    ("register_model", register_model),
-    ("deploy", deploy),
-)
+FINAL_STEPS: tuple[str, ...] = ("register_model", "deploy")
 
-STEP_NAMES: tuple[str, ...] = tuple(n for n, _ in ROUND_STEPS + FINAL_STEPS)
+STEP_NAMES: tuple[str, ...] = ROUND_STEPS + FINAL_STEPS
 
-__all__ = [
-    "FINAL_STEPS",
-    "ROUND_STEPS",
-    "STEP_NAMES",
-    "aggregate",
-    "client_batches",
-    "collect",
-    "deploy",
-    "dispatch",
-    "evaluate",
-    "new_campaign_id",
-    "next_round",
-    "privatize",
-    "register_model",
-    "register_round",
-    "select_clients",
-    "server_update",
-    "start_campaign",
-    "train_clients",
-    "validate_updates",
-]
+# step -> module of this package holding it (importing this package stays light: DAG files
+# import it at parse time; the step modules load torch, numpy, ... only when a step runs).
+_MODULES: dict[str, str] = {
+    "select_clients": "select",
+    "dispatch": "dispatch",
+    "client_batches": "dispatch",
+    "train_clients": "train",
+    "collect": "collect",
+    "validate_updates": "validate",
+    "aggregate": "aggregate",
+    "privatize": "privatize",
+    "server_update": "server_update",
+    "evaluate": "evaluate",
+    "register_round": "register",
+    "register_model": "register",
+    "next_round": "next_round",
+    "deploy": "deploy",
+    "start_campaign": "campaign",
+    "new_campaign_id": "campaign",
+}
+
+
+def step(name: str) -> Step:
+    """The step function called ``name`` (``ValueError`` listing the steps otherwise).
+
+    Also ``client_batches``, ``start_campaign`` and ``new_campaign_id``. (Step modules are
+    named after their steps, so ``fl_core.rounds.aggregate`` is the module; this, or
+    :mod:`fl_core.pipeline`, gives the function.)"""
+    if name not in _MODULES:
+        raise ValueError(f"no step {name!r}; steps: {', '.join(STEP_NAMES)}")
+    fn: Step = getattr(importlib.import_module(f"{__name__}.{_MODULES[name]}"), name)
+    return fn
+
+
+__all__ = ["FINAL_STEPS", "ROUND_STEPS", "STEP_NAMES", "Step", "step"]

@@ -27,7 +27,7 @@ from fl_core.models import Layout
 from fl_core.rounds import layout as L
 from fl_core.rounds import records as R
 from fl_core.rounds import state
-from fl_core.rounds.validate import read_update
+from fl_core.rounds.state import read_update
 from fl_core.seeding import derive_seed, rng
 from fl_core.store import ArtifactStore
 
@@ -54,7 +54,9 @@ def aggregate(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
         raise RuntimeError(f"round {rnd}: every update was rejected; nothing to aggregate")
     if cfg.asynchronous.enabled:
         return _aggregate_fedbuff(store, cid, rnd, cfg, lay, updates, rejected, arrays_key)
-    root = _root_update(store, cid, rnd, rec, cfg) if needs_root_update(cfg.server.strategy) else None
+    root = (
+        _root_update(store, cid, rnd, rec, cfg) if needs_root_update(cfg.server.strategy) else None
+    )
     agg = aggregator_from_config(
         cfg.server.strategy,
         dim=lay.num_params,
@@ -241,5 +243,3 @@ def _root_update(
         seed=derive_seed(cfg.campaign.seed, rnd, "root"),
     )
     return result.delta
-
-

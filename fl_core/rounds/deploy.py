@@ -32,7 +32,11 @@ def deploy(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
     out = tr.promote_if_better(tracking, store.get_json(final_key), x_test=x_test, y_test=y_test)
     with tempfile.TemporaryDirectory() as tmp:
         edge = export_edge(
-            state.spec(rec), state.load_model(store, cid, rnd), Path(tmp), x_eval=x_test, y_eval=y_test
+            state.spec(rec),
+            state.load_model(store, cid, rnd),
+            Path(tmp),
+            x_eval=x_test,
+            y_eval=y_test,
         )
         for path in sorted(Path(tmp).iterdir()):
             store.put_bytes(L.edge_key(cid, path.name), path.read_bytes())

@@ -65,12 +65,12 @@ def _record_clients(store: ArtifactStore, cid: str, rnd: int, cfg: Config) -> No
     late = {r["client"]: r["reason"] for r in info.rejected_at_read or []}
     accepted = [a for a in validation.accepted if a.client not in late]
     book = state.reputation(store, cid, rnd - 1)
-    for item in validation.rejected:
-        book.record(item["client"], round=rnd, accepted=False, reason=item["reason"])
+    for bad in validation.rejected:
+        book.record(bad["client"], round=rnd, accepted=False, reason=bad["reason"])
     for client, reason in late.items():
         book.record(client, round=rnd, accepted=False, reason=reason)
-    for item in accepted:
-        book.record(item.client, round=rnd, accepted=True, outlier_score=scores.get(item.client))
+    for ok in accepted:
+        book.record(ok.client, round=rnd, accepted=True, outlier_score=scores.get(ok.client))
     store.put_json(L.round_key(cid, rnd, L.REPUTATION), book.state_dict())
     selector = state.selector(store, cid, rnd - 1, cfg)
     done = {a.client: a for a in accepted}

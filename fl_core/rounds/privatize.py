@@ -70,7 +70,11 @@ def privatize(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
         out.noise_multiplier = rp.noise_multiplier
     if rp is not None and rp.client_dp_sgd:
         validation = R.read(store, R.Validation, cid, rnd, step=STEP)
-        eps = [a.metrics["dp_sgd_epsilon"] for a in validation.accepted if "dp_sgd_epsilon" in a.metrics]
+        eps = [
+            a.metrics["dp_sgd_epsilon"]
+            for a in validation.accepted
+            if "dp_sgd_epsilon" in a.metrics
+        ]
         out.dp_sgd_epsilon_max = max(eps) if eps else None
     result = R.write(store, out, cid, rnd)
     if out.epsilon is not None:

@@ -53,7 +53,9 @@ def server_update(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
     if not np.all(np.isfinite(new)):
         raise NonFiniteModel(f"round {rnd}: the server step gives a non-finite model; refused")
     store.put_arrays(L.round_key(cid, rnd, L.SERVER_OPT), opt.state_dict())
-    store.put_bytes(L.model_key(cid, rnd), state.encode_model(cid, rnd, state.model_layout(rec), new))
+    store.put_bytes(
+        L.model_key(cid, rnd), state.encode_model(cid, rnd, state.model_layout(rec), new)
+    )
     record = R.ServerUpdateInfo(
         round=rnd,
         model_version=rnd,

@@ -208,3 +208,23 @@ def history(store: ArtifactStore, cid: str, upto: int) -> list[dict[str, Any]]:
         for r in range(1, upto + 1)
         if store.exists(records.RoundMetrics.key(cid, r))
     ]
+
+
+# --------------------------------------------------------------------------- updates
+
+
+def max_update_bytes(lay: Layout) -> int:
+    """The largest message an update of ``lay`` can legitimately be (dense fp32, or a
+    sparse message listing every coordinate), plus the largest header."""
+    return 8 * lay.num_params + wire.MAX_HEADER_BYTES + 64
+
+
+def read_update(store: ArtifactStore, key: str, lay: Layout) -> bytes:
+    """An update's bytes, refused before reading when the stored object is too large."""
+    from fl_core.store import ArtifactTooLargeError
+
+    limit = max_update_bytes(lay)
+    try:
+        return store.get_bytes(key, max_size=limit)
+    except ArtifactTooLargeError as exc:
+        raise wire.WireError(f"update of {exc.size} bytes exceeds the {limit}-byte limit") from None

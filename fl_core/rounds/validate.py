@@ -22,7 +22,8 @@ from fl_core.aggregation.math import l2_norm
 from fl_core.models import Layout
 from fl_core.rounds import layout as L
 from fl_core.rounds import records as R
-from fl_core.rounds import state
+from fl_core.rounds import remote, state
+from fl_core.rounds.state import read_update
 from fl_core.store import ArtifactStore
 
 logger = logging.getLogger(__name__)
@@ -42,26 +43,6 @@ METRIC_BOUNDS: dict[str, tuple[float, float]] = {
 _KEPT_METRICS = ("dp_sgd_epsilon", "bytes_down", "uplink_mbps")
 
 
-def max_update_bytes(lay: Layout) -> int:
-    """The largest message an update of ``lay`` can legitimately be (dense fp32, or a
-    sparse message listing every coordinate), plus the largest header."""
-    return 8 * lay.num_params + wire.MAX_HEADER_BYTES + 64
-
-
-def read_update(store: ArtifactStore, key: str, lay: Layout) -> bytes:
-    """An update's bytes, refused before reading when the stored object is too large."""
-    limit = max_update_bytes(lay)
-    size_of = getattr(store, "size", None)
-    if callable(size_of):
-        size = int(size_of(key))
-        if size > limit:
-            raise wire.WireError(f"update of {size} bytes exceeds the {limit}-byte limit")
-    data = store.get_bytes(key)
-    if len(data) > limit:
-        raise wire.WireError(f"update of {len(data)} bytes exceeds the {limit}-byte limit")
-    return data
-
-
 def validate_updates(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
     """Write round ``rnd``'s accept/reject record (idempotent)."""
     if (done := R.maybe(store, R.Validation, cid, rnd)) is not None:
@@ -69,7 +50,7 @@ def validate_updates(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]
     rec = state.load_campaign(store, cid)
     cfg = state.campaign_config(rec)
     lay = state.model_layout(rec)
-    known = state.client_examples(rec)
+    known = remote.known_examples(store) if remote.is_remote(cfg) else state.client_examples(rec)
     collected = R.read(store, R.Collected, cid, rnd, step=STEP)
     manifests: dict[int, R.Manifest] = {}
     accepted: list[R.AcceptedUpdate] = []
@@ -174,7 +155,10 @@ def check_update(
             or not math.isfinite(value)
             or not lo <= value <= hi
         ):
-            return f"header metric {name}={value!r} is not a finite number in [{lo:g}, {hi:g}]", None
+            return (
+                f"header metric {name}={value!r} is not a finite number in [{lo:g}, {hi:g}]",
+                None,
+            )
     if not np.all(np.isfinite(vector)):
         return "update has non-finite values", None
     norm = l2_norm(vector)

@@ -68,6 +68,8 @@ class Adversary:
         out: dict[str, bytes] = {}
         for client, vector in attacked.items():
             header = headers[client]
-            codec_rng = np.random.default_rng(derive_seed(self.cfg.campaign.seed, rnd, "attack", client))
+            codec_rng = np.random.default_rng(
+                derive_seed(self.cfg.campaign.seed, rnd, "attack", client)
+            )
             out[client] = wire.encode(header, vector.astype(np.float32), rng=codec_rng)
         return out

@@ -25,16 +25,19 @@ def campaign_profiles(cfg: Config, client_ids: list[str]) -> dict[str, dict[str,
     s = cfg.simulation
     mix = {"cellular_slow": s.cellular_slow, "cellular_fast": s.cellular_fast, "wifi": s.wifi}
     mix = {k: v for k, v in mix.items() if v > 0}
-    profiles = sample_profiles(len(client_ids), mix, rng(cfg.campaign.seed, "profiles"),
-                               jitter=s.jitter)
+    profiles = sample_profiles(
+        len(client_ids), mix, rng(cfg.campaign.seed, "profiles"), jitter=s.jitter
+    )
     return {c: p.to_json() for c, p in zip(client_ids, profiles, strict=True)}
 
 
 def availability(cfg: Config) -> AvailabilityModel:
     s = cfg.simulation
     return AvailabilityModel(
-        seed=cfg.campaign.seed, base_availability=s.base_availability,
-        diurnal_amplitude=s.diurnal_amplitude, hours_per_round=s.hours_per_round,
+        seed=cfg.campaign.seed,
+        base_availability=s.base_availability,
+        diurnal_amplitude=s.diurnal_amplitude,
+        hours_per_round=s.hours_per_round,
         dropout_rate=s.dropout_rate,
     )
 
@@ -50,8 +53,11 @@ def malicious_clients(cfg: Config, client_ids: list[str]) -> list[str]:
         return []
     from fl_core.simulation.attacks import choose_malicious
 
-    return sorted(choose_malicious(client_ids, fraction=cfg.attack.fraction,
-                                   rng=rng(cfg.campaign.seed, "malicious")))
+    return sorted(
+        choose_malicious(
+            client_ids, fraction=cfg.attack.fraction, rng=rng(cfg.campaign.seed, "malicious")
+        )
+    )
 
 
 def attack_updates(
@@ -67,13 +73,17 @@ def attack_updates(
     a = cfg.attack
     r = rng(cfg.campaign.seed, rnd, "attack")
     if a.kind == "alie":
-        benign = np.stack([honest[c] for c in sorted(honest) if c not in set(bad)] or
-                          [honest[c] for c in bad])
-        vec = apply_update_attack("alie", benign, rng=r, num_clients=len(honest),
-                                  num_byzantine=len(bad))
+        benign = np.stack(
+            [honest[c] for c in sorted(honest) if c not in set(bad)] or [honest[c] for c in bad]
+        )
+        vec = apply_update_attack(
+            "alie", benign, rng=r, num_clients=len(honest), num_byzantine=len(bad)
+        )
         return {c: vec for c in bad}
-    return {c: apply_update_attack(a.kind, honest[c], rng=r, scale=a.scale,
-                                   noise_std=a.noise_std) for c in bad}
+    return {
+        c: apply_update_attack(a.kind, honest[c], rng=r, scale=a.scale, noise_std=a.noise_std)
+        for c in bad
+    }
 
 
 def link_class(cfg: Config, prof: SpeedProfile | None) -> str:
@@ -91,8 +101,11 @@ def client_plan(cfg: Config, prof: SpeedProfile | None) -> dict[str, Any]:
     compression and more local work on slow links); fixed policy: the configured codec."""
     c = cfg.communication
     if c.policy != "adaptive":
-        return {"codec": c.uplink_codec, "local_epochs": cfg.client.local_epochs,
-                "link": link_class(cfg, prof)}
+        return {
+            "codec": c.uplink_codec,
+            "local_epochs": cfg.client.local_epochs,
+            "link": link_class(cfg, prof),
+        }
     link = link_class(cfg, prof)
     codec = {"slow": c.slow_codec, "medium": c.medium_codec, "fast": c.fast_codec}[link]
     epochs = cfg.client.local_epochs * (c.slow_epochs_factor if link == "slow" else 1)

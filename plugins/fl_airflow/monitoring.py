@@ -23,10 +23,10 @@ def check(store: Any, params: dict[str, Any], *, run_id: str) -> dict[str, Any]:
     saved in the artifact store under ``monitoring/reports/``."""
     from mlflow.tracking import MlflowClient
 
-    from fl_core import pipeline
     from fl_core.config import with_overrides
     from fl_core.data.io import read_json
     from fl_core.operations import check_champion, write_report
+    from fl_core.rounds.state import load_campaign
     from fl_core.tracking import default_tracking_uri
 
     cfg = _config()
@@ -36,7 +36,7 @@ def check(store: Any, params: dict[str, Any], *, run_id: str) -> dict[str, Any]:
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     champion = client.get_model_version_by_alias(cfg.tracking.registered_model, "champion")
     # Drift is measured against the data the champion was trained on.
-    campaign = pipeline.load_campaign(store, champion.tags["fl.campaign_id"])
+    campaign = load_campaign(store, champion.tags["fl.campaign_id"])
     data = Path(campaign["data_dir"])
     eval_path = params.get("eval_path") or cfg.monitoring.eval_path
     report = check_champion(

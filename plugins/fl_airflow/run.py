@@ -54,14 +54,15 @@ def run_campaign(form: dict[str, Any], *, quiet: bool = True) -> dict[str, Any]:
     from tqdm import tqdm
 
     from fl_airflow.hooks.artifact_store import ArtifactStoreHook
-    from fl_core import pipeline
     from fl_core.campaigns import config_from_form
     from fl_core.config import load_params
+    from fl_core.rounds import layout, records
+    from fl_core.rounds.campaign import new_campaign_id
 
     dag = load_dag("federated_training")
     store = ArtifactStoreHook.get_store()
     cfg = config_from_form(load_params(env.PROJECT_ROOT / "params.yaml"), form)
-    cid = form.get("campaign_id") or pipeline.new_campaign_id(cfg.campaign.name)
+    cid = form.get("campaign_id") or new_campaign_id(cfg.campaign.name)
     # What each task did (cohort, accepted/rejected, accuracy, bytes) goes to this file; the
     # console keeps the progress bar.
     task_log = env.fl_home() / "airflow" / f"tasks-{cid}.log"
@@ -87,8 +88,8 @@ def run_campaign(form: dict[str, Any], *, quiet: bool = True) -> dict[str, Any]:
                     f"round {rnd}: DAG run {dag_run.run_id} ended {dag_run.state}; "
                     f"task output in {task_log}"
                 )
-            status = store.get_json(pipeline.campaign_key(cid, "status.json"))
-            metrics = store.get_json(pipeline.round_key(cid, rnd, "metrics.json"))
+            status = records.read(store, records.CampaignStatus, cid, step="run").to_dict()
+            metrics = records.read(store, records.RoundMetrics, cid, rnd, step="run").to_dict()
             bar.set_postfix(
                 acc=f"{metrics['test_accuracy']:.4f}", s=f"{time.perf_counter() - started:.1f}"
             )
@@ -98,8 +99,8 @@ def run_campaign(form: dict[str, Any], *, quiet: bool = True) -> dict[str, Any]:
     finally:
         bar.close()
     deployed = (
-        store.get_json(pipeline.campaign_key(cid, "deploy.json"))
-        if store.exists(pipeline.campaign_key(cid, "deploy.json"))
+        store.get_json(layout.campaign_key(cid, layout.DEPLOY))
+        if store.exists(layout.campaign_key(cid, layout.DEPLOY))
         else None
     )
     return {
@@ -107,7 +108,7 @@ def run_campaign(form: dict[str, Any], *, quiet: bool = True) -> dict[str, Any]:
         "deployed": deployed,
         "task_log": str(task_log),
         "airflow_db": env.configure()["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"],
-        "artifact_store": store.uri("campaigns/" + cid),
+        "artifact_store": store.uri(layout.campaign_key(cid)),
     }
 
 
@@ -138,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--local-epochs", type=int, dest="local_epochs")
     parser.add_argument("--dataset")
     parser.add_argument("--model")
+    parser.add_argument("--clients", choices=["simulated", "remote"])
     parser.add_argument("--client-batch-size", type=int, dest="client_batch_size", default=5)
     parser.add_argument("--json", action="store_true", help="print the final status as JSON")
     parser.add_argument("--rerun-round", type=int, help="re-run one round of --campaign-id")
@@ -153,9 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         state = rerun_round(args.campaign_id, args.rerun_round)
         print(state)
         return 0 if state == "success" else 1
-    form = {
-        k: v for k, v in vars(args).items() if v is not None and k not in ("json", "rerun_round")
-    }
+    from fl_core.form import FORM_FIELDS
+
+    fields = {f.name for f in FORM_FIELDS}
+    form = {k: v for k, v in vars(args).items() if v is not None and k in fields}
     out = run_campaign(form)
     if args.json:
         print(json.dumps(out, default=str))  # one line, last on stdout

@@ -276,7 +276,7 @@ def test_served_champion_answers_invocations(campaign: dict[str, Any]) -> None:
             headers={"Content-Type": "application/json"},
         )
         with urllib.request.urlopen(req, timeout=30) as resp:
-            preds = np.asarray(json.loads(resp.read())["predictions"]).reshape(-1)
+            preds = np.asarray(json.loads(resp.read())["predictions"]["label"]).reshape(-1)
     finally:
         proc.terminate()
         proc.wait(timeout=30)

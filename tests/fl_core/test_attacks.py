@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fl_core.aggregation import create_aggregator
-from fl_core.attacks import (
+from fl_core.simulation.attacks import (
     alie_z,
     apply_update_attack,
     choose_malicious,

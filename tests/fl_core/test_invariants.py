@@ -219,9 +219,10 @@ def test_dp_budget_refusal_writes_nothing_for_the_refused_round(
         run_round(store, cid, rnd)
     spent = store.get_json(pipeline.round_key(cid, 3, "accountant.json"))
 
-    with pytest.raises(RuntimeError, match=r"round 4 .*epsilon.*refused|round 4 refused: .*epsilon"):
+    refused = r"round 4 .*epsilon.*refused|round 4 refused: .*epsilon"
+    with pytest.raises(RuntimeError, match=refused):
         pipeline.select_clients(store, cid, 4)
-    with pytest.raises(RuntimeError, match=r"round 4 .*epsilon.*refused|round 4 refused: .*epsilon"):
+    with pytest.raises(RuntimeError, match=refused):
         run_round(store, cid, 4)
 
     assert store.list(pipeline.round_key(cid, 4)) == []  # no cohort, no update, no spend

@@ -1,0 +1,295 @@
+"""The agent's main loop: enroll once, then heartbeat -> long-poll -> download -> evaluate
+-> train -> upload, surviving network errors, coordinator restarts and its own restarts.
+
+Crash safety: the new client state and the signed update are written to the client home
+*before* the upload; on start the agent re-sends any pending update (the coordinator
+accepts byte-identical retries), so a restart neither loses nor retrains a round and the
+error-feedback residual stays consistent with what was sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import platform
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fl_core.agent import training
+from fl_core.agent.identity import ClientHome, Identity, PendingUpload
+from fl_core.agent.transport import CoordinatorClient, Refused, RetryPolicy, Unreachable
+from fl_core.client import TaskDeclined
+from fl_core.coordinator import protocol
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Agent", "AgentConfig", "LocalData"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentConfig:
+    coordinator: str
+    data: Path
+    home: Path
+    ca: Path | None = None
+    enroll_token: str | None = None
+    eval_data: Path | None = None
+    holdout: float = 0.2
+    wait_s: float = 20.0
+    heartbeat_s: float = 30.0
+    retry: RetryPolicy = RetryPolicy()
+    profile: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.holdout < 1.0:
+            raise ValueError(f"holdout must be in [0, 1), got {self.holdout}")
+        if self.wait_s < 0 or self.heartbeat_s <= 0:
+            raise ValueError("wait_s must be >= 0 and heartbeat_s > 0")
+
+
+class LocalData:
+    """The private table: training split, held-out split, and its version hash.
+
+    The held-out split is a fixed function of the data itself (a permutation seeded by the
+    file's sha256), so it is the same after a restart. With ``eval_data`` the whole table
+    trains and the other file is the held-out set; with ``holdout=0`` and no ``eval_data``
+    the whole table trains and federated evaluation is skipped.
+    """
+
+    def __init__(self, path: Path, *, holdout: float, eval_data: Path | None = None) -> None:
+        from fl_core.data.io import file_sha256, read_table
+
+        self.path = Path(path)
+        self.sha256 = file_sha256(self.path)
+        x, y = read_table(self.path)
+        self.eval: tuple[np.ndarray, np.ndarray] | None = None
+        if eval_data is not None:
+            self.x, self.y = x, y
+            self.eval = read_table(Path(eval_data))
+        elif holdout > 0 and len(y) > 1:
+            order = np.random.default_rng(int(self.sha256[:16], 16)).permutation(len(y))
+            cut = max(1, int(round(len(y) * holdout)))
+            test, train = np.sort(order[:cut]), np.sort(order[cut:])
+            self.x, self.y = x[train], y[train]
+            self.eval = (x[test], y[test])
+        else:
+            self.x, self.y = x, y
+        self._valid: dict[str, bool] = {}
+
+    @property
+    def num_examples(self) -> int:
+        return int(len(self.y))
+
+    def validate(self, model_spec: dict[str, Any]) -> bool:
+        """The project's Great Expectations suite on the local file; logs pass/fail and
+        the failed rules (file, column, expectation), never rows. Cached per model spec."""
+        from fl_core.data.validation import ValidationRules, validate_tables
+
+        key = repr(sorted(model_spec.items()))
+        if key not in self._valid:
+            n_features = 1
+            for d in model_spec["input_shape"]:
+                n_features *= int(d)
+            rules = ValidationRules(
+                num_features=n_features,
+                labels=tuple(range(int(model_spec["num_classes"]))),
+                feature_min=None,
+                feature_max=None,
+                min_samples=1,
+            )
+            report = validate_tables([self.path], rules=rules)
+            self._valid[key] = report.success
+            if report.success:
+                logger.info("local data %s passed validation", self.path.name)
+            else:
+                logger.error("local data failed validation:\n%s", report.format())
+        return self._valid[key]
+
+    @property
+    def last_validation(self) -> bool | None:
+        return None if not self._valid else all(self._valid.values())
+
+
+class Agent:
+    """One edge client. ``run()`` loops until ``stop`` is set or ``max_tasks`` are done."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.home = ClientHome(config.home)
+        self.data = LocalData(config.data, holdout=config.holdout, eval_data=config.eval_data)
+        self.client = CoordinatorClient(config.coordinator, ca=config.ca, retry=config.retry)
+        self.stop = threading.Event()
+        self.tasks_done = 0
+        self._uplink_mbps: float | None = None
+        self._downlink_mbps: float | None = None
+        self._latency_s: float | None = None
+        self._last_heartbeat = 0.0
+
+    def close(self) -> None:
+        self.client.close()
+
+    # ----------------------------------------------------------------- identity
+
+    def ensure_identity(self) -> Identity:
+        """The stored identity, or enroll now with the one-time token."""
+        identity = self.home.load_identity()
+        if identity is None:
+            if not self.config.enroll_token:
+                raise RuntimeError(
+                    f"{self.home.root} holds no identity: pass --enroll-token for the first run"
+                )
+            key = self.home.new_key()
+            client_id = self.client.enroll(self.config.enroll_token, protocol.public_key_b64(key))
+            identity = self.home.save_identity(client_id, self.config.coordinator, key)
+            logger.info("enrolled as %s", client_id)
+        self.client.identity = identity
+        return identity
+
+    # ----------------------------------------------------------------- loop
+
+    def run(self, *, max_tasks: int | None = None) -> int:
+        """Serve tasks; returns the number done. Network failures are waited out."""
+        self.ensure_identity()
+        failures = 0
+        while not self.stop.is_set():
+            try:
+                self._resume_pending()
+                if time.monotonic() - self._last_heartbeat >= self.config.heartbeat_s:
+                    self.heartbeat()
+                task = self.client.next_task(wait_s=self.config.wait_s)
+                failures = 0
+                if task is not None:
+                    self.handle(task)
+                    self.heartbeat()
+                    if max_tasks is not None and self.tasks_done >= max_tasks:
+                        break
+            except Unreachable as exc:
+                failures += 1
+                pause = self.config.retry.delay(min(failures, 6))
+                logger.warning("coordinator unreachable (%s); waiting %.1f s", exc, pause)
+                self.stop.wait(pause)
+            except Refused as exc:
+                if exc.status in (401, 403):
+                    logger.error("coordinator refused this client (%s); stopping", exc)
+                    raise
+                logger.warning("request refused: %s", exc)
+                self.stop.wait(self.config.retry.base_s)
+        return self.tasks_done
+
+    def heartbeat(self) -> None:
+        """Report availability, device/link profile, measured link and data version."""
+        try:
+            _, rtt = self.client.health()
+            self._latency_s = rtt
+        except Unreachable:
+            pass
+        self.client.heartbeat(
+            {
+                "available": True,
+                "profile": {
+                    "platform": platform.system().lower(),
+                    "machine": platform.machine(),
+                    "python": platform.python_version(),
+                    **dict(self.config.profile),
+                },
+                "uplink_mbps": self._uplink_mbps,
+                "downlink_mbps": self._downlink_mbps,
+                "latency_s": self._latency_s,
+                "num_examples": self.data.num_examples,
+                "data_sha256": self.data.sha256,
+                "data_valid": self.data.last_validation,
+            }
+        )
+        self._last_heartbeat = time.monotonic()
+
+    def resume(self) -> int:
+        """Send every update left pending by a crash or a network failure (byte-identical,
+        so the coordinator accepts it once); returns how many were settled."""
+        self.ensure_identity()
+        return self._resume_pending()
+
+    def _resume_pending(self) -> int:
+        done = 0
+        for upload in self.home.pending():
+            done += 1
+            self._upload(upload)
+        return done
+
+    def _upload(self, upload: PendingUpload) -> None:
+        self.home.commit_pending(upload)
+        url = f"{protocol.API_PREFIX}/updates/{upload.campaign}/{upload.round}"
+        try:
+            _, seconds = self.client.upload_update(url, upload.data, signature=upload.signature)
+            self._uplink_mbps = _mbps(len(upload.data), seconds)
+            logger.info(
+                "uploaded %s round %d (%d bytes)", upload.campaign, upload.round, len(upload.data)
+            )
+        except Refused as exc:
+            if exc.status not in (400, 409, 410):
+                raise
+            logger.warning("update for %s round %d refused: %s", upload.campaign, upload.round, exc)
+        self.home.drop_pending(upload.campaign, upload.round)
+
+    def handle(self, task: dict[str, Any]) -> None:
+        """One task: validate data, download, evaluate, train, persist, upload."""
+        campaign, rnd = str(task["campaign"]), int(task["round"])
+        if self.home.is_pending(campaign, rnd):
+            self._resume_pending()
+            return
+        if not self.data.validate(task["model_spec"]):
+            self.heartbeat()  # reports data_valid=False: selection leaves this client out
+            raise Refused(400, "local data failed validation; not training")
+        state = training.ClientState.from_arrays(self.home.load_state(campaign))
+        message, seconds = self.client.download_model(
+            str(task["model_url"]), known_version=state.known_version
+        )
+        self._downlink_mbps = _mbps(len(message), seconds)
+        if self.data.eval is not None:
+            model = training.decode_model(message, task, state)
+            metrics = training.evaluate(task, model, *self.data.eval)
+            self.client.report_evaluation(
+                campaign,
+                rnd,
+                {
+                    "model_version": int(task["base_version"]),
+                    "num_examples": int(metrics.pop("num_examples")),
+                    "metrics": {k: v for k, v in metrics.items() if np.isfinite(v)},
+                },
+            )
+        measured = {
+            k: v
+            for k, v in (("uplink_mbps", self._uplink_mbps), ("latency_s", self._latency_s))
+            if v is not None
+        }
+        try:
+            result = training.train(
+                message, task, self.data.x, self.data.y, state=state, measured=measured
+            )
+        except TaskDeclined as exc:
+            logger.warning("declined %s round %d: %s", campaign, rnd, exc)
+            return
+        identity = self.client.identity
+        assert identity is not None
+        signature = protocol.sign(
+            identity.key,
+            protocol.update_message(
+                campaign=campaign,
+                rnd=rnd,
+                client_id=identity.client_id,
+                message_sha256=hashlib.sha256(result.update).hexdigest(),
+            ),
+        )
+        upload = PendingUpload(campaign, rnd, result.update, signature, result.state.to_arrays())
+        # Update and state are on disk before anything is sent: a crash resumes the upload.
+        self.home.save_pending(upload)
+        self._upload(upload)
+        self.tasks_done += 1
+
+
+def _mbps(num_bytes: int, seconds: float) -> float | None:
+    return None if seconds <= 0 else min(1e6, num_bytes * 8 / seconds / 1e6)

@@ -1,0 +1,257 @@
+"""The agent's HTTP client: one ``httpx.Client`` with timeouts, TLS verification against the
+operator's CA, request signing, and retries with exponential backoff and full jitter in one
+place (:meth:`CoordinatorClient._send`).
+
+Retried: connection errors, timeouts, 429 and 5xx (each attempt is signed afresh: new
+timestamp and nonce). Not retried: other 4xx, raised as :class:`Refused` with the server's
+reason, so the agent decides (410 too late: drop; 403 revoked: stop).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from fl_core.agent.identity import Identity
+from fl_core.coordinator import protocol
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CoordinatorClient", "Refused", "RetryPolicy", "Unreachable"]
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+class Refused(Exception):
+    """The coordinator answered 4xx: ``status`` and its ``reason``."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"{status}: {reason}")
+        self.status = status
+        self.reason = reason
+
+
+class Unreachable(Exception):
+    """Every attempt failed with a network error or a retryable status."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter: attempt ``n`` sleeps ``U(0, min(cap, base*2^n))``."""
+
+    attempts: int = 6
+    base_s: float = 0.5
+    cap_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"attempts must be >= 1, got {self.attempts}")
+        if self.base_s < 0 or self.cap_s < 0:
+            raise ValueError("base_s and cap_s must be >= 0")
+
+    def delay(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
+        return rand() * min(self.cap_s, self.base_s * (2**attempt))
+
+
+class CoordinatorClient:
+    """Signed requests to one coordinator.
+
+    Parameters
+    ----------
+    base_url
+        The coordinator's base URL (``https://host:8443`` or a mount such as
+        ``https://airflow:8080/fl``); request paths are ``/v1/...`` relative to it.
+    ca
+        PEM file of the CA that signed the coordinator's certificate (None: system CAs).
+    identity
+        The enrolled identity (None until enrollment).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        ca: str | Path | None = None,
+        identity: Identity | None = None,
+        retry: RetryPolicy | None = None,
+        timeout_s: float = 30.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.identity = identity
+        self.retry = retry or RetryPolicy()
+        verify: ssl.SSLContext | bool = True
+        if ca is not None:
+            verify = ssl.create_default_context(cafile=str(ca))
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            verify=verify,
+            timeout=httpx.Timeout(timeout_s, connect=10.0),
+            headers={"User-Agent": "fl-agent/1"},
+        )
+        self._base_path = httpx.URL(self.base_url).path.rstrip("/")
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> CoordinatorClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- core
+
+    def _build(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None,
+        content: bytes,
+        headers: dict[str, str],
+        signed: bool,
+        timeout: float | None,
+    ) -> httpx.Request:
+        request = self._http.build_request(
+            method,
+            path,
+            params={k: v for k, v in (params or {}).items() if v is not None},
+            content=content,
+            headers=headers,
+            timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+        )
+        if signed:
+            if self.identity is None:
+                raise RuntimeError("not enrolled: no identity to sign with")
+            rel = request.url.path[len(self._base_path) :] or "/"
+            request.headers.update(
+                protocol.sign_request(
+                    self.identity.key,
+                    client_id=self.identity.client_id,
+                    method=method,
+                    path=rel,
+                    query=request.url.query.decode(),
+                    body_sha256=hashlib.sha256(content).hexdigest(),
+                )
+            )
+        return request
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        content: bytes = b"",
+        headers: dict[str, str] | None = None,
+        signed: bool = True,
+        timeout: float | None = None,
+        ok: tuple[int, ...] = (200, 201, 204, 304),
+    ) -> httpx.Response:
+        last: Exception | None = None
+        for attempt in range(self.retry.attempts):
+            if attempt:
+                pause = self.retry.delay(attempt - 1)
+                logger.info("retrying %s %s in %.2f s (%s)", method, path, pause, last)
+                time.sleep(pause)
+            request = self._build(
+                method,
+                path,
+                params=params,
+                content=content,
+                headers=dict(headers or {}),
+                signed=signed,
+                timeout=timeout,
+            )
+            try:
+                response = self._http.send(request)
+            except httpx.TransportError as exc:
+                last = exc
+                continue
+            if response.status_code in ok:
+                return response
+            if response.status_code in RETRY_STATUSES:
+                last = Refused(response.status_code, _reason(response))
+                continue
+            raise Refused(response.status_code, _reason(response))
+        raise Unreachable(f"{method} {path}: gave up after {self.retry.attempts} attempts: {last}")
+
+    # ----------------------------------------------------------------- endpoints
+
+    def health(self) -> tuple[dict[str, Any], float]:
+        """The health record and the round-trip time in seconds."""
+        start = time.perf_counter()
+        response = self._send("GET", "/v1/health", signed=False)
+        return response.json(), time.perf_counter() - start
+
+    def enroll(self, token: str, public_key: str) -> str:
+        body = httpx.Request("POST", "http://x", json={"token": token, "public_key": public_key})
+        response = self._send(
+            "POST",
+            "/v1/clients/enroll",
+            content=body.content,
+            headers={"Content-Type": "application/json"},
+            signed=False,
+        )
+        return str(response.json()["client_id"])
+
+    def _post_json(self, path: str, payload: dict[str, Any]) -> httpx.Response:
+        content = httpx.Request("POST", "http://x", json=payload).content
+        return self._send(
+            "POST", path, content=content, headers={"Content-Type": "application/json"}
+        )
+
+    def heartbeat(self, report: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._post_json("/v1/clients/heartbeat", report).json()
+        return result
+
+    def next_task(self, *, wait_s: float) -> dict[str, Any] | None:
+        """The next task, held by the server up to ``wait_s``; None when there is none."""
+        response = self._send(
+            "GET", "/v1/tasks/next", params={"wait": wait_s}, timeout=wait_s + 30.0
+        )
+        if response.status_code == 204:
+            return None
+        task: dict[str, Any] = response.json()
+        return task
+
+    def download_model(self, url: str, *, known_version: int | None) -> tuple[bytes, float]:
+        """The model message and the seconds it took."""
+        start = time.perf_counter()
+        response = self._send("GET", url, params={"known_version": known_version})
+        return response.content, time.perf_counter() - start
+
+    def upload_update(
+        self, url: str, data: bytes, *, signature: str
+    ) -> tuple[dict[str, Any], float]:
+        """Upload a signed update; 201 stored, 200 already stored (a resumed retry)."""
+        start = time.perf_counter()
+        response = self._send(
+            "PUT",
+            url,
+            content=data,
+            headers={
+                "Content-Type": "application/octet-stream",
+                protocol.H_UPDATE_SIGNATURE: signature,
+            },
+        )
+        return response.json(), time.perf_counter() - start
+
+    def report_evaluation(self, campaign: str, rnd: int, report: dict[str, Any]) -> None:
+        self._post_json(f"/v1/evaluations/{campaign}/{rnd}", report)
+
+
+def _reason(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("detail", response.text))[:500]
+    except ValueError:
+        return response.text[:500]

@@ -1,0 +1,606 @@
+"""The coordinator's Python API: what the round steps (remote mode) and the HTTP app call.
+
+One :class:`Coordinator` wraps the registry database and the artifact store. The round steps
+use it like this (see ``docs/protocol.md``)::
+
+    coord = Coordinator.from_env()
+    live = coord.live_clients()                             # select_clients
+    coord.publish_manifest(cid, manifest, deadline_s=600)   # dispatch
+    coord.round_status(cid, rnd).num_received               # wait_for_updates (trigger)
+    status = coord.close_round(cid, rnd)                    # collect: received + stragglers
+    coord.evaluations(cid, rnd)                             # evaluate (federated metrics)
+
+An accepted upload is in the store at ``update_key(cid, rnd, client)`` (the exact bytes the
+client sent) with its signature record at ``signature_key(cid, rnd, client)`` beside it
+(keys from :mod:`fl_core.rounds.layout`), so ``collect`` finds it like a simulated update.
+Every method is safe to call again (idempotent).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from fl_core import wire
+from fl_core.coordinator import protocol, registry
+from fl_core.coordinator.db import (
+    ClientRow,
+    EvaluationRow,
+    RoundRow,
+    StragglerRow,
+    TaskRow,
+    UpdateRow,
+    make_engine,
+    make_sessionmaker,
+    migrate,
+)
+from fl_core.coordinator.registry import ClientInfo, ProtocolError
+from fl_core.coordinator.settings import CoordinatorSettings
+from fl_core.models import Layout
+from fl_core.store import ArtifactStore, open_store
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ClientInfo",
+    "Coordinator",
+    "EvaluationReport",
+    "ProtocolError",
+    "ReceivedUpdate",
+    "RoundStatus",
+]
+
+HEADER_ALLOWANCE = 64 << 10
+"""Bytes allowed for an update's framing and JSON header beyond its payload bound."""
+
+
+@dataclass(frozen=True)
+class ReceivedUpdate:
+    """An accepted, stored update: its store key, digest, size and arrival (UNIX s)."""
+
+    client_id: str
+    key: str
+    sha256: str
+    size: int
+    received_at: float
+
+
+@dataclass(frozen=True)
+class RoundStatus:
+    """Where a published round stands (what ``wait_for_updates`` polls)."""
+
+    campaign: str
+    round: int
+    base_version: int
+    num_tasks: int
+    received: list[str]
+    deadline: float
+    closed: bool
+    stragglers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def num_received(self) -> int:
+        return len(self.received)
+
+    @property
+    def deadline_passed(self) -> bool:
+        return time.time() > self.deadline
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.update(num_received=self.num_received, deadline_passed=self.deadline_passed)
+        return out
+
+
+@dataclass(frozen=True)
+class EvaluationReport:
+    """A client's evaluation of a global model version on its local held-out split."""
+
+    client_id: str
+    model_version: int
+    num_examples: int
+    metrics: dict[str, float]
+    received_at: float
+
+
+class Coordinator:
+    """The registry database plus the artifact store, with the operations on both.
+
+    Parameters
+    ----------
+    settings
+        Where the registry and the store are, and the limits.
+    store
+        An already-open artifact store (default: ``open_store(settings.store_url)``).
+    """
+
+    def __init__(
+        self, settings: CoordinatorSettings, *, store: ArtifactStore | None = None
+    ) -> None:
+        self.settings = settings
+        self._store = store
+        self._engine: sa.Engine | None = None
+        self._sessions: Any = None
+        self._lock = threading.Lock()
+        self._campaigns: dict[str, dict[str, Any]] = {}
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Coordinator:
+        """A coordinator from ``FL_COORDINATOR_DB_URL``, ``FL_ARTIFACT_STORE``, ``FL_HOME``."""
+        return cls(CoordinatorSettings.from_env(**overrides))
+
+    # ----------------------------------------------------------------- resources (lazy)
+
+    @property
+    def store(self) -> ArtifactStore:
+        if self._store is None:
+            self._store = open_store(self.settings.store_url)
+        return self._store
+
+    @property
+    def engine(self) -> sa.Engine:
+        with self._lock:
+            if self._engine is None:
+                engine = make_engine(self.settings.db_url)
+                migrate(engine)
+                self._engine = engine
+                self._sessions = make_sessionmaker(engine)
+            return self._engine
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A registry session (the schema is migrated on first use)."""
+        _ = self.engine
+        with self._sessions() as session:
+            yield session
+
+    def close(self) -> None:
+        """Release the database connections."""
+        with self._lock:
+            if self._engine is not None:
+                self._engine.dispose()
+                self._engine = None
+
+    # ----------------------------------------------------------------- clients
+
+    def create_enrollment_token(self, client_id: str, *, ttl_s: float | None = None) -> str:
+        """A one-time enrollment token for ``client_id`` (stored hashed; expires)."""
+        with self.session() as s:
+            return registry.create_enrollment_token(
+                s, client_id, ttl_s=ttl_s or self.settings.enrollment_ttl_s
+            )
+
+    def revoke(self, client_id: str) -> bool:
+        """Cut a client off at once; False if it was never enrolled."""
+        with self.session() as s:
+            return registry.revoke(s, client_id)
+
+    def clients(self) -> list[ClientInfo]:
+        """Every client in the registry (enrolled or pending), by id."""
+        with self.session() as s:
+            return registry.list_clients(s)
+
+    def live_clients(self, *, within_s: float | None = None) -> list[ClientInfo]:
+        """Enrolled, unrevoked clients that report themselves available, whose data passed
+        local validation (or did not say), with a heartbeat in the last ``within_s`` seconds
+        (default ``settings.live_window_s``); with their profile, bandwidth, latency,
+        ``num_examples`` and data hash, for selection."""
+        since = time.time() - (within_s if within_s is not None else self.settings.live_window_s)
+        with self.session() as s:
+            rows = s.scalars(
+                sa.select(ClientRow)
+                .where(
+                    ClientRow.public_key.is_not(None),
+                    ClientRow.revoked_at.is_(None),
+                    ClientRow.available.is_(True),
+                    ClientRow.last_heartbeat >= since,
+                    sa.or_(ClientRow.data_valid.is_(None), ClientRow.data_valid.is_(True)),
+                )
+                .order_by(ClientRow.client_id)
+            ).all()
+            return [ClientInfo.of(r) for r in rows]
+
+    # ----------------------------------------------------------------- rounds
+
+    def publish_round(
+        self,
+        campaign: str,
+        rnd: int,
+        *,
+        base_version: int,
+        tasks: Mapping[str, Mapping[str, Any]],
+        deadline_s: float,
+        model_key: str | None = None,
+    ) -> RoundStatus:
+        """Publish a round: one task per selected client, open until ``deadline_s`` from now.
+
+        ``tasks`` maps client id to its task dict (the round manifest's ``tasks``); each
+        client fetches only its own. Publishing the same round again is a no-op (the first
+        deadline stands); different tasks for an already published round raise ``ValueError``.
+        The campaign record (``campaign.json``) must be in the store: its layout and model
+        spec are what uploads are checked against.
+        """
+        from fl_core.rounds.layout import model_key as _model_key
+
+        if deadline_s <= 0:
+            raise ValueError(f"deadline_s must be > 0, got {deadline_s}")
+        for client in tasks:
+            protocol.check_client_id(client)
+        self._campaign(campaign)  # fails early, naming the missing record
+        key = model_key or _model_key(campaign, base_version)
+        if not self.store.exists(key):
+            raise ValueError(f"model {key!r} is not in the store; publish after it is written")
+        now = time.time()
+        with self.session() as s:
+            existing = registry.get_round(s, campaign, rnd)
+            if existing is None:
+                s.add(
+                    RoundRow(
+                        campaign=campaign,
+                        round=rnd,
+                        base_version=base_version,
+                        model_key=key,
+                        published_at=now,
+                        deadline=now + deadline_s,
+                        closed_at=None,
+                    )
+                )
+                for client, task in sorted(tasks.items()):
+                    s.add(TaskRow(campaign=campaign, round=rnd, client_id=client, task=dict(task)))
+                try:
+                    s.commit()
+                except sa.exc.IntegrityError:  # published concurrently: compare below
+                    s.rollback()
+                else:
+                    logger.info("published %s round %d to %d clients", campaign, rnd, len(tasks))
+                    return self.round_status(campaign, rnd)
+            known = {
+                t.client_id: t.task
+                for t in s.scalars(
+                    sa.select(TaskRow).where(TaskRow.campaign == campaign, TaskRow.round == rnd)
+                )
+            }
+            row = registry.get_round(s, campaign, rnd)
+            if (
+                row is None
+                or row.base_version != base_version
+                or json.dumps(known, sort_keys=True) != json.dumps(dict(tasks), sort_keys=True)
+            ):
+                raise ValueError(f"{campaign} round {rnd} was already published with other tasks")
+        return self.round_status(campaign, rnd)
+
+    def publish_manifest(
+        self, campaign: str, manifest: Mapping[str, Any], *, deadline_s: float
+    ) -> RoundStatus:
+        """:meth:`publish_round` from a round manifest (``round``, ``base_version``,
+        ``model_key``, ``tasks``), as ``dispatch`` writes it."""
+        return self.publish_round(
+            campaign,
+            int(manifest["round"]),
+            base_version=int(manifest["base_version"]),
+            tasks=manifest["tasks"],
+            deadline_s=deadline_s,
+            model_key=manifest.get("model_key"),
+        )
+
+    def round_status(self, campaign: str, rnd: int) -> RoundStatus:
+        """Tasks, stored updates (in arrival order), deadline, closed flag and stragglers."""
+        with self.session() as s:
+            row = registry.get_round(s, campaign, rnd)
+            if row is None:
+                raise KeyError(f"{campaign} round {rnd} was not published (run dispatch first)")
+            num_tasks = s.scalar(
+                sa.select(sa.func.count())
+                .select_from(TaskRow)
+                .where(TaskRow.campaign == campaign, TaskRow.round == rnd)
+            )
+            received = [u.client_id for u in self._stored(s, campaign, rnd)]
+            stragglers = {
+                r.client_id: r.reason
+                for r in s.scalars(
+                    sa.select(StragglerRow)
+                    .where(StragglerRow.campaign == campaign, StragglerRow.round == rnd)
+                    .order_by(StragglerRow.client_id)
+                )
+            }
+            return RoundStatus(
+                campaign=campaign,
+                round=rnd,
+                base_version=row.base_version,
+                num_tasks=int(num_tasks or 0),
+                received=received,
+                deadline=row.deadline,
+                closed=row.closed_at is not None,
+                stragglers=stragglers,
+            )
+
+    @staticmethod
+    def _stored(s: Session, campaign: str, rnd: int) -> list[UpdateRow]:
+        return list(
+            s.scalars(
+                sa.select(UpdateRow)
+                .where(
+                    UpdateRow.campaign == campaign,
+                    UpdateRow.round == rnd,
+                    UpdateRow.stored.is_(True),
+                )
+                .order_by(UpdateRow.received_at, UpdateRow.client_id)
+            )
+        )
+
+    def received_updates(self, campaign: str, rnd: int) -> list[ReceivedUpdate]:
+        """Accepted, stored updates of a round in arrival order (FedBuff's real order)."""
+        with self.session() as s:
+            return [
+                ReceivedUpdate(u.client_id, u.key, u.sha256, u.size, u.received_at)
+                for u in self._stored(s, campaign, rnd)
+            ]
+
+    def count_received(self, campaign: str, rnd: int) -> int:
+        return len(self.received_updates(campaign, rnd))
+
+    def close_round(self, campaign: str, rnd: int) -> RoundStatus:
+        """Close a round: later uploads get 410 and are recorded as stragglers; every
+        selected client without a stored update is recorded as a straggler now."""
+        with self.session() as s:
+            row = registry.get_round(s, campaign, rnd)
+            if row is None:
+                raise KeyError(f"{campaign} round {rnd} was not published (run dispatch first)")
+            if row.closed_at is None:
+                row.closed_at = time.time()
+                s.commit()
+            stored = {u.client_id for u in self._stored(s, campaign, rnd)}
+            tasks = s.scalars(
+                sa.select(TaskRow.client_id).where(
+                    TaskRow.campaign == campaign, TaskRow.round == rnd
+                )
+            ).all()
+            for client in tasks:
+                if client not in stored:
+                    registry.record_straggler(
+                        s, campaign, rnd, client, "no update when the round closed"
+                    )
+        return self.round_status(campaign, rnd)
+
+    def evaluations(self, campaign: str, rnd: int) -> list[EvaluationReport]:
+        """Clients' federated-evaluation reports for a round, by client id."""
+        with self.session() as s:
+            rows = s.scalars(
+                sa.select(EvaluationRow)
+                .where(EvaluationRow.campaign == campaign, EvaluationRow.round == rnd)
+                .order_by(EvaluationRow.client_id)
+            ).all()
+            return [
+                EvaluationReport(
+                    r.client_id, r.model_version, r.num_examples, dict(r.metrics), r.received_at
+                )
+                for r in rows
+            ]
+
+    # ----------------------------------------------------------------- for the HTTP app
+
+    def _campaign(self, campaign: str) -> dict[str, Any]:
+        """The campaign record's layout and model spec (cached; the record is immutable)."""
+        from fl_core.rounds.layout import campaign_record_key
+
+        if campaign not in self._campaigns:
+            key = campaign_record_key(campaign)
+            if not self.store.exists(key):
+                raise KeyError(f"campaign record {key!r} is not in the store (start the campaign)")
+            rec = self.store.get_json(key)
+            self._campaigns[campaign] = {
+                "layout": Layout.from_json(rec["layout"]),
+                "model_spec": rec["model_spec"],
+            }
+        return self._campaigns[campaign]
+
+    def update_cap(self, campaign: str) -> int:
+        """The largest upload accepted for a campaign: a bound from its layout (sparse
+        payloads cost at most 8 bytes a parameter) plus header, within the settings' cap."""
+        n = self._campaign(campaign)["layout"].num_params
+        return min(self.settings.max_update_bytes, 8 * n + HEADER_ALLOWANCE)
+
+    def task_for_client(self, task: TaskRow, rnd_row: RoundRow) -> dict[str, Any]:
+        """The task as the client receives it: the manifest task plus its context."""
+        camp = self._campaign(task.campaign)
+        spec = camp["model_spec"]
+        return {
+            **task.task,
+            "campaign": task.campaign,
+            "round": task.round,
+            "base_version": rnd_row.base_version,
+            "client": task.client_id,
+            "model_spec": spec,
+            "layout": camp["layout"].to_json(),
+            "deadline": rnd_row.deadline,
+            "model_url": f"{protocol.API_PREFIX}/models/{task.campaign}/{task.round}",
+            "upload_url": f"{protocol.API_PREFIX}/updates/{task.campaign}/{task.round}",
+        }
+
+    @functools.lru_cache(maxsize=16)  # noqa: B019 - one coordinator per process
+    def _global_model(self, key: str) -> np.ndarray:
+        _, vector = wire.decode(self.store.get_bytes(key))
+        vector.setflags(write=False)
+        return vector
+
+    def model_message(
+        self, client_id: str, campaign: str, rnd: int, *, known_version: int | None
+    ) -> bytes:
+        """The round's global model for one client, whole or as a delta from the version it
+        holds (the task's downlink codecs), exactly as the in-process transport encodes it."""
+        from fl_core.rounds.layout import model_key
+
+        with self.session() as s:
+            rnd_row = registry.get_round(s, campaign, rnd)
+            task = registry.get_task(s, campaign, rnd, client_id)
+            if rnd_row is None or task is None:
+                raise ProtocolError(
+                    403, f"client {client_id!r} has no task in {campaign} round {rnd}"
+                )
+        layout = self._campaign(campaign)["layout"]
+        model = self._global_model(rnd_row.model_key)
+        known_model = None
+        if known_version is not None:
+            known_key = model_key(campaign, known_version)
+            if 0 <= known_version < rnd_row.base_version and self.store.exists(known_key):
+                known_model = self._global_model(known_key)
+            else:
+                known_version = None
+        header = wire.Header(
+            kind="model",
+            campaign=campaign,
+            round=rnd,
+            base_version=rnd_row.base_version,
+            client=client_id,
+            codec=str(task.task.get("downlink_codec") or "dense_fp32"),
+            layout=layout,
+        )
+        return wire.encode_model_for_client(
+            header,
+            model,
+            known_version=known_version,
+            known_model=known_model,
+            delta_codec=task.task.get("downlink_delta_codec"),
+        )
+
+    def check_upload_allowed(self, client_id: str, campaign: str, rnd: int) -> int:
+        """Refuse an upload before its body is read (403 not selected, 410 too late);
+        returns the size cap for it."""
+        with self.session() as s:
+            registry.round_open_for(s, campaign, rnd, client_id)
+        return self.update_cap(campaign)
+
+    def accept_update(
+        self, client_id: str, campaign: str, rnd: int, data: bytes, *, signature: str
+    ) -> tuple[bool, ReceivedUpdate]:
+        """Verify and store one upload; returns (newly stored, record).
+
+        Order: open round and task (403/410); update signature over the whole message
+        (401); same task already taken by other bytes (409); wire checks against the
+        campaign's layout and the task's codec, header fields against the task, finite
+        values and metrics (400); then the signature record and the bytes go to the store.
+        """
+        from fl_core.rounds.layout import signature_key, update_key
+
+        digest = hashlib.sha256(data).hexdigest()
+        with self.session() as s:
+            rnd_row, task = registry.round_open_for(s, campaign, rnd, client_id)
+            client = s.get(ClientRow, client_id)
+            if client is None or client.public_key is None:
+                raise ProtocolError(401, "unknown client")
+            public_key = client.public_key
+            signed = protocol.update_message(
+                campaign=campaign, rnd=rnd, client_id=client_id, message_sha256=digest
+            )
+            if not protocol.verify(public_key, signed, signature):
+                raise ProtocolError(401, "bad update signature")
+            prior = registry.accepted_update(s, campaign, rnd, client_id)
+            if prior is not None and prior.sha256 != digest:
+                raise ProtocolError(409, "a different update for this task was already accepted")
+            base_version = rnd_row.base_version
+            task_dict = dict(task.task)
+        if prior is None:
+            self._check_message(data, campaign, rnd, client_id, base_version, task_dict)
+        key = update_key(campaign, rnd, client_id)
+        with self.session() as s:
+            row = registry.claim_update(
+                s,
+                campaign=campaign,
+                rnd=rnd,
+                client_id=client_id,
+                key=key,
+                sha256=digest,
+                size=len(data),
+            )
+            fresh = not row.stored
+            if fresh:
+                self.store.put_json(
+                    signature_key(campaign, rnd, client_id),
+                    {
+                        "algorithm": "ed25519",
+                        "signed": "FL-UPDATE-1\\n<campaign>\\n<round>\\n<client>\\n<sha256>",
+                        "campaign": campaign,
+                        "round": rnd,
+                        "client": client_id,
+                        "sha256": digest,
+                        "public_key": public_key,
+                        "signature": signature,
+                        "received_at": row.received_at,
+                    },
+                )
+                self.store.put_bytes(key, data)
+                registry.mark_stored(s, row)
+                logger.debug("stored update of %s for %s round %d", client_id, campaign, rnd)
+            return fresh, ReceivedUpdate(client_id, key, digest, len(data), row.received_at)
+
+    def _check_message(
+        self,
+        data: bytes,
+        campaign: str,
+        rnd: int,
+        client_id: str,
+        base_version: int,
+        task: dict[str, Any],
+    ) -> None:
+        layout = self._campaign(campaign)["layout"]
+        try:
+            header, vector = wire.decode(
+                data,
+                expected_layout=layout,
+                expected_codec=task.get("codec"),
+                max_bytes=self.update_cap(campaign),
+            )
+        except (wire.WireError, ValueError) as exc:
+            raise ProtocolError(400, f"malformed update: {exc}") from None
+        if header.kind != "update":
+            raise ProtocolError(400, f"message kind is {header.kind!r}, expected 'update'")
+        if header.client != client_id:
+            raise ProtocolError(403, f"update names client {header.client!r:.80}, not yours")
+        if header.campaign != campaign or header.round != rnd:
+            raise ProtocolError(400, "update header names another campaign or round")
+        if header.base_version != base_version:
+            raise ProtocolError(
+                400,
+                f"update was trained on model version {header.base_version}, "
+                f"the round sent version {base_version}",
+            )
+        if header.num_examples < 1:
+            raise ProtocolError(400, "num_examples must be >= 1")
+        if not all(math.isfinite(v) for v in header.metrics.values()):
+            raise ProtocolError(400, "header metrics must be finite numbers")
+        if not np.isfinite(vector).all():
+            raise ProtocolError(400, "update has non-finite values")
+
+    def record_evaluation(
+        self,
+        client_id: str,
+        campaign: str,
+        rnd: int,
+        *,
+        model_version: int,
+        num_examples: int,
+        metrics: Mapping[str, float],
+    ) -> None:
+        with self.session() as s:
+            registry.record_evaluation(
+                s,
+                campaign=campaign,
+                rnd=rnd,
+                client_id=client_id,
+                model_version=model_version,
+                num_examples=num_examples,
+                metrics=dict(metrics),
+            )

@@ -1,0 +1,58 @@
+"""The coordinator's FastAPI app factory.
+
+``create_app(settings)`` builds the app from settings (tests pass a temporary registry and
+store); nothing touches the database until the first request, so building the app at import
+time (the Airflow plugin does) costs no I/O. Every route lives under ``/v1``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from fl_core.coordinator import protocol
+from fl_core.coordinator.api import Coordinator
+from fl_core.coordinator.registry import ProtocolError
+from fl_core.coordinator.routers import clients, evaluations, health, models, tasks, updates
+from fl_core.coordinator.settings import CoordinatorSettings
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["create_app"]
+
+
+def create_app(
+    settings: CoordinatorSettings | None = None, *, coordinator: Coordinator | None = None
+) -> FastAPI:
+    """The coordinator app on ``settings`` (default: from the environment), or on an existing
+    :class:`Coordinator` (shares its store and database engine)."""
+    coord = coordinator or Coordinator(settings or CoordinatorSettings.from_env())
+    app = FastAPI(
+        title="fl-core coordinator",
+        version="1",
+        description="Enrollment, tasks, models and signed updates for real edge clients. "
+        "See docs/protocol.md.",
+    )
+    app.state.coordinator = coord
+
+    @app.exception_handler(ProtocolError)
+    async def _refused(request: Request, exc: ProtocolError) -> JSONResponse:
+        logger.info(
+            "%s %s refused %d: %s", request.method, request.url.path, exc.status, exc.reason
+        )
+        headers = {"Connection": "close"} if exc.status == 413 else None
+        return JSONResponse({"detail": exc.reason}, status_code=exc.status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _malformed(request: Request, exc: RequestValidationError) -> JSONResponse:
+        reasons = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5]
+        )
+        return JSONResponse({"detail": f"malformed request: {reasons}"}, status_code=400)
+
+    for router in (health, clients, tasks, models, updates, evaluations):
+        app.include_router(router.router, prefix=protocol.API_PREFIX)
+    return app

@@ -1,0 +1,184 @@
+"""The client registry: SQLAlchemy 2 models, the engine, and Alembic migrations.
+
+Tables (times are UNIX seconds as floats, portable between SQLite and PostgreSQL):
+
+``clients``            enrolled devices: Ed25519 public key, revocation, last heartbeat and
+                       what it reported (profile, bandwidth, latency, examples, data hash)
+``enrollment_tokens``  one-time tokens, stored as sha256 digests only, with expiry and use
+``nonces``             request nonces seen within the replay window (replay -> 409)
+``rounds``             published rounds: base version, model key, deadline, closing time
+``tasks``              one per (campaign, round, client): the task dict the client fetches
+``updates``            accepted uploads: store key, sha256, size, arrival time; ``stored``
+                       becomes true once the bytes are in the artifact store
+``stragglers``         clients of a round whose update did not arrive in time, with a reason
+``evaluations``        clients' federated-evaluation reports
+
+The schema is created and upgraded only by the Alembic migrations shipped in
+``fl_core/coordinator/migrations`` (:func:`migrate`); the ORM classes mirror them.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "Base",
+    "ClientRow",
+    "EnrollmentTokenRow",
+    "EvaluationRow",
+    "NonceRow",
+    "RoundRow",
+    "StragglerRow",
+    "TaskRow",
+    "UpdateRow",
+    "make_engine",
+    "make_sessionmaker",
+    "migrate",
+]
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ClientRow(Base):
+    __tablename__ = "clients"
+
+    client_id: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    public_key: Mapped[str | None] = mapped_column(sa.String(64))
+    created_at: Mapped[float] = mapped_column(sa.Float)
+    enrolled_at: Mapped[float | None] = mapped_column(sa.Float)
+    revoked_at: Mapped[float | None] = mapped_column(sa.Float)
+    last_heartbeat: Mapped[float | None] = mapped_column(sa.Float)
+    available: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    profile: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
+    uplink_mbps: Mapped[float | None] = mapped_column(sa.Float)
+    downlink_mbps: Mapped[float | None] = mapped_column(sa.Float)
+    latency_s: Mapped[float | None] = mapped_column(sa.Float)
+    num_examples: Mapped[int | None] = mapped_column(sa.Integer)
+    data_sha256: Mapped[str | None] = mapped_column(sa.String(64))
+    data_valid: Mapped[bool | None] = mapped_column(sa.Boolean)
+
+
+class EnrollmentTokenRow(Base):
+    __tablename__ = "enrollment_tokens"
+
+    token_sha256: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    client_id: Mapped[str] = mapped_column(sa.String(128), index=True)
+    created_at: Mapped[float] = mapped_column(sa.Float)
+    expires_at: Mapped[float] = mapped_column(sa.Float)
+    used_at: Mapped[float | None] = mapped_column(sa.Float)
+
+
+class NonceRow(Base):
+    __tablename__ = "nonces"
+
+    nonce: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    client_id: Mapped[str] = mapped_column(sa.String(128))
+    seen_at: Mapped[float] = mapped_column(sa.Float, index=True)
+
+
+class RoundRow(Base):
+    __tablename__ = "rounds"
+
+    campaign: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    round: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    base_version: Mapped[int] = mapped_column(sa.Integer)
+    model_key: Mapped[str] = mapped_column(sa.String(512))
+    published_at: Mapped[float] = mapped_column(sa.Float)
+    deadline: Mapped[float] = mapped_column(sa.Float)
+    closed_at: Mapped[float | None] = mapped_column(sa.Float)
+
+
+class TaskRow(Base):
+    __tablename__ = "tasks"
+
+    campaign: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    round: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    client_id: Mapped[str] = mapped_column(sa.String(128), primary_key=True, index=True)
+    task: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
+
+
+class UpdateRow(Base):
+    __tablename__ = "updates"
+
+    campaign: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    round: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    client_id: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    key: Mapped[str] = mapped_column(sa.String(512))
+    sha256: Mapped[str] = mapped_column(sa.String(64))
+    size: Mapped[int] = mapped_column(sa.BigInteger)
+    received_at: Mapped[float] = mapped_column(sa.Float)
+    stored: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+
+
+class StragglerRow(Base):
+    __tablename__ = "stragglers"
+
+    campaign: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    round: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    client_id: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    reason: Mapped[str] = mapped_column(sa.String(256))
+    recorded_at: Mapped[float] = mapped_column(sa.Float)
+
+
+class EvaluationRow(Base):
+    __tablename__ = "evaluations"
+
+    campaign: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    round: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    client_id: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    model_version: Mapped[int] = mapped_column(sa.Integer)
+    num_examples: Mapped[int] = mapped_column(sa.Integer)
+    metrics: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
+    received_at: Mapped[float] = mapped_column(sa.Float)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def make_engine(db_url: str) -> Engine:
+    """An engine for ``db_url``; SQLite gets WAL, a busy timeout and its folder created."""
+    url = sa.make_url(db_url)
+    if url.get_backend_name() == "sqlite":
+        if url.database and url.database != ":memory:":
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=8
+        )
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Any]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the registry schema to the newest Alembic revision (idempotent)."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+    logger.debug("registry schema at head (%s)", engine.url.render_as_string(hide_password=True))

@@ -1,0 +1,385 @@
+"""Registry operations on a database session: enrollment, identity, heartbeats, rounds.
+
+Both the HTTP routers and the Python API (:mod:`fl_core.coordinator.api`) go through these
+functions, so a rule (a revoked client is refused, an enrollment token is single use, a
+late upload is a straggler) lives in one place. Refusals raise :class:`ProtocolError` with
+the HTTP status and a reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from fl_core.coordinator import protocol
+from fl_core.coordinator.db import (
+    ClientRow,
+    EnrollmentTokenRow,
+    EvaluationRow,
+    NonceRow,
+    RoundRow,
+    StragglerRow,
+    TaskRow,
+    UpdateRow,
+)
+
+logger = logging.getLogger(__name__)
+
+TOKEN_PREFIX = "flenroll_"
+
+
+class ProtocolError(Exception):
+    """A refused request: ``status`` is the HTTP status, ``reason`` says why."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"{status}: {reason}")
+        self.status = status
+        self.reason = reason
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- enrollment
+
+
+def create_enrollment_token(session: Session, client_id: str, *, ttl_s: float) -> str:
+    """A new one-time token for ``client_id`` (created if new); only its digest is stored.
+
+    Re-enrolling a known client (e.g. a replaced device) is allowed unless it is revoked;
+    the new key replaces the old one when the token is used.
+    """
+    protocol.check_client_id(client_id)
+    if ttl_s <= 0:
+        raise ValueError(f"ttl_s must be > 0, got {ttl_s}")
+    now = time.time()
+    row = session.get(ClientRow, client_id)
+    if row is None:
+        session.add(ClientRow(client_id=client_id, created_at=now, profile={}, available=False))
+    elif row.revoked_at is not None:
+        raise ValueError(f"client {client_id!r} is revoked; enroll the device under a new name")
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    session.add(
+        EnrollmentTokenRow(
+            token_sha256=token_digest(token),
+            client_id=client_id,
+            created_at=now,
+            expires_at=now + ttl_s,
+        )
+    )
+    session.commit()
+    return token
+
+
+def enroll(session: Session, *, token: str, public_key: str) -> str:
+    """Redeem ``token`` for the client it names, binding ``public_key``; returns the client id.
+
+    The token is consumed in the same transaction (a conditional update), so two redemptions
+    racing each other cannot both succeed.
+    """
+    try:
+        protocol.load_public_key(public_key)
+    except ValueError as exc:
+        raise ProtocolError(400, f"public_key: {exc}") from None
+    now = time.time()
+    digest = token_digest(token)
+    used = session.execute(
+        sa.update(EnrollmentTokenRow)
+        .where(
+            EnrollmentTokenRow.token_sha256 == digest,
+            EnrollmentTokenRow.used_at.is_(None),
+            EnrollmentTokenRow.expires_at > now,
+        )
+        .values(used_at=now)
+    )
+    if used.rowcount != 1:  # type: ignore[attr-defined]
+        session.rollback()
+        raise ProtocolError(401, "enrollment token is unknown, expired or already used")
+    row = session.scalars(
+        sa.select(EnrollmentTokenRow).where(EnrollmentTokenRow.token_sha256 == digest)
+    ).one()
+    client = session.get(ClientRow, row.client_id)
+    if client is None or client.revoked_at is not None:
+        session.rollback()
+        raise ProtocolError(403, f"client {row.client_id!r} is revoked")
+    client.public_key = public_key
+    client.enrolled_at = now
+    session.commit()
+    logger.info("client %s enrolled", client.client_id)
+    return client.client_id
+
+
+def revoke(session: Session, client_id: str) -> bool:
+    """Revoke a client at once (every later request is refused with 403); False if unknown."""
+    row = session.get(ClientRow, client_id)
+    if row is None:
+        return False
+    if row.revoked_at is None:
+        row.revoked_at = time.time()
+        row.available = False
+    session.commit()
+    return True
+
+
+@dataclass(frozen=True)
+class ClientInfo:
+    """What the registry knows about a client (``fl clients list``, selection)."""
+
+    client_id: str
+    enrolled: bool
+    revoked: bool
+    last_heartbeat: float | None
+    available: bool
+    profile: dict[str, Any]
+    uplink_mbps: float | None
+    downlink_mbps: float | None
+    latency_s: float | None
+    num_examples: int | None
+    data_sha256: str | None
+    data_valid: bool | None
+
+    @classmethod
+    def of(cls, row: ClientRow) -> ClientInfo:
+        return cls(
+            client_id=row.client_id,
+            enrolled=row.public_key is not None,
+            revoked=row.revoked_at is not None,
+            last_heartbeat=row.last_heartbeat,
+            available=bool(row.available),
+            profile=dict(row.profile or {}),
+            uplink_mbps=row.uplink_mbps,
+            downlink_mbps=row.downlink_mbps,
+            latency_s=row.latency_s,
+            num_examples=row.num_examples,
+            data_sha256=row.data_sha256,
+            data_valid=row.data_valid,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def list_clients(session: Session) -> list[ClientInfo]:
+    rows = session.scalars(sa.select(ClientRow).order_by(ClientRow.client_id)).all()
+    return [ClientInfo.of(r) for r in rows]
+
+
+# --------------------------------------------------------------------------- authentication
+
+
+def authenticate(
+    session: Session,
+    *,
+    client_id: str,
+    message: bytes,
+    signature: str,
+    nonce: str,
+    timestamp: float,
+    skew_s: float,
+) -> ClientRow:
+    """Check one signed request: known client (401), valid signature (401), not revoked
+    (403), fresh nonce (409). The nonce is recorded; nonces older than the window are pruned.
+    """
+    now = time.time()
+    if not math.isfinite(timestamp) or abs(now - timestamp) > skew_s:
+        raise ProtocolError(401, f"request timestamp is more than {skew_s:.0f} s from server time")
+    row = session.get(ClientRow, client_id)
+    if row is None or row.public_key is None:
+        raise ProtocolError(401, "unknown client")
+    if not protocol.verify(row.public_key, message, signature):
+        raise ProtocolError(401, "bad request signature")
+    if row.revoked_at is not None:
+        raise ProtocolError(403, "client is revoked")
+    session.add(NonceRow(nonce=nonce, client_id=client_id, seen_at=now))
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise ProtocolError(409, "replayed request (nonce already seen)") from None
+    if secrets.randbelow(256) == 0:
+        session.execute(sa.delete(NonceRow).where(NonceRow.seen_at < now - 2 * skew_s - 1))
+        session.commit()
+    return row
+
+
+# --------------------------------------------------------------------------- heartbeats
+
+
+def heartbeat(session: Session, client_id: str, report: dict[str, Any]) -> None:
+    """Record a heartbeat and what the client measured and reported."""
+    row = session.get(ClientRow, client_id)
+    if row is None:
+        raise ProtocolError(401, "unknown client")
+    row.last_heartbeat = time.time()
+    row.available = bool(report.get("available", True))
+    row.profile = dict(report.get("profile") or {})
+    for name in ("uplink_mbps", "downlink_mbps", "latency_s", "num_examples", "data_sha256"):
+        if report.get(name) is not None:
+            setattr(row, name, report[name])
+    if report.get("data_valid") is not None:
+        row.data_valid = bool(report["data_valid"])
+    session.commit()
+
+
+# --------------------------------------------------------------------------- rounds
+
+
+def get_round(session: Session, campaign: str, rnd: int) -> RoundRow | None:
+    return session.get(RoundRow, (campaign, rnd))
+
+
+def get_task(session: Session, campaign: str, rnd: int, client_id: str) -> TaskRow | None:
+    return session.get(TaskRow, (campaign, rnd, client_id))
+
+
+def next_task(session: Session, client_id: str) -> tuple[TaskRow, RoundRow] | None:
+    """The oldest open task of ``client_id`` with no accepted update, if any."""
+    now = time.time()
+    stmt = (
+        sa.select(TaskRow, RoundRow)
+        .join(
+            RoundRow,
+            sa.and_(RoundRow.campaign == TaskRow.campaign, RoundRow.round == TaskRow.round),
+        )
+        .outerjoin(
+            UpdateRow,
+            sa.and_(
+                UpdateRow.campaign == TaskRow.campaign,
+                UpdateRow.round == TaskRow.round,
+                UpdateRow.client_id == TaskRow.client_id,
+            ),
+        )
+        .where(
+            TaskRow.client_id == client_id,
+            RoundRow.closed_at.is_(None),
+            RoundRow.deadline > now,
+            UpdateRow.client_id.is_(None),
+        )
+        .order_by(RoundRow.published_at, TaskRow.campaign, TaskRow.round)
+        .limit(1)
+    )
+    found = session.execute(stmt).first()
+    return None if found is None else (found[0], found[1])
+
+
+def record_straggler(
+    session: Session, campaign: str, rnd: int, client_id: str, reason: str
+) -> None:
+    if session.get(StragglerRow, (campaign, rnd, client_id)) is None:
+        session.add(
+            StragglerRow(
+                campaign=campaign,
+                round=rnd,
+                client_id=client_id,
+                reason=reason,
+                recorded_at=time.time(),
+            )
+        )
+        try:
+            session.commit()
+        except IntegrityError:
+            session.rollback()
+
+
+def round_open_for(
+    session: Session, campaign: str, rnd: int, client_id: str
+) -> tuple[RoundRow, TaskRow]:
+    """The round and task an upload or download of ``client_id`` refers to, or a refusal:
+    403 when the client was not selected, 410 (recorded as straggler) when too late."""
+    rnd_row = get_round(session, campaign, rnd)
+    task = get_task(session, campaign, rnd, client_id)
+    if rnd_row is None or task is None:
+        raise ProtocolError(403, f"client {client_id!r} was not selected in {campaign} round {rnd}")
+    if rnd_row.closed_at is not None or time.time() > rnd_row.deadline:
+        record_straggler(session, campaign, rnd, client_id, "upload after the round closed")
+        raise ProtocolError(410, f"round {rnd} of {campaign} is closed; the update is too late")
+    return rnd_row, task
+
+
+def claim_update(
+    session: Session, *, campaign: str, rnd: int, client_id: str, key: str, sha256: str, size: int
+) -> UpdateRow:
+    """Claim the task's one update slot for the message with digest ``sha256``.
+
+    The primary key (campaign, round, client) makes the claim atomic across processes: only
+    the claimant writes the store. A claim by the same bytes (an idempotent retry) returns the
+    existing row; a different message raises 409.
+    """
+    existing = session.get(UpdateRow, (campaign, rnd, client_id))
+    if existing is None:
+        row = UpdateRow(
+            campaign=campaign,
+            round=rnd,
+            client_id=client_id,
+            key=key,
+            sha256=sha256,
+            size=size,
+            received_at=time.time(),
+            stored=False,
+        )
+        session.add(row)
+        try:
+            session.commit()
+            return row
+        except IntegrityError:
+            session.rollback()
+            existing = session.get(UpdateRow, (campaign, rnd, client_id))
+    if existing is not None and existing.sha256 == sha256:
+        return existing
+    raise ProtocolError(409, "a different update for this task was already accepted")
+
+
+def mark_stored(session: Session, row: UpdateRow) -> None:
+    session.execute(
+        sa.update(UpdateRow)
+        .where(
+            UpdateRow.campaign == row.campaign,
+            UpdateRow.round == row.round,
+            UpdateRow.client_id == row.client_id,
+        )
+        .values(stored=True)
+    )
+    session.commit()
+
+
+def accepted_update(session: Session, campaign: str, rnd: int, client_id: str) -> UpdateRow | None:
+    return session.get(UpdateRow, (campaign, rnd, client_id))
+
+
+def record_evaluation(
+    session: Session,
+    *,
+    campaign: str,
+    rnd: int,
+    client_id: str,
+    model_version: int,
+    num_examples: int,
+    metrics: dict[str, float],
+) -> None:
+    """Record (or replace) a client's evaluation report for a round it has a task in."""
+    if get_task(session, campaign, rnd, client_id) is None:
+        raise ProtocolError(403, f"client {client_id!r} has no task in {campaign} round {rnd}")
+    row = session.get(EvaluationRow, (campaign, rnd, client_id))
+    if row is None:
+        row = EvaluationRow(campaign=campaign, round=rnd, client_id=client_id)
+        session.add(row)
+    row.model_version = model_version
+    row.num_examples = num_examples
+    row.metrics = dict(metrics)
+    row.received_at = time.time()
+    try:
+        session.commit()
+    except IntegrityError:  # a concurrent first report: keep the one that won
+        session.rollback()

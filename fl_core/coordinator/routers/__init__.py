@@ -1,0 +1,1 @@
+"""One APIRouter per resource: clients, tasks, models, updates, evaluations, health."""

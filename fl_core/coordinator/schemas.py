@@ -1,0 +1,79 @@
+"""Request and response bodies of the coordinator API (pydantic; unknown fields refused,
+numbers finite and bounded)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+CAMPAIGN_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+_SHA256 = r"^[0-9a-f]{64}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class EnrollIn(_Strict):
+    token: str = Field(min_length=8, max_length=256)
+    public_key: str = Field(min_length=40, max_length=64, description="raw Ed25519 key, base64")
+
+
+class EnrollOut(BaseModel):
+    client_id: str
+
+
+class HeartbeatIn(_Strict):
+    available: bool = True
+    profile: dict[str, str | float | int | bool] = Field(default_factory=dict, max_length=32)
+    uplink_mbps: float | None = Field(default=None, ge=0, le=1e6)
+    downlink_mbps: float | None = Field(default=None, ge=0, le=1e6)
+    latency_s: float | None = Field(default=None, ge=0, le=3600)
+    num_examples: int | None = Field(default=None, ge=0, le=10**9)
+    data_sha256: str | None = Field(default=None, pattern=_SHA256)
+    data_valid: bool | None = None
+
+    @field_validator("profile")
+    @classmethod
+    def _small_profile(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for k, v in value.items():
+            if len(k) > 64 or (isinstance(v, str) and len(v) > 256):
+                raise ValueError("profile keys are at most 64 and values 256 characters")
+        return value
+
+
+class HeartbeatOut(BaseModel):
+    client_id: str
+    server_time: float
+
+
+class EvaluationIn(_Strict):
+    model_version: int = Field(ge=0, le=10**9)
+    num_examples: int = Field(ge=0, le=10**9)
+    metrics: dict[str, float] = Field(max_length=64)
+
+    @field_validator("metrics")
+    @classmethod
+    def _names(cls, value: dict[str, float]) -> dict[str, float]:
+        if any(len(k) > 64 for k in value):
+            raise ValueError("metric names are at most 64 characters")
+        if any(abs(v) > 1e12 for v in value.values()):
+            raise ValueError("metric values must be within +/-1e12")
+        return value
+
+
+class UploadOut(BaseModel):
+    client_id: str
+    key: str
+    sha256: str
+    size: int
+    stored: bool = Field(
+        description="true when this request stored it, false on an idempotent retry"
+    )
+
+
+class HealthOut(BaseModel):
+    status: str
+    api: str
+    server_time: float

@@ -1,0 +1,240 @@
+"""Builders for coordinator and agent tests: a test CA and server certificate made with
+``cryptography``, a campaign in a local artifact store, and a real uvicorn server over TLS
+on 127.0.0.1 (in a thread, stoppable and restartable on the same port)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import uvicorn
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from fl_core import wire
+from fl_core.coordinator.api import Coordinator
+from fl_core.coordinator.app import create_app
+from fl_core.models import Layout, ModelSpec, init_vector
+from fl_core.rounds.layout import campaign_key, model_key
+from fl_core.store import ArtifactStore
+
+HOST = "127.0.0.1"
+SPEC = ModelSpec(name="mlp", input_shape=(8,), num_classes=3, hidden=(6,))
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def make_tls(folder: Path) -> TLSFiles:
+    """A throwaway CA and a server certificate for 127.0.0.1 / localhost signed by it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fl-test-ca")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(HOST))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    files = TLSFiles(folder / "ca.pem", folder / "server.pem", folder / "server.key")
+    files.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    files.key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    files.key.chmod(0o600)
+    return files
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def start_campaign(store: ArtifactStore, cid: str, *, seed: int = 0) -> tuple[Layout, np.ndarray]:
+    """The records the coordinator reads: the campaign record and global model v0."""
+    vector, layout = init_vector(SPEC, seed=seed)
+    store.put_json(
+        campaign_key(cid, "campaign.json"),
+        {"campaign_id": cid, "layout": layout.to_json(), "model_spec": SPEC.to_json()},
+    )
+    put_model(store, cid, 0, layout, vector)
+    return layout, vector
+
+
+def put_model(store: ArtifactStore, cid: str, version: int, layout: Layout, vector: Any) -> None:
+    header = wire.Header(
+        kind="model",
+        campaign=cid,
+        round=version,
+        base_version=version,
+        client="server",
+        codec="dense_fp32",
+        layout=layout,
+    )
+    store.put_bytes(model_key(cid, version), wire.encode(header, np.asarray(vector, np.float32)))
+
+
+def task_dict(seed: int = 1, codec: str = "dense_fp32", **extra: Any) -> dict[str, Any]:
+    """A manifest task as ``dispatch`` writes it."""
+    return {
+        "local_epochs": 1,
+        "batch_size": 16,
+        "lr": 0.1,
+        "momentum": 0.0,
+        "weight_decay": 0.0,
+        "prox_mu": 0.0,
+        "codec": codec,
+        "link": "wifi",
+        "error_feedback": codec.startswith("topk"),
+        "downlink_codec": "dense_fp32",
+        "downlink_delta_codec": "topk:0.5",
+        "seed": seed,
+        **extra,
+    }
+
+
+def update_bytes(
+    cid: str,
+    rnd: int,
+    client: str,
+    layout: Layout,
+    *,
+    base_version: int | None = None,
+    codec: str = "dense_fp32",
+    values: Any = None,
+    scale: float = 0.01,
+    num_examples: int = 10,
+) -> bytes:
+    vector = np.full(layout.num_params, scale, np.float32) if values is None else np.asarray(values)
+    header = wire.Header(
+        kind="update",
+        campaign=cid,
+        round=rnd,
+        base_version=rnd - 1 if base_version is None else base_version,
+        client=client,
+        codec=codec,
+        layout=layout,
+        num_examples=num_examples,
+        metrics={"train_loss": 1.0},
+    )
+    return wire.encode(header, vector.astype(np.float32))
+
+
+class ServerThread:
+    """uvicorn serving the coordinator app over TLS on 127.0.0.1 in a thread."""
+
+    def __init__(self, coord: Coordinator, tls: TLSFiles, port: int | None = None) -> None:
+        self.coord = coord
+        self.tls = tls
+        self.port = port or free_port()
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"https://{HOST}:{self.port}"
+
+    def start(self, app: Any = None) -> ServerThread:
+        config = uvicorn.Config(
+            app or create_app(coordinator=self.coord),
+            host=HOST,
+            port=self.port,
+            ssl_certfile=str(self.tls.cert),
+            ssl_keyfile=str(self.tls.key),
+            log_level="warning",
+            lifespan="off",
+            timeout_graceful_shutdown=1,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 20
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("coordinator did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=20)
+        self._server = None
+
+
+@contextmanager
+def serving(coord: Coordinator, tls: TLSFiles) -> Iterator[ServerThread]:
+    server = ServerThread(coord, tls).start()
+    try:
+        yield server
+    finally:
+        server.stop()
