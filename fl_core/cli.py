@@ -109,7 +109,7 @@ def prepare(params: Path = ParamsOpt) -> None:
     cfg = _setup(params)
     try:
         meta = stages.prepare(cfg, _paths())
-    except ValueError as exc:
+    except (ValueError, FileNotFoundError) as exc:
         typer.echo(f"prepare failed: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"prepared {meta['dataset']}: {meta['num_train']} train / {meta['num_test']} test")
@@ -121,7 +121,7 @@ def partition(params: Path = ParamsOpt) -> None:
     cfg = _setup(params)
     try:
         manifest = stages.partition(cfg, _paths())
-    except ValueError as exc:
+    except (ValueError, FileNotFoundError) as exc:
         typer.echo(f"partition failed: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"partitioned into {manifest['num_clients']} clients ({manifest['scheme']})")
