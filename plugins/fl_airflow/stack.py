@@ -181,29 +181,37 @@ class Settings:
         return f"http://{HOST}:{self.ports[name]}"
 
 
-def load_settings(home: Path | None = None, env_file: Path | None = None) -> Settings:
+def load_settings(
+    home: Path | None = None,
+    env_file: Path | None = None,
+    *,
+    ports: dict[str, int] | None = None,
+    dags_folder: Path | None = None,
+) -> Settings:
     """Settings from the environment: ``FL_HOME``, ``FL_STACK_ENV_FILE``,
     ``FL_STACK_<NAME>_PORT``, ``FL_STACK_PG_HOST/PORT``, ``FL_STACK_REDIS_HOST/PORT``,
     ``FL_STACK_DAGS_FOLDER``."""
     state = stack_dir(home)
     path = env_file or Path(os.environ.get("FL_STACK_ENV_FILE") or state / "stack.env")
     values = ensure_env_file(path)
-    ports = {
+    resolved = {
         name: int(os.environ.get(f"FL_STACK_{name.upper()}_PORT") or default)
         for name, default in PORTS.items()
     }
+    resolved.update(ports or {})
     redis_host = os.environ.get("FL_STACK_REDIS_HOST", HOST)
     redis_port = int(os.environ.get("FL_STACK_REDIS_PORT", "6379"))
     return Settings(
         home=state.parent,
         secrets=values,
-        ports=ports,
+        ports=resolved,
         pg_host=os.environ.get("FL_STACK_PG_HOST", HOST),
         pg_port=int(os.environ.get("FL_STACK_PG_PORT", "5432")),
         redis_host=redis_host,
         redis_port=redis_port,
         redis_auth=_redis_requires_auth(redis_host, redis_port),
-        dags_folder=Path(os.environ.get("FL_STACK_DAGS_FOLDER") or PROJECT_ROOT / "dags"),
+        dags_folder=dags_folder
+        or Path(os.environ.get("FL_STACK_DAGS_FOLDER") or PROJECT_ROOT / "dags"),
     )
 
 

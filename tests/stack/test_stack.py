@@ -1,0 +1,259 @@
+"""The production stack, really started (``fl_airflow.stack``, what ``make stack`` runs):
+Airflow 3 on PostgreSQL with two Celery workers on Redis, the MLflow server (basic auth) on
+PostgreSQL with artifacts in S3, moto_server as S3, champion-following serving.
+
+Campaigns are triggered through Airflow's REST API and run by the real scheduler (no
+``dag.test``): each round's last task triggers the next round's run. The module runs:
+
+1. an undisturbed 2-round campaign (digits, MLP, 4 clients in 2 mapped batches);
+2. the same campaign with faults: kill -9 of the Celery worker running a client batch,
+   a scheduler restart and an MLflow server restart between the rounds; the final model
+   bytes must equal the undisturbed run's;
+3. serving following the champion alias.
+
+Wall time on the 2-core machine: about 6-8 minutes (the stack starts in ~1 min, a round
+takes ~45-60 s, the worker kill adds the heartbeat timeout).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from fl_airflow import stack
+from tests.stack.client import AirflowAPI, campaign_runs, wait_campaign
+
+pytestmark = pytest.mark.slow
+
+FORM = {
+    "dataset": "digits",
+    "model": "mlp",
+    "rounds": 2,
+    "clients_per_round": 4,
+    "local_epochs": 1,
+    "client_batch_size": 2,
+    "codec": "dense_fp32",
+    "privacy_level": "off",
+}
+MODEL_NAME = "fl-digits-mlp"
+CAMPAIGN_TIMEOUT_S = 900
+RESULTS: dict[str, Any] = {}
+
+
+@contextmanager
+def mlflow_env(cfg: stack.Settings) -> Iterator[Any]:
+    """An MlflowClient of the stack's server (basic auth credentials from the env file)."""
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+    saved = {k: os.environ.get(k) for k in keys}
+    env = stack.service_env(cfg)
+    os.environ.update({k: env[k] for k in keys})
+    try:
+        from mlflow.tracking import MlflowClient
+
+        yield MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def s3(cfg: stack.Settings) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=cfg.url("s3"),
+        region_name="us-east-1",
+        aws_access_key_id=cfg.secrets["S3_WRITER_KEY"],
+        aws_secret_access_key=cfg.secrets["S3_WRITER_SECRET"],
+        config=Config(s3={"addressing_style": "path"}),
+    )
+
+
+def campaign_objects(cfg: stack.Settings, cid: str) -> dict[str, bytes]:
+    """Every object of a campaign in the round-state bucket (key relative to the campaign)."""
+    client = s3(cfg)
+    bucket = cfg.secrets["ARTIFACT_BUCKET"]
+    prefix = f"campaigns-store/campaigns/{cid}/"
+    out: dict[str, bytes] = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            key = obj["Key"]
+            if key.endswith(".json") or "/models/" in key:
+                out[key[len(prefix) :]] = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+            else:
+                out[key[len(prefix) :]] = b""
+    return out
+
+
+def final_model_sha256(objects: dict[str, bytes]) -> str:
+    """sha256 of the last global model's bytes (``models/vNNNN.flw``)."""
+    last = max(k for k in objects if k.startswith("models/") and k.endswith(".flw"))
+    return hashlib.sha256(objects[last]).hexdigest()
+
+
+def metadata_rows(cfg: stack.Settings, sql: str, args: tuple[Any, ...]) -> list[dict[str, Any]]:
+    """Rows of Airflow's metadata DB (PostgreSQL)."""
+    import psycopg2
+    import psycopg2.extras
+
+    url = cfg.pg_url(cfg.secrets["AIRFLOW_DB"], driver="postgresql")
+    with psycopg2.connect(url) as conn, conn.cursor(
+        cursor_factory=psycopg2.extras.RealDictCursor
+    ) as cur:
+        cur.execute(sql, args)
+        return [dict(r) for r in cur.fetchall()]
+
+
+def round_seconds(runs: list[dict[str, Any]]) -> list[float]:
+    from datetime import datetime
+
+    def ts(value: str) -> float:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+    return [round(ts(r["end_date"]) - ts(r["start_date"]), 1) for r in runs]
+
+
+@pytest.fixture(scope="module")
+def api(running_stack: stack.Settings) -> AirflowAPI:
+    client = AirflowAPI(running_stack)
+    for dag_id in ("federated_training",):
+        client.wait_for_dag(dag_id)
+        client.unpause(dag_id)
+    return client
+
+
+def test_campaign_runs_under_the_scheduler_on_celery_workers(
+    running_stack: stack.Settings, api: AirflowAPI
+) -> None:
+    cfg = running_stack
+    started = time.perf_counter()
+    cid = "stack-undisturbed"
+
+    api.trigger("federated_training", {**FORM, "campaign_id": cid})
+    runs = wait_campaign(api, cid, FORM["rounds"], CAMPAIGN_TIMEOUT_S)
+
+    # Both rounds ran as DAG runs; round 2 was triggered by round 1's task, not by us.
+    assert [r["state"] for r in runs] == ["success", "success"], runs
+    assert runs[0]["triggered_by"] == "rest_api"
+    assert runs[1]["triggered_by"] == "operator"
+    assert int(runs[1]["conf"]["round"]) == 2
+    # Mapped client batches (and every other task) ran on the Celery workers.
+    rows = metadata_rows(
+        cfg,
+        "SELECT task_id, map_index, hostname, queue, external_executor_id, state "
+        "FROM task_instance WHERE dag_id = 'federated_training' AND run_id = ANY(%s)",
+        ([r["dag_run_id"] for r in runs],),
+    )
+    ran = [r for r in rows if r["state"] == "success"]
+    batches = [r for r in ran if r["task_id"] == "train_clients"]
+    assert len(batches) == 4  # 2 rounds x 2 batches of 2 clients
+    assert all(r["map_index"] >= 0 for r in batches)
+    workers = {r["hostname"].rsplit("-", 2)[-2] + "-" + r["hostname"].rsplit("-", 1)[-1]
+               for r in ran}
+    assert workers <= set(stack.WORKERS), workers
+    assert all(r["queue"] == "default" and r["external_executor_id"] for r in ran)
+    # Round state lives in S3.
+    objects = campaign_objects(cfg, cid)
+    for rnd in (1, 2):
+        assert f"rounds/{rnd:04d}/metrics.json" in objects
+    assert json.loads(objects["status.json"])["last_round"] == 2
+    # Registration went to the MLflow server; the champion alias points at the new version.
+    campaign = json.loads(objects["campaign.json"])
+    with mlflow_env(cfg) as client:
+        assert campaign["tracking"]["uri"] == cfg.url("mlflow")
+        champion = client.get_model_version_by_alias(MODEL_NAME, "champion")
+        assert champion.tags.get("fl.campaign_id") == cid
+        history = client.get_metric_history(campaign["tracking"]["run_id"], "test_accuracy")
+        assert sorted(m.step for m in history) == [1, 2]
+    RESULTS["undisturbed"] = {
+        "campaign_id": cid,
+        "sha256": final_model_sha256(objects),
+        "round_seconds": round_seconds(runs),
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "champion_version": champion.version,
+    }
+    print(f"\nundisturbed campaign: {RESULTS['undisturbed']}")
+
+
+def _kill_worker_running_a_batch(cfg: stack.Settings, run_id: str) -> dict[str, Any]:
+    """Wait until a client batch runs, kill -9 its Celery worker (the whole process group:
+    the worker, its pool and the task processes, as a crashed machine would lose them)."""
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        rows = metadata_rows(
+            cfg,
+            "SELECT map_index, hostname, try_number FROM task_instance WHERE dag_id = "
+            "'federated_training' AND run_id = %s AND task_id = 'train_clients' "
+            "AND state = 'running' AND hostname <> ''",
+            (run_id,),
+        )
+        if rows:
+            victim = rows[0]
+            worker = next(w for w in stack.WORKERS if victim["hostname"].endswith(w))
+            record = next(r for r in stack.read_pids(cfg) if r["name"] == worker)
+            os.killpg(int(record["pid"]), signal.SIGKILL)
+            return {**victim, "worker": worker}
+        time.sleep(0.2)
+    raise AssertionError("no client batch ran within 600 s")
+
+
+def test_faults_kill_worker_restart_scheduler_and_mlflow_same_model(
+    running_stack: stack.Settings, api: AirflowAPI
+) -> None:
+    if "undisturbed" not in RESULTS:
+        pytest.fail("needs the undisturbed campaign of the previous test")
+    cfg = running_stack
+    cid = "stack-faults"
+    started = time.perf_counter()
+
+    first = api.trigger("federated_training", {**FORM, "campaign_id": cid})
+    killed = _kill_worker_running_a_batch(cfg, first)
+    stack.restart_service(cfg, killed["worker"])  # back to two workers
+    round1 = api.wait_run("federated_training", first, CAMPAIGN_TIMEOUT_S)
+    assert round1["state"] == "success"
+    stack.restart_service(cfg, "scheduler")
+    stack.restart_service(cfg, "mlflow")
+    runs = wait_campaign(api, cid, FORM["rounds"], CAMPAIGN_TIMEOUT_S)
+
+    assert [r["state"] for r in runs] == ["success", "success"], runs
+    assert runs[1]["triggered_by"] == "operator"
+    # The killed batch was retried (a second try) and succeeded.
+    rows = metadata_rows(
+        cfg,
+        "SELECT try_number, state, hostname FROM task_instance WHERE dag_id = "
+        "'federated_training' AND run_id = %s AND task_id = 'train_clients' "
+        "AND map_index = %s",
+        (first, killed["map_index"]),
+    )
+    assert rows[0]["state"] == "success"
+    assert rows[0]["try_number"] > killed["try_number"], (killed, rows)
+    # The next round's logging after the MLflow restart reached the server: no lost metric.
+    objects = campaign_objects(cfg, cid)
+    campaign = json.loads(objects["campaign.json"])
+    with mlflow_env(cfg) as client:
+        history = client.get_metric_history(campaign["tracking"]["run_id"], "test_accuracy")
+        assert sorted(m.step for m in history) == [1, 2]
+    # Same model bytes as the undisturbed campaign (same config and seed).
+    sha = final_model_sha256(objects)
+    RESULTS["faults"] = {
+        "campaign_id": cid,
+        "sha256": sha,
+        "killed": killed,
+        "retried_try": rows[0]["try_number"],
+        "round_seconds": round_seconds(runs),
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+    print(f"\ncampaign with faults: {RESULTS['faults']}")
+    assert sha == RESULTS["undisturbed"]["sha256"]
