@@ -599,8 +599,8 @@ def champion_version(model: str) -> str | None:
         return None
 
 
-def serve_champion(model: str, port: int, *, poll_s: float = 5.0) -> None:
-    """Serve ``models:/MODEL@champion`` on 127.0.0.1:PORT and follow the alias: when it
+def serve_champion(model: str, port: int, *, host: str = HOST, poll_s: float = 5.0) -> None:
+    """Serve ``models:/MODEL@champion`` on HOST:PORT and follow the alias: when it
     moves, the old server is stopped and the new version served (a restart: the endpoint is
     down for the new server's start-up, a few seconds). ``serving.json`` in the stack folder
     says which version answers."""
@@ -627,14 +627,14 @@ def serve_champion(model: str, port: int, *, poll_s: float = 5.0) -> None:
             if version is not None and version != served:
                 if child is not None:
                     _terminate(child)
-                print(f"serving {model} version {version} on {HOST}:{port}", flush=True)
+                print(f"serving {model} version {version} on {host}:{port}", flush=True)
                 child = subprocess.Popen(
                     [mlflow, "models", "serve", "-m", f"models:/{model}/{version}",
-                     "--env-manager", "local", "-h", HOST, "-p", str(port)],
+                     "--env-manager", "local", "-h", host, "-p", str(port)],
                     start_new_session=True,
                 )
                 served = version
-                ready = _wait_http(f"http://{HOST}:{port}/ping", 180, proc=child)
+                ready = _wait_http(f"http://127.0.0.1:{port}/ping", 180, proc=child)
                 _write_json(
                     status_file,
                     {"model": model, "version": version, "pid": child.pid, "ready": ready,
@@ -886,10 +886,14 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("env", help="print the services' environment (secrets masked)")
     sub.add_parser("airflow", help="(internal) run an Airflow command with the Celery shim")
     sub.add_parser("create-admin", help="(internal) Airflow admin user from the environment")
+    sub.add_parser(
+        "init-airflow", help="airflow db migrate (+ FAB tables) and the admin user (compose)"
+    )
     sub.add_parser("mlflow-server", help="(internal) exec the MLflow server from the environment")
     serve = sub.add_parser("serve-champion", help="(internal) serve MODEL@champion, follow it")
     serve.add_argument("--model", required=True)
     serve.add_argument("--port", type=int, required=True)
+    serve.add_argument("--host", default=HOST, help="bind address (0.0.0.0 in a container)")
     serve.add_argument("--poll", type=float, default=5.0)
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "airflow":
@@ -899,11 +903,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "create-admin":
         print(create_admin())
         return 0
+    if args.command == "init-airflow":
+        log = Path(os.environ.get("FL_HOME") or PROJECT_ROOT / ".fl") / "airflow-init.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        init_airflow(dict(os.environ), log)
+        print(f"Airflow DB migrated and admin user set (log {log})")
+        return 0
     if args.command == "mlflow-server":
         mlflow_server()
         return 0
     if args.command == "serve-champion":
-        serve_champion(args.model, args.port, poll_s=args.poll)
+        serve_champion(args.model, args.port, host=args.host, poll_s=args.poll)
         return 0
     cfg = load_settings()
     if args.command == "up":

@@ -12,16 +12,19 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from fl_airflow import stack
-from tests.s3 import free_port
-
 REPO = Path(__file__).resolve().parents[2]
+if str(REPO / "plugins") not in sys.path:  # the Airflow plugin package, as Airflow loads it
+    sys.path.insert(0, str(REPO / "plugins"))
+
+from fl_airflow import stack  # noqa: E402
+from tests.s3 import free_port  # noqa: E402
 ENV_EXAMPLE = REPO / "deploy" / "stack.env.example"
 TEST_REDIS_DB = "7"
 

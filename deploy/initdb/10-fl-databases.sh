@@ -1,0 +1,11 @@
+#!/bin/sh
+# First start of the postgres container: MLflow's tracking/registry database and its users
+# database beside Airflow's (POSTGRES_DB), owned by POSTGRES_USER. Idempotent.
+set -eu
+for db in "$MLFLOW_DB" "$MLFLOW_AUTH_DB"; do
+  psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" \
+       -v db="$db" -v owner="$POSTGRES_USER" <<'SQL'
+SELECT format('CREATE DATABASE %I OWNER %I', :'db', :'owner')
+WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = :'db')\gexec
+SQL
+done
