@@ -160,6 +160,8 @@ class Settings:
     redis_auth: bool = True
     project_root: Path = PROJECT_ROOT
     dags_folder: Path = field(default_factory=lambda: PROJECT_ROOT / "dags")
+    # Where the services read params.yaml (FL_PROJECT_ROOT); the code stays project_root's.
+    params_root: Path = PROJECT_ROOT
 
     @property
     def state(self) -> Path:
@@ -187,6 +189,7 @@ def load_settings(
     *,
     ports: dict[str, int] | None = None,
     dags_folder: Path | None = None,
+    params_root: Path | None = None,
 ) -> Settings:
     """Settings from the environment: ``FL_HOME``, ``FL_STACK_ENV_FILE``,
     ``FL_STACK_<NAME>_PORT``, ``FL_STACK_PG_HOST/PORT``, ``FL_STACK_REDIS_HOST/PORT``,
@@ -212,6 +215,7 @@ def load_settings(
         redis_auth=_redis_requires_auth(redis_host, redis_port),
         dags_folder=dags_folder
         or Path(os.environ.get("FL_STACK_DAGS_FOLDER") or PROJECT_ROOT / "dags"),
+        params_root=params_root or PROJECT_ROOT,
     )
 
 
@@ -240,7 +244,7 @@ def service_env(cfg: Settings) -> dict[str, str]:
         pythonpath.append(os.environ["PYTHONPATH"])
     return {
         "FL_HOME": str(cfg.home),
-        "FL_PROJECT_ROOT": str(cfg.project_root),
+        "FL_PROJECT_ROOT": str(cfg.params_root),
         "PYTHONPATH": os.pathsep.join(dict.fromkeys(pythonpath)),
         "GIT_PYTHON_REFRESH": "quiet",
         "NO_PROXY": "*",
@@ -331,7 +335,7 @@ def install_celery_compat() -> None:
 
         return wrapper
 
-    db_backend.retry = retry  # type: ignore[attr-defined]
+    db_backend.retry = retry
 
 
 def run_airflow(args: list[str]) -> int:
@@ -425,8 +429,15 @@ def services(cfg: Settings) -> list[Service]:
         out.append(
             Service(
                 "coordinator",
-                _py("fl_core.cli", "coordinator", "serve", "--host", HOST, "--port",
-                    str(cfg.ports["coordinator"])),
+                _py(
+                    "fl_core.cli",
+                    "coordinator",
+                    "serve",
+                    "--host",
+                    HOST,
+                    "--port",
+                    str(cfg.ports["coordinator"]),
+                ),
                 health=cfg.url("coordinator") + "/health",
             )
         )
@@ -580,8 +591,18 @@ def mlflow_server() -> None:
     mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
     os.execv(
         mlflow,
-        [mlflow, "server", "--app-name", "basic-auth", "--host", host, "--port", port,
-         "--workers", "1"],
+        [
+            mlflow,
+            "server",
+            "--app-name",
+            "basic-auth",
+            "--host",
+            host,
+            "--port",
+            port,
+            "--workers",
+            "1",
+        ],
     )
 
 
@@ -629,16 +650,32 @@ def serve_champion(model: str, port: int, *, host: str = HOST, poll_s: float = 5
                     _terminate(child)
                 print(f"serving {model} version {version} on {host}:{port}", flush=True)
                 child = subprocess.Popen(
-                    [mlflow, "models", "serve", "-m", f"models:/{model}/{version}",
-                     "--env-manager", "local", "-h", host, "-p", str(port)],
+                    [
+                        mlflow,
+                        "models",
+                        "serve",
+                        "-m",
+                        f"models:/{model}/{version}",
+                        "--env-manager",
+                        "local",
+                        "-h",
+                        host,
+                        "-p",
+                        str(port),
+                    ],
                     start_new_session=True,
                 )
                 served = version
                 ready = _wait_http(f"http://127.0.0.1:{port}/ping", 180, proc=child)
                 _write_json(
                     status_file,
-                    {"model": model, "version": version, "pid": child.pid, "ready": ready,
-                     "since": time.time()},
+                    {
+                        "model": model,
+                        "version": version,
+                        "pid": child.pid,
+                        "ready": ready,
+                        "since": time.time(),
+                    },
                 )
             elif child is not None and child.poll() is not None:
                 served = None  # the server died: start it again on the next poll
@@ -831,13 +868,17 @@ def up(cfg: Settings, *, timeout_s: float = 300.0) -> list[dict[str, Any]]:
         print(f"PostgreSQL {cfg.pg_host}:{cfg.pg_port}: databases ready (created {created})")
         for svc in services(cfg):
             if svc.name == "api-server":
-                admin = {k: cfg.secrets[k] for k in ("AIRFLOW_ADMIN_USER", "AIRFLOW_ADMIN_PASSWORD")}
+                admin = {
+                    k: cfg.secrets[k] for k in ("AIRFLOW_ADMIN_USER", "AIRFLOW_ADMIN_PASSWORD")
+                }
                 init_airflow({**env, **admin}, cfg.state / "logs" / "airflow-init.log")
                 print("Airflow metadata DB migrated, admin user set")
             records.append(start_service(cfg, svc, env))
             save_pids(cfg, records)
             if svc.health and not _wait_http(svc.health, timeout_s, pid=records[-1]["pid"]):
-                raise RuntimeError(f"{svc.name} did not answer {svc.health}; see {records[-1]['log']}")
+                raise RuntimeError(
+                    f"{svc.name} did not answer {svc.health}; see {records[-1]['log']}"
+                )
             if svc.name == "s3":
                 print(f"S3 endpoint {cfg.url('s3')}: buckets created {ensure_buckets(cfg)}")
     except BaseException:
@@ -878,7 +919,9 @@ def describe(cfg: Settings) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fl_airflow.stack", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m fl_airflow.stack", description=__doc__.split("\n\n")[0]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("up", help="start the stack and print where everything is")
     sub.add_parser("down", help="stop exactly what `up` started")
@@ -926,8 +969,10 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "status":
         print(describe(cfg))
     else:
-        masked = {k: ("***" if any(w in k for w in ("PASSWORD", "SECRET", "KEY")) else v)
-                  for k, v in service_env(cfg).items()}
+        masked = {
+            k: ("***" if any(w in k for w in ("PASSWORD", "SECRET", "KEY")) else v)
+            for k, v in service_env(cfg).items()
+        }
         for key, value in sorted(masked.items()):
             print(f"{key}={value}")
     return 0

@@ -98,8 +98,9 @@ class AirflowAPI:
 def campaign_runs(api: AirflowAPI, campaign_id: str) -> list[dict[str, Any]]:
     """The ``federated_training`` runs of one campaign, by round."""
     runs = [
-        r for r in api.runs("federated_training") if (r.get("conf") or {}).get("campaign_id")
-        == campaign_id
+        r
+        for r in api.runs("federated_training")
+        if (r.get("conf") or {}).get("campaign_id") == campaign_id
     ]
     return sorted(runs, key=lambda r: int(r["conf"].get("round", 1)))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import socket
 import sys
 import time
@@ -24,7 +25,9 @@ if str(REPO / "plugins") not in sys.path:  # the Airflow plugin package, as Airf
     sys.path.insert(0, str(REPO / "plugins"))
 
 from fl_airflow import stack  # noqa: E402
+
 from tests.s3 import free_port  # noqa: E402
+
 ENV_EXAMPLE = REPO / "deploy" / "stack.env.example"
 TEST_REDIS_DB = "7"
 
@@ -74,6 +77,25 @@ def write_test_env_file(path: Path, suffix: str) -> dict[str, str]:
     return stack.ensure_env_file(path)
 
 
+def make_test_project(root: Path) -> Path:
+    """A params root for the stack: copies of ``dags/`` and ``params.yaml`` whose
+    monitoring runs every minute on ``degraded.parquet`` (written later by the schedules
+    test) and watches ``fl-digits-mlp``; nightly retraining is moved out of the way."""
+    import yaml
+
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(REPO / "dags", root / "dags", ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["monitoring"].update(
+        monitoring_schedule="* * * * *",
+        retraining_schedule="0 0 1 1 *",
+        eval_path=str(root / "degraded.parquet"),
+    )
+    params["tracking"]["registered_model"] = "fl-digits-mlp"
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return root
+
+
 def _flush_redis_db(host: str, port: int, db: str) -> None:
     with socket.create_connection((host, port), timeout=5) as sock:
         sock.sendall(f"SELECT {db}\r\nFLUSHDB\r\n".encode())
@@ -84,14 +106,20 @@ def _flush_redis_db(host: str, port: int, db: str) -> None:
 @pytest.fixture(scope="module")
 def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack.Settings]:
     """A started stack (Settings of it); everything stopped and dropped afterwards."""
-    require("PostgreSQL", _postgres_ok(), "apt-get install postgresql; trust or "
-            "FL_STACK_PG_ADMIN_URL for a superuser")
+    require(
+        "PostgreSQL",
+        _postgres_ok(),
+        "apt-get install postgresql; trust or FL_STACK_PG_ADMIN_URL for a superuser",
+    )
     require("Redis", _answers("127.0.0.1", 6379), "apt-get install redis-server")
     home = tmp_path_factory.mktemp("stack-home")
     env_file = home / "stack.env"
     write_test_env_file(env_file, secrets.token_hex(3))
     ports = {name: free_port() for name in stack.PORTS}
-    cfg = stack.load_settings(home, env_file, ports=ports)
+    project = make_test_project(home / "project")
+    cfg = stack.load_settings(
+        home, env_file, ports=ports, dags_folder=project / "dags", params_root=project
+    )
     stack.drop_databases(cfg)
     _flush_redis_db(cfg.redis_host, cfg.redis_port, TEST_REDIS_DB)
     started = time.perf_counter()

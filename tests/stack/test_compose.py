@@ -67,9 +67,19 @@ def test_compose_is_valid_with_the_shared_env_file(
 ) -> None:
     config, _ = rendered
     services = config["services"]
-    assert {"postgres", "redis", "minio", "mlflow", "airflow-api", "airflow-scheduler",
-            "airflow-dag-processor", "airflow-triggerer", "airflow-worker-1",
-            "airflow-worker-2", "serving"} <= set(services)
+    assert {
+        "postgres",
+        "redis",
+        "minio",
+        "mlflow",
+        "airflow-api",
+        "airflow-scheduler",
+        "airflow-dag-processor",
+        "airflow-triggerer",
+        "airflow-worker-1",
+        "airflow-worker-2",
+        "serving",
+    } <= set(services)
 
 
 def test_every_variable_compose_reads_is_in_the_env_file() -> None:
@@ -138,12 +148,17 @@ def test_scoped_credentials_and_auth_doors(
     assert services["serving"]["environment"]["AWS_ACCESS_KEY_ID"] == values["S3_READER_KEY"]
     api_env = services["airflow-api"]["environment"]
     assert api_env["AIRFLOW__CORE__AUTH_MANAGER"].endswith("FabAuthManager")
-    jwt = {s["environment"].get("AIRFLOW__API_AUTH__JWT_SECRET") for n, s in services.items()
-           if n.startswith("airflow-")}
+    jwt = {
+        s["environment"].get("AIRFLOW__API_AUTH__JWT_SECRET")
+        for n, s in services.items()
+        if n.startswith("airflow-")
+    }
     assert jwt == {values["AIRFLOW_JWT_SECRET"]}
     assert f":{values['REDIS_PASSWORD']}@redis" in api_env["AIRFLOW__CELERY__BROKER_URL"]
     assert "basic-auth" in (REPO / "plugins" / "fl_airflow" / "stack.py").read_text()
     dockerfile = (REPO / "Dockerfile").read_text()
     user = re.findall(r"^USER\s+(\S+)", dockerfile, re.M)
     assert user and user[-1] not in ("root", "0")
-    assert not re.search(r"pip install (?!torch==|-r requirements\.lock|--no-deps -e \.)", dockerfile)
+    assert not re.search(
+        r"pip install (?!torch==|-r requirements\.lock|--no-deps -e \.)", dockerfile
+    )

@@ -24,12 +24,13 @@ import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
-
 from fl_airflow import stack
-from tests.stack.client import AirflowAPI, campaign_runs, wait_campaign
+
+from tests.stack.client import AirflowAPI, wait_campaign
 
 pytestmark = pytest.mark.slow
 
@@ -109,9 +110,10 @@ def metadata_rows(cfg: stack.Settings, sql: str, args: tuple[Any, ...]) -> list[
     import psycopg2.extras
 
     url = cfg.pg_url(cfg.secrets["AIRFLOW_DB"], driver="postgresql")
-    with psycopg2.connect(url) as conn, conn.cursor(
-        cursor_factory=psycopg2.extras.RealDictCursor
-    ) as cur:
+    with (
+        psycopg2.connect(url) as conn,
+        conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur,
+    ):
         cur.execute(sql, args)
         return [dict(r) for r in cur.fetchall()]
 
@@ -160,8 +162,9 @@ def test_campaign_runs_under_the_scheduler_on_celery_workers(
     batches = [r for r in ran if r["task_id"] == "train_clients"]
     assert len(batches) == 4  # 2 rounds x 2 batches of 2 clients
     assert all(r["map_index"] >= 0 for r in batches)
-    workers = {r["hostname"].rsplit("-", 2)[-2] + "-" + r["hostname"].rsplit("-", 1)[-1]
-               for r in ran}
+    workers = {
+        r["hostname"].rsplit("-", 2)[-2] + "-" + r["hostname"].rsplit("-", 1)[-1] for r in ran
+    }
     assert workers <= set(stack.WORKERS), workers
     assert all(r["queue"] == "default" and r["external_executor_id"] for r in ran)
     # Round state lives in S3.
@@ -257,3 +260,153 @@ def test_faults_kill_worker_restart_scheduler_and_mlflow_same_model(
     }
     print(f"\ncampaign with faults: {RESULTS['faults']}")
     assert sha == RESULTS["undisturbed"]["sha256"]
+
+
+def _degrade_eval_data(cfg: stack.Settings, source_campaign: str) -> None:
+    """The "latest evaluation data" of the test's params.yaml: the champion's test set with
+    its labels shuffled (a real-world label shift the champion cannot follow)."""
+    import numpy as np
+    import pandas as pd
+
+    campaign = json.loads(campaign_objects(cfg, source_campaign)["campaign.json"])
+    table = pd.read_parquet(Path(campaign["data_dir"]) / "prepared" / "test.parquet")
+    labels = table["label"].to_numpy().copy()
+    np.random.default_rng(0).shuffle(labels)
+    table["label"] = labels
+    table.to_parquet(cfg.params_root / "degraded.parquet")
+
+
+def _wait(predicate: Any, timeout_s: float, what: str, every_s: float = 5.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = predicate()
+        if found:
+            return found
+        time.sleep(every_s)
+    raise AssertionError(f"{what}: not within {timeout_s} s")
+
+
+def test_monitoring_cron_finds_degradation_and_retraining_registers_a_model(
+    running_stack: stack.Settings, api: AirflowAPI
+) -> None:
+    if "undisturbed" not in RESULTS:
+        pytest.fail("needs the champion of the undisturbed campaign")
+    cfg = running_stack
+    started = time.perf_counter()
+    _degrade_eval_data(cfg, RESULTS["undisturbed"]["campaign_id"])
+    for dag_id in ("federated_retraining", "federated_monitoring"):
+        api.wait_for_dag(dag_id)
+        api.unpause(dag_id)
+
+    # The scheduler starts federated_monitoring on its cron (every minute here).
+    def scheduled_run_done() -> dict[str, Any] | None:
+        runs = [r for r in api.runs("federated_monitoring") if r["run_type"] == "scheduled"]
+        return next((r for r in runs if r["state"] in ("success", "failed")), None)
+
+    monitoring = _wait(scheduled_run_done, 420, "a scheduled federated_monitoring run")
+    api._request("PATCH", "/api/v2/dags/federated_monitoring", {"is_paused": True})
+    assert monitoring["state"] == "success", monitoring
+    states = {
+        t["task_id"]: t["state"]
+        for t in api.task_instances("federated_monitoring", monitoring["dag_run_id"])
+    }
+    assert states["trigger_retraining"] == "success", states
+    # ... which triggered federated_retraining, which opened a warm-started campaign ...
+    retraining = _wait(
+        lambda: next(iter(api.runs("federated_retraining")), None), 120, "federated_retraining run"
+    )
+    retraining = api.wait_run("federated_retraining", retraining["dag_run_id"], 600)
+    assert retraining["state"] == "success"
+    assert retraining["triggered_by"] == "operator"
+    assert retraining["conf"].get("reason"), retraining["conf"]  # the degradation, named
+    retrain_runs = _wait(
+        lambda: [
+            r
+            for r in api.runs("federated_training")
+            if "-retrain" in str((r.get("conf") or {}).get("campaign_id"))
+        ],
+        120,
+        "the retraining campaign's first round",
+    )
+    cid = retrain_runs[0]["conf"]["campaign_id"]
+    runs = wait_campaign(api, cid, FORM["rounds"], CAMPAIGN_TIMEOUT_S)
+    assert [r["state"] for r in runs] == ["success"] * FORM["rounds"], runs
+    # ... which ran to a registered model version.
+    with mlflow_env(cfg) as client:
+        versions = client.search_model_versions(f"name = '{MODEL_NAME}'")
+        mine = [v for v in versions if v.tags.get("fl.campaign_id") == cid]
+    assert len(mine) == 1
+    RESULTS["retraining"] = {
+        "campaign_id": cid,
+        "version": mine[0].version,
+        "reason": retraining["conf"].get("reason"),
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+    print(f"\nmonitoring -> retraining: {RESULTS['retraining']}")
+
+
+def _serving_status(cfg: stack.Settings) -> dict[str, Any]:
+    path = cfg.state / "serving.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _invoke(cfg: stack.Settings, rows: list[list[float]]) -> list[Any]:
+    import urllib.request
+
+    req = urllib.request.Request(
+        cfg.url("serving") + "/invocations",
+        data=json.dumps({"inputs": rows}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310 - loopback
+        return list(json.loads(resp.read())["predictions"])
+
+
+def test_serving_follows_the_champion_alias(running_stack: stack.Settings) -> None:
+    if "retraining" not in RESULTS:
+        pytest.fail("needs the retraining campaign's model version")
+    import numpy as np
+    import pandas as pd
+
+    cfg = running_stack
+    campaign = json.loads(
+        campaign_objects(cfg, RESULTS["undisturbed"]["campaign_id"])["campaign.json"]
+    )
+    table = pd.read_parquet(Path(campaign["data_dir"]) / "prepared" / "test.parquet")
+    rows = table.drop(columns=["label"]).to_numpy(dtype=np.float32)[:50].tolist()
+    new = RESULTS["retraining"]["version"]
+    with mlflow_env(cfg) as client:
+        current = client.get_model_version_by_alias(MODEL_NAME, "champion").version
+        old = current if current != new else RESULTS["undisturbed"]["champion_version"]
+        client.set_registered_model_alias(MODEL_NAME, "champion", old)
+        _wait(
+            lambda: (
+                _serving_status(cfg).get("version") == old and _serving_status(cfg).get("ready")
+            ),
+            300,
+            f"serving version {old}",
+        )
+        before = _invoke(cfg, rows)
+
+        promoted = time.monotonic()
+        client.set_registered_model_alias(MODEL_NAME, "champion", new)
+        _wait(
+            lambda: (
+                _serving_status(cfg).get("version") == new and _serving_status(cfg).get("ready")
+            ),
+            300,
+            f"serving version {new}",
+            1.0,
+        )
+        after = _invoke(cfg, rows)
+        switch_s = round(time.monotonic() - promoted, 1)
+
+        import mlflow.pyfunc
+
+        expected = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{new}").predict(
+            np.asarray(rows, dtype=np.float32)
+        )
+    assert np.asarray(after).tolist() == np.asarray(expected).tolist()
+    assert before != after  # a different model answers now
+    RESULTS["serving"] = {"from": old, "to": new, "switch_seconds": switch_s}
+    print(f"\nserving followed the champion: {RESULTS['serving']}")
