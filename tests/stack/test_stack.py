@@ -99,9 +99,19 @@ def campaign_objects(cfg: stack.Settings, cid: str) -> dict[str, bytes]:
 
 
 def final_model_sha256(objects: dict[str, bytes]) -> str:
-    """sha256 of the last global model's bytes (``models/vNNNN.flw``)."""
+    """The project's model hash (sha256 of the float32 parameter vector) of the last global
+    model ``models/vNNNN.flw``; checked against what ``server_update`` recorded. (The file's
+    own bytes also carry the campaign id in their header, so they differ across campaigns.)"""
+    from fl_core import wire
+    from fl_core.models import vector_sha256
+
     last = max(k for k in objects if k.startswith("models/") and k.endswith(".flw"))
-    return hashlib.sha256(objects[last]).hexdigest()
+    _, vector = wire.decode(objects[last])
+    sha = vector_sha256(vector)
+    rnd = int(last.removeprefix("models/v").removesuffix(".flw"))
+    recorded = json.loads(objects[f"rounds/{rnd:04d}/server_update.json"])
+    assert recorded["model_sha256"] == sha, (recorded, sha)
+    return sha
 
 
 def metadata_rows(cfg: stack.Settings, sql: str, args: tuple[Any, ...]) -> list[dict[str, Any]]:
