@@ -620,16 +620,85 @@ def champion_version(model: str) -> str | None:
         return None
 
 
+CODE_MODEL_LOADER = "mlflow.pyfunc.loaders.code_model"
+
+
+def verify_model_code(model_dir: Path) -> list[str]:
+    """Why a downloaded pyfunc model must not be served (empty: it may).
+
+    MLflow pyfunc models are code: whoever can register a version could otherwise run code
+    in serving. A version is served only when it is a models-from-code model of this
+    project: loaded by MLflow's code-model loader (no pickle anywhere in it), its entry
+    point identical to the installed ``fl_core/mlflow_model_code.py`` and every file of its
+    bundled code identical to the installed ``fl_core`` (compiled caches are deleted, not
+    trusted).
+    """
+    import yaml
+
+    import fl_core
+
+    installed = Path(fl_core.__file__).resolve().parent
+    problems: list[str] = []
+    try:
+        mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text())
+        pyfunc = mlmodel["flavors"]["python_function"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError) as exc:
+        return [f"not a pyfunc model ({exc})"]
+    if pyfunc.get("loader_module") != CODE_MODEL_LOADER:
+        problems.append(f"loader {pyfunc.get('loader_module')!r} is not {CODE_MODEL_LOADER}")
+    entry = model_dir / Path(str(pyfunc.get("model_code_path", ""))).name
+    reference = installed / "mlflow_model_code.py"
+    if not entry.is_file() or entry.read_bytes() != reference.read_bytes():
+        problems.append(f"entry point {entry.name} is not this project's {reference.name}")
+    for path in sorted(model_dir.rglob("*")):
+        rel = path.relative_to(model_dir)
+        if path.suffix in (".pkl", ".pickle", ".cloudpickle"):
+            problems.append(f"{rel}: pickled content")
+    code = model_dir / str(pyfunc.get("code") or "code")
+    for cache in sorted(code.rglob("__pycache__"), reverse=True) if code.exists() else []:
+        shutil.rmtree(cache)
+    for path in sorted(code.rglob("*")) if code.exists() else []:
+        if path.is_dir():
+            continue
+        rel = path.relative_to(code)
+        ref = installed.joinpath(*rel.parts[1:])
+        if rel.parts[0] != "fl_core" or not ref.is_file():
+            problems.append(f"code/{rel} is not part of the installed fl_core")
+        elif ref.read_bytes() != path.read_bytes():
+            problems.append(f"code/{rel} differs from the installed fl_core")
+    return problems
+
+
+def fetch_verified_model(model: str, version: str, dest: Path) -> tuple[Path, list[str]]:
+    """Download ``models:/MODEL/VERSION`` into ``dest`` and check it with
+    :func:`verify_model_code`; returns the local model dir and the problems found."""
+    import mlflow.artifacts
+
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{model}/{version}", dst_path=str(dest)
+        )
+    )
+    return local, verify_model_code(local)
+
+
 def serve_champion(model: str, port: int, *, host: str = HOST, poll_s: float = 5.0) -> None:
-    """Serve ``models:/MODEL@champion`` on HOST:PORT and follow the alias: when it
-    moves, the old server is stopped and the new version served (a restart: the endpoint is
-    down for the new server's start-up, a few seconds). ``serving.json`` in the stack folder
-    says which version answers."""
+    """Serve ``models:/MODEL@champion`` on HOST:PORT and follow the alias: when it moves, the
+    new version is downloaded and checked (:func:`verify_model_code`), then the old server
+    is stopped and the new one started from the checked copy (a restart: the endpoint is
+    down for the new server's start-up, a few seconds). A version that fails the check is
+    refused and the previous one keeps serving. ``serving.json`` in the stack folder says
+    which version answers (and what was refused)."""
     state = Path(os.environ.get("FL_HOME") or PROJECT_ROOT / ".fl") / "stack"
     status_file = state / "serving.json"
     mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
     child: subprocess.Popen[bytes] | None = None
     served: str | None = None
+    refused: dict[str, list[str]] = {}
+    status: dict[str, Any] = {"model": model, "version": None, "ready": False}
     stopping = False
 
     def _stop(*_: Any) -> None:
@@ -645,38 +714,49 @@ def serve_champion(model: str, port: int, *, host: str = HOST, poll_s: float = 5
             except Exception as exc:  # noqa: BLE001 - the registry may be restarting
                 logger.warning("registry not answering: %s", exc)
                 version = served
-            if version is not None and version != served:
-                if child is not None:
-                    _terminate(child)
-                print(f"serving {model} version {version} on {host}:{port}", flush=True)
-                child = subprocess.Popen(
-                    [
-                        mlflow,
-                        "models",
-                        "serve",
-                        "-m",
-                        f"models:/{model}/{version}",
-                        "--env-manager",
-                        "local",
-                        "-h",
-                        host,
-                        "-p",
-                        str(port),
-                    ],
-                    start_new_session=True,
-                )
-                served = version
-                ready = _wait_http(f"http://127.0.0.1:{port}/ping", 180, proc=child)
-                _write_json(
-                    status_file,
-                    {
-                        "model": model,
+            if version is not None and version != served and version not in refused:
+                try:
+                    local, problems = fetch_verified_model(
+                        model, version, state / "serving" / f"v{version}"
+                    )
+                except Exception as exc:  # noqa: BLE001 - retried on the next poll
+                    logger.warning("could not download %s version %s: %s", model, version, exc)
+                    local, problems = Path(), None
+                if problems:
+                    refused[version] = problems
+                    logger.error("refusing %s version %s: %s", model, version, problems)
+                    status = {**status, "refused": refused}
+                    _write_json(status_file, status)
+                elif problems is not None:
+                    if child is not None:
+                        _terminate(child)
+                    print(f"serving {model} version {version} on {host}:{port}", flush=True)
+                    child = subprocess.Popen(
+                        [
+                            mlflow,
+                            "models",
+                            "serve",
+                            "-m",
+                            str(local),
+                            "--env-manager",
+                            "local",
+                            "-h",
+                            host,
+                            "-p",
+                            str(port),
+                        ],
+                        start_new_session=True,
+                    )
+                    served = version
+                    ready = _wait_http(f"http://127.0.0.1:{port}/ping", 180, proc=child)
+                    status = {
+                        **status,
                         "version": version,
                         "pid": child.pid,
                         "ready": ready,
                         "since": time.time(),
-                    },
-                )
+                    }
+                    _write_json(status_file, status)
             elif child is not None and child.poll() is not None:
                 served = None  # the server died: start it again on the next poll
             for _ in range(int(poll_s * 10)):

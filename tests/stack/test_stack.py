@@ -420,3 +420,56 @@ def test_serving_follows_the_champion_alias(running_stack: stack.Settings) -> No
     assert before != after  # a different model answers now
     RESULTS["serving"] = {"from": old, "to": new, "switch_seconds": switch_s}
     print(f"\nserving followed the champion: {RESULTS['serving']}")
+
+
+def test_serving_refuses_a_version_whose_code_is_not_this_project(
+    running_stack: stack.Settings, tmp_path: Path
+) -> None:
+    if "serving" not in RESULTS:
+        pytest.fail("needs the serving test's champion")
+    import mlflow.artifacts
+    import numpy as np
+    import pandas as pd
+
+    cfg = running_stack
+    served = RESULTS["serving"]["to"]
+    campaign = json.loads(
+        campaign_objects(cfg, RESULTS["undisturbed"]["campaign_id"])["campaign.json"]
+    )
+    table = pd.read_parquet(Path(campaign["data_dir"]) / "prepared" / "test.parquet")
+    rows = table.drop(columns=["label"]).to_numpy(dtype=np.float32)[:20].tolist()
+    with mlflow_env(cfg) as client:
+        # Someone with registry access registers the champion with one code file changed.
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{MODEL_NAME}/{served}", dst_path=str(tmp_path)
+            )
+        )
+        target = local / "code" / "fl_core" / "serving.py"
+        target.write_text(target.read_text() + "\nimport os  # anything at all\n")
+        experiment = client.get_experiment_by_name("tampering") or client.get_experiment(
+            client.create_experiment("tampering")
+        )
+        run = client.create_run(experiment.experiment_id)
+        client.log_artifacts(run.info.run_id, str(local), "model")
+        client.set_terminated(run.info.run_id)
+        tampered = client.create_model_version(
+            MODEL_NAME, f"{run.info.artifact_uri}/model", run_id=run.info.run_id
+        ).version
+        before = _invoke(cfg, rows)
+
+        client.set_registered_model_alias(MODEL_NAME, "champion", tampered)
+        status = _wait(
+            lambda: (
+                tampered in (_serving_status(cfg).get("refused") or {}) and _serving_status(cfg)
+            ),
+            300,
+            f"serving's verdict on version {tampered}",
+            1.0,
+        )
+        after = _invoke(cfg, rows)
+        client.set_registered_model_alias(MODEL_NAME, "champion", served)
+
+    assert status["version"] == served  # the checked version keeps answering
+    assert any("serving.py differs" in r for r in status["refused"][tampered])
+    assert after == before
