@@ -17,7 +17,6 @@ takes ~45-60 s, the worker kill adds the heartbeat timeout).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
