@@ -424,21 +424,24 @@ def services(cfg: Settings) -> list[Service]:
             },
         )
     )
-    # --- coordinator (issue 11): started only when fl_core.coordinator exists ----------
+    # --- coordinator (issue 11) --------------------------------------------------------
+    # PLACEHOLDER until fl_core.coordinator lands: started only when that package imports,
+    # as `fl coordinator serve`. Its settings (registry DB, TLS) and a health URL to wait
+    # for are to be added with it; until then `up` does not wait for it.
     if importlib.util.find_spec("fl_core.coordinator") is not None:
+        fl_cli = str(Path(sys.executable).with_name("fl"))
         out.append(
             Service(
                 "coordinator",
-                _py(
-                    "fl_core.cli",
+                [
+                    fl_cli,
                     "coordinator",
                     "serve",
                     "--host",
                     HOST,
                     "--port",
                     str(cfg.ports["coordinator"]),
-                ),
-                health=cfg.url("coordinator") + "/health",
+                ],
             )
         )
     return out
