@@ -71,6 +71,7 @@ DEFAULTS: dict[str, str] = {
     "AIRFLOW_DB": "fl_airflow",
     "MLFLOW_DB": "fl_mlflow",
     "MLFLOW_AUTH_DB": "fl_mlflow_auth",
+    "COORDINATOR_DB": "fl_coordinator",
     "REDIS_DB": "5",
     "AIRFLOW_ADMIN_USER": "admin",
     "MLFLOW_ADMIN_USER": "admin",
@@ -424,17 +425,16 @@ def services(cfg: Settings) -> list[Service]:
             },
         )
     )
-    # --- coordinator (issue 11) --------------------------------------------------------
-    # PLACEHOLDER until fl_core.coordinator lands: started only when that package imports,
-    # as `fl coordinator serve`. Its settings (registry DB, TLS) and a health URL to wait
-    # for are to be added with it; until then `up` does not wait for it.
+    # --- coordinator (issue 11: fl_core.coordinator, `fl coordinator serve`) -------------
+    # Started only when that package imports; its client registry on PostgreSQL. Plain HTTP
+    # on loopback here (compose: TLS). The remote-agent campaign on the stack is not wired
+    # into the stack test yet, and `up` does not wait for it (no health URL yet).
     if importlib.util.find_spec("fl_core.coordinator") is not None:
-        fl_cli = str(Path(sys.executable).with_name("fl"))
         out.append(
             Service(
                 "coordinator",
                 [
-                    fl_cli,
+                    str(Path(sys.executable).with_name("fl")),
                     "coordinator",
                     "serve",
                     "--host",
@@ -442,6 +442,7 @@ def services(cfg: Settings) -> list[Service]:
                     "--port",
                     str(cfg.ports["coordinator"]),
                 ],
+                env={"FL_COORDINATOR_DB_URL": cfg.pg_url(s["COORDINATOR_DB"])},
             )
         )
     return out
@@ -479,7 +480,7 @@ def ensure_databases(cfg: Settings, *, admin_url: str | None = None) -> list[str
                 sql.SQL(verb + " ROLE {} LOGIN PASSWORD %s").format(sql.Identifier(user)),
                 (s["POSTGRES_PASSWORD"],),
             )
-            for db in (s["AIRFLOW_DB"], s["MLFLOW_DB"], s["MLFLOW_AUTH_DB"]):
+            for db in (s["AIRFLOW_DB"], s["MLFLOW_DB"], s["MLFLOW_AUTH_DB"], s["COORDINATOR_DB"]):
                 cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,))
                 if cur.fetchone() is None:
                     cur.execute(
@@ -505,7 +506,7 @@ def drop_databases(cfg: Settings, *, admin_url: str | None = None) -> None:
     conn.autocommit = True
     try:
         with conn.cursor() as cur:
-            for key in ("AIRFLOW_DB", "MLFLOW_DB", "MLFLOW_AUTH_DB"):
+            for key in ("AIRFLOW_DB", "MLFLOW_DB", "MLFLOW_AUTH_DB", "COORDINATOR_DB"):
                 cur.execute(
                     sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
                         sql.Identifier(cfg.secrets[key])
@@ -991,7 +992,8 @@ def describe(cfg: Settings) -> str:
         f"S3 (moto)      {cfg.url('s3')}  buckets {s['ARTIFACT_BUCKET']}, "
         f"{s['MLFLOW_BUCKET']}, {s['DVC_BUCKET']}",
         f"PostgreSQL     {cfg.pg_host}:{cfg.pg_port}  databases {s['AIRFLOW_DB']}, "
-        f"{s['MLFLOW_DB']}, {s['MLFLOW_AUTH_DB']} (role {s['POSTGRES_USER']})",
+        f"{s['MLFLOW_DB']}, {s['MLFLOW_AUTH_DB']}, {s['COORDINATOR_DB']} "
+        f"(role {s['POSTGRES_USER']})",
         f"Redis broker   {cfg.redis_host}:{cfg.redis_port}/{s['REDIS_DB']}"
         + ("" if cfg.redis_auth else "  (this Redis has no password; compose's has one)"),
         f"state          {cfg.state}  (pids.json, logs/)",

@@ -68,7 +68,7 @@ def write_test_env_file(path: Path, suffix: str) -> dict[str, str]:
     values = stack.read_env_file(ENV_EXAMPLE)
     for key in stack.SECRET_KEYS:
         values[key] = ""  # ensure_env_file generates them
-    for key in ("AIRFLOW_DB", "MLFLOW_DB", "MLFLOW_AUTH_DB"):
+    for key in ("AIRFLOW_DB", "MLFLOW_DB", "MLFLOW_AUTH_DB", "COORDINATOR_DB"):
         values[key] = f"{values[key]}_test_{suffix}"
     values["REDIS_DB"] = TEST_REDIS_DB
     values["SERVING_MODEL"] = "fl-digits-mlp"
