@@ -47,6 +47,7 @@ airflow: setup
 MODEL ?= fl-mnist5k-mlp
 serve: setup
 	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(FL_HOME)/mlflow.db} \
+	MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false \
 	  mlflow models serve -m "models:/$(MODEL)@champion" --env-manager local -h 127.0.0.1 -p 5001
 
 test: setup
@@ -65,3 +66,21 @@ mlflow-ui: setup
 
 clean-state:
 	rm -rf .fl data/prepared data/clients models metrics plots reports
+
+# Mutation testing (not part of `make test`; hours on two cores): mutmut from the dev extra,
+# group by group (MUTATION_GROUPS="codec wire" for some), report in $(FL_HOME)/mutation/.
+MUTATION_GROUPS ?=
+.PHONY: mutation
+mutation: setup
+	python -m pip install -q -e ".[dev]"
+	python -m tests.mutation --max-children 2 $(MUTATION_GROUPS)
+
+# Production stack as local processes on 127.0.0.1 (PostgreSQL + Redis of this machine,
+# moto_server as S3): Airflow with two Celery workers, MLflow server, serving. See
+# docs/production.md; state and logs under $(FL_HOME)/stack.
+.PHONY: stack stack-down
+stack: setup
+	PYTHONPATH=plugins:$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} python -m fl_airflow.stack up
+
+stack-down: setup
+	PYTHONPATH=plugins:$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} python -m fl_airflow.stack down

@@ -51,20 +51,12 @@ Why this configuration (measured with this script, 50 rounds, epsilon 8 unless n
   ``pipeline.start_campaign``), so the DP rows vary from run to run (about +-1 point at
   epsilon 8); the no-DP row is deterministic.
 
-Result of the default run (2 cores shared with other jobs)
-----------------------------------------------------------
-``python bench/bench_privacy_utility.py``, 316 s wall (an earlier run under heavier load:
-617 s, epsilon 8 loss +1.19, epsilon 4 +2.18, epsilon 1 +13.05)::
-
-    eps target eps spent      z z update rounds final acc best acc loss final loss best time s
-         no DP         -      -        -     50    0.9229   0.9251          -         -     59
-             1     0.993  6.016    6.946     50    0.7620   0.7980     +16.09    +12.71     55
-             2     1.993  3.330    3.532     50    0.8666   0.8687      +5.63     +5.63     54
-             4     3.992  1.948    1.986     50    0.9077   0.9077      +1.52     +1.74     65
-             8     7.994  1.226    1.236     50    0.9134   0.9134      +0.95     +1.17     74
-
-Goal met: epsilon 8, delta 1e-5 loses 0.95 points (final round) against no DP. The
-centralized logreg (scikit-learn, pooled train rows) reaches 0.976 on this test set.
+Results
+-------
+Not quoted here: a docstring cannot rerun. DP rows draw secret noise (about +-1 point at
+epsilon 8 between reruns), so one run's table is not a result; the figures to quote are the
+ones written to ``privacy_utility.json`` by the run itself (see ``docs/benchmarks.md`` for
+the pre-registered, multi-seed protocol the benchmarks follow).
 
 Usage (from the repository root, in the project's venv)::
 

@@ -26,12 +26,15 @@ from typing import Any
 import pendulum
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import Param, dag, get_current_context, task
-from fl_airflow.hooks.artifact_store import ArtifactStoreHook
+from fl_airflow.hooks.artifact_store import ArtifactStoreHook, project_root
 from fl_airflow.sensors.updates import UpdatesArrivedSensor
 
+from fl_core.form import airflow_params, load_params_quietly
 from fl_core.rounds import FINAL_STEPS, ROUND_STEPS
 
 REF = "ti.xcom_pull(task_ids='open_round')"
+# The form's defaults are the project's params.yaml (the one open_round reads).
+FORM = airflow_params(load_params_quietly(str(project_root() / "params.yaml")))
 
 
 def _store() -> Any:
@@ -48,58 +51,13 @@ def _store() -> Any:
     default_args={"retries": 2, "retry_delay": timedelta(seconds=5)},
     doc_md=__doc__,
     render_template_as_native_obj=True,
+    # Declared once in fl_core.form (config key, bounds, help, section); defaults from
+    # params.yaml. Users' fields first, run plumbing in a collapsed section.
     params={
-        "dataset": Param(
-            "mnist5k",
-            enum=["mnist5k", "digits", "synthetic"],
-            description="Built-in dataset (partitioned per params.yaml)",
-        ),
-        "model": Param("mlp", enum=["mlp", "logreg", "cnn"]),
-        "strategy": Param(
-            "fedavg",
-            enum=[
-                "fedavg",
-                "median",
-                "weighted_median",
-                "trimmed_mean",
-                "krum",
-                "multi_krum",
-                "bulyan",
-                "norm_bounding",
-                "centered_clipping",
-                "fltrust",
-            ],
-            description="Aggregation rule (Byzantine-robust ones use server.* of params.yaml)",
-        ),
-        "rounds": Param(30, type="integer", minimum=1, maximum=1000),
-        "clients_per_round": Param(10, type="integer", minimum=1, maximum=10000),
-        "local_epochs": Param(3, type="integer", minimum=1, maximum=100),
-        "privacy_level": Param(
-            "off",
-            enum=["off", "low", "medium", "high"],
-            description="Differential privacy: low eps=8, medium eps=3, high eps=1 (delta 1e-5)",
-        ),
-        "codec": Param(
-            "dense_fp32",
-            enum=["dense_fp32", "fp16", "q8", "q4", "topk:0.1+q8", "topk:0.01+q8", "topk:0.01"],
-            description="Uplink codec (lossy ones keep an error-feedback residual per client)",
-        ),
-        "client_batch_size": Param(
-            5,
-            type="integer",
-            minimum=1,
-            maximum=1000,
-            description="Clients per mapped training task",
-        ),
-        "campaign_id": Param(
-            None,
-            type=["null", "string"],
-            description="Set by the previous round; empty starts a campaign",
-        ),
-        "round": Param(1, type="integer", minimum=1, description="Set by the previous round"),
-        "chain": Param(
-            True, type="boolean", description="Trigger the next round's run when this one ends"
-        ),
+        name: Param(**spec)
+        for name, spec in airflow_params(
+            load_params_quietly(str(project_root() / "params.yaml"))
+        ).items()
     },
 )
 def federated_training() -> None:
@@ -108,7 +66,11 @@ def federated_training() -> None:
         """Start the campaign on round 1 (data, MLflow run, initial model), else resume it."""
         from fl_airflow.campaign import open_round as open_
 
-        ref = open_(_store(), dict(get_current_context()["params"]))
+        from fl_core.form import check_conf_keys
+
+        context = get_current_context()
+        check_conf_keys(dict(context["dag_run"].conf or {}))  # a typo is an error, not ignored
+        ref = open_(_store(), dict(context["params"]))
         print(f"campaign {ref['campaign_id']} round {ref['round']}")
         return ref
 
@@ -128,7 +90,7 @@ def federated_training() -> None:
         """Publish the round's tasks; return the client batches the training tasks map over."""
         from fl_airflow.steps import run_step
 
-        from fl_core.rounds import client_batches
+        from fl_core.rounds.dispatch import client_batches
 
         run_step("dispatch", ref)
         size = int(get_current_context()["params"]["client_batch_size"])

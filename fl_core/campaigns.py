@@ -9,51 +9,14 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from fl_core.config import Config, ConfigError, with_overrides
+from fl_core.config import Config, ConfigError
+from fl_core.form import config_from_form as config_from_form  # the form lives there
 from fl_core.store import ArtifactStore
 
 logger = logging.getLogger(__name__)
-
-# Airflow form field -> params.yaml key.
-FORM_KEYS: dict[str, str] = {
-    "dataset": "data.dataset",
-    "model": "model.name",
-    "strategy": "server.strategy",
-    "rounds": "campaign.rounds",
-    "clients_per_round": "campaign.clients_per_round",
-    "local_epochs": "client.local_epochs",
-    "privacy_level": "privacy.level",
-    "codec": "communication.uplink_codec",
-}
-
-
-def config_from_form(base: Config, form: dict[str, Any]) -> Config:
-    """Apply the UI form's values (Airflow Params; templated values may arrive as strings)."""
-    overrides: dict[str, Any] = {}
-    for field, key in FORM_KEYS.items():
-        value = form.get(field)
-        if value is None or value == "":
-            continue
-        if field in ("rounds", "clients_per_round", "local_epochs"):
-            try:
-                value = int(value)
-            except (TypeError, ValueError):
-                raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
-        overrides[key] = value
-    cfg = with_overrides(base, overrides)
-    if "model.name" in overrides or "data.dataset" in overrides:
-        # Another dataset or model is another registered model: never compare a champion
-        # with a challenger that does not even take the same input.
-        name = f"{cfg.data.dataset}-{cfg.model.name}"
-        cfg = with_overrides(
-            cfg, {"campaign.name": name, "tracking.registered_model": f"fl-{name}"}
-        )
-    return cfg
-
 
 def data_key(cfg: Config) -> str:
     """Content key of the data a config needs (its ``data`` and ``partition`` sections)."""
@@ -104,12 +67,11 @@ def open_campaign(
     tags: dict[str, str] | None = None,
 ) -> str:
     """Prepare data, start the MLflow run and create the campaign; idempotent per id."""
-    from fl_core import rounds
     from fl_core import tracking as tr
-    from fl_core.rounds.campaign import check_campaign_id
+    from fl_core.rounds.campaign import check_campaign_id, new_campaign_id, start_campaign
     from fl_core.rounds.layout import campaign_record_key
 
-    cid = check_campaign_id(campaign_id or rounds.new_campaign_id(cfg.campaign.name))
+    cid = check_campaign_id(campaign_id or new_campaign_id(cfg.campaign.name))
     if store.exists(campaign_record_key(cid)):
         return cid
     data_dir = ensure_data(cfg, project_root=project_root, home=home)
@@ -125,7 +87,7 @@ def open_campaign(
     status = "unknown"
     if report.exists():
         status = "passed" if json.loads(report.read_text()).get("success") else "failed"
-    return rounds.start_campaign(
+    return start_campaign(
         store,
         cfg,
         data_dir=data_dir,

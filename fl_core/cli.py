@@ -43,11 +43,64 @@ def _paths() -> stages.Paths:
 
 @app.command()
 def check(params: Path = ParamsOpt) -> None:
-    """Validate params.yaml and print the resolved configuration."""
+    """Validate params.yaml and the dataset's file (exists, label and client columns), then
+    print the resolved configuration."""
     import json
 
     cfg = _setup(params)
+    problems = stages.check_source(cfg, _paths())
+    if problems:
+        for problem in problems:
+            typer.echo(f"configuration error in {params}: {problem}", err=True)
+        raise typer.Exit(2)
     typer.echo(json.dumps(cfg.to_dict(), indent=1))
+    typer.echo(
+        f"dataset {cfg.data.dataset}: campaign name {cfg.campaign.name}, registered model "
+        f"{cfg.tracking.registered_model}",
+        err=True,
+    )
+
+
+@app.command("init-dataset")
+def init_dataset(
+    name: str = typer.Argument(..., help="Dataset name (a-z 0-9 _ -), e.g. clinics."),
+    file: Path = typer.Option(..., "--file", "-f", help="Your CSV or Parquet file."),
+    label: str = typer.Option("label", "--label", help="The integer label column."),
+    client_column: str | None = typer.Option(
+        None, "--client-column", help="Natural client id column (one client per value)."
+    ),
+    copy: bool = typer.Option(False, "--copy", help="Copy the file instead of symlinking."),
+    select: bool = typer.Option(True, help="Also select it (data.dataset, natural clients)."),
+    params: Path = ParamsOpt,
+) -> None:
+    """Register your own dataset under `datasets` in params.yaml and put the file (a symlink
+    by default) under data/raw/, which the prepare stage depends on: editing the file reruns
+    `dvc repro`. The campaign and registered model are named after it unless set."""
+    from fl_core.data.registry import DatasetRegistrationError, register_dataset
+
+    try:
+        out = register_dataset(
+            params,
+            name=name,
+            file=file,
+            label_column=label,
+            client_column=client_column,
+            copy=copy,
+            select=select,
+            root=Path("."),
+        )
+    except DatasetRegistrationError as exc:
+        typer.echo(f"init-dataset failed: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(
+        f"registered dataset {name}: {out['path']} ({out['how']}), label {label!r}"
+        + (f", clients from {client_column!r}" if client_column else "")
+    )
+    if select:
+        typer.echo(
+            f"selected it: data.dataset={name}; campaign {out['campaign_name']}, registered "
+            f"model {out['registered_model']}. Next: fl check, then dvc repro"
+        )
 
 
 @app.command()
@@ -56,7 +109,7 @@ def prepare(params: Path = ParamsOpt) -> None:
     cfg = _setup(params)
     try:
         meta = stages.prepare(cfg, _paths())
-    except ValueError as exc:
+    except (ValueError, FileNotFoundError) as exc:
         typer.echo(f"prepare failed: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"prepared {meta['dataset']}: {meta['num_train']} train / {meta['num_test']} test")
@@ -68,7 +121,7 @@ def partition(params: Path = ParamsOpt) -> None:
     cfg = _setup(params)
     try:
         manifest = stages.partition(cfg, _paths())
-    except ValueError as exc:
+    except (ValueError, FileNotFoundError) as exc:
         typer.echo(f"partition failed: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"partitioned into {manifest['num_clients']} clients ({manifest['scheme']})")

@@ -10,6 +10,7 @@ arguments) and never read files themselves.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,7 +21,20 @@ import yaml
 
 from fl_core.privacy.settings import PrivacySettings
 
-DatasetName = Literal["digits", "mnist5k", "synthetic", "file"]
+#: Loaders shipped with fl_core; ``data.dataset`` may also name a dataset registered in the
+#: ``datasets`` section (``fl init-dataset``).
+BUILTIN_DATASETS: tuple[str, ...] = ("digits", "mnist5k", "synthetic", "file")
+#: Built-ins whose features are pixel intensities in [0, 1] (the cnn needs one of them).
+IMAGE_DATASETS: tuple[str, ...] = ("digits", "mnist5k")
+#: A registered dataset's name (also part of campaign and registered-model names).
+DATASET_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,39}$"
+#: Campaign ids become artifact-store prefixes, MLflow run names and Airflow run-id parts:
+#: one safe path component (no ``/``, no leading ``.``), at most 128 characters. The same
+#: pattern serves as the JSON-schema ``pattern`` of the DAG's ``campaign_id`` Param.
+from fl_core.rounds.layout import CAMPAIGN_ID_MAX_LENGTH, CAMPAIGN_ID_PATTERN  # noqa: E402
+
+#: ``campaign.name`` is a campaign id's prefix; ids add ``-YYYYmmddTHHMMSS-xxxxxx`` (23 chars).
+CAMPAIGN_NAME_MAX_LENGTH = CAMPAIGN_ID_MAX_LENGTH - 23
 PartitionScheme = Literal["iid", "dirichlet", "shards", "quantity", "natural"]
 ModelName = Literal["logreg", "mlp", "cnn"]
 StrategyName = Literal[
@@ -35,6 +49,41 @@ class ConfigError(ValueError):
     """A configuration key or value is wrong; the message names the key and what is allowed."""
 
 
+def validate_campaign_id(campaign_id: str, *, key: str = "campaign_id") -> str:
+    """Return ``campaign_id`` if it is a safe campaign id, else raise :class:`ConfigError`.
+
+    Allowed: :data:`CAMPAIGN_ID_PATTERN` (letters, digits, ``_ . -``, starting with a letter
+    or digit, at most :data:`CAMPAIGN_ID_MAX_LENGTH` characters), so an id is one path
+    component: ``a/clients/client_0000`` or a 300-character id never reach the store.
+    """
+    if not isinstance(campaign_id, str) or not re.fullmatch(CAMPAIGN_ID_PATTERN, campaign_id):
+        text = str(campaign_id)
+        shown = repr(text) if len(text) <= 80 else f"{text[:77]!r}..."
+        raise ConfigError(
+            f"{key}: {shown} is not allowed; allowed values: 1..{CAMPAIGN_ID_MAX_LENGTH} "
+            "characters from A-Z a-z 0-9 _ . -, starting with a letter or digit"
+        )
+    return campaign_id
+
+
+def validate_conf_keys(conf: dict[str, Any], allowed: typing.Iterable[str]) -> None:
+    """Reject keys of a DAG-run conf (or any override mapping) that are not in ``allowed``.
+
+    Raises
+    ------
+    ConfigError
+        Naming the unknown keys and listing the allowed ones (``params.yaml`` is strict; so
+        is a triggered run: ``roundz`` is a typo, not something to ignore).
+    """
+    allowed_set = set(allowed)
+    unknown = sorted(str(k) for k in conf if k not in allowed_set)
+    if unknown:
+        raise ConfigError(
+            f"{', '.join(unknown)}: unknown key{'s' if len(unknown) > 1 else ''}; "
+            f"allowed keys: {', '.join(sorted(allowed_set))}"
+        )
+
+
 @dataclass(frozen=True)
 class SyntheticConfig:
     """FedProx Synthetic(alpha, beta) generator settings (Li et al., MLSys 2020)."""
@@ -47,15 +96,37 @@ class SyntheticConfig:
 
 
 @dataclass(frozen=True)
-class DataConfig:
-    """``data`` section, read by the ``prepare`` stage."""
+class DatasetEntry:
+    """One user dataset registered in the ``datasets`` section (``fl init-dataset``).
 
-    dataset: DatasetName = "mnist5k"
+    ``path`` is a CSV or Parquet file, relative to the project root; ``fl init-dataset`` puts
+    it (or a symlink to it) under ``data/raw/``, which the ``prepare`` stage depends on, so
+    editing the file reruns the pipeline.
+    """
+
+    path: str
+    label_column: str = "label"
+    client_column: str | None = None
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """``data`` section, read by the ``prepare`` stage.
+
+    ``dataset`` is a built-in (``digits``, ``mnist5k``, ``synthetic``, ``file`` with ``path``)
+    or the name of a dataset in the ``datasets`` section. ``scaling``: ``auto`` standardizes
+    the user's tables (``file`` and registered datasets) with federated statistics and
+    leaves the built-ins as published (images in [0, 1]; FedProx Synthetic as generated, so
+    benchmark figures stay comparable), ``standard`` always, ``none`` never.
+    """
+
+    dataset: str = "mnist5k"
     path: str | None = None
     label_column: str = "label"
     client_column: str | None = None
     test_fraction: float = 0.2
     seed: int = 42
+    scaling: Literal["auto", "standard", "none"] = "auto"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -77,6 +148,8 @@ class ValidationConfig:
     """``validation`` section, read by the ``validate`` stage."""
 
     min_samples_per_client: int = 10
+    allow_single_class: bool = False
+    min_classes_per_client: int = 1
 
 
 @dataclass(frozen=True)
@@ -200,7 +273,7 @@ class AsyncConfig:
 class CampaignConfig:
     """``campaign`` section: rounds, cohort and stopping rules."""
 
-    name: str = "mnist5k-mlp"
+    name: str = ""  # null/empty in params.yaml: "<dataset>-<model>" (filled in by from_dict)
     rounds: int = 30
     clients_per_round: int = 10
     fraction: float | None = None
@@ -208,6 +281,11 @@ class CampaignConfig:
     plateau_patience: int | None = None
     plateau_min_delta: float = 0.001
     seed: int = 42
+    # Where the clients are: simulated in-process (the embedded default), or real devices
+    # talking to the coordinator (fl client run ...). Remote rounds run on the wall clock.
+    clients: Literal["simulated", "remote"] = "simulated"
+    quorum: float = 1.0  # remote: the fraction of the cohort whose updates close the round
+    deadline_s: float = 600.0  # remote: seconds from dispatch until the round closes anyway
 
 
 @dataclass(frozen=True)
@@ -236,7 +314,21 @@ class TrackingConfig:
     """``tracking`` section: MLflow experiment and registered model name."""
 
     experiment: str = "federated"
-    registered_model: str = "fl-mnist5k-mlp"
+    registered_model: str = ""  # null/empty: "fl-<dataset>-<model>" (filled in by from_dict)
+
+
+@dataclass(frozen=True)
+class DeployConfig:
+    """``deploy`` section: the quality gate a model must pass to become ``champion``.
+
+    A registered model is promoted only if its accuracy on the evaluation data is at least
+    ``min_accuracy``, (with ``beat_majority``) strictly above the rate of always predicting
+    the evaluation data's majority class, and above the current champion; otherwise it stays
+    ``challenger`` and the reason is logged.
+    """
+
+    min_accuracy: float = 0.5
+    beat_majority: bool = True
 
 
 @dataclass(frozen=True)
@@ -259,6 +351,8 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    deploy: DeployConfig = field(default_factory=DeployConfig)
+    datasets: dict[str, DatasetEntry] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able nested dict (tuples become lists)."""
@@ -302,6 +396,13 @@ _RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "partition.sigma": (lambda v: v >= 0, "a number >= 0"),
     "partition.min_samples": (lambda v: v >= 1, "an integer >= 1"),
     "validation.min_samples_per_client": (lambda v: v >= 1, "an integer >= 1"),
+    "validation.min_classes_per_client": (lambda v: v >= 1, "an integer >= 1"),
+    "deploy.min_accuracy": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "campaign.name": (
+        lambda v: bool(re.fullmatch(CAMPAIGN_ID_PATTERN, v)) and len(v) <= CAMPAIGN_NAME_MAX_LENGTH,
+        f"null or 1..{CAMPAIGN_NAME_MAX_LENGTH} characters from A-Z a-z 0-9 _ . -, "
+        "starting with a letter or digit",
+    ),
     "model.hidden": (lambda v: all(h >= 1 for h in v), "a list of integers >= 1"),
     "model.channels": (lambda v: len(v) >= 1 and all(c >= 1 for c in v), "integers >= 1"),
     "client.local_epochs": (lambda v: v >= 1, "an integer >= 1"),
@@ -322,6 +423,8 @@ _RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "campaign.target_accuracy": (lambda v: v is None or 0 < v <= 1, "null or a number in (0, 1]"),
     "campaign.plateau_patience": (lambda v: v is None or v >= 1, "null or an integer >= 1"),
     "campaign.plateau_min_delta": (lambda v: v >= 0, "a number >= 0"),
+    "campaign.quorum": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "campaign.deadline_s": (lambda v: v > 0, "a number of seconds > 0"),
     "evaluate.baseline_epochs": (lambda v: v >= 1, "an integer >= 1"),
     "server.norm_outlier_factor": (lambda v: v is None or v > 1, "null or a number > 1"),
     "server.num_byzantine": (lambda v: v >= 0, "an integer >= 0"),
@@ -355,6 +458,10 @@ _RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "monitoring.retraining_schedule": (lambda v: _cron_ok(v), "a 5-field cron expression"),
     "monitoring.monitoring_schedule": (lambda v: _cron_ok(v), "a 5-field cron expression"),
 }
+
+
+#: Keys whose null value means "derive from the dataset and the model" (:func:`derived_names`).
+_DERIVED_NAMES = ("campaign.name", "tracking.registered_model")
 
 
 def _cron_ok(text: str) -> bool:
@@ -399,6 +506,11 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
             except ConfigError as exc:
                 errors.append(exc)
         raise ConfigError(f"{key}: expected {_describe(tp)}, got {value!r}")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of names, got {value!r}")
+        inner = get_args(tp)[1]
+        return {str(k): _coerce(f"{key}.{k}", inner, v) for k, v in value.items()}
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{key}: expected {_describe(tp)}, got {value!r}")
@@ -441,6 +553,9 @@ def _build(prefix: str, cls: type, raw: dict[str, Any]) -> Any:
             raw_value = raw[name]
             if dotted == "privacy.level" and raw_value is False:
                 raw_value = "off"  # YAML 1.1 reads a bare `off` as false
+            if dotted in _DERIVED_NAMES and raw_value is None:
+                kwargs[name] = ""  # derived from the dataset and the model by from_dict
+                continue
             value = _coerce(dotted, hints[name], raw_value)
             rule = _RULES.get(dotted)
             if rule is not None and not rule[0](value):
@@ -492,20 +607,20 @@ def _check_cross(cfg: Config) -> None:
     if cfg.communication.policy == "adaptive" and not cfg.simulation.enabled:
         raise ConfigError("communication.policy: 'adaptive' needs the clients' link speeds; "
                           "enable simulation (simulation.enabled: true)")
+    src = data_source(cfg)
     if cfg.data.dataset == "file" and not cfg.data.path:
         raise ConfigError("data.path: required when data.dataset is 'file'")
-    if cfg.partition.scheme == "natural" and cfg.data.dataset not in ("synthetic", "file"):
+    if cfg.partition.scheme == "natural" and src.loader not in ("synthetic", "file"):
         raise ConfigError(
             "partition.scheme: 'natural' needs a dataset with natural clients; allowed "
-            "with data.dataset 'synthetic' or 'file' (with data.client_column)"
+            "with data.dataset 'synthetic', 'file' (with data.client_column) or a registered "
+            "dataset with a client_column"
         )
-    if (
-        cfg.partition.scheme == "natural"
-        and cfg.data.dataset == "file"
-        and not (cfg.data.client_column)
-    ):
-        raise ConfigError("data.client_column: required when partition.scheme is 'natural'")
-    if cfg.model.name == "cnn" and cfg.data.dataset not in ("digits", "mnist5k"):
+    if cfg.partition.scheme == "natural" and src.loader == "file" and not src.client_column:
+        where = (f"datasets.{src.name}.client_column" if src.name in cfg.datasets
+                 else "data.client_column")
+        raise ConfigError(f"{where}: required when partition.scheme is 'natural'")
+    if cfg.model.name == "cnn" and src.loader not in IMAGE_DATASETS:
         raise ConfigError(
             "model.name: 'cnn' needs image data; allowed with data.dataset 'digits' or 'mnist5k'"
         )
@@ -518,6 +633,90 @@ def _check_cross(cfg: Config) -> None:
             f"campaign.clients_per_round: {cfg.campaign.clients_per_round} is more than "
             f"partition.num_clients ({cfg.partition.num_clients}); allowed values: 1.."
             f"{cfg.partition.num_clients}"
+        )
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where ``data.dataset`` comes from, resolved through the ``datasets`` registry.
+
+    ``name`` names the dataset in campaign and registered-model names (the built-in's name,
+    the registered name, or the file's stem for ``file``); ``loader`` is the built-in loader.
+    """
+
+    name: str
+    loader: str
+    path: str | None
+    label_column: str
+    client_column: str | None
+
+
+def _slug(text: str) -> str:
+    slug = re.sub(r"[^a-z0-9_-]+", "-", text.lower()).strip("-_")
+    return slug[:40] or "file"
+
+
+def data_source(cfg: Config) -> DataSource:
+    """Resolve ``data.dataset`` (a built-in or a registered dataset) into a :class:`DataSource`."""
+    d = cfg.data
+    entry = cfg.datasets.get(d.dataset)
+    if entry is not None:
+        return DataSource(d.dataset, "file", entry.path, entry.label_column, entry.client_column)
+    if d.dataset == "file":
+        name = _slug(Path(d.path).stem) if d.path else "file"
+        return DataSource(name, "file", d.path, d.label_column, d.client_column)
+    return DataSource(d.dataset, d.dataset, None, d.label_column, d.client_column)
+
+
+def scaling_enabled(cfg: Config) -> bool:
+    """Whether features are standardized (``data.scaling``; ``auto``: the user's tables)."""
+    if cfg.data.scaling == "auto":
+        return data_source(cfg).loader == "file"
+    return cfg.data.scaling == "standard"
+
+
+def dataset_choices(cfg: Config) -> list[str]:
+    """Values ``data.dataset`` may take with this config: the built-ins (``file`` only when
+    ``data.path`` is set) and every registered dataset, e.g. for the Airflow form's enum."""
+    builtins = [n for n in BUILTIN_DATASETS if n != "file" or cfg.data.path]
+    return [*builtins, *sorted(cfg.datasets)]
+
+
+def derived_names(cfg: Config) -> tuple[str, str]:
+    """``(campaign name, registered model name)`` derived from the dataset and the model:
+    ``<dataset>-<model>`` and ``fl-<dataset>-<model>``."""
+    base = f"{data_source(cfg).name}-{cfg.model.name}"
+    return base, f"fl-{base}"
+
+
+def _fill_names(cfg: Config) -> Config:
+    campaign_name, model_name = derived_names(cfg)
+    if not cfg.campaign.name:
+        cfg = dataclasses.replace(
+            cfg, campaign=dataclasses.replace(cfg.campaign, name=campaign_name)
+        )
+    if not cfg.tracking.registered_model:
+        cfg = dataclasses.replace(
+            cfg, tracking=dataclasses.replace(cfg.tracking, registered_model=model_name)
+        )
+    return cfg
+
+
+def _check_datasets(cfg: Config) -> None:
+    for name, entry in cfg.datasets.items():
+        if name in BUILTIN_DATASETS or not re.fullmatch(DATASET_NAME_PATTERN, name):
+            raise ConfigError(
+                f"datasets.{name}: not allowed as a dataset name; allowed: 1..40 characters "
+                f"from a-z 0-9 _ -, starting with a letter or digit, not one of "
+                f"{', '.join(BUILTIN_DATASETS)}"
+            )
+        if entry.client_column is not None and entry.client_column == entry.label_column:
+            raise ConfigError(f"datasets.{name}.client_column: is the label column")
+    if cfg.data.dataset not in BUILTIN_DATASETS and cfg.data.dataset not in cfg.datasets:
+        raise ConfigError(
+            f"data.dataset: {cfg.data.dataset!r} is not allowed; allowed values: "
+            + ", ".join(repr(n) for n in (*BUILTIN_DATASETS, *sorted(cfg.datasets)))
+            + " (register your own with `fl init-dataset NAME --file ...`)"
         )
 
 
@@ -555,7 +754,9 @@ def from_dict(raw: dict[str, Any] | None) -> Config:
         Naming the dotted key and the allowed keys or values.
     """
     cfg = typing.cast(Config, _build("", Config, raw or {}))
+    _check_datasets(cfg)
     _check_cross(cfg)
+    cfg = _fill_names(cfg)
     if cfg.partition.scheme != "natural" and (
         cfg.privacy.level != "off" or cfg.privacy.client_dp_sgd
     ):
@@ -578,9 +779,18 @@ def load_params(path: str | Path = "params.yaml") -> Config:
 def with_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
     """Return ``cfg`` with dotted-key overrides applied and validated.
 
-    Example: ``with_overrides(cfg, {"campaign.rounds": 5})``.
+    Example: ``with_overrides(cfg, {"campaign.rounds": 5})``. A campaign or registered-model
+    name that was derived from the dataset and model (see :func:`derived_names`) follows an
+    override of ``data.dataset`` or ``model.name``; a name set explicitly stays.
     """
     raw = cfg.to_dict()
+    campaign_name, model_name = derived_names(cfg)
+    if raw["campaign"]["name"] == campaign_name and "campaign.name" not in overrides:
+        raw["campaign"]["name"] = None
+    if raw["tracking"]["registered_model"] == model_name and (
+        "tracking.registered_model" not in overrides
+    ):
+        raw["tracking"]["registered_model"] = None
     for dotted, value in overrides.items():
         node = raw
         parts = dotted.split(".")

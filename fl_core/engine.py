@@ -21,6 +21,7 @@ from typing import Any
 
 from fl_core import rounds
 from fl_core.config import Config
+from fl_core.rounds.campaign import start_campaign
 from fl_core.rounds.state import history
 from fl_core.store import ArtifactStore
 
@@ -50,7 +51,7 @@ def run_round(store: ArtifactStore, cid: str, rnd: int, *, batch_size: int = 8) 
     for name in rounds.ROUND_STEPS:
         step = rounds.step(name)
         if name == "train_clients":
-            for batch in rounds.client_batches(store, cid, rnd, batch_size=batch_size):
+            for batch in rounds.step("client_batches")(store, cid, rnd, batch_size=batch_size):
                 step(store, cid, rnd, batch)
             continue
         outputs[name] = step(store, cid, rnd)
@@ -111,7 +112,7 @@ def _run(
     deploy: bool,
     validation_status: str,
 ) -> CampaignResult:
-    cid = rounds.start_campaign(
+    cid = start_campaign(
         store,
         cfg,
         data_dir=data_dir,
@@ -152,15 +153,15 @@ def _run(
     finally:
         if bar is not None:
             bar.close()
-    registered = rounds.register_model(store, cid, rnd) if tracking else None
-    deployed = rounds.deploy(store, cid, rnd) if (tracking and deploy) else None
+    registered = rounds.step("register_model")(store, cid, rnd) if tracking else None
+    deployed = rounds.step("deploy")(store, cid, rnd) if (tracking and deploy) else None
     hist = history(store, cid, rnd)
     return CampaignResult(
         campaign_id=cid,
         rounds=rnd,
         final_accuracy=hist[-1]["test_accuracy"],
         best_accuracy=max(h["test_accuracy"] for h in hist),
-        model_sha256=rounds.server_update(store, cid, rnd)["model_sha256"],
+        model_sha256=rounds.step("server_update")(store, cid, rnd)["model_sha256"],
         stop_reason=str(decision.get("reason")),
         history=hist,
         registered=registered,

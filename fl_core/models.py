@@ -63,35 +63,90 @@ class Layout:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Everything needed to rebuild a model: name, data shape and size hyperparameters."""
+    """Everything needed to rebuild a model: name, data shape and size hyperparameters.
+
+    ``feature_mean`` / ``feature_std`` (one value per flattened feature, or ``None``) make the
+    model standardize its raw input first, ``(x - mean) / std``, with fixed statistics (see
+    :mod:`fl_core.data.scaling`). They are non-persistent buffers: not in the ``state_dict``,
+    so the flat parameter vector and its :class:`Layout` are the same with or without them.
+    """
 
     name: str
     input_shape: tuple[int, ...]
     num_classes: int
     hidden: tuple[int, ...] = (200,)
     channels: tuple[int, ...] = (8, 16)
+    feature_mean: tuple[float, ...] | None = None
+    feature_std: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.feature_mean is None) != (self.feature_std is None):
+            raise ValueError("feature_mean and feature_std go together")
+        if self.feature_mean is not None and self.feature_std is not None:
+            n = self.num_features
+            if len(self.feature_mean) != n or len(self.feature_std) != n:
+                raise ValueError(f"feature_mean / feature_std need {n} values each")
+            values = (*self.feature_mean, *self.feature_std)
+            if not all(math.isfinite(v) for v in values) or min(self.feature_std) <= 0:
+                raise ValueError("feature_mean must be finite and feature_std finite and > 0")
 
     @property
     def num_features(self) -> int:
         return math.prod(self.input_shape)
 
+    @property
+    def scaled(self) -> bool:
+        """Whether the model standardizes its input."""
+        return self.feature_mean is not None
+
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "input_shape": list(self.input_shape),
             "num_classes": self.num_classes,
             "hidden": list(self.hidden),
             "channels": list(self.channels),
         }
+        if self.feature_mean is not None and self.feature_std is not None:
+            out["feature_mean"] = list(self.feature_mean)
+            out["feature_std"] = list(self.feature_std)
+        return out
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> ModelSpec:
+        mean = raw.get("feature_mean")
+        std = raw.get("feature_std")
         return cls(
             name=str(raw["name"]),
             input_shape=tuple(int(v) for v in raw["input_shape"]),
             num_classes=int(raw["num_classes"]),
             hidden=tuple(int(v) for v in raw.get("hidden", (200,))),
             channels=tuple(int(v) for v in raw.get("channels", (8, 16))),
+            feature_mean=None if mean is None else tuple(float(v) for v in mean),
+            feature_std=None if std is None else tuple(float(v) for v in std),
+        )
+
+    @classmethod
+    def for_data(
+        cls,
+        *,
+        name: str,
+        hidden: Sequence[int],
+        channels: Sequence[int],
+        meta: dict[str, Any],
+        manifest: dict[str, Any] | None = None,
+    ) -> ModelSpec:
+        """The spec for a model on prepared data: shape and classes from ``meta.json``, the
+        federated feature scaling (if any) from the partition ``manifest.json``."""
+        scaling = (manifest or {}).get("feature_scaling")
+        return cls(
+            name=name,
+            input_shape=tuple(int(v) for v in meta["input_shape"]),
+            num_classes=int(meta["num_classes"]),
+            hidden=tuple(hidden),
+            channels=tuple(channels),
+            feature_mean=None if not scaling else tuple(float(v) for v in scaling["mean"]),
+            feature_std=None if not scaling else tuple(float(v) for v in scaling["std"]),
         )
 
 
@@ -138,15 +193,40 @@ MODELS: dict[str, Callable[[ModelSpec], nn.Module]] = {
 }
 
 
+def _standardized(model: nn.Module, spec: ModelSpec) -> nn.Module:
+    """``model`` (a Sequential) behind a fixed standardization of its input, same state_dict."""
+    import torch
+    from torch import nn
+
+    class StandardizedSequential(nn.Sequential):
+        """``(x - feature_mean) * feature_inv_std``, then the layers (scriptable)."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = (x - self.feature_mean) * self.feature_inv_std  # type: ignore[operator]
+            for layer in self:
+                x = layer(x)
+            return x
+
+    assert isinstance(model, nn.Sequential)
+    wrapped = StandardizedSequential(*model)
+    mean = torch.tensor(spec.feature_mean, dtype=torch.float32)
+    inv_std = 1.0 / torch.tensor(spec.feature_std, dtype=torch.float64)
+    wrapped.register_buffer("feature_mean", mean, persistent=False)
+    wrapped.register_buffer("feature_inv_std", inv_std.to(torch.float32), persistent=False)
+    return wrapped
+
+
 def build_model(spec: ModelSpec) -> nn.Module:
-    """Instantiate the model named by ``spec`` (input is a flat ``(batch, features)`` tensor)."""
+    """Instantiate the model named by ``spec`` (input is a flat ``(batch, features)`` tensor
+    of raw features; a spec with feature scaling standardizes them first)."""
     try:
         factory = MODELS[spec.name]
     except KeyError:
         raise ValueError(
             f"model name {spec.name!r} is unknown; allowed values: {', '.join(MODELS)}"
         ) from None
-    return factory(spec)
+    model = factory(spec)
+    return _standardized(model, spec) if spec.scaled else model
 
 
 def layout_of(model: nn.Module) -> Layout:

@@ -17,11 +17,12 @@ from typing import Any
 import numpy as np
 
 from fl_core.config import Config
+from fl_core.rounds.layout import MONITORING_COOLDOWN, monitoring_report_key
 from fl_core.store import ArtifactStore
 
 logger = logging.getLogger(__name__)
 
-COOLDOWN_KEY = "monitoring/cooldown.json"
+COOLDOWN_KEY = MONITORING_COOLDOWN
 
 
 def champion(tracking_uri: str, model_name: str) -> tuple[np.ndarray, dict[str, str]] | None:
@@ -153,6 +154,6 @@ def alert_payload(report: dict[str, Any], decision: dict[str, Any]) -> dict[str,
 
 
 def write_report(store: ArtifactStore, run_id: str, report: dict[str, Any]) -> str:
-    key = f"monitoring/reports/{run_id.replace(':', '_').replace('+', '_')}.json"
+    key = monitoring_report_key(run_id)
     store.put_json(key, json.loads(json.dumps(report, default=str)))
     return key

@@ -12,7 +12,6 @@ import csv
 import json
 import logging
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,13 +68,19 @@ class Paths:
 
 
 def prepare(cfg: Config, paths: Paths) -> dict[str, Any]:
-    """Load the configured dataset, hold out the global test set, write both tables."""
+    """Load the configured dataset, hold out the global test set, write both tables.
+
+    ``data.dataset`` is a built-in or a dataset registered in ``params.yaml``'s ``datasets``
+    section; a missing file or column raises ``ValueError`` naming it.
+    """
+    from fl_core.config import data_source, scaling_enabled
     from fl_core.data.datasets import load_dataset, train_test_split
     from fl_core.data.io import write_json, write_table
 
     d = cfg.data
+    src = data_source(cfg)
     kwargs: dict[str, Any] = {}
-    if d.dataset == "synthetic":
+    if src.loader == "synthetic":
         s = d.synthetic
         kwargs = dict(
             alpha=s.alpha,
@@ -85,11 +90,16 @@ def prepare(cfg: Config, paths: Paths) -> dict[str, Any]:
             num_classes=s.num_classes,
             seed=d.seed,
         )
-    elif d.dataset == "file":
+    elif src.loader == "file":
+        problems = check_source(cfg, paths)
+        if problems:
+            raise ValueError("; ".join(problems))
         kwargs = dict(
-            path=Path(str(d.path)), label_column=d.label_column, client_column=d.client_column
+            path=paths.root / str(src.path),
+            label_column=src.label_column,
+            client_column=src.client_column,
         )
-    ds = load_dataset(d.dataset, **kwargs)
+    ds = load_dataset(src.loader, **kwargs)
     train, test = train_test_split(ds, test_fraction=d.test_fraction, seed=d.seed)
     out = paths.prepared
     out.mkdir(parents=True, exist_ok=True)
@@ -104,7 +114,8 @@ def prepare(cfg: Config, paths: Paths) -> dict[str, Any]:
             out / "train_clients.parquet",
         )
     meta = {
-        "dataset": d.dataset,
+        "dataset": src.name,
+        "loader": src.loader,
         "num_features": int(train.x.shape[1]),
         "num_classes": int(ds.num_classes),
         "input_shape": list(ds.input_shape),
@@ -113,25 +124,57 @@ def prepare(cfg: Config, paths: Paths) -> dict[str, Any]:
         "feature_max": ds.feature_max,
         "num_train": int(len(train.y)),
         "num_test": int(len(test.y)),
+        "scaling": scaling_enabled(cfg),
     }
+    if src.loader == "file":
+        meta["source"] = str(src.path)
     write_json(out / "meta.json", meta)
     logger.info(
-        "prepared %s: %d train, %d test rows", d.dataset, meta["num_train"], meta["num_test"]
+        "prepared %s: %d train, %d test rows", src.name, meta["num_train"], meta["num_test"]
     )
     return meta
 
 
+def check_source(cfg: Config, paths: Paths) -> list[str]:
+    """Problems with the configured dataset's file that ``fl check`` reports before any work:
+    a missing or unreadable file, a missing label or client column (each named). Built-in
+    datasets have none. Reads only the file's header (column names)."""
+    from fl_core.config import data_source
+    from fl_core.data.datasets import table_columns
+
+    src = data_source(cfg)
+    if src.loader != "file" or src.path is None:
+        return []
+    where = f"datasets.{src.name}" if src.name in cfg.datasets else "data"
+    path = paths.root / src.path
+    if not path.is_file():
+        return [f"{where}.path: file {src.path} not found (relative to {paths.root.resolve()})"]
+    try:
+        columns = table_columns(path)
+    except ValueError as exc:
+        return [f"{where}.path: {exc}"]
+    problems = []
+    if src.label_column not in columns:
+        problems.append(
+            f"{where}.label_column: column {src.label_column!r} not in {src.path} "
+            f"(columns: {', '.join(columns[:20])}{', ...' if len(columns) > 20 else ''})"
+        )
+    if src.client_column is not None and src.client_column not in columns:
+        problems.append(
+            f"{where}.client_column: column {src.client_column!r} not in {src.path} "
+            f"(columns: {', '.join(columns[:20])}{', ...' if len(columns) > 20 else ''})"
+        )
+    return problems
+
+
 # --------------------------------------------------------------------------- partition
-
-
-def _safe_id(raw: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", raw)[:64]
 
 
 def partition(cfg: Config, paths: Paths) -> dict[str, Any]:
     """Split the prepared training table into one file per client, with content hashes."""
     from fl_core.data import partition as part
     from fl_core.data.io import read_json, read_table, write_json, write_table
+    from fl_core.data.scaling import client_moments, combine
 
     p = cfg.partition
     x, y = read_table(paths.prepared / "train.parquet")
@@ -146,7 +189,7 @@ def partition(cfg: Config, paths: Paths) -> dict[str, Any]:
             pq.read_table(paths.prepared / "train_clients.parquet").column("client_id").to_pylist()
         )
         names, parts = part.natural(ids)
-        client_ids = [f"client_{_safe_id(n)}" for n in names]
+        client_ids = part.natural_client_names(names)
     else:
         parts = part.partition(
             p.scheme,
@@ -159,26 +202,37 @@ def partition(cfg: Config, paths: Paths) -> dict[str, Any]:
             min_samples=p.min_samples,
         )
         client_ids = [f"client_{i:04d}" for i in range(len(parts))]
+    meta = read_json(paths.prepared / "meta.json")
     clients = []
+    moments = []
     for cid, idx in zip(client_ids, parts, strict=True):
         file = f"{cid}.parquet"
         sha = write_table(out / file, x[idx], y[idx])
         labels, counts = np.unique(y[idx], return_counts=True)
-        clients.append(
-            {
-                "client_id": cid,
-                "file": file,
-                "num_examples": int(len(idx)),
-                "label_counts": {str(int(k)): int(v) for k, v in zip(labels, counts, strict=True)},
-                "sha256": sha,
-            }
+        entry = {
+            "client_id": cid,
+            "file": file,
+            "num_examples": int(len(idx)),
+            "label_counts": {str(int(k)): int(v) for k, v in zip(labels, counts, strict=True)},
+            "sha256": sha,
+        }
+        if meta.get("scaling"):
+            # What the client itself computes and reports: count, sums, sums of squares.
+            m = client_moments(x[idx])
+            moments.append(m)
+            entry["feature_moments"] = m.to_json()
+        clients.append(entry)
+    if moments and (cfg.privacy.level != "off" or cfg.privacy.client_dp_sgd):
+        logger.warning(
+            "feature scaling uses per-client feature sums, which the privacy settings do not "
+            "cover; set data.scaling: none if the server must not learn client feature means"
         )
-    meta = read_json(paths.prepared / "meta.json")
     manifest = {
         "scheme": p.scheme,
         "dataset": meta["dataset"],
         "num_clients": len(clients),
         "clients": clients,
+        "feature_scaling": combine(moments).to_json() if moments else None,
     }
     write_json(out / "manifest.json", manifest)
     sizes = [len(idx) for idx in parts]
@@ -198,7 +252,12 @@ def partition(cfg: Config, paths: Paths) -> dict[str, Any]:
 def validate(cfg: Config, paths: Paths) -> Any:
     """Great Expectations suite over every client partition and the test set."""
     from fl_core.data.io import read_json
-    from fl_core.data.validation import ValidationRules, validate_tables, write_report
+    from fl_core.data.validation import (
+        ValidationRules,
+        check_classes,
+        validate_tables,
+        write_report,
+    )
 
     meta = read_json(paths.prepared / "meta.json")
     manifest = read_json(paths.clients / "manifest.json")
@@ -213,6 +272,17 @@ def validate(cfg: Config, paths: Paths) -> Any:
     )
     report = validate_tables(
         [*files, test], rules=rules, min_samples_applies=lambda path: path != test
+    )
+    report.files.extend(
+        check_classes(
+            manifest,
+            num_classes=int(meta["num_classes"]),
+            num_train_rows=int(meta["num_train"]),
+            clients_dir=paths.clients,
+            train_file=paths.prepared / "train.parquet",
+            allow_single_class=cfg.validation.allow_single_class,
+            min_classes_per_client=cfg.validation.min_classes_per_client,
+        )
     )
     paths.reports.mkdir(parents=True, exist_ok=True)
     write_report(report, paths.reports / "validation.json")
@@ -294,6 +364,8 @@ def train(cfg: Config, paths: Paths, *, progress: bool = True) -> dict[str, Any]
                 "rounds": result.rounds,
                 "bytes_up_total": sum(h["bytes_up"] for h in result.history),
                 "bytes_down_total": sum(h["bytes_down"] for h in result.history),
+                "updates_accepted_total": sum(int(h["num_accepted"]) for h in result.history),
+                "updates_rejected_total": sum(int(h["num_rejected"]) for h in result.history),
                 "epsilon": result.history[-1].get("epsilon"),
             },
             indent=1,
@@ -334,12 +406,12 @@ def evaluate(cfg: Config, paths: Paths) -> dict[str, Any]:
 
     campaign = json.loads((paths.models / "campaign.json").read_text())
     meta = read_json(paths.prepared / "meta.json")
-    spec = ModelSpec(
+    spec = ModelSpec.for_data(
         name=cfg.model.name,
-        input_shape=tuple(meta["input_shape"]),
-        num_classes=int(meta["num_classes"]),
         hidden=cfg.model.hidden,
         channels=cfg.model.channels,
+        meta=meta,
+        manifest=read_json(paths.clients / "manifest.json"),
     )
     _, vector = wire.decode((paths.models / "global.flw").read_bytes())
     x_test, y_test = read_table(paths.prepared / "test.parquet")
@@ -363,6 +435,7 @@ def evaluate(cfg: Config, paths: Paths) -> dict[str, Any]:
         "baseline_test_accuracy": baseline["accuracy"],
         "baseline_test_loss": baseline["loss"],
         "accuracy_gap_points": 100 * (baseline["accuracy"] - federated["accuracy"]),
+        "majority_class_accuracy": majority_class_accuracy(y_test),
         "rounds": campaign["rounds"],
     }
     paths.metrics.mkdir(parents=True, exist_ok=True)
@@ -389,6 +462,37 @@ def _read_rounds(path: Path) -> list[dict[str, Any]]:
         ]
 
 
+def majority_class_accuracy(labels: np.ndarray) -> float:
+    """Accuracy of always predicting the most frequent label of ``labels`` (0 when empty)."""
+    y = np.asarray(labels, dtype=np.int64).reshape(-1)
+    return float(np.bincount(y).max() / y.size) if y.size else 0.0
+
+
+#: A model within this many accuracy points of the majority-class rate learned nothing.
+MAJORITY_MARGIN_POINTS = 0.5
+
+
+def verdict(
+    accuracy: float, *, majority: float, rejected: int = 0, accepted: int | None = None
+) -> list[str]:
+    """Honest warning lines for a summary: a run at (or below) the majority-class rate is
+    "no better than predicting the majority class"; rejected updates are counted. Empty when
+    there is nothing to warn about."""
+    lines = []
+    if accuracy <= majority + MAJORITY_MARGIN_POINTS / 100:
+        lines.append(
+            f"no better than predicting the majority class ({majority:.4f}): the model "
+            "learned nothing useful (check feature scaling, lr, rounds)"
+        )
+    if rejected:
+        total = f" of {rejected + accepted}" if accepted is not None else ""
+        lines.append(
+            f"{rejected}{total} client updates were rejected (see the validation reasons in "
+            "the round records / MLflow num_rejected)"
+        )
+    return lines
+
+
 def summary(paths: Paths) -> str:
     """The short, human summary printed at the end of ``make run``."""
     campaign = json.loads((paths.models / "campaign.json").read_text())
@@ -410,16 +514,30 @@ def summary(paths: Paths) -> str:
         f"  model sha256      {campaign['model_sha256'][:16]}…",
     ]
     train = json.loads((paths.metrics / "train.json").read_text())
+    if "majority_class_accuracy" in ev:
+        lines.insert(
+            -1, f"                    {ev['majority_class_accuracy']:.4f} majority class"
+        )
+    warnings = verdict(
+        float(ev["federated_test_accuracy"]),
+        majority=float(ev.get("majority_class_accuracy", 0.0)),
+        rejected=int(train.get("updates_rejected_total", 0)),
+        accepted=train.get("updates_accepted_total"),
+    )
+    lines += [f"  WARNING           {w}" for w in warnings]
     if train.get("epsilon") is not None:
         lines.append(f"  privacy           epsilon spent {train['epsilon']:.4f}")
     lines.append(
         f"  uplink bytes      {train['bytes_up_total']:,} (downlink {train['bytes_down_total']:,})"
     )
     if reg:
+        reused = " (identical model: existing version reused)" if reg.get("reused") else ""
         lines.append(
             f"  registered        {reg.get('registered_model')} v{reg.get('version')} "
-            f"(alias {dep.get('alias', 'challenger')})"
+            f"(alias {dep.get('alias', 'challenger')}){reused}"
         )
+        if dep.get("reason"):
+            lines.append(f"  not deployed      {dep['reason']}")
     lines += [
         f"  MLflow            {tracking.get('uri', '-')} (run {tracking.get('run_id', '-')})",
         "                    open it: make mlflow-ui  ->  http://127.0.0.1:5000",

@@ -11,6 +11,15 @@ Two backends share one interface (:class:`ArtifactStore`):
   boto3. A single ``PUT`` is atomic in S3: a reader sees the old object or the new one, never
   part of one, so no temp objects are needed.
 
+Write-once records (a round's commit record, a campaign's secret) go through
+:meth:`ArtifactStore.put_bytes_if_absent`: a compare-and-set that exactly one of several
+concurrent writers wins (local: hard link of a complete temp file, which fails if the name
+exists; S3: ``PutObject`` with ``If-None-Match: *``). Readers of client-supplied artifacts
+bound what they read (:meth:`ArtifactStore.size`, ``get_bytes(key, max_size=...)``): the size
+is checked (``stat`` / the response's ``Content-Length``) before a byte of the body is read.
+A store that cannot answer at all (missing bucket, unreachable endpoint, denied access)
+raises :class:`StoreUnavailableError`, never "no such key".
+
 Both validate keys the same way (:func:`check_key`) so a key means the same artifact on both.
 :func:`open_store` turns a path, ``file://`` or ``s3://`` URL into a store and
 :func:`store_from_env` applies the ``FL_ARTIFACT_STORE`` switch.
@@ -38,8 +47,10 @@ __all__ = [
     "ENV_ARTIFACT_STORE",
     "ENV_S3_ENDPOINT_URLS",
     "ArtifactStore",
+    "ArtifactTooLargeError",
     "LocalStore",
     "S3Store",
+    "StoreUnavailableError",
     "check_key",
     "open_store",
     "store_from_env",
@@ -79,16 +90,61 @@ def check_key(key: str) -> str:
     return key
 
 
+class StoreUnavailableError(RuntimeError):
+    """The store itself cannot answer: missing bucket, unreachable endpoint, denied access.
+
+    Distinct from a missing key (``KeyError`` / ``exists() is False``), so a sensor waiting
+    for an artifact fails at once with the reason instead of waiting for its deadline.
+    """
+
+
+class ArtifactTooLargeError(ValueError):
+    """An artifact is larger than the caller's ``max_size``; nothing of it was read."""
+
+    def __init__(self, key: str, size: int, max_size: int) -> None:
+        super().__init__(f"artifact {key!r} has {size} bytes, more than the limit of {max_size}")
+        self.key = key
+        self.size = size
+        self.max_size = max_size
+
+
+def _check_max_size(max_size: int | None) -> None:
+    if max_size is not None and (
+        isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 0
+    ):
+        raise ValueError(f"max_size must be an int >= 0 or None, got {max_size!r}")
+
+
 class ArtifactStore:
     """Byte store interface with JSON and numpy helpers (numpy arrays never pickled)."""
 
     def put_bytes(self, key: str, data: bytes) -> str:
+        """Write ``data`` at ``key`` atomically (readers see the old or the new bytes); URI."""
         raise NotImplementedError
 
-    def get_bytes(self, key: str) -> bytes:
+    def put_bytes_if_absent(self, key: str, data: bytes) -> bool:
+        """Write ``data`` at ``key`` only if nothing is there; True if this call wrote it.
+
+        Atomic against concurrent writers in other processes: exactly one of several racing
+        calls returns True, and every reader then sees that caller's complete bytes.
+        """
+        raise NotImplementedError
+
+    def get_bytes(self, key: str, *, max_size: int | None = None) -> bytes:
+        """The bytes at ``key`` (``KeyError`` if missing).
+
+        With ``max_size``, an artifact larger than that raises :class:`ArtifactTooLargeError`
+        before its content is read.
+        """
+        raise NotImplementedError
+
+    def size(self, key: str) -> int:
+        """Size in bytes of the artifact at ``key`` (``KeyError`` if missing), unread."""
         raise NotImplementedError
 
     def exists(self, key: str) -> bool:
+        """Whether ``key`` holds an artifact; :class:`StoreUnavailableError` if the store
+        itself cannot answer."""
         raise NotImplementedError
 
     def list(self, prefix: str) -> list[str]:
@@ -98,7 +154,11 @@ class ArtifactStore:
         raise NotImplementedError
 
     def put_json(self, key: str, obj: Any) -> str:
-        return self.put_bytes(key, (json.dumps(obj, sort_keys=True, indent=1) + "\n").encode())
+        return self.put_bytes(key, _json_bytes(obj))
+
+    def put_json_if_absent(self, key: str, obj: Any) -> bool:
+        """:meth:`put_bytes_if_absent` of ``obj`` as JSON; True if this call wrote it."""
+        return self.put_bytes_if_absent(key, _json_bytes(obj))
 
     def get_json(self, key: str) -> Any:
         return json.loads(self.get_bytes(key))
@@ -113,8 +173,18 @@ class ArtifactStore:
             return {name: npz[name] for name in npz.files}
 
 
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, sort_keys=True, indent=1) + "\n").encode()
+
+
 class LocalStore(ArtifactStore):
-    """A folder on disk."""
+    """A folder on disk.
+
+    Every write goes to a temporary file in the target folder first (``.tmp-*``, never listed)
+    and is then renamed into place (:meth:`put_bytes`) or hard-linked to its name, which fails
+    if the name exists (:meth:`put_bytes_if_absent`). Atomic against concurrent processes and
+    crashes of the writer; the folder must be on a filesystem with hard links (any local one).
+    """
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).resolve()
@@ -125,24 +195,64 @@ class LocalStore(ArtifactStore):
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
 
-    def put_bytes(self, key: str, data: bytes) -> str:
-        path = self._path(key)
+    def _write_temp(self, path: Path, data: bytes) -> str:
+        """A complete temporary file holding ``data`` next to ``path``; its name."""
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return tmp
+
+    def put_bytes(self, key: str, data: bytes) -> str:
+        path = self._path(key)
+        tmp = self._write_temp(path, data)
+        try:
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
         return self.uri(key)
 
-    def get_bytes(self, key: str) -> bytes:
+    def put_bytes_if_absent(self, key: str, data: bytes) -> bool:
+        path = self._path(key)
+        if path.is_dir():
+            raise IsADirectoryError(f"artifact key {key!r} names a folder in {self.root}")
+        tmp = self._write_temp(path, data)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            logger.debug("put_bytes_if_absent: %s already exists", key)
+            return False
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return True
+
+    def get_bytes(self, key: str, *, max_size: int | None = None) -> bytes:
+        _check_max_size(max_size)
+        path = self._path(key)
+        try:
+            with path.open("rb") as fh:
+                if max_size is None:
+                    return fh.read()
+                size = os.fstat(fh.fileno()).st_size
+                if size > max_size:
+                    raise ArtifactTooLargeError(key, size, max_size)
+                data = fh.read(max_size + 1)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise KeyError(f"no artifact {key!r} in {self.root}") from None
+        if len(data) > max_size:  # grew between fstat and read (not via this store: atomic)
+            raise ArtifactTooLargeError(key, len(data), max_size)
+        return data
+
+    def size(self, key: str) -> int:
         path = self._path(key)
         if not path.is_file():
             raise KeyError(f"no artifact {key!r} in {self.root}")
-        return path.read_bytes()
+        return path.stat().st_size
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -189,7 +299,14 @@ class S3Store(ArtifactStore):
     Notes
     -----
     * Writes are single ``PutObject`` calls, atomic in S3: readers see either the previous or
-      the new object, never a partial one.
+      the new object, never a partial one. :meth:`put_bytes_if_absent` adds
+      ``If-None-Match: *`` (S3 conditional writes; MinIO supports them too): S3 answers 412
+      to every writer but the first.
+    * A missing bucket, an unreachable endpoint or denied access raise
+      :class:`StoreUnavailableError` from every method, so they are never mistaken for a
+      missing key. A ``HEAD`` of a missing key and of a missing bucket both answer a bare
+      404, so :meth:`exists` and :meth:`size` check the bucket once (``HeadBucket``) on the
+      first 404 and remember a bucket that answered.
     * :meth:`list` has the same folder semantics as :class:`LocalStore` (``list("a/b")``
       lists objects under ``a/b/``, not ``a/bc``) and follows continuation tokens, so it returns
       every key whatever the bucket size; ``page_size`` is the ``MaxKeys`` per request.
@@ -230,6 +347,7 @@ class S3Store(ArtifactStore):
         self.region = region
         self._client = client
         self._lock = threading.Lock()
+        self._bucket_checked = False
 
     def __repr__(self) -> str:
         return (
@@ -269,33 +387,136 @@ class S3Store(ArtifactStore):
     def _object_key(self, key: str) -> str:
         return self._root + check_key(key)
 
+    def _missing(self, key: str) -> KeyError:
+        return KeyError(f"no artifact {key!r} in s3://{self.bucket}/{self.prefix}")
+
+    def _unavailable(self, exc: BaseException, action: str) -> StoreUnavailableError:
+        code = _error_code(exc)
+        if code in ("NoSuchBucket", "404", "NotFound") or code == "":
+            reason = (
+                f"bucket {self.bucket!r} does not exist ({code or 'NoSuchBucket'})"
+                if code
+                else f"endpoint not reachable ({type(exc).__name__}: {exc})"
+            )
+        else:
+            reason = f"{code}: {exc}"
+        return StoreUnavailableError(f"{action} in {self!r} failed: {reason}")
+
+    def _call(self, action: str, fn: Any, **kwargs: Any) -> Any:
+        """``fn(**kwargs)`` with transport errors and a missing bucket turned into
+        :class:`StoreUnavailableError`; other client errors propagate unchanged."""
+        from botocore.exceptions import BotoCoreError
+
+        try:
+            return fn(**kwargs)
+        except BotoCoreError as exc:  # connection refused, DNS, timeouts, bad endpoint URL
+            raise self._unavailable(exc, action) from exc
+        except Exception as exc:
+            code = _error_code(exc)
+            if code == "NoSuchBucket" or code in ("AccessDenied", "403", "Forbidden"):
+                raise self._unavailable(exc, action) from exc
+            raise
+
+    def _check_bucket(self, action: str) -> None:
+        """Raise :class:`StoreUnavailableError` unless the bucket answers (checked once)."""
+        if self._bucket_checked:
+            return
+        try:
+            self._call(action, self.client.head_bucket, Bucket=self.bucket)
+        except StoreUnavailableError:
+            raise
+        except Exception as exc:
+            raise self._unavailable(exc, action) from exc
+        self._bucket_checked = True
+
     def put_bytes(self, key: str, data: bytes) -> str:
-        self.client.put_object(Bucket=self.bucket, Key=self._object_key(key), Body=bytes(data))
+        object_key = self._object_key(key)
+        self._call(
+            f"put {key!r}",
+            self.client.put_object,
+            Bucket=self.bucket,
+            Key=object_key,
+            Body=bytes(data),
+        )
         return self.uri(key)
 
-    def get_bytes(self, key: str) -> bytes:
+    def put_bytes_if_absent(self, key: str, data: bytes) -> bool:
+        object_key = self._object_key(key)
+        body = bytes(data)
+        for attempt in range(5):
+            try:
+                self._call(
+                    f"put {key!r} if absent",
+                    self.client.put_object,
+                    Bucket=self.bucket,
+                    Key=object_key,
+                    Body=body,
+                    IfNoneMatch="*",
+                )
+            except StoreUnavailableError:
+                raise
+            except Exception as exc:
+                code = _error_code(exc)
+                if code in ("PreconditionFailed", "412"):
+                    logger.debug("put_bytes_if_absent: %s already exists", key)
+                    return False
+                if code == "ConditionalRequestConflict" and attempt < 4:
+                    continue  # a concurrent conditional write is in flight: ask again
+                raise
+            return True
+        raise AssertionError("not reached")  # pragma: no cover
+
+    def get_bytes(self, key: str, *, max_size: int | None = None) -> bytes:
+        _check_max_size(max_size)
         object_key = self._object_key(key)
         try:
-            response = self.client.get_object(Bucket=self.bucket, Key=object_key)
+            response = self._call(
+                f"get {key!r}", self.client.get_object, Bucket=self.bucket, Key=object_key
+            )
+        except StoreUnavailableError:
+            raise
         except Exception as exc:
             if _is_not_found(exc):
-                raise KeyError(f"no artifact {key!r} in s3://{self.bucket}/{self.prefix}") from None
+                raise self._missing(key) from None
             raise
         body = response["Body"]
         try:
-            return bytes(body.read())
+            if max_size is None:
+                return bytes(body.read())
+            size = int(response.get("ContentLength", 0))
+            if size > max_size:  # from the response headers: no byte of the body read
+                raise ArtifactTooLargeError(key, size, max_size)
+            data = bytes(body.read(max_size + 1))
+            if len(data) > max_size:
+                raise ArtifactTooLargeError(key, len(data), max_size)
+            return data
         finally:
             body.close()
 
-    def exists(self, key: str) -> bool:
+    def _head(self, key: str, action: str) -> dict[str, Any] | None:
         object_key = self._object_key(key)
         try:
-            self.client.head_object(Bucket=self.bucket, Key=object_key)
-        except Exception as exc:
-            if _is_not_found(exc):
-                return False
+            head: dict[str, Any] = self._call(
+                action, self.client.head_object, Bucket=self.bucket, Key=object_key
+            )
+        except StoreUnavailableError:
             raise
-        return True
+        except Exception as exc:
+            if _is_not_found(exc) or _error_code(exc) == "404":
+                self._check_bucket(action)  # a bare 404 is also what a missing bucket says
+                return None
+            raise
+        self._bucket_checked = True
+        return head
+
+    def size(self, key: str) -> int:
+        head = self._head(key, f"size of {key!r}")
+        if head is None:
+            raise self._missing(key)
+        return int(head["ContentLength"])
+
+    def exists(self, key: str) -> bool:
+        return self._head(key, f"exists {key!r}") is not None
 
     def list(self, prefix: str) -> list[str]:
         folder = prefix.rstrip("/")
@@ -305,16 +526,27 @@ class S3Store(ArtifactStore):
             Bucket=self.bucket, Prefix=search, PaginationConfig={"PageSize": self.page_size}
         )
         root = len(self._root)
-        keys = [
-            item["Key"][root:]
-            for page in pages
-            for item in page.get("Contents", ())
-            if not item["Key"].endswith("/")
-        ]
-        return sorted(keys)
+
+        def collect() -> list[str]:
+            return [
+                item["Key"][root:]
+                for page in pages
+                for item in page.get("Contents", ())
+                if not item["Key"].endswith("/")
+            ]
+
+        return sorted(self._call(f"list {prefix!r}", collect))
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._object_key(key)}"
+
+
+def _error_code(exc: BaseException) -> str:
+    """The S3 error code of a botocore ``ClientError`` (``""`` for other exceptions)."""
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return ""
+    return str(response.get("Error", {}).get("Code", ""))
 
 
 def _is_not_found(exc: Exception) -> bool:
@@ -322,7 +554,7 @@ def _is_not_found(exc: Exception) -> bool:
     response = getattr(exc, "response", None)
     if not isinstance(response, dict):
         return False
-    code = str(response.get("Error", {}).get("Code", ""))
+    code = _error_code(exc)
     status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     return code in ("NoSuchKey", "404", "NotFound") or (status == 404 and code != "NoSuchBucket")
 

@@ -17,6 +17,17 @@ The payload is produced by the codec named in the header (:func:`fl_core.codec.p
 Sparse payloads can be read without densifying (:func:`decode_sparse`). Byte accounting is
 ``len(message)``: header and framing included (:func:`encoded_size`, :func:`message_sizes`).
 
+Header numbers are bounded so that no later arithmetic can overflow: counters (``round``,
+``base_version``, ``delta_from``) at most :data:`MAX_COUNTER`, ``num_examples`` at most
+:data:`MAX_NUM_EXAMPLES`, at most :data:`MAX_METRICS` metrics, each a finite number of
+magnitude at most :data:`MAX_METRIC_ABS` (JSON ``NaN``/``Infinity`` are refused).
+
+Memory: :func:`decode` densifies a payload into ``layout.num_params`` float32 values. With
+``expected_layout`` the caller vouches for that size; without it the layout is the sender's
+claim, so a sparse payload may expand at most :data:`MAX_UNTRUSTED_EXPANSION` times the
+message's length (or to :data:`MIN_UNTRUSTED_DENSE_BYTES`, whichever is larger); a 422-byte
+message claiming 2**24 parameters is refused before anything is allocated.
+
 Versions: writers emit ``format_version`` 2 (which added ``delta_from`` and the quantized
 and sparse codecs); readers also accept version 1 messages (no ``delta_from``).
 
@@ -30,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -60,6 +72,21 @@ DEFAULT_MAX_MESSAGE_BYTES = 256 << 20
 MAX_PARAMS = 1 << 28
 """Largest layout accepted (1 GiB as float32); bounds what a sparse payload can expand to."""
 KINDS = ("update", "model")
+MAX_COUNTER = 1 << 53
+"""Largest ``round`` / ``base_version`` / ``delta_from`` (exact in float64)."""
+MAX_NUM_EXAMPLES = 1 << 40
+"""Largest ``num_examples`` a header may claim (sums over 10^6 clients stay exact in float64)."""
+MAX_METRICS = 64
+"""Most metrics a header may carry."""
+MAX_METRIC_NAME = 128
+"""Longest metric name."""
+MAX_METRIC_ABS = 1e15
+"""Largest magnitude of a header metric (a loss, a duration, a bandwidth)."""
+MAX_UNTRUSTED_EXPANSION = 1024
+"""Without ``expected_layout``, a decoded vector may take at most this many times the
+message's bytes (top-k at 0.1% of the parameters expands about 670 times)."""
+MIN_UNTRUSTED_DENSE_BYTES = 1 << 20
+"""... or this many bytes, whichever is larger (a 262,144-parameter model always decodes)."""
 
 CODECS: Mapping[str, Codec] = MappingProxyType(
     {
@@ -78,7 +105,12 @@ __all__ = [
     "FORMAT_VERSION",
     "KINDS",
     "MAGIC",
+    "MAX_COUNTER",
+    "MAX_METRICS",
+    "MAX_METRIC_ABS",
+    "MAX_NUM_EXAMPLES",
     "MAX_PARAMS",
+    "MAX_UNTRUSTED_EXPANSION",
     "Header",
     "WireError",
     "decode",
@@ -183,6 +215,7 @@ def encode(
     codec = parse_codec(header.codec)
     if header.delta_from is not None and (header.kind != "model" or header.delta_from < 0):
         raise ValueError("delta_from: only a model message may be a delta, from a version >= 0")
+    _check_header_numbers(header)
     n = header.layout.num_params
     if n > MAX_PARAMS:
         raise ValueError(f"layout of {n} parameters exceeds MAX_PARAMS={MAX_PARAMS}")
@@ -195,8 +228,39 @@ def encode(
         payload, _ = feedback.compress(vector, codec, rng=rng)
     else:
         payload = codec.encode(vector, rng=rng)
-    head = json.dumps(header.to_json(payload=payload), sort_keys=True).encode()
+    head = json.dumps(header.to_json(payload=payload), sort_keys=True, allow_nan=False).encode()
     return MAGIC + struct.pack(">I", len(head)) + head + payload
+
+
+def _metric_problem(name: object, value: object) -> str | None:
+    """Why a header metric is not acceptable, or None."""
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_METRIC_NAME:
+        return f"metric name {str(name)[:MAX_METRIC_NAME]!r} must be 1-{MAX_METRIC_NAME} chars"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"metric {name!r} must be a number"
+    if not math.isfinite(value) or abs(value) > MAX_METRIC_ABS:
+        return f"metric {name!r} = {value!r} is not finite or exceeds {MAX_METRIC_ABS:g}"
+    return None
+
+
+def _check_header_numbers(header: Header) -> None:
+    """``ValueError`` naming the field if a header number is out of its bounds (encode side)."""
+    for name, bound in (
+        ("round", MAX_COUNTER),
+        ("base_version", MAX_COUNTER),
+        ("num_examples", MAX_NUM_EXAMPLES),
+    ):
+        value = getattr(header, name)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= bound:
+            raise ValueError(f"{name}: must be an int in [0, {bound}], got {value!r}")
+    if header.delta_from is not None and not 0 <= header.delta_from <= MAX_COUNTER:
+        raise ValueError(f"delta_from: must be in [0, {MAX_COUNTER}], got {header.delta_from!r}")
+    if len(header.metrics) > MAX_METRICS:
+        raise ValueError(f"metrics: at most {MAX_METRICS} allowed, got {len(header.metrics)}")
+    for name, value in header.metrics.items():
+        problem = _metric_problem(name, value)
+        if problem:
+            raise ValueError(f"metrics: {problem}")
 
 
 def encoded_size(data: bytes) -> int:
@@ -228,11 +292,17 @@ def _field(raw: dict[str, Any], name: str, tp: type | tuple[type, ...]) -> Any:
     return value
 
 
-def _count(raw: dict[str, Any], name: str) -> int:
+def _count(raw: dict[str, Any], name: str, bound: int = MAX_COUNTER) -> int:
     value: int = _field(raw, name, int)
     if value < 0:
         raise WireError(f"header field {name!r} must be >= 0, got {value}")
+    if value > bound:
+        raise WireError(f"header field {name!r} must be <= {bound}, got {str(value)[:40]}")
     return value
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"non-finite number {name} (NaN and Infinity are not allowed)")
 
 
 def _parse(
@@ -251,7 +321,7 @@ def _parse(
     if head_len > MAX_HEADER_BYTES or 8 + head_len > len(data):
         raise WireError("truncated or oversized header")
     try:
-        raw = json.loads(data[8 : 8 + head_len].decode("utf-8"))
+        raw = json.loads(data[8 : 8 + head_len].decode("utf-8"), parse_constant=_no_constants)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise WireError(f"header is not valid JSON: {exc}") from None
     if not isinstance(raw, dict):
@@ -290,6 +360,12 @@ def _parse(
         for k, v in metrics.items()
     ):
         raise WireError("header field 'metrics' must map names to numbers")
+    if len(metrics) > MAX_METRICS:
+        raise WireError(f"header field 'metrics' has {len(metrics)} entries, at most {MAX_METRICS}")
+    for name, value in metrics.items():
+        problem = _metric_problem(name, value)
+        if problem:
+            raise WireError(f"header field 'metrics': {problem}")
     delta_from = raw.get("delta_from")
     if delta_from is not None:
         delta_from = _count(raw, "delta_from")
@@ -303,7 +379,7 @@ def _parse(
         client=_field(raw, "client", str),
         codec=codec_name,
         layout=layout,
-        num_examples=_count(raw, "num_examples"),
+        num_examples=_count(raw, "num_examples", MAX_NUM_EXAMPLES),
         metrics={k: float(v) for k, v in metrics.items()},
         delta_from=delta_from,
     )
@@ -348,6 +424,15 @@ def decode(
     header, codec, payload = _parse(
         data, expected_layout=expected_layout, expected_codec=expected_codec, max_bytes=max_bytes
     )
+    if expected_layout is None:
+        dense_bytes = 4 * header.layout.num_params
+        allowed = max(MAX_UNTRUSTED_EXPANSION * len(data), MIN_UNTRUSTED_DENSE_BYTES)
+        if dense_bytes > allowed:
+            raise WireError(
+                f"a {len(data)}-byte message claims {header.layout.num_params} parameters "
+                f"({dense_bytes} bytes dense), more than it can justify ({allowed}); "
+                "decode it with expected_layout"
+            )
     try:
         vector = codec.decode(payload, header.layout.num_params)
     except ValueError as exc:
@@ -448,7 +533,7 @@ def encode_model_for_client(
     if message_sizes(candidate)["payload_bytes"] >= message_sizes(full)["payload_bytes"]:
         return full
     if parse_codec(header.codec).lossless:
-        _, sent = decode(candidate, max_bytes=len(candidate))
+        _, sent = decode(candidate, expected_layout=header.layout, max_bytes=len(candidate))
         if not _same_bits(base + sent, target):
             logger.debug("delta for version %d is not exact; sending the whole model", header.round)
             return full

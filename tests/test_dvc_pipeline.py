@@ -142,7 +142,7 @@ def test_mlflow_has_the_campaign_run_and_registered_model(
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     model = mlflow.pyfunc.load_model("models:/fl-e2e@champion")
-    accuracy = float((np.asarray(model.predict(x)) == y).mean())
+    accuracy = float((np.asarray(model.predict(x)["label"]) == y).mean())
     ev = json.loads((root / "metrics/eval.json").read_text())
     assert accuracy == pytest.approx(ev["federated_test_accuracy"], abs=1e-6)
 
@@ -169,7 +169,9 @@ def test_second_repro_is_a_noop_and_one_key_reruns_only_its_stage(
     assert "federated_test_accuracy" in metrics.stdout
     plots = _run(["dvc", "plots", "show", "-o", str(root / "dvc_plots")], root, env)
     assert plots.returncode == 0, plots.stderr
-    assert (root / "dvc_plots" / "index.html").exists()
+    page = (root / "dvc_plots" / "index.html").read_text()
+    assert "cdn.jsdelivr.net" not in page and "<script src" not in page  # renders offline
+    assert "vega-embed@6.29.0" in page and "vegaEmbed(" in page
 
 
 def test_validate_names_file_column_and_expectation_of_a_corrupted_partition(

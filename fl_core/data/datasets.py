@@ -30,6 +30,7 @@ __all__ = [
     "load_mnist5k",
     "load_synthetic",
     "load_table",
+    "table_columns",
     "train_test_split",
 ]
 
@@ -298,6 +299,23 @@ def _read_frame(path: Path) -> pd.DataFrame:
         return pd.read_csv(path)
     if suffix in (".parquet", ".pq"):
         return pd.read_parquet(path)
+    raise ValueError(f"{path}: unsupported file type {suffix!r}; expected .csv or .parquet")
+
+
+def table_columns(path: Path) -> list[str]:
+    """Column names of a CSV or Parquet file, reading only its header (``ValueError`` naming
+    the file when it cannot be read)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            return [str(c) for c in pd.read_csv(path, nrows=0).columns]
+        if suffix in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            return [str(c) for c in pq.read_schema(path).names]
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise ValueError(f"{path}: cannot read the table header: {exc}") from None
     raise ValueError(f"{path}: unsupported file type {suffix!r}; expected .csv or .parquet")
 
 

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "natural_client_names",
     "SCHEMES",
     "dirichlet",
     "iid",
@@ -424,6 +425,58 @@ def natural(client_ids: np.ndarray) -> tuple[list[str], list[np.ndarray]]:
     order = np.argsort(inverse, kind="stable")
     cuts = np.cumsum(np.bincount(inverse, minlength=unique.size))[:-1]
     return [str(u) for u in unique.tolist()], _finalize(np.split(order, cuts))
+
+
+#: Longest natural client id kept as is in a client name (longer ids get a hash suffix).
+CLIENT_NAME_MAX_ID = 48
+
+
+def natural_client_names(ids: Sequence[str]) -> list[str]:
+    """Unique, stable, file-name-safe client names for natural client ids.
+
+    An id made only of ``A-Z a-z 0-9 _ . -`` (not starting with ``.``) and at most
+    :data:`CLIENT_NAME_MAX_ID` characters long keeps its text: ``client_<id>``. Any other id
+    is sanitized and truncated, then gets the first 10 hex digits of the SHA-256 of the
+    original id: ``a/b``, ``a b`` and ``a_b`` stay three clients, and so do two long ids that
+    share their first characters. The name depends only on the id (stable across runs and
+    datasets).
+
+    Parameters
+    ----------
+    ids
+        The distinct natural client ids (as strings), e.g. from :func:`natural`.
+
+    Returns
+    -------
+    list[str]
+        One name per id, in the same order.
+
+    Raises
+    ------
+    ValueError
+        If two distinct ids would still map to the same name (naming both), or an id repeats.
+    """
+    import hashlib
+    import re
+
+    names: list[str] = []
+    seen: dict[str, str] = {}
+    for raw in ids:
+        text = str(raw)
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", text)
+        if safe == text and len(text) <= CLIENT_NAME_MAX_ID and not text.startswith("."):
+            name = f"client_{text}"
+        else:
+            digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:10]
+            name = f"client_{safe[:CLIENT_NAME_MAX_ID].lstrip('.')}-{digest}"
+        if name in seen:
+            raise ValueError(
+                f"natural client ids {seen[name]!r} and {text!r} map to the same client name "
+                f"{name!r}; rename one of them in the client column"
+            )
+        seen[name] = text
+        names.append(name)
+    return names
 
 
 def partition(

@@ -86,6 +86,7 @@ __all__ = [
     "FileReport",
     "ValidationReport",
     "ValidationRules",
+    "check_classes",
     "validate_tables",
     "write_report",
 ]
@@ -303,6 +304,69 @@ def validate_tables(
         len(report.failures),
     )
     return report
+
+
+def check_classes(
+    manifest: Mapping[str, Any],
+    *,
+    num_classes: int,
+    num_train_rows: int,
+    clients_dir: Path,
+    train_file: Path,
+    allow_single_class: bool,
+    min_classes_per_client: int,
+) -> list[FileReport]:
+    """Dataset-level checks on the partition manifest that no single table shows.
+
+    * the dataset has at least two classes, unless ``allow_single_class`` (one class trains
+      to a trivial 100%);
+    * every client holds at least ``min_classes_per_client`` classes;
+    * every client file listed exists, the client ids and files are distinct, and the
+      clients' rows add up to the training rows (no client silently merged or dropped).
+
+    Returns
+    -------
+    list of FileReport
+        One report for the training table and one per client file that failed a check
+        (expectation names ``expect_at_least_two_classes``,
+        ``expect_min_classes_per_client``, ``expect_every_row_assigned``,
+        ``expect_unique_clients``).
+    """
+    train_failures: list[Failure] = []
+    if num_classes < 2 and not allow_single_class:
+        train_failures.append(Failure(
+            str(train_file), LABEL_COLUMN, "expect_at_least_two_classes",
+            f"the dataset has {num_classes} class(es): a model would reach a trivial 100%; "
+            "set validation.allow_single_class: true if that is intended"))
+    clients = list(manifest.get("clients", []))
+    total = sum(int(c.get("num_examples", 0)) for c in clients)
+    if total != num_train_rows:
+        train_failures.append(Failure(
+            str(train_file), None, "expect_every_row_assigned",
+            f"the clients hold {total} rows, the training table {num_train_rows}"))
+    ids = [str(c.get("client_id")) for c in clients]
+    files = [str(c.get("file")) for c in clients]
+    for what, values in (("client id", ids), ("file", files)):
+        dupes = sorted({v for v in values if values.count(v) > 1})
+        if dupes:
+            train_failures.append(Failure(
+                str(clients_dir / "manifest.json"), None, "expect_unique_clients",
+                f"{what}s listed more than once: {', '.join(dupes[:_MAX_EXAMPLES])}"))
+    reports = []
+    if train_failures:
+        reports.append(FileReport(str(train_file), False, num_train_rows, train_failures))
+    for c in clients:
+        path = clients_dir / str(c.get("file"))
+        failures = []
+        held = len(c.get("label_counts", {}))
+        if held < min_classes_per_client:
+            failures.append(Failure(
+                str(path), LABEL_COLUMN, "expect_min_classes_per_client",
+                f"client {c.get('client_id')} holds {held} class(es); "
+                f"validation.min_classes_per_client is {min_classes_per_client}"))
+        if failures:
+            reports.append(FileReport(str(path), False, int(c.get("num_examples", 0)), failures))
+    return reports
 
 
 def write_report(report: ValidationReport, path: Path) -> None:

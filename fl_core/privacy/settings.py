@@ -92,6 +92,9 @@ class PrivacySettings:
         ``rdp`` or ``prv`` (tighter).
     client_dp_sgd, dp_sgd_noise_multiplier, dp_sgd_max_grad_norm
         Record-level DP-SGD inside each client (Opacus), reported per client.
+    dp_sgd_max_epsilon
+        Each client's own record-level budget: its DP-SGD epsilon, composed over every round
+        it takes part in, never exceeds it (the client declines a task that would).
     """
 
     level: str = "off"
@@ -108,6 +111,7 @@ class PrivacySettings:
     client_dp_sgd: bool = False
     dp_sgd_noise_multiplier: float = 1.0
     dp_sgd_max_grad_norm: float = 1.0
+    dp_sgd_max_epsilon: float | None = None
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,7 @@ class ResolvedPrivacy:
     dp_sgd_noise_multiplier: float
     dp_sgd_max_grad_norm: float
     dp_sgd_delta: float | None
+    dp_sgd_max_epsilon: float | None = None
 
     @property
     def expected_cohort_size(self) -> float:
@@ -219,9 +224,11 @@ class ResolvedPrivacy:
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> ResolvedPrivacy:
         """Rebuild from :meth:`to_dict` (resolve once per campaign; calibration is slow)."""
-        names = {f.name for f in dataclasses.fields(cls)}
+        fields = dataclasses.fields(cls)
+        names = {f.name for f in fields}
+        required = {f.name for f in fields if f.default is dataclasses.MISSING}
         unknown = sorted(set(raw) - names)
-        missing = sorted(names - set(raw))
+        missing = sorted(required - set(raw))
         if unknown or missing:
             raise ValueError(f"privacy: unknown keys {unknown}, missing keys {missing}")
         return cls(**raw)
@@ -269,6 +276,8 @@ def _check_fields(s: PrivacySettings) -> None:
         _check_positive("privacy.clip_count_stddev", s.clip_count_stddev)
     _check_positive("privacy.dp_sgd_noise_multiplier", s.dp_sgd_noise_multiplier)
     _check_positive("privacy.dp_sgd_max_grad_norm", s.dp_sgd_max_grad_norm)
+    if s.dp_sgd_max_epsilon is not None:
+        _check_positive("privacy.dp_sgd_max_epsilon", s.dp_sgd_max_epsilon)
 
 
 def _check_arguments(
@@ -331,6 +340,7 @@ def _disabled(
         dp_sgd_noise_multiplier=float(s.dp_sgd_noise_multiplier),
         dp_sgd_max_grad_norm=float(s.dp_sgd_max_grad_norm),
         dp_sgd_delta=(float(s.delta or DEFAULT_DP_SGD_DELTA) if s.client_dp_sgd else None),
+        dp_sgd_max_epsilon=s.dp_sgd_max_epsilon,
     )
 
 
@@ -521,4 +531,5 @@ def resolve(
         dp_sgd_noise_multiplier=float(s.dp_sgd_noise_multiplier),
         dp_sgd_max_grad_norm=float(s.dp_sgd_max_grad_norm),
         dp_sgd_delta=float(delta) if s.client_dp_sgd else None,
+        dp_sgd_max_epsilon=s.dp_sgd_max_epsilon,
     )

@@ -77,17 +77,15 @@ _MODULES: dict[str, str] = {
 
 
 def step(name: str) -> Step:
-    """The step function called ``name`` (``ValueError`` listing the steps otherwise)."""
+    """The step function called ``name`` (``ValueError`` listing the steps otherwise).
+
+    Also ``client_batches``, ``start_campaign`` and ``new_campaign_id``. (Step modules are
+    named after their steps, so ``fl_core.rounds.aggregate`` is the module; this, or
+    :mod:`fl_core.pipeline`, gives the function.)"""
     if name not in _MODULES:
         raise ValueError(f"no step {name!r}; steps: {', '.join(STEP_NAMES)}")
     fn: Step = getattr(importlib.import_module(f"{__name__}.{_MODULES[name]}"), name)
     return fn
 
 
-def __getattr__(name: str) -> Any:
-    if name in _MODULES:
-        return step(name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = ["FINAL_STEPS", "ROUND_STEPS", "STEP_NAMES", "Step", "step", *_MODULES]
+__all__ = ["FINAL_STEPS", "ROUND_STEPS", "STEP_NAMES", "Step", "step"]

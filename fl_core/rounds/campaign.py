@@ -20,25 +20,14 @@ from fl_core.config import Config, resolve_privacy
 from fl_core.data.io import file_sha256, read_json
 from fl_core.models import ModelSpec, init_vector
 from fl_core.rounds import layout as L
+from fl_core.rounds.layout import CAMPAIGN_ID_PATTERN, check_campaign_id
 from fl_core.rounds.state import encode_model
 from fl_core.seeding import derive_seed
+
+__all__ = ["CAMPAIGN_ID_PATTERN", "check_campaign_id", "new_campaign_id", "start_campaign"]
 from fl_core.store import ArtifactStore
 
 logger = logging.getLogger(__name__)
-
-#: A campaign id: a store-key component and an MLflow/Airflow label, so short and plain.
-CAMPAIGN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
-CAMPAIGN_ID_MAX_LENGTH = 100
-
-
-def check_campaign_id(cid: str) -> str:
-    """``cid`` if it is a valid campaign id, else ``ValueError`` naming the rule."""
-    if not isinstance(cid, str) or not re.fullmatch(CAMPAIGN_ID_PATTERN, cid) or ".." in cid:
-        raise ValueError(
-            f"campaign id {cid!r} is invalid: 1-{CAMPAIGN_ID_MAX_LENGTH} characters of letters, "
-            "digits, '.', '_', '-', starting with a letter or digit, no '..'"
-        )
-    return cid
 
 
 def new_campaign_id(name: str) -> str:
@@ -70,12 +59,12 @@ def start_campaign(
     data_dir = Path(data_dir).resolve()
     meta = read_json(data_dir / "prepared" / "meta.json")
     manifest = read_json(data_dir / "clients" / "manifest.json")
-    spec = ModelSpec(
+    spec = ModelSpec.for_data(
         name=cfg.model.name,
-        input_shape=tuple(meta["input_shape"]),
-        num_classes=int(meta["num_classes"]),
         hidden=cfg.model.hidden,
         channels=cfg.model.channels,
+        meta=meta,
+        manifest=manifest,
     )
     vector, lay = init_vector(spec, seed=derive_seed(cfg.campaign.seed, "init"))
     if warm_start is not None:

@@ -17,7 +17,7 @@ from fl_core import simulation
 from fl_core.config import Config
 from fl_core.rounds import layout as L
 from fl_core.rounds import records as R
-from fl_core.rounds import state
+from fl_core.rounds import remote, state
 from fl_core.store import ArtifactStore
 
 logger = logging.getLogger(__name__)
@@ -34,6 +34,8 @@ def collect(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
     selection = R.read(store, R.Cohort, cid, rnd, step=STEP)
     cohort = R.read(store, R.Manifest, cid, rnd, step=STEP).tasks
     start = state.clock(store, cid, rnd - 1, step=STEP)
+    if remote.is_remote(cfg):
+        return _collect_remote(store, cid, rnd, cohort, start)
     arrived = {c: rnd for c in sorted(cohort) if store.exists(L.update_key(cid, rnd, c))}
     durations = {c: state.sim_duration(store, cid, rnd, c) for c in arrived}
     inflight: dict[str, dict[str, Any]] | None = None
@@ -110,3 +112,35 @@ def _adversary_hook(
             messages[client] = store.get_bytes(key)
     for client, data in adversary.poison(rnd, messages).items():
         store.put_bytes(L.update_key(cid, sources[client], client), data)
+
+
+def _collect_remote(
+    store: ArtifactStore, cid: str, rnd: int, cohort: dict[str, Any], start: float
+) -> dict[str, Any]:
+    """Close a remote round at the coordinator: what is stored counts, everyone else is a
+    straggler (a later upload is refused with 410 and recorded)."""
+    coord = remote.coordinator(store)
+    try:
+        status = coord.close_round(cid, rnd)
+    finally:
+        coord.close()
+    received = sorted(c for c in status.received if c in cohort)
+    missing = sorted(c for c in cohort if c not in set(received))
+    if not received:
+        raise RuntimeError(
+            f"round {rnd}: no device delivered an update from a cohort of {len(cohort)} "
+            f"(stragglers: {status.stragglers})"
+        )
+    record = R.Collected(
+        round=rnd,
+        received=received,
+        missing=missing,
+        sources={c: rnd for c in received},
+        clock_s=start,
+        num_received=len(received),
+        num_missing=len(missing),
+    )
+    out = R.write(store, record, cid, rnd)
+    if missing:
+        logger.info("round %d: %d stragglers: %s", rnd, len(missing), missing)
+    return out

@@ -10,7 +10,7 @@ from fl_core import simulation
 from fl_core.codec import parse_codec
 from fl_core.rounds import layout as L
 from fl_core.rounds import records as R
-from fl_core.rounds import state
+from fl_core.rounds import remote, state
 from fl_core.seeding import derive_seed
 from fl_core.store import ArtifactStore
 
@@ -19,10 +19,11 @@ STEP = "dispatch"
 
 def dispatch(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
     """Write round ``rnd``'s manifest from its cohort record (idempotent)."""
-    if (done := R.maybe(store, R.Manifest, cid, rnd)) is not None:
-        return done.to_dict()
     rec = state.load_campaign(store, cid)
     cfg = state.campaign_config(rec)
+    if (done := R.maybe(store, R.Manifest, cid, rnd)) is not None:
+        _publish(store, cid, cfg, done)  # a rerun after a crash still publishes (idempotent)
+        return done.to_dict()
     cohort = R.read(store, R.Cohort, cid, rnd, step=STEP).cohort
     world = simulation.world(cfg, rec)
     c, comm = cfg.client, cfg.communication
@@ -53,8 +54,23 @@ def dispatch(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
         model_key=L.model_key(cid, rnd - 1),
         tasks=tasks,
         num_tasks=len(tasks),
+        transport=cfg.campaign.clients,
+        deadline_s=cfg.campaign.deadline_s if remote.is_remote(cfg) else None,
     )
-    return R.write(store, record, cid, rnd)
+    out = R.write(store, record, cid, rnd)
+    _publish(store, cid, cfg, record)
+    return out
+
+
+def _publish(store: ArtifactStore, cid: str, cfg: Any, manifest: R.Manifest) -> None:
+    """Remote rounds: the coordinator serves each device its own task until the deadline."""
+    if not remote.is_remote(cfg):
+        return
+    coord = remote.coordinator(store)
+    try:
+        coord.publish_manifest(cid, manifest.to_dict(), deadline_s=cfg.campaign.deadline_s)
+    finally:
+        coord.close()
 
 
 def client_privacy(rp: Any) -> dict[str, Any] | None:

@@ -4,13 +4,14 @@ training loss, bytes, epsilon spent and simulated time of round ``r``'s model.""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fl_core.client import evaluate as eval_model
 from fl_core.rounds import records as R
-from fl_core.rounds import state
+from fl_core.rounds import remote, state
 from fl_core.store import ArtifactStore
 
 STEP = "evaluate"
@@ -27,13 +28,23 @@ def evaluate(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
     privacy = R.read(store, R.PrivacyInfo, cid, rnd, step=STEP)
     collected = R.read(store, R.Collected, cid, rnd, step=STEP)
     vector = state.load_model(store, cid, rnd)
-    x_test, y_test = state.test_table(rec)
-    test = eval_model(spec, vector, x_test, y_test)
-    accs = []
-    for path in state.client_files(rec).values():
-        x, y = state.table(path)
-        accs.append(eval_model(spec, vector, x, y)["accuracy"])
-    acc = np.asarray(accs)
+    cfg = state.campaign_config(rec)
+    test = {"accuracy": math.nan, "loss": math.nan}
+    if Path(rec["test"]["file"]).exists():  # a deployment may have no central test data
+        x_test, y_test = state.test_table(rec)
+        test = eval_model(spec, vector, x_test, y_test)
+    federated: dict[str, Any] = {}
+    if remote.is_remote(cfg):
+        # The devices' own evaluations (of the model they received this round, v r-1) on
+        # their local held-out data: the server reads no client data.
+        federated = _federated(store, cid, rnd)
+        acc = np.asarray(federated.pop("accuracies") or [math.nan])
+    else:
+        accs = []
+        for path in state.client_files(rec).values():
+            x, y = state.table(path)
+            accs.append(eval_model(spec, vector, x, y)["accuracy"])
+        acc = np.asarray(accs)
     accepted = validation.accepted
     ratio = None
     if accepted and validation.bytes_up:
@@ -61,5 +72,32 @@ def evaluate(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
         epsilon=privacy.epsilon,
         uplink_ratio_vs_dense=ratio,
         dp_sgd_epsilon_max=privacy.dp_sgd_epsilon_max,
+        **federated,
     )
     return R.write(store, record, cid, rnd)
+
+
+def _federated(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
+    """Example-weighted accuracy and loss over the clients' evaluation reports of round
+    ``rnd`` (model version ``rnd - 1``), their spread, and how many clients reported."""
+    from fl_core.rounds import remote
+
+    coord = remote.coordinator(store)
+    try:
+        reports = [r for r in coord.evaluations(cid, rnd) if r.model_version == rnd - 1]
+    finally:
+        coord.close()
+    usable = [r for r in reports if "accuracy" in r.metrics and r.num_examples > 0]
+    if not usable:
+        return {"accuracies": [], "fed_num_clients": 0, "fed_model_version": rnd - 1}
+    weights = np.asarray([r.num_examples for r in usable], dtype=np.float64)
+    accs = np.asarray([r.metrics["accuracy"] for r in usable], dtype=np.float64)
+    losses = [r.metrics.get("loss", math.nan) for r in usable]
+    return {
+        "accuracies": accs.tolist(),
+        "fed_model_version": rnd - 1,
+        "fed_num_clients": len(usable),
+        "fed_num_examples": int(weights.sum()),
+        "fed_accuracy": float(np.average(accs, weights=weights)),
+        "fed_loss": float(np.average(losses, weights=weights)),
+    }

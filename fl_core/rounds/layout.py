@@ -17,6 +17,23 @@ Round ``r`` (1-based) starts from model version ``r - 1`` and produces version `
 
 from __future__ import annotations
 
+import re
+
+#: A campaign id: a store-key component and an MLflow/Airflow label, so short and plain.
+CAMPAIGN_ID_MAX_LENGTH = 128
+CAMPAIGN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+
+
+def check_campaign_id(cid: str) -> str:
+    """``cid`` if it is a valid campaign id, else ``ValueError`` naming the rule."""
+    if not isinstance(cid, str) or not re.fullmatch(CAMPAIGN_ID_PATTERN, cid) or ".." in cid:
+        raise ValueError(
+            f"campaign id {cid!r} is invalid: 1-{CAMPAIGN_ID_MAX_LENGTH} characters of letters, "
+            "digits, '.', '_', '-', starting with a letter or digit, no '..'"
+        )
+    return cid
+
+
 CAMPAIGNS = "campaigns"
 
 # Campaign-level records.
@@ -78,6 +95,11 @@ def signature_key(cid: str, rnd: int, client: str) -> str:
     return update_key(cid, rnd, client) + SIGNATURE_SUFFIX
 
 
+def claim_key(cid: str, rnd: int, client: str) -> str:
+    """Write-once claim of a simulated client's training (client-side DP noise)."""
+    return round_key(cid, rnd, "claims", f"{client}.json")
+
+
 def honest_key(cid: str, rnd: int, client: str) -> str:
     return round_key(cid, rnd, HONEST, f"{client}{UPDATE_SUFFIX}")
 
@@ -101,3 +123,13 @@ def client_state_round(key: str) -> int:
 
 def edge_key(cid: str, name: str) -> str:
     return campaign_key(cid, EDGE, name)
+
+
+# Monitoring (outside any campaign).
+MONITORING = "monitoring"
+MONITORING_COOLDOWN = f"{MONITORING}/cooldown.json"
+
+
+def monitoring_report_key(run_id: str) -> str:
+    """Where a monitoring run's report is kept (run ids carry ':' and '+')."""
+    return f"{MONITORING}/reports/{run_id.replace(':', '_').replace('+', '_')}.json"

@@ -12,6 +12,8 @@ left out (so ``"epsilon" in metrics`` says whether DP was on).
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -19,6 +21,8 @@ from fl_core.rounds import layout
 from fl_core.store import ArtifactStore
 
 R = TypeVar("R", bound="Record")
+
+logger = logging.getLogger(__name__)
 
 
 class MissingRecord(RuntimeError):
@@ -38,6 +42,9 @@ class Record:
     SCHEMA: ClassVar[int] = 1
     CAMPAIGN_LEVEL: ClassVar[bool] = False
     KEEP_NONE: ClassVar[bool] = False
+    # A step's output is written once: of two concurrent runs of the same step, the first
+    # record stands and the other run returns it (compare-and-set on the store).
+    WRITE_ONCE: ClassVar[bool] = True
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -89,10 +96,23 @@ def exists(store: ArtifactStore, cls: type[Record], cid: str, rnd: int = 0) -> b
 
 
 def write(store: ArtifactStore, record: Record, cid: str, rnd: int = 0) -> dict[str, Any]:
-    """Store ``record``; returns its dict form (what a step returns to XCom)."""
+    """Store ``record``; returns its dict form (what a step returns to XCom).
+
+    Write-once records use the store's conditional write: when a concurrent run of the same
+    step got there first, its record stands and is returned instead (never a mix of two)."""
     out = record.to_dict()
-    store.put_json(type(record).key(cid, rnd), out)
-    return out
+    key = type(record).key(cid, rnd)
+    if not type(record).WRITE_ONCE:
+        store.put_json(key, out)
+        return out
+    if store.put_json_if_absent(key, out):
+        return out
+    stored: dict[str, Any] = store.get_json(key)
+    if stored != json.loads(json.dumps(out)):
+        logger.warning(
+            "%s: another run of %s wrote it first; keeping that one", key, type(record).PRODUCER
+        )
+    return stored
 
 
 def read(store: ArtifactStore, cls: type[R], cid: str, rnd: int = 0, *, step: str) -> R:
@@ -295,6 +315,12 @@ class RoundMetrics(Record):
     epsilon: float | None = None
     uplink_ratio_vs_dense: float | None = None
     dp_sgd_epsilon_max: float | None = None
+    # Remote rounds: the devices' evaluation of model v(r-1) on their held-out data.
+    fed_model_version: int | None = None
+    fed_num_clients: int | None = None
+    fed_num_examples: int | None = None
+    fed_accuracy: float | None = None
+    fed_loss: float | None = None
 
 
 @dataclass
@@ -303,6 +329,7 @@ class CampaignStatus(Record):
     PRODUCER: ClassVar[str] = "next_round"
     CAMPAIGN_LEVEL: ClassVar[bool] = True
     KEEP_NONE: ClassVar[bool] = True
+    WRITE_ONCE: ClassVar[bool] = False  # the latest round's decision
 
     campaign_id: str
     last_round: int

@@ -14,7 +14,7 @@ from typing import Any
 from fl_core import simulation
 from fl_core.config import Config
 from fl_core.rounds import records as R
-from fl_core.rounds import state
+from fl_core.rounds import remote, state
 from fl_core.seeding import rng
 from fl_core.store import ArtifactStore
 
@@ -34,7 +34,10 @@ def select_clients(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
     rec = state.load_campaign(store, cid)
     cfg = state.campaign_config(rec)
     _check_campaign_open(store, cid, rnd)
-    ids = [c["client_id"] for c in rec["clients"]]
+    if remote.is_remote(cfg):  # enrolled devices with live heartbeats: real availability
+        ids = remote.live_clients(store)
+    else:
+        ids = [c["client_id"] for c in rec["clients"]]
     rp = state.privacy(rec)
     if rp is not None and rp.enabled:
         budget = state.privacy_budget(store, cid, rnd)
@@ -68,17 +71,9 @@ def select_clients(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
 
 
 def _check_campaign_open(store: ArtifactStore, cid: str, rnd: int) -> None:
-    """A round after the one that ended the campaign is refused; so is a round whose
-    predecessor has not been decided (next_round of round r - 1)."""
+    """A round after the one that ended the campaign is refused."""
     status = R.maybe(store, R.CampaignStatus, cid)
-    if rnd == 1:
-        return
-    if status is None or status.last_round < rnd - 1:
-        raise R.MissingRecord(
-            f"round {rnd}: select_clients needs round {rnd - 1}'s next_round decision; "
-            f"run round {rnd - 1} to its next_round step first"
-        )
-    if not status.proceed and status.last_round < rnd:
+    if status is not None and not status.proceed and status.last_round < rnd:
         raise CampaignEnded(
             f"campaign {cid} ended after round {status.last_round} ({status.reason}); "
             f"round {rnd} is refused"
@@ -93,7 +88,7 @@ def _select(
     over-selected to survive the expected dropouts. Returns (cohort, strategy, target)."""
     from fl_core.selection import overselect
 
-    candidates = simulation.world(cfg, rec).candidates(ids, rnd)
+    candidates = ids if remote.is_remote(cfg) else simulation.world(cfg, rec).candidates(ids, rnd)
     if cfg.asynchronous.enabled:
         busy = set(state.inflight(store, cid, rnd - 1, step=STEP))
         candidates = [c for c in candidates if c not in busy]

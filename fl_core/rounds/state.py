@@ -221,13 +221,10 @@ def max_update_bytes(lay: Layout) -> int:
 
 def read_update(store: ArtifactStore, key: str, lay: Layout) -> bytes:
     """An update's bytes, refused before reading when the stored object is too large."""
+    from fl_core.store import ArtifactTooLargeError
+
     limit = max_update_bytes(lay)
-    size_of = getattr(store, "size", None)
-    if callable(size_of):
-        size = int(size_of(key))
-        if size > limit:
-            raise wire.WireError(f"update of {size} bytes exceeds the {limit}-byte limit")
-    data = store.get_bytes(key)
-    if len(data) > limit:
-        raise wire.WireError(f"update of {len(data)} bytes exceeds the {limit}-byte limit")
-    return data
+    try:
+        return store.get_bytes(key, max_size=limit)
+    except ArtifactTooLargeError as exc:
+        raise wire.WireError(f"update of {exc.size} bytes exceeds the {limit}-byte limit") from None

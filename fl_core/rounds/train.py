@@ -32,13 +32,24 @@ def train_clients(store: ArtifactStore, cid: str, rnd: int, clients: list[str]) 
     rec = state.load_campaign(store, cid)
     manifest = R.read(store, R.Manifest, cid, rnd, step=STEP)
     cfg = state.campaign_config(rec)
+    if manifest.transport == "remote":  # the devices train; this transport has nothing to do
+        return {
+            "round": rnd,
+            "remote": True,
+            "trained": 0,
+            "skipped": 0,
+            "dropped": 0,
+            "declined": 0,
+            "bytes_up": 0,
+            "bytes_down": 0,
+        }
     lay = state.model_layout(rec)
     files = state.client_files(rec)
     base = manifest.base_version
     global_vector = state.load_model(store, cid, base)
     world = simulation.world(cfg, rec)
     adversary = simulation.adversary(cfg, rec)
-    trained = skipped = dropped = declined = bytes_up = bytes_down = 0
+    trained = skipped = dropped = declined = claimed = bytes_up = bytes_down = 0
     for client in clients:
         if client not in manifest.tasks:
             raise ValueError(f"client {client!r} has no task in round {rnd}")
@@ -50,6 +61,12 @@ def train_clients(store: ArtifactStore, cid: str, rnd: int, clients: list[str]) 
             dropped += 1  # went offline before delivering: no update arrives
             continue
         raw = manifest.tasks[client]
+        if raw.get("privacy") and not _claim(store, cid, rnd, client):
+            # Client-side DP noise is unrepeatable: one run only may train this client
+            # (another run holds the claim, or crashed holding it: a straggler this round).
+            logger.warning("round %d: %s is claimed by another run; skipped", rnd, client)
+            claimed += 1
+            continue
         task = ClientTask.from_manifest(
             raw,
             campaign=cid,
@@ -118,6 +135,7 @@ def train_clients(store: ArtifactStore, cid: str, rnd: int, clients: list[str]) 
         "skipped": skipped,
         "dropped": dropped,
         "declined": declined,
+        "claimed_elsewhere": claimed,
         "bytes_up": bytes_up,
         "bytes_down": bytes_down,
     }
@@ -133,3 +151,13 @@ def _load_client_state(store: ArtifactStore, cid: str, client: str, rnd: int) ->
     ]
     arrays: dict[str, np.ndarray] = store.get_arrays(max(earlier)) if earlier else {}
     return ClientState.from_arrays(arrays)
+
+
+def _claim(store: ArtifactStore, cid: str, rnd: int, client: str) -> bool:
+    """Claim the right to train ``client`` in round ``rnd`` (write-once); True if ours."""
+    import os
+    import socket
+    import time
+
+    owner = {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
+    return store.put_json_if_absent(L.claim_key(cid, rnd, client), owner)

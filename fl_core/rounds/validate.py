@@ -22,7 +22,7 @@ from fl_core.aggregation.math import l2_norm
 from fl_core.models import Layout
 from fl_core.rounds import layout as L
 from fl_core.rounds import records as R
-from fl_core.rounds import state
+from fl_core.rounds import remote, state
 from fl_core.rounds.state import read_update
 from fl_core.store import ArtifactStore
 
@@ -50,7 +50,7 @@ def validate_updates(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]
     rec = state.load_campaign(store, cid)
     cfg = state.campaign_config(rec)
     lay = state.model_layout(rec)
-    known = state.client_examples(rec)
+    known = remote.known_examples(store) if remote.is_remote(cfg) else state.client_examples(rec)
     collected = R.read(store, R.Collected, cid, rnd, step=STEP)
     manifests: dict[int, R.Manifest] = {}
     accepted: list[R.AcceptedUpdate] = []

@@ -55,7 +55,7 @@ def open_retraining(store: Any, conf: dict[str, Any]) -> dict[str, Any]:
     from fl_core.campaigns import config_from_form, open_campaign
     from fl_core.config import from_dict, load_params, with_overrides
     from fl_core.operations import champion
-    from fl_core.rounds import new_campaign_id
+    from fl_core.rounds.campaign import new_campaign_id
     from fl_core.rounds.layout import campaign_record_key
     from fl_core.rounds.state import load_campaign
     from fl_core.tracking import default_tracking_uri

@@ -56,11 +56,14 @@ def run_campaign(form: dict[str, Any], *, quiet: bool = True) -> dict[str, Any]:
     from fl_airflow.hooks.artifact_store import ArtifactStoreHook
     from fl_core.campaigns import config_from_form
     from fl_core.config import load_params
-    from fl_core.rounds import layout, new_campaign_id, records
+    from fl_core.rounds import layout, records
+    from fl_core.rounds.campaign import new_campaign_id
 
     dag = load_dag("federated_training")
     store = ArtifactStoreHook.get_store()
-    cfg = config_from_form(load_params(env.PROJECT_ROOT / "params.yaml"), form)
+    from fl_airflow.hooks.artifact_store import project_root
+
+    cfg = config_from_form(load_params(project_root() / "params.yaml"), form)
     cid = form.get("campaign_id") or new_campaign_id(cfg.campaign.name)
     # What each task did (cohort, accepted/rejected, accuracy, bytes) goes to this file; the
     # console keeps the progress bar.
@@ -138,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--local-epochs", type=int, dest="local_epochs")
     parser.add_argument("--dataset")
     parser.add_argument("--model")
+    parser.add_argument("--clients", choices=["simulated", "remote"])
     parser.add_argument("--client-batch-size", type=int, dest="client_batch_size", default=5)
     parser.add_argument("--json", action="store_true", help="print the final status as JSON")
     parser.add_argument("--rerun-round", type=int, help="re-run one round of --campaign-id")
@@ -153,9 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         state = rerun_round(args.campaign_id, args.rerun_round)
         print(state)
         return 0 if state == "success" else 1
-    form = {
-        k: v for k, v in vars(args).items() if v is not None and k not in ("json", "rerun_round")
-    }
+    from fl_core.form import FORM_FIELDS
+
+    fields = {f.name for f in FORM_FIELDS}
+    form = {k: v for k, v in vars(args).items() if v is not None and k in fields}
     out = run_campaign(form)
     if args.json:
         print(json.dumps(out, default=str))  # one line, last on stdout

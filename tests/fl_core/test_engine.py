@@ -62,7 +62,8 @@ def test_rerunning_steps_is_idempotent(tiny_data: Path, tmp_path: Path) -> None:
         "server_update.json",
     ):
         (tmp_path / pipeline.round_key(cid, 1, name)).unlink()
-    pipeline.server_update(store, cid, 1)
+    for step in (pipeline.aggregate, pipeline.privatize, pipeline.server_update):
+        step(store, cid, 1)
 
     assert store.get_bytes(pipeline.model_key(cid, 1)) == model_before
     assert pipeline.aggregate(store, cid, 1)["num_aggregated"] == len(cohort)
@@ -75,6 +76,7 @@ def test_bad_updates_are_rejected_and_the_round_goes_on(tiny_data: Path, tmp_pat
     cohort = pipeline.select_clients(store, cid, 1)["cohort"]
     pipeline.dispatch(store, cid, 1)
     pipeline.train_clients(store, cid, 1, cohort)
+    pipeline.collect(store, cid, 1)
     corrupt, nan_client, stale = cohort[0], cohort[1], cohort[2]
     data = bytearray(store.get_bytes(pipeline.update_key(cid, 1, corrupt)))
     data[-1] ^= 0x01
@@ -105,6 +107,7 @@ def test_missing_updates_are_recorded_as_stragglers(tiny_data: Path, tmp_path: P
     store = LocalStore(tmp_path)
     cid = pipeline.start_campaign(store, tiny_config(), data_dir=tiny_data, campaign_id="s")
     cohort = pipeline.select_clients(store, cid, 1)["cohort"]
+    pipeline.dispatch(store, cid, 1)
     pipeline.train_clients(store, cid, 1, cohort[:3])
 
     out = pipeline.collect(store, cid, 1)

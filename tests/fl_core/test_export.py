@@ -229,3 +229,29 @@ def test_export_rejects_bad_arguments(
 
     with pytest.raises(ValueError, match=argument):
         export_edge(spec, vector, tmp_path, **args)
+
+
+def test_edge_model_of_a_scaled_spec_takes_raw_features(
+    digits: DigitsSplit, tmp_path: Path
+) -> None:
+    import torch
+
+    x, y, x_test, y_test = digits
+    raw_train, raw_test = x * 40.0 + 7.0, x_test * 40.0 + 7.0  # badly scaled raw features
+    mean = tuple(float(v) for v in raw_train.mean(axis=0))
+    std = tuple(float(v) if v > 0 else 1.0 for v in raw_train.std(axis=0))
+    spec = ModelSpec("mlp", (64,), 10, hidden=(64,), feature_mean=mean, feature_std=std)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        vector = train_centralized(spec, raw_train, y, settings=TrainSettings(
+            batch_size=64, lr=0.1, momentum=0.9), epochs=5, seed=0)
+    finally:
+        torch.set_num_threads(threads)
+
+    result = export_edge(spec, vector, tmp_path, x_eval=raw_test, y_eval=y_test)
+
+    expected = float((predict_logits(spec, vector, raw_test).argmax(1) == y_test).mean())
+    labels = _jit_predict(tmp_path / FLOAT_FILE, raw_test)
+    assert float((labels == y_test).mean()) == pytest.approx(expected)
+    assert result["accuracy_float"] == pytest.approx(expected) and expected > 0.85

@@ -76,3 +76,36 @@ def test_wrong_vector_length_and_unknown_model_are_rejected() -> None:
 def test_malformed_layout_json_is_rejected(bad: object) -> None:
     with pytest.raises(ValueError):
         Layout.from_json(bad)
+
+
+def test_scaled_spec_standardizes_raw_input_with_the_same_layout() -> None:
+    mean, std = (1.0, -2.0, 10.0), (2.0, 0.5, 4.0)
+    plain = ModelSpec("mlp", (3,), 2, hidden=(4,))
+    scaled = ModelSpec("mlp", (3,), 2, hidden=(4,), feature_mean=mean, feature_std=std)
+    vector, layout = init_vector(plain, seed=0)
+    a, b = build_model(plain), build_model(scaled)
+    set_flat(a, vector)
+    set_flat(b, vector, layout)
+    x = torch.rand(6, 3) * 10
+
+    assert layout_of(b) == layout
+    expected = a((x - torch.tensor(mean)) / torch.tensor(std))
+    torch.testing.assert_close(b(x), expected)
+    assert ModelSpec.from_json(scaled.to_json()) == scaled
+    assert "feature_mean" not in plain.to_json()  # unscaled specs keep their exact JSON
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_scaled_model_survives_torchscript(tmp_path) -> None:
+    spec = ModelSpec("logreg", (2,), 2, feature_mean=(5.0, 5.0), feature_std=(2.0, 3.0))
+    model = build_model(spec)
+    path = tmp_path / "m.pt"
+    torch.jit.save(torch.jit.script(model), str(path))
+    x = torch.rand(4, 2)
+
+    torch.testing.assert_close(torch.jit.load(str(path))(x), model(x))
+
+
+def test_bad_scaling_statistics_are_refused() -> None:
+    with pytest.raises(ValueError, match="feature_std"):
+        ModelSpec("mlp", (2,), 2, feature_mean=(0.0, 0.0), feature_std=(1.0, 0.0))

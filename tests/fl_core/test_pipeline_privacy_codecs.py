@@ -75,6 +75,8 @@ def test_central_noise_matches_the_formula(tiny_data: Path, tmp_path: Path) -> N
         step(store, cid, 1)
     for batch in pipeline.client_batches(store, cid, 1, batch_size=8):
         pipeline.train_clients(store, cid, 1, batch)
+    pipeline.collect(store, cid, 1)
+    pipeline.validate_updates(store, cid, 1)
     info = pipeline.aggregate(store, cid, 1)
     out = pipeline.privatize(store, cid, 1)
 
@@ -148,7 +150,9 @@ def test_client_with_the_wrong_codec_is_rejected(tiny_data: Path, tmp_path: Path
     store = LocalStore(tmp_path)
     cid = pipeline.start_campaign(store, tiny_config(), data_dir=tiny_data, campaign_id="codec")
     cohort = pipeline.select_clients(store, cid, 1)["cohort"]
+    pipeline.dispatch(store, cid, 1)
     pipeline.train_clients(store, cid, 1, cohort)
+    pipeline.collect(store, cid, 1)
     header, vec = wire.decode(store.get_bytes(pipeline.update_key(cid, 1, cohort[0])))
     fp16 = wire.Header(**{**header.__dict__, "codec": "fp16"})
     store.put_bytes(pipeline.update_key(cid, 1, cohort[0]), wire.encode(fp16, vec))

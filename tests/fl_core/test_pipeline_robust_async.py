@@ -8,6 +8,7 @@ import pytest
 
 from fl_core import pipeline, wire
 from fl_core.engine import run_campaign
+from fl_core.rounds.state import reputation
 from fl_core.store import LocalStore
 from tests.conftest import tiny_config
 
@@ -68,7 +69,7 @@ def test_boosted_updates_are_rejected_as_norm_outliers_and_lose_reputation(
     report = store.get_json(pipeline.round_key(cid, 1, "validation.json"))
     assert [r["client"] for r in report["rejected"]] == bad
     assert "norm outlier" in report["rejected"][0]["reason"]
-    book = pipeline._reputation(store, cid, 4)
+    book = reputation(store, cid, 4)
     honest = [c for c in book.clients if c not in bad]
     assert book.score(bad[0], round=5) < min(book.score(c, round=5) for c in honest)
 

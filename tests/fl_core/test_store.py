@@ -8,6 +8,9 @@ bucket and a key prefix). Nothing is mocked inside boto3.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import tracemalloc
 import uuid
 from pathlib import Path
 from typing import Any
@@ -15,8 +18,21 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fl_core.store import ArtifactStore, LocalStore, S3Store, open_store, store_from_env
-from tests.s3 import CREDENTIALS, s3_client, s3_endpoint  # noqa: F401  (s3_endpoint: fixture)
+from fl_core.store import (
+    ArtifactStore,
+    ArtifactTooLargeError,
+    LocalStore,
+    S3Store,
+    StoreUnavailableError,
+    open_store,
+    store_from_env,
+)
+from tests.s3 import (  # noqa: F401  (s3_endpoint: fixture)
+    CREDENTIALS,
+    free_port,
+    s3_client,
+    s3_endpoint,
+)
 
 INVALID_KEYS = ["", "/abs", "../x", "a/../b", "a//b", "a/", "./a", "a/./b", "a/\x00b"]
 
@@ -379,3 +395,182 @@ def test_store_from_env_switches_to_s3(monkeypatch: pytest.MonkeyPatch, s3_env: 
 
     assert isinstance(store, S3Store)
     assert store.list("") == ["a.bin"]
+
+
+# --------------------------------------------------------------------------- sizes and limits
+
+
+def test_size_is_the_artifact_length_and_missing_is_key_error(store: ArtifactStore) -> None:
+    store.put_bytes("u/a.flw", b"x" * 1234)
+
+    assert store.size("u/a.flw") == 1234
+    with pytest.raises(KeyError):
+        store.size("u/missing.flw")
+
+
+def test_get_bytes_with_max_size_refuses_larger_artifacts(store: ArtifactStore) -> None:
+    store.put_bytes("u/a.flw", b"y" * 100)
+
+    assert store.get_bytes("u/a.flw", max_size=100) == b"y" * 100
+    with pytest.raises(ArtifactTooLargeError, match="100 bytes, more than the limit of 99"):
+        store.get_bytes("u/a.flw", max_size=99)
+    with pytest.raises(KeyError):
+        store.get_bytes("u/missing.flw", max_size=10)
+    with pytest.raises(ValueError, match="max_size"):
+        store.get_bytes("u/a.flw", max_size=-1)
+
+
+def test_oversized_local_artifact_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    store.put_bytes("u/big.flw", b"")
+    with open(tmp_path / "u" / "big.flw", "wb") as fh:  # 300 MiB, sparse: costs no disk
+        fh.truncate(300 << 20)
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(ArtifactTooLargeError):
+            store.get_bytes("u/big.flw", max_size=1 << 20)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert peak < 4 << 20  # reading it whole would have allocated 300 MiB
+
+
+def test_oversized_s3_artifact_is_refused_before_its_body_is_read(
+    s3_endpoint: str,  # noqa: F811
+) -> None:
+    client, bucket = _new_bucket(s3_endpoint)
+    store = S3Store(bucket, client=client)
+    store.put_bytes("u/big.flw", b"z" * (24 << 20))
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(ArtifactTooLargeError, match="25165824 bytes"):
+            store.get_bytes("u/big.flw", max_size=1 << 20)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert peak < 8 << 20  # the 24 MiB body was never read
+
+
+# --------------------------------------------------------------------------- write once
+
+
+def test_put_if_absent_writes_once_and_keeps_the_first(store: ArtifactStore) -> None:
+    first = store.put_bytes_if_absent("r/commit.json", b"first")
+    second = store.put_bytes_if_absent("r/commit.json", b"second")
+
+    assert (first, second) == (True, False)
+    assert store.get_bytes("r/commit.json") == b"first"
+    assert store.list("r") == ["r/commit.json"]  # no temp files left behind
+
+
+def test_put_json_if_absent(store: ArtifactStore) -> None:
+    assert store.put_json_if_absent("c/secret.json", {"v": 1}) is True
+    assert store.put_json_if_absent("c/secret.json", {"v": 2}) is False
+
+    assert store.get_json("c/secret.json") == {"v": 1}
+
+
+def test_put_if_absent_after_put_bytes_sees_the_existing_artifact(store: ArtifactStore) -> None:
+    store.put_bytes("r/x.bin", b"old")
+
+    assert store.put_bytes_if_absent("r/x.bin", b"new") is False
+    assert store.get_bytes("r/x.bin") == b"old"
+
+
+RACE_KEYS = 12
+RACE_PAYLOAD = 64 << 10
+
+
+def _race_worker(spec: dict[str, Any], name: str, barrier: Any, out: Any) -> None:
+    """Child process: at each barrier, try to write ``RACE_KEYS`` keys once; report wins."""
+    if spec["kind"] == "local":
+        store: ArtifactStore = LocalStore(spec["root"])
+    else:
+        os.environ.update(CREDENTIALS)
+        store = S3Store(spec["bucket"], spec["prefix"], endpoint_url=spec["endpoint"])
+    wins = []
+    for i in range(RACE_KEYS):
+        payload = (f"{name}:{i}:".encode() * RACE_PAYLOAD)[:RACE_PAYLOAD]
+        barrier.wait(timeout=60)
+        if store.put_bytes_if_absent(f"race/{i:03d}/commit.bin", payload):
+            wins.append(i)
+    out.put((name, wins))
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_two_processes_racing_to_write_once_have_exactly_one_winner(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if kind == "local":
+        spec: dict[str, Any] = {"kind": "local", "root": str(tmp_path / "store")}
+        store: ArtifactStore = LocalStore(spec["root"])
+    else:
+        endpoint = request.getfixturevalue("s3_endpoint")
+        client, bucket = _new_bucket(endpoint)
+        spec = {"kind": "s3", "bucket": bucket, "prefix": "p", "endpoint": endpoint}
+        store = S3Store(bucket, "p", client=client)
+    ctx = multiprocessing.get_context("spawn")
+    barrier, out = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_race_worker, args=(spec, n, barrier, out)) for n in "AB"]
+    for proc in procs:
+        proc.start()
+    results = dict(out.get(timeout=120) for _ in procs)
+    for proc in procs:
+        proc.join(timeout=30)
+        assert proc.exitcode == 0
+
+    for i in range(RACE_KEYS):
+        winners = [n for n, wins in results.items() if i in wins]
+        assert len(winners) == 1, f"key {i}: winners {winners}"
+        expected = (f"{winners[0]}:{i}:".encode() * RACE_PAYLOAD)[:RACE_PAYLOAD]
+        assert store.get_bytes(f"race/{i:03d}/commit.bin") == expected  # whole, not mixed
+    assert len(store.list("race")) == RACE_KEYS
+
+
+# --------------------------------------------------------------------------- unavailable store
+
+
+def test_s3_exists_on_a_missing_bucket_raises_instead_of_answering_false(
+    s3_endpoint: str,  # noqa: F811
+) -> None:
+    store = S3Store("no-such-bucket-fl", client=s3_client(s3_endpoint))
+
+    with pytest.raises(StoreUnavailableError, match="no-such-bucket-fl.*does not exist"):
+        store.exists("campaigns/c/rounds/0001/updates/client_0000.flw")
+    with pytest.raises(StoreUnavailableError):
+        store.size("x")
+    with pytest.raises(StoreUnavailableError):
+        store.put_bytes_if_absent("x", b"1")
+
+
+def test_s3_exists_on_an_existing_bucket_still_answers_false_for_a_missing_key(
+    s3_endpoint: str,  # noqa: F811
+) -> None:
+    client, bucket = _new_bucket(s3_endpoint)
+    store = S3Store(bucket, client=client)
+
+    assert store.exists("nothing/here.bin") is False
+    store.put_bytes("nothing/here.bin", b"1")
+    assert store.exists("nothing/here.bin") is True
+
+
+def test_s3_unreachable_endpoint_raises_store_unavailable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    store = S3Store("bucket", endpoint_url=f"http://127.0.0.1:{free_port()}")  # nobody listens
+    store.client.meta.config.retries = {"max_attempts": 1}
+
+    for call in (
+        lambda: store.exists("k"),
+        lambda: store.get_bytes("k"),
+        lambda: store.put_bytes("k", b"1"),
+        lambda: store.list(""),
+    ):
+        with pytest.raises(StoreUnavailableError, match="endpoint not reachable"):
+            call()

@@ -413,3 +413,118 @@ def test_a_delta_needs_the_version_it_was_made_from() -> None:
         wire.encode_model_for_client(_model_header(), model, known_version=3)
     with pytest.raises(ValueError, match="kind"):
         wire.encode_model_for_client(_header(layout=BIG), model)
+
+
+# --------------------------------------------------------------------------- bounded headers
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"num_examples": 10**15}, "'num_examples' must be <="),
+        ({"num_examples": 10**400}, "num_examples|JSON"),
+        ({"round": 2**60}, "'round' must be <="),
+        ({"base_version": 2**60}, "'base_version' must be <="),
+        ({"metrics": {"train_loss": 1e300}}, "train_loss.*exceeds"),
+        ({"metrics": {"m" + str(i): 1.0 for i in range(65)}}, "at most 64"),
+        ({"metrics": {"x" * 129: 1.0}}, "metric name"),
+        ({"metrics": {"": 1.0}}, "metric name"),
+    ],
+)
+def test_header_numbers_beyond_their_bounds_are_rejected(
+    change: dict[str, object], reason: str
+) -> None:
+    head, payload = _split(wire.encode(_header(), np.ones(16, dtype=np.float32)))
+
+    with pytest.raises(wire.WireError, match=reason):
+        wire.decode(_join({**head, **change}, payload))
+
+
+@pytest.mark.parametrize("constant", [b"NaN", b"Infinity", b"-Infinity", b"1e400"])
+def test_non_finite_header_metrics_are_rejected(constant: bytes) -> None:
+    head, payload = _split(wire.encode(_header(), np.ones(16, dtype=np.float32)))
+    head = {**head, "payload_bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
+    raw = json.dumps({**head, "metrics": {"train_loss": 0.0}}).encode()
+    raw = raw.replace(b'"train_loss": 0.0', b'"train_loss": ' + constant)
+
+    with pytest.raises(wire.WireError, match="non-finite|not finite"):
+        wire.decode(wire.MAGIC + struct.pack(">I", len(raw)) + raw + payload)
+
+
+def test_the_largest_accepted_counts_survive_weighted_arithmetic() -> None:
+    header = _header(num_examples=wire.MAX_NUM_EXAMPLES, metrics={"loss": wire.MAX_METRIC_ABS})
+    got, _ = wire.decode(wire.encode(header, np.ones(16, dtype=np.float32)))
+
+    weights = np.array([got.num_examples] * 10**6, dtype=np.float64)
+    assert np.isfinite(weights.sum()) and float(weights.sum()) == 10**6 * wire.MAX_NUM_EXAMPLES
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("num_examples", wire.MAX_NUM_EXAMPLES + 1),
+        ("num_examples", -1),
+        ("round", -1),
+        ("metrics", {"train_loss": float("nan")}),
+        ("metrics", {"train_loss": float("inf")}),
+    ],
+)
+def test_encode_refuses_out_of_bounds_header_numbers_naming_the_field(
+    field: str, value: object
+) -> None:
+    with pytest.raises(ValueError, match=field):
+        wire.encode(_header(**{field: value}), np.ones(16, dtype=np.float32))
+
+
+# --------------------------------------------------------------------------- memory before checks
+
+
+def _tiny_sparse_message(num_params: int) -> bytes:
+    """A valid top-k message claiming ``num_params`` parameters but carrying one value."""
+    layout = Layout(("w",), ((num_params,),))
+    from fl_core.codec.sparse import encode_indices
+
+    payload = (
+        encode_indices(np.zeros(1, dtype=np.int64), num_params) + np.ones(1, dtype="<f4").tobytes()
+    )  # index 0, value 1.0
+    header = _header(codec="topk:1e-09", layout=layout)
+    head = header.to_json(payload=payload)
+    raw = json.dumps(head).encode()
+    return wire.MAGIC + struct.pack(">I", len(raw)) + raw + payload
+
+
+def test_a_tiny_message_claiming_a_huge_layout_is_refused_before_allocating() -> None:
+    import tracemalloc
+
+    data = _tiny_sparse_message(1 << 24)
+    assert len(data) < 1024
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(wire.WireError, match="more than it can justify"):
+            wire.decode(data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert peak < 4 << 20  # densifying would allocate 64 MiB
+
+
+def test_the_same_message_decodes_when_the_caller_vouches_for_the_layout() -> None:
+    data = _tiny_sparse_message(1 << 20)
+
+    header, vector = wire.decode(data, expected_layout=Layout(("w",), ((1 << 20,),)))
+    _, idx, values = wire.decode_sparse(data)
+
+    assert vector.size == 1 << 20 and float(vector.sum()) == 1.0
+    assert idx.tolist() == [0] and values.tolist() == [1.0]  # no densifying, no refusal
+    assert header.layout.num_params == 1 << 20
+
+
+def test_a_legitimate_sparse_update_decodes_without_an_expected_layout() -> None:
+    n = 100_000
+    data = wire.encode(_header(codec="topk:0.01", layout=Layout(("w",), ((n,),))), _vector(n))
+
+    _, vector = wire.decode(data)
+
+    assert vector.size == n and np.count_nonzero(vector) == 1000

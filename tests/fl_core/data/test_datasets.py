@@ -378,3 +378,16 @@ def test_split_rejects_bad_fraction(digits: Dataset, fraction: float) -> None:
     # Act / Assert
     with pytest.raises(ValueError, match="test_fraction"):
         train_test_split(digits, test_fraction=fraction, seed=0)
+
+
+def test_the_readme_sample_request_is_one_mnist5k_digit() -> None:
+    import json
+    from pathlib import Path
+
+    from fl_core.data.datasets import load_mnist5k
+
+    sample = Path(__file__).resolve().parents[3] / "deploy" / "sample_request.json"
+    rows = np.asarray(json.loads(sample.read_text())["inputs"], dtype=np.float32)
+
+    assert rows.shape == (1, 784)
+    np.testing.assert_allclose(rows[0], load_mnist5k().x[0], atol=1e-4)

@@ -311,3 +311,45 @@ def test_more_clients_than_rows_raises() -> None:
         iid(3, num_clients=4, seed=0)
     with pytest.raises(ValueError, match="num_clients"):
         quantity_lognormal(3, num_clients=4, sigma=1.0, seed=0)
+
+
+# --------------------------------------------------------------- natural client names
+
+
+def test_natural_names_keep_distinct_ids_distinct_and_safe() -> None:
+    from fl_core.data.partition import natural_client_names
+
+    ids = ["a/b", "a b", "a_b", "x" * 70 + "1", "x" * 70 + "2", "../etc", "7"]
+
+    names = natural_client_names(ids)
+
+    assert len(set(names)) == len(ids)
+    assert names[2] == "client_a_b" and names[-1] == "client_7"
+    assert all(len(n) <= 80 and "/" not in n and " " not in n for n in names)
+    assert not any(n.startswith("client_.") for n in names)
+    assert natural_client_names(["a/b"]) == names[:1]  # stable: depends only on the id
+
+
+def test_natural_partition_of_colliding_ids_loses_no_rows(tmp_path) -> None:
+    from fl_core import stages
+    from fl_core.config import from_dict
+    from fl_core.data.io import read_json
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "raw.csv"
+    sites = np.repeat(["a/b", "a b", "a_b", "c"], 15)
+    rows = ["f0,f1,label,site"] + [
+        f"{rng.normal():.4f},{rng.normal():.4f},{i % 2},{s}" for i, s in enumerate(sites)
+    ]
+    path.write_text("\n".join(rows) + "\n")
+    cfg = from_dict({"data": {"dataset": "file", "path": str(path), "client_column": "site"},
+                     "partition": {"scheme": "natural"}, "campaign": {"clients_per_round": 2}})
+    paths = stages.Paths(tmp_path)
+
+    stages.prepare(cfg, paths)
+    manifest = stages.partition(cfg, paths)
+
+    assert manifest["num_clients"] == 4
+    assert len(list(paths.clients.glob("client_*.parquet"))) == 4
+    meta = read_json(paths.prepared / "meta.json")
+    assert sum(c["num_examples"] for c in manifest["clients"]) == meta["num_train"]

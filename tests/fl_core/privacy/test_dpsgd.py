@@ -18,7 +18,9 @@ def _client_data(n: int = 120) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def _train(spec: ModelSpec, noise: float, *, seed: int = 3) -> tuple[np.ndarray, float, float]:
+def _train(
+    spec: ModelSpec, noise: float, *, seed: int = 3, noise_seed: int | None = 11
+) -> tuple[np.ndarray, float, float]:
     x, y = _client_data()
     vector, _ = init_vector(spec, seed=0)
     result, eps = train_dp_sgd(
@@ -33,6 +35,7 @@ def _train(spec: ModelSpec, noise: float, *, seed: int = 3) -> tuple[np.ndarray,
         max_grad_norm=1.0,
         delta=1e-3,
         seed=seed,
+        noise_seed=noise_seed,
     )
     assert result.num_examples == len(x)
     assert math.isfinite(result.train_loss)
@@ -60,3 +63,14 @@ def test_dp_sgd_epsilon_decreases_as_noise_increases_and_is_deterministic() -> N
     assert eps_high_noise < eps_low_noise
     np.testing.assert_array_equal(d1, d1_again)
     assert not np.array_equal(d1, d2)
+
+
+def test_dp_sgd_noise_is_not_derived_from_the_public_seed() -> None:
+    # By default (what clients run) the noise seed comes from the OS CSPRNG: the same public
+    # seed gives different updates, so the server cannot recompute and subtract the noise.
+    spec = ModelSpec(name="logreg", input_shape=(16,), num_classes=4)
+
+    first, _, _ = _train(spec, noise=1.0, noise_seed=None)
+    second, _, _ = _train(spec, noise=1.0, noise_seed=None)
+
+    assert not np.array_equal(first, second)

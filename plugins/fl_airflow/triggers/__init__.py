@@ -1,0 +1,1 @@
+"""Triggers (run in Airflow's triggerer, holding no worker slot)."""

@@ -1,0 +1,206 @@
+"""Hostile and broken updates through the real round steps (digits, 6 clients): each is
+rejected with a reason, the round completes with the others, nothing already accepted is
+lost, and no step crashes or silently uses something other than what was checked."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fl_core import pipeline as steps
+from fl_core import rounds, wire
+from fl_core.rounds import layout as L
+from fl_core.rounds import records as R
+from fl_core.rounds.campaign import check_campaign_id
+from fl_core.rounds.select import CampaignEnded
+from fl_core.rounds.server_update import NonFiniteModel
+from fl_core.rounds.state import load_model
+from fl_core.store import LocalStore
+from tests.conftest import tiny_config
+
+ALL_SIX = {"clients_per_round": 6, "rounds": 2}
+
+
+def _start(tiny_data: Path, tmp_path: Path, **sections: Any) -> tuple[LocalStore, str]:
+    store = LocalStore(tmp_path / "store")
+    cfg = tiny_config(campaign=ALL_SIX, **sections)
+    cid = steps.start_campaign(store, cfg, data_dir=tiny_data, campaign_id="hostile")
+    return store, cid
+
+
+def _run(store: LocalStore, cid: str, rnd: int, *, upto: str) -> None:
+    """Run round ``rnd``'s steps in order, up to and including ``upto``."""
+    for name in rounds.ROUND_STEPS:
+        if name == "train_clients":
+            for batch in steps.client_batches(store, cid, rnd, batch_size=8):
+                steps.train_clients(store, cid, rnd, batch)
+        else:
+            rounds.step(name)(store, cid, rnd)
+        if name == upto:
+            return
+
+
+def _rewrite(store: LocalStore, cid: str, client: str, rnd: int = 1, **changes: Any) -> None:
+    """Replace ``client``'s stored update by a forged message: the header fields in
+    ``changes`` (``metrics`` merged), and for ``vector`` a raw float32 payload. Built by
+    hand, as a hostile client would, not with our encoder (which refuses such values)."""
+    key = L.update_key(cid, rnd, client)
+    data = store.get_bytes(key)
+    (head_len,) = struct.unpack(">I", data[4:8])
+    header = json.loads(data[8 : 8 + head_len])
+    payload = data[8 + head_len :]
+    if "vector" in changes:
+        payload = np.asarray(changes.pop("vector"), dtype="<f4").tobytes()
+        header.update(payload_bytes=len(payload), sha256=hashlib.sha256(payload).hexdigest())
+    header["metrics"] = {**header.get("metrics", {}), **changes.pop("metrics", {})}
+    header.update(changes)
+    head = json.dumps(header).encode()  # allow_nan: NaN/Infinity as a hostile client sends
+    store.put_bytes(key, data[:4] + struct.pack(">I", len(head)) + head + payload)
+
+
+def _weighted_mean(store: LocalStore, cid: str, accepted: list[dict[str, Any]]) -> np.ndarray:
+    vectors = [wire.decode(store.get_bytes(L.update_key(cid, 1, a["client"])))[1] for a in accepted]
+    weights = np.asarray([a["num_examples"] for a in accepted], dtype=np.float64)
+    return (np.stack(vectors).astype(np.float64) * weights[:, None]).sum(0) / weights.sum()
+
+
+def _reasons(validation: dict[str, Any]) -> dict[str, str]:
+    return {r["client"]: r["reason"] for r in validation["rejected"]}
+
+
+@pytest.mark.parametrize("claimed", [10**15, 10**400])
+def test_a_client_claiming_more_examples_than_it_holds_is_rejected(
+    tiny_data: Path, tmp_path: Path, claimed: int
+) -> None:
+    store, cid = _start(tiny_data, tmp_path, server={"momentum": 0.0, "norm_outlier_factor": None})
+    _run(store, cid, 1, upto="collect")
+    _rewrite(store, cid, "client_0002", num_examples=claimed)
+
+    validation = steps.validate_updates(store, cid, 1)
+    info = steps.aggregate(store, cid, 1)
+
+    assert "num_examples" in _reasons(validation)["client_0002"]
+    accepted = validation["accepted"]
+    assert {a["client"] for a in accepted} == {f"client_{i:04d}" for i in range(6)} - {
+        "client_0002"
+    }
+    # The aggregate is the example-weighted mean of the five honest updates.
+    got = store.get_arrays(L.round_key(cid, 1, L.AGGREGATE_ARRAYS))["update"]
+    np.testing.assert_allclose(got, _weighted_mean(store, cid, accepted), rtol=1e-5, atol=1e-7)
+    assert info["total_examples"] == sum(a["num_examples"] for a in accepted)
+
+
+def test_an_update_replaced_after_validation_is_rejected_at_aggregate(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    store, cid = _start(tiny_data, tmp_path)
+    _run(store, cid, 1, upto="validate_updates")
+    validated = steps.validate_updates(store, cid, 1)
+    honest = validated["num_accepted"]
+    nan = np.full(load_model(store, cid, 0).shape, np.nan, dtype=np.float32)
+    _rewrite(store, cid, "client_0001", vector=nan)
+
+    info = steps.aggregate(store, cid, 1)
+    steps.privatize(store, cid, 1)
+    steps.server_update(store, cid, 1)
+    metrics = steps.evaluate(store, cid, 1)
+
+    assert info["num_aggregated"] == honest - 1
+    assert info["rejected_at_read"] == [
+        {
+            "client": "client_0001",
+            "reason": "accepted update changed after validation (sha256 mismatch)",
+        }
+    ]
+    others = [a for a in validated["accepted"] if a["client"] != "client_0001"]
+    got = store.get_arrays(L.round_key(cid, 1, L.AGGREGATE_ARRAYS))["update"]
+    np.testing.assert_allclose(got, _weighted_mean(store, cid, others), rtol=1e-5, atol=1e-7)
+    assert np.all(np.isfinite(load_model(store, cid, 1)))
+    assert np.isfinite(metrics["test_loss"])
+
+
+def test_an_update_deleted_after_collect_or_after_validation_is_a_rejection(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    store, cid = _start(tiny_data, tmp_path)
+    _run(store, cid, 1, upto="collect")
+    (Path(store.root) / L.update_key(cid, 1, "client_0003")).unlink()
+
+    validation = steps.validate_updates(store, cid, 1)
+    (Path(store.root) / L.update_key(cid, 1, "client_0004")).unlink()
+    info = steps.aggregate(store, cid, 1)
+
+    assert _reasons(validation)["client_0003"] == "update disappeared after collect"
+    assert info["rejected_at_read"][0]["client"] == "client_0004"
+    assert "missing" in info["rejected_at_read"][0]["reason"]
+    assert info["num_aggregated"] == 4
+
+
+@pytest.mark.parametrize("metric", [float("nan"), float("inf"), -1.0])
+def test_header_metrics_must_be_finite_and_in_bounds(
+    tiny_data: Path, tmp_path: Path, metric: float
+) -> None:
+    store, cid = _start(tiny_data, tmp_path)
+    _run(store, cid, 1, upto="collect")
+    _rewrite(store, cid, "client_0005", metrics={"train_loss": metric})
+
+    validation = steps.validate_updates(store, cid, 1)
+
+    reason = _reasons(validation)["client_0005"]
+    assert "train_loss" in reason or "NaN" in reason or "Infinity" in reason
+    assert validation["num_accepted"] == 5
+
+
+def test_server_update_refuses_a_non_finite_model(tiny_data: Path, tmp_path: Path) -> None:
+    store, cid = _start(tiny_data, tmp_path)
+    _run(store, cid, 1, upto="privatize")
+    key = L.round_key(cid, 1, L.PRIVATIZED)
+    update = store.get_arrays(key)["update"]
+    update[0] = np.inf
+    store.put_arrays(key, {"update": update})
+
+    with pytest.raises(NonFiniteModel, match="non-finite"):
+        steps.server_update(store, cid, 1)
+    assert not store.exists(L.model_key(cid, 1))
+
+
+def test_a_step_whose_input_record_is_missing_names_the_step_to_run(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    store, cid = _start(tiny_data, tmp_path)
+    _run(store, cid, 1, upto="collect")
+
+    with pytest.raises(R.MissingRecord, match="aggregate needs the validate_updates record"):
+        steps.aggregate(store, cid, 1)
+    # ... and it did not run validate_updates behind the caller's back.
+    assert not store.exists(R.Validation.key(cid, 1))
+
+
+@pytest.mark.parametrize("bad", ["a/clients/client_0000", "x" * 300, "../up", " lead", "a..b"])
+def test_invalid_campaign_ids_are_refused_before_any_write(
+    tiny_data: Path, tmp_path: Path, bad: str
+) -> None:
+    store = LocalStore(tmp_path / "store")
+
+    with pytest.raises(ValueError, match="campaign id"):
+        steps.start_campaign(store, tiny_config(), data_dir=tiny_data, campaign_id=bad)
+    assert store.list("campaigns") == []
+    assert check_campaign_id("tiny-20260101T000000-abc123")
+
+
+def test_an_ended_campaign_refuses_another_round(tiny_data: Path, tmp_path: Path) -> None:
+    store, cid = _start(tiny_data, tmp_path)
+    for rnd in (1, 2):
+        _run(store, cid, rnd, upto="next_round")
+    status = R.read(store, R.CampaignStatus, cid, step="test")
+
+    with pytest.raises(CampaignEnded, match="round 3 is refused"):
+        steps.select_clients(store, cid, 3)
+    assert not status.proceed and status.last_round == 2
+    assert not store.exists(R.Cohort.key(cid, 3))

@@ -1,0 +1,307 @@
+"""Invariants checked through the round pipeline, against what the steps stored.
+
+Each test runs real rounds (``fl_core.engine`` / ``fl_core.pipeline`` step functions on
+digits) and recomputes a step's output from the records its predecessors stored, with code
+written here from the papers and the wire format's specification, not with the functions
+under test: the decoders below read payloads byte by byte, the clipping, weighting and
+staleness formulas are spelled out. A bug that makes a step and its unit test agree with
+each other (an unweighted FedAvg on equal-size clients, a decoder that halves values and an
+error-feedback residual computed with that same decoder, a DP sum of unclipped updates that
+the noise test then measures against) fails here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fl_core import pipeline
+from fl_core.engine import run_campaign, run_round
+from fl_core.privacy.accountant import compute_epsilon
+from fl_core.store import ArtifactStore, LocalStore
+from tests.conftest import tiny_config
+
+CHUNK = 1024  # the quantizer's chunk size, from the wire specification
+
+
+# --------------------------------------------------------------------------- independent decoding
+
+
+def _split(data: bytes) -> tuple[dict[str, Any], bytes]:
+    assert data[:4] == b"FLW1"
+    (hlen,) = struct.unpack(">I", data[4:8])
+    return json.loads(data[8 : 8 + hlen]), data[8 + hlen :]
+
+
+def _dequantize(payload: bytes, n: int, bits: int) -> np.ndarray:
+    """``lo[c] + code * step[c]``; codes packed 8 // bits per byte, first in the low bits."""
+    m = -(-n // CHUNK)
+    lo = np.frombuffer(payload, "<f4", m).astype(np.float64)
+    step = np.frombuffer(payload, "<f4", m, 4 * m).astype(np.float64)
+    packed = np.frombuffer(payload, np.uint8, offset=8 * m)
+    per = 8 // bits
+    codes = np.array(
+        [(int(packed[i // per]) >> (bits * (i % per))) & ((1 << bits) - 1) for i in range(n)],
+        dtype=np.float64,
+    )
+    chunk = np.arange(n) // CHUNK
+    return lo[chunk] + codes * step[chunk]
+
+
+def _indices(payload: bytes, n: int, k: int) -> tuple[np.ndarray, int]:
+    tag = payload[0]
+    if tag == 0:
+        return np.frombuffer(payload, "<u4", k, 1).astype(np.int64), 1 + 4 * k
+    if tag == 1:
+        gaps = np.frombuffer(payload, "<u2", k, 1).astype(np.int64)
+        return np.cumsum(gaps + 1) - 1, 1 + 2 * k
+    assert tag == 2
+    size = -(-n // 8)
+    bits = np.unpackbits(np.frombuffer(payload, np.uint8, size, 1), bitorder="little")[:n]
+    return np.flatnonzero(bits), 1 + size
+
+
+def decode_independently(data: bytes) -> tuple[dict[str, Any], np.ndarray]:
+    """Header and float64 vector of a ``dense_fp32``, ``q8`` or ``topk:<f>[+q8]`` message."""
+    head, payload = _split(data)
+    n = sum(math.prod(shape) for _, shape in head["layout"])
+    codec = head["codec"]
+    if codec == "dense_fp32":
+        return head, np.frombuffer(payload, "<f4").astype(np.float64)
+    if codec == "q8":
+        return head, _dequantize(payload, n, 8)
+    assert codec.startswith("topk:"), codec
+    fraction, _, values_codec = codec[5:].partition("+")
+    k = min(n, max(1, math.ceil(Fraction(fraction) * n)))
+    idx, used = _indices(payload, n, k)
+    out = np.zeros(n, dtype=np.float64)
+    if values_codec == "q8":
+        out[idx] = _dequantize(payload[used:], k, 8)
+    else:
+        out[idx] = np.frombuffer(payload[used:], "<f4").astype(np.float64)
+    return head, out
+
+
+def clip(vector: np.ndarray, norm: float) -> np.ndarray:
+    """Scale ``vector`` to L2 norm at most ``norm`` (Abadi et al. 2016; McMahan et al. 2018)."""
+    length = float(np.sqrt(np.sum(vector.astype(np.float64) ** 2)))
+    return vector * min(1.0, norm / length) if length > 0 else vector
+
+
+def accepted_updates(store: ArtifactStore, cid: str, rnd: int) -> list[tuple[dict, np.ndarray]]:
+    """(validation record, independently decoded vector) of each accepted update."""
+    accepted = store.get_json(pipeline.round_key(cid, rnd, "validation.json"))["accepted"]
+    out = []
+    for item in accepted:
+        src = int(item.get("source_round", rnd))
+        head, vector = decode_independently(
+            store.get_bytes(pipeline.update_key(cid, src, item["client"]))
+        )
+        assert (head["client"], head["round"]) == (item["client"], src)
+        out.append((item, vector))
+    return out
+
+
+# ------------------------------------------------------------------ data with unequal clients
+
+
+@pytest.fixture(scope="session")
+def unequal_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Digits over 6 clients of very different sizes (quantity skew, sigma 1.5)."""
+    from fl_core import stages
+
+    cfg = tiny_config(partition={"scheme": "quantity", "sigma": 1.5, "seed": 3})
+    paths = stages.Paths(tmp_path_factory.mktemp("unequal"))
+    stages.prepare(cfg, paths)
+    stages.partition(cfg, paths)
+    return paths.data
+
+
+# --------------------------------------------------------------------------- FedAvg weights
+
+
+def test_fedavg_of_unequal_clients_is_the_example_weighted_mean_of_the_stored_updates(
+    unequal_data: Path, tmp_path: Path
+) -> None:
+    cfg = tiny_config(
+        partition={"scheme": "quantity", "sigma": 1.5, "seed": 3},
+        campaign={"rounds": 2, "clients_per_round": 5},
+    )
+    store = LocalStore(tmp_path)
+    result = run_campaign(cfg, data_dir=unequal_data, store=store, progress=False)
+    cid = result.campaign_id
+    known = {
+        c["client_id"]: c["num_examples"]
+        for c in store.get_json(f"campaigns/{cid}/campaign.json")["clients"]
+    }
+
+    for rnd in (1, 2):
+        updates = accepted_updates(store, cid, rnd)
+        stored = store.get_arrays(pipeline.round_key(cid, rnd, "aggregate.npz"))["update"]
+        counts = np.array([known[item["client"]] for item, _ in updates], dtype=np.float64)
+        vectors = np.stack([v for _, v in updates])
+        weighted = counts @ vectors / counts.sum()
+        unweighted = vectors.mean(axis=0)
+
+        assert counts.max() > 2 * counts.min()  # the test bed can tell the two apart
+        assert [item["num_examples"] for item, _ in updates] == counts.tolist()
+        np.testing.assert_allclose(stored, weighted, rtol=1e-5, atol=1e-7)
+        assert np.abs(weighted - unweighted).max() > 100 * np.abs(stored - weighted).max()
+
+
+# --------------------------------------------------------------------------- central DP
+
+
+DELTA = 1e-3
+Z = 1.0
+CLIP = 0.05  # small enough that local updates on digits are clipped
+
+
+def _dp_config(rounds: int = 10) -> tuple[Any, float]:
+    q = 3 / 6
+    target = compute_epsilon(noise_multiplier=Z, sampling_rate=q, steps=3, delta=DELTA) + 1e-3
+    cfg = tiny_config(
+        privacy={
+            "level": "custom",
+            "epsilon": target,
+            "delta": DELTA,
+            "noise_multiplier": Z,
+            "clipping_norm": CLIP,
+        },
+        campaign={"rounds": rounds, "clients_per_round": 3},
+    )
+    return cfg, target
+
+
+def test_dp_pre_noise_sum_is_the_sum_of_the_clipped_stored_updates_and_the_noise_is_calibrated(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    cfg, target = _dp_config()
+    store = LocalStore(tmp_path)
+    result = run_campaign(cfg, data_dir=tiny_data, store=store, progress=False)
+    cid = result.campaign_id
+    m = 0.5 * 6  # expected cohort size q N
+
+    noise, raw_norms = [], []
+    for rnd in range(1, result.rounds + 1):
+        updates = accepted_updates(store, cid, rnd)
+        stored_sum = store.get_arrays(pipeline.round_key(cid, rnd, "aggregate.npz"))["sum"]
+        expected = sum((clip(v, CLIP) for _, v in updates), np.zeros_like(stored_sum))
+        np.testing.assert_allclose(stored_sum, expected, rtol=1e-5, atol=1e-8)
+        raw_norms += [float(np.linalg.norm(v)) for _, v in updates]
+        release = store.get_arrays(pipeline.round_key(cid, rnd, "privatized.npz"))["update"]
+        noise.append(release - expected / m)
+
+    assert max(raw_norms) > 2 * CLIP  # clipping really had work to do
+    draws = np.concatenate(noise)
+    calibrated = Z * CLIP / m
+    assert draws.std() == pytest.approx(calibrated, rel=0.05)  # ~7,000 draws over 3 rounds
+    assert abs(draws.mean()) < 4 * calibrated / math.sqrt(draws.size)
+    # and the budget: exactly the rounds it allows, epsilon never past the target
+    assert result.rounds == 3 and result.stop_reason.startswith("privacy budget")
+    assert result.history[-1]["epsilon"] <= target
+
+
+def test_dp_budget_refusal_writes_nothing_for_the_refused_round(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    cfg, target = _dp_config()
+    store = LocalStore(tmp_path)
+    cid = pipeline.start_campaign(store, cfg, data_dir=tiny_data, campaign_id="budget")
+    for rnd in (1, 2, 3):
+        run_round(store, cid, rnd)
+    spent = store.get_json(pipeline.round_key(cid, 3, "accountant.json"))
+
+    refused = r"round 4 .*epsilon.*refused|round 4 refused: .*epsilon"
+    with pytest.raises(RuntimeError, match=refused):
+        pipeline.select_clients(store, cid, 4)
+    with pytest.raises(RuntimeError, match=refused):
+        run_round(store, cid, 4)
+
+    assert store.list(pipeline.round_key(cid, 4)) == []  # no cohort, no update, no spend
+    assert store.get_json(pipeline.round_key(cid, 3, "accountant.json")) == spent
+    assert pipeline.privacy_budget(store, cid, 3)["epsilon_after_round"] <= target
+
+
+# --------------------------------------------------------------------------- error feedback
+
+
+@pytest.mark.parametrize("codec", ["q8", "topk:0.1+q8", "topk:0.05"])
+def test_error_feedback_residual_is_the_raw_update_minus_what_the_server_decodes(
+    codec: str, tiny_data: Path, tmp_path: Path
+) -> None:
+    """Round 1 trains every client from the same model with the same seeds whatever the
+    codec, so a lossless run's stored update is the raw update the lossy run compressed:
+    ``raw == independently decoded payload + stored residual``."""
+    campaign = {"rounds": 1}
+    dense = LocalStore(tmp_path / "dense")
+    lossy = LocalStore(tmp_path / "lossy")
+    cfg = tiny_config(campaign=campaign, communication={"uplink_codec": codec})
+    a = run_campaign(
+        tiny_config(campaign=campaign), data_dir=tiny_data, store=dense, progress=False
+    )
+    b = run_campaign(cfg, data_dir=tiny_data, store=lossy, progress=False)
+
+    cohort = lossy.get_json(pipeline.round_key(b.campaign_id, 1, "cohort.json"))["cohort"]
+    assert cohort == dense.get_json(pipeline.round_key(a.campaign_id, 1, "cohort.json"))["cohort"]
+    for client in cohort:
+        _, raw = decode_independently(
+            dense.get_bytes(pipeline.update_key(a.campaign_id, 1, client))
+        )
+        head, sent = decode_independently(
+            lossy.get_bytes(pipeline.update_key(b.campaign_id, 1, client))
+        )
+        state = lossy.get_arrays(f"campaigns/{b.campaign_id}/clients/{client}/state_r0001.npz")
+        residual = state["residual"].astype(np.float64)
+
+        assert head["codec"] == codec
+        assert np.abs(residual).max() > 0  # the codec lost something
+        np.testing.assert_allclose(sent + residual, raw, rtol=0, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- FedBuff staleness
+
+
+def test_fedbuff_applies_staleness_weights_to_the_stored_updates(
+    unequal_data: Path, tmp_path: Path
+) -> None:
+    exponent = 0.5
+    cfg = tiny_config(
+        partition={"scheme": "quantity", "sigma": 1.5, "seed": 3},
+        asynchronous={
+            "enabled": True,
+            "buffer_size": 2,
+            "concurrency": 4,
+            "max_staleness": 5,
+            "staleness_exponent": exponent,
+        },
+        simulation={"enabled": True, "cellular_slow": 0.5, "wifi": 0.5},
+        campaign={"rounds": 5},
+    )
+    store = LocalStore(tmp_path)
+    result = run_campaign(cfg, data_dir=unequal_data, store=store, progress=False)
+    cid = result.campaign_id
+
+    stale_seen = 0
+    for rnd in range(1, result.rounds + 1):
+        updates = accepted_updates(store, cid, rnd)
+        stored = store.get_arrays(pipeline.round_key(cid, rnd, "aggregate.npz"))["update"]
+        total = np.zeros_like(stored, dtype=np.float64)
+        weights = 0.0
+        for item, vector in updates:
+            staleness = (rnd - 1) - (int(item["source_round"]) - 1)
+            assert staleness == item["staleness"]
+            n = float(item["num_examples"])
+            total += n * (1.0 + staleness) ** -exponent * vector
+            weights += n
+            stale_seen += staleness > 0
+        np.testing.assert_allclose(stored, total / weights, rtol=1e-5, atol=1e-7)
+
+    assert stale_seen >= 2  # the round trip exercised stale updates

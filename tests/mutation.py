@@ -1,0 +1,319 @@
+"""Mutation testing of the modules where a silent bug costs most (``make mutation``).
+
+Runs mutmut (pinned in the ``dev`` extra) group by group, each group mutating a few modules
+and running only the test files that exercise them, in a scratch copy of the project under
+``$FL_HOME/mutation/work`` (so no ``mutants/`` folder appears in the checkout), and writes
+``$FL_HOME/mutation/report.md`` and one ``<group>.json`` per group: per module, mutants
+killed / survived / timed out, the score over non-equivalent mutants, the survivors judged
+equivalent (with the reason, from :data:`EQUIVALENT`) and the other survivors with their
+diff, to be killed by a new test or judged.
+
+Usage::
+
+    python -m tests.mutation                 # every group
+    python -m tests.mutation codec wire      # some groups
+    python -m tests.mutation --max-children 1 codec
+
+Not part of ``make test``: a full run takes hours on two cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Group:
+    """Modules mutated together and the test files that exercise them."""
+
+    modules: tuple[str, ...]
+    tests: tuple[str, ...]
+
+
+GROUPS: dict[str, Group] = {
+    "codec": Group(
+        (
+            "fl_core/codec/quantize.py",
+            "fl_core/codec/sparse.py",
+            "fl_core/codec/feedback.py",
+            "fl_core/codec/dense.py",
+            "fl_core/codec/registry.py",
+            "fl_core/codec/base.py",
+        ),
+        (
+            "tests/fl_core/codec",
+            "tests/fl_core/test_wire.py",
+            "tests/fl_core/test_wire_properties.py",
+        ),
+    ),
+    "wire": Group(
+        ("fl_core/wire.py",),
+        ("tests/fl_core/test_wire.py", "tests/fl_core/test_wire_properties.py"),
+    ),
+    "aggregation": Group(
+        (
+            "fl_core/aggregation/math.py",
+            "fl_core/aggregation/robust_math.py",
+            "fl_core/aggregation/fedavg.py",
+            "fl_core/aggregation/fedbuff.py",
+        ),
+        ("tests/fl_core/aggregation",),
+    ),
+    "privacy": Group(
+        (
+            "fl_core/privacy/noise.py",
+            "fl_core/privacy/clipping.py",
+            "fl_core/privacy/aggregator.py",
+        ),
+        (
+            "tests/fl_core/privacy/test_noise_and_sampling.py",
+            "tests/fl_core/privacy/test_clipping.py",
+        ),
+    ),
+    "accountant": Group(
+        ("fl_core/privacy/accountant.py", "fl_core/privacy/settings.py"),
+        ("tests/fl_core/privacy/test_accountant.py", "tests/fl_core/privacy/test_settings.py"),
+    ),
+    "rounds": Group(
+        (
+            "fl_core/rounds/aggregate.py",
+            "fl_core/rounds/privatize.py",
+            "fl_core/rounds/validate.py",
+        ),
+        (
+            "tests/fl_core/test_invariants.py",
+            "tests/fl_core/test_pipeline_privacy_codecs.py",
+            "tests/fl_core/test_pipeline_robust_async.py",
+        ),
+    ),
+    "selection": Group(
+        ("fl_core/selection.py", "fl_core/reputation.py"),
+        ("tests/fl_core/test_selection.py", "tests/fl_core/test_reputation.py"),
+    ),
+}
+"""Every group ``make mutation`` runs, in this order."""
+
+_Q = "fl_core.codec.quantize."
+_R0 = "the input is already uint8 (quantize's codes), so the dtype argument changes nothing"
+_R1 = "9 // bits == 8 // bits for every allowed bits (8, 4, 2)"
+_R2 = "n / per is truthy whenever n > 0; padding a length that needs none gives the same grid"
+_R3 = "numpy's reshape treats any negative size as 'infer' (-2 behaves as -1)"
+_R4 = "j = 0 ORs grid[:, 0] << 0 into a copy of grid[:, 0]: no change"
+_R5 = "float64 codes hold the same small integers; dequantize writes them into float32 unchanged"
+_R6 = "a copy flag on an array that is only read or freshly computed: same values"
+_R7 = (
+    "a float64 grid: bitwise_and casts its uint8 results safely; the codes keep their integer "
+    "values"
+)
+_R8 = "as _28 (dtype dropped: float64)"
+_R9 = "m / chunk_size never equals the size, so the padding path runs; it yields the same grid"
+_R10 = "a float64 padded grid of float32 values: min, max and step come out identical"
+_R11 = "as _13"
+_R12 = "an empty float64 array serialises to the same zero bytes as an empty float32 one"
+_R13 = "as _10"
+_R14 = "empty codes of any dtype pack to zero bytes"
+_R15 = "as _15"
+_R16 = "spread is already float64 (a float64 max minus a float32 lo)"
+_R17 = (
+    "a float64 step differs from its float32 rounding by < 2**-24 relative; codes are drawn "
+    "against it and decoded with the float32 step: not observable"
+)
+_R18 = (
+    "constant chunks then get an infinite inverse, t = 0 * inf = nan, which casts to code 0 "
+    "here: they still decode to lo (platform-dependent cast, not observable on x86-64)"
+)
+_R19 = (
+    "float64 instead of float32 intermediates: the same codes (only more precise); the "
+    "float32 path exists for speed"
+)
+_R20 = "a step equal to float32's tiny takes the float64 path: same codes"
+_R21 = "as _41: without where=, only constant chunks divide by zero"
+_R22 = "float64 codes are truncated to uint8 by pack_bits: the same codes"
+_R23 = "lo.astype(None) is float64, as lo.astype(np.float64)"
+_R24 = "step.astype(None) is float64, as step.astype(np.float64)"
+_R25 = (
+    "lo + code * step of exact float32 factors rounds once to the same float32 whether lo is "
+    "float32 or float64"
+)
+_R26 = "as decode _10 (float64 step)"
+_EQUIVALENT_SPEC: list[tuple[str, tuple[int, ...], str]] = [
+    (_Q + "x_pack_bits", (3, 5), _R0),
+    (_Q + "x_pack_bits", (8,), _R1),
+    (_Q + "x_pack_bits", (12,), _R2),
+    (_Q + "x_pack_bits", (31,), _R3),
+    (_Q + "x_pack_bits", (36,), _R4),
+    (_Q + "x_unpack_bits", (13,), _R1),
+    (_Q + "x_unpack_bits", (16,), _R5),
+    (_Q + "x_unpack_bits", (17, 19, 20), _R6),
+    (_Q + "x_unpack_bits", (28,), _R7),
+    (_Q + "x_unpack_bits", (30,), _R8),
+    (_Q + "x_unpack_bits", (43,), _R3),
+    (_Q + "x__chunked", (6,), _R9),
+    (_Q + "x__chunked", (13,), _R10),
+    (_Q + "x__chunked", (15,), _R11),
+    (_Q + "x_quantize", (10,), _R12),
+    (_Q + "x_quantize", (12,), _R13),
+    (_Q + "x_quantize", (15,), _R14),
+    (_Q + "x_quantize", (17,), _R15),
+    (_Q + "x_quantize", (29,), _R16),
+    (_Q + "x_quantize", (33,), _R17),
+    (_Q + "x_quantize", (41,), _R18),
+    (_Q + "x_quantize", (46, 48, 50, 53, 55, 65, 68, 73, 79, 81), _R19),
+    (_Q + "x_quantize", (47,), _R20),
+    (_Q + "x_quantize", (63,), _R21),
+    (_Q + "x_quantize", (69, 71, 72), _R6),
+    (_Q + "x_quantize", (90,), _R22),
+    (_Q + "x_quantize", (92,), _R3),
+    (_Q + "x_check_scales", (7,), _R23),
+    (_Q + "x_check_scales", (10,), _R24),
+    (_Q + "xǁStochasticQuantizerǁencode", (21, 23, 26, 28, 30, 33), _R6),
+    (_Q + "xǁStochasticQuantizerǁdecode", (10,), _R25),
+    (_Q + "xǁStochasticQuantizerǁdecode", (20,), _R26),
+]
+
+EQUIVALENT: dict[str, str] = {
+    f"{function}__mutmut_{n}": reason
+    for function, numbers, reason in _EQUIVALENT_SPEC
+    for n in numbers
+}
+"""Survivors judged equivalent after reading them: mutant name -> why no test can kill it.
+Filled from the reports; see docs/benchmarks.md's sibling notes in the closing report."""
+
+_RESULT = re.compile(r"^\s*(?P<name>\S+): (?P<status>.+?)\s*$")
+
+
+def _module_of(mutant: str) -> str:
+    """``fl_core.codec.quantize.x_pack_bits__mutmut_3`` -> ``fl_core.codec.quantize``."""
+    return re.split(r"\.x[_\u01c1]", mutant, maxsplit=1)[0]
+
+
+def _mutmut(work: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["GIT_PYTHON_REFRESH"] = "quiet"
+    mutmut = shutil.which("mutmut") or str(Path(sys.executable).with_name("mutmut"))
+    return subprocess.run(
+        [mutmut, *args], cwd=work, env=env, text=True, capture_output=True, check=False
+    )
+
+
+def _prepare(work: Path, group: Group) -> None:
+    """A fresh copy of the package, the tests and pyproject.toml with this group's config."""
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    for name in ("fl_core", "tests"):
+        shutil.copytree(
+            ROOT / name, work / name, ignore=shutil.ignore_patterns("__pycache__", ".hypothesis")
+        )
+    text = (ROOT / "pyproject.toml").read_text()
+    text = re.sub(r"(?ms)^\[tool\.mutmut\].*?(?=^\[|\Z)", "", text)
+    config = {
+        "source_paths": ["fl_core"],
+        "only_mutate": list(group.modules),
+        "pytest_add_cli_args_test_selection": list(group.tests),
+        "pytest_add_cli_args": ["-p", "no:cacheprovider", "-q", "-x"],
+    }
+    lines = ["", "[tool.mutmut]"] + [f"{k} = {json.dumps(v)}" for k, v in config.items()]
+    (work / "pyproject.toml").write_text(text.rstrip() + "\n" + "\n".join(lines) + "\n")
+    tomllib.loads((work / "pyproject.toml").read_text())  # still valid TOML
+
+
+def run_group(name: str, group: Group, out: Path, max_children: int) -> dict[str, object]:
+    """Run mutmut for one group; returns (and writes) its per-module summary."""
+    work = out / "work"
+    _prepare(work, group)
+    print(f">> mutation group {name}: {', '.join(group.modules)}", flush=True)
+    run = _mutmut(work, "run", "--max-children", str(max_children))
+    (out / f"{name}.log").write_text(run.stdout[-20000:] + run.stderr[-20000:])
+    listing = _mutmut(work, "results", "--all", "true").stdout
+    statuses: dict[str, str] = {}
+    for line in listing.splitlines():
+        if match := _RESULT.match(line):
+            statuses[match["name"]] = match["status"]
+    survivors = [m for m, s in statuses.items() if s == "survived"]
+    diffs = {m: _mutmut(work, "show", m).stdout[-1500:] for m in survivors}
+    modules: dict[str, dict[str, object]] = {}
+    for module in sorted({_module_of(m) for m in statuses}):
+        mine = {m: s for m, s in statuses.items() if _module_of(m) == module}
+        counts = Counter(mine.values())
+        equivalent = {m: EQUIVALENT[m] for m in mine if m in EQUIVALENT and mine[m] == "survived"}
+        killed = counts.get("killed", 0) + counts.get("timeout", 0)
+        judged = len(mine) - len(equivalent)  # a mutant no test reaches counts as not killed
+        modules[module] = {
+            "mutants": len(mine),
+            "status": dict(counts),
+            "equivalent": equivalent,
+            "survived": {
+                m: diffs.get(m, s)
+                for m, s in mine.items()
+                if s not in ("killed", "timeout") and m not in equivalent
+            },
+            "score": round(killed / judged, 4) if judged else None,
+        }
+    summary: dict[str, object] = {"group": name, "exit_code": run.returncode, "modules": modules}
+    (out / f"{name}.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    shutil.rmtree(work, ignore_errors=True)
+    return summary
+
+
+def write_report(out: Path) -> Path:
+    """``report.md`` from every ``<group>.json`` under ``out``."""
+    rows = [
+        "# Mutation testing",
+        "",
+        "| module | mutants | killed | survived | equivalent | score (killed / non-equivalent) |",
+        "|---|---|---|---|---|---|",
+    ]
+    details: list[str] = []
+    for path in sorted(out.glob("*.json")):
+        summary = json.loads(path.read_text())
+        for module, info in summary["modules"].items():
+            status = info["status"]
+            score = "n/a" if info["score"] is None else f"{100 * info['score']:.1f}%"
+            rows.append(
+                f"| {module} | {info['mutants']} | {status.get('killed', 0)} | "
+                f"{len(info['survived'])} | {len(info['equivalent'])} | {score} |"
+            )
+            for mutant, reason in info["equivalent"].items():
+                details.append(f"- equivalent `{mutant}`: {reason}")
+            for mutant, diff in info["survived"].items():
+                details.append(f"- survived `{mutant}`:\n\n```diff\n{diff.strip()}\n```")
+    report = out / "report.md"
+    report.write_text("\n".join(rows + ["", "## Survivors", ""] + details) + "\n")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("groups", nargs="*", help=f"some of {', '.join(GROUPS)} (default: all)")
+    parser.add_argument("--max-children", type=int, default=2)
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.groups) - set(GROUPS))
+    if unknown:
+        parser.error(f"unknown groups {unknown}; allowed: {', '.join(GROUPS)}")
+    fl_home = Path(os.environ.get("FL_HOME", ROOT / ".fl"))
+    out = fl_home / "mutation"
+    out.mkdir(parents=True, exist_ok=True)
+    for name in args.groups or list(GROUPS):
+        summary = run_group(name, GROUPS[name], out, args.max_children)
+        modules: dict[str, dict[str, object]] = summary["modules"]  # type: ignore[assignment]
+        for module, info in modules.items():
+            print(f"   {module}: score {info['score']} {info['status']}", flush=True)
+    print(f">> report: {write_report(out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
