@@ -161,16 +161,19 @@ class Coordinator:
             return self._engine
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
+    def session(self, *, take_turn: bool = True) -> Iterator[Session]:
         """A registry session (the schema is migrated on first use).
 
         On SQLite, sessions of this process take turns (one lock): SQLite has one writer at
         a time and its busy handler *sleeps* between retries, so many threads contending for
         the write lock would collapse throughput; queued on a lock, each waits only for the
-        milliseconds the holder needs. PostgreSQL sessions run concurrently.
+        milliseconds the holder needs. PostgreSQL sessions run concurrently. The lock belongs
+        to the thread that entered the session, so a session that may be closed on another
+        thread (a FastAPI generator dependency) must pass ``take_turn=False`` and only read.
         """
         engine = self.engine
-        guard = self._sqlite_turn if engine.dialect.name == "sqlite" else contextlib.nullcontext()
+        turn = take_turn and engine.dialect.name == "sqlite"
+        guard = self._sqlite_turn if turn else contextlib.nullcontext()
         with guard, self._sessions() as session:
             yield session
 

@@ -28,7 +28,9 @@ def get_coordinator(request: Request) -> Coordinator:
 
 
 def get_session(coord: Coordinator = Depends(get_coordinator)) -> Iterator[Session]:
-    with coord.session() as session:
+    """A read-only registry session. FastAPI may enter and leave a generator dependency on
+    different threads, so it does not take the SQLite turn lock (reads never need it)."""
+    with coord.session(take_turn=False) as session:
         yield session
 
 
