@@ -191,6 +191,10 @@ EQUIVALENT: dict[str, str] = {
 """Survivors judged equivalent after reading them: mutant name -> why no test can kill it.
 Filled from the reports; see docs/benchmarks.md's sibling notes in the closing report."""
 
+MAX_DIFFS = 60
+"""Survivors per group shown with their diff in the report (``mutmut show`` is slow); the
+others are listed by name (``mutmut show NAME`` in a rerun's work folder gives the diff)."""
+
 _RESULT = re.compile(r"^\s*(?P<name>\S+): (?P<status>.+?)\s*$")
 
 
@@ -232,7 +236,7 @@ def _prepare(work: Path, group: Group) -> None:
 
 def run_group(name: str, group: Group, out: Path, max_children: int) -> dict[str, object]:
     """Run mutmut for one group; returns (and writes) its per-module summary."""
-    work = out / "work"
+    work = out / f"work-{name}"  # one per group: groups may run in parallel
     _prepare(work, group)
     print(f">> mutation group {name}: {', '.join(group.modules)}", flush=True)
     run = _mutmut(work, "run", "--max-children", str(max_children))
@@ -243,7 +247,8 @@ def run_group(name: str, group: Group, out: Path, max_children: int) -> dict[str
         if match := _RESULT.match(line):
             statuses[match["name"]] = match["status"]
     survivors = [m for m, s in statuses.items() if s == "survived"]
-    diffs = {m: _mutmut(work, "show", m).stdout[-1500:] for m in survivors}
+    unjudged = [m for m in survivors if m not in EQUIVALENT]
+    diffs = {m: _mutmut(work, "show", m).stdout[-1500:] for m in unjudged[:MAX_DIFFS]}
     modules: dict[str, dict[str, object]] = {}
     for module in sorted({_module_of(m) for m in statuses}):
         mine = {m: s for m, s in statuses.items() if _module_of(m) == module}
