@@ -106,6 +106,19 @@ GROUPS: dict[str, Group] = {
 """Every group ``make mutation`` runs, in this order."""
 
 _Q = "fl_core.codec.quantize."
+_C = "fl_core.codec."
+_COPY = "a copy flag on astype('<f4') of an array only serialised: the same bytes"
+_LOG = "arguments of a debug log call: logging reports formatting errors itself, nothing else"
+_COPY_DEFAULT = "astype copies by default: dropping copy=True changes nothing"
+_ONE_INDEX = "with k = 1 the strictly-increasing check compares two empty arrays: always true"
+_U32_CHOICE = (
+    "u32 is only chosen when delta16 is unavailable (a gap >= 65536, so n >= 65536 k); the "
+    "bitmap then costs n / 8 >= 8192 k > 5 k bytes: 4 k or 5 k, u32 wins the same way"
+)
+_K_FOR_ZERO = "for n = 0 both branches return 0 (min(0, max(1, 0)))"
+_SELECT_PATHS = "the threshold only picks between two ways (sort, mask) of the same sorted indices"
+_FLOAT_MASK = "a float mask set to 1.0 at the kept entries: flatnonzero gives the same indices"
+_ARANGE = "np.arange's default integer is int64 on the 64-bit platforms this runs on"
 _R0 = "the input is already uint8 (quantize's codes), so the dtype argument changes nothing"
 _R1 = "9 // bits == 8 // bits for every allowed bits (8, 4, 2)"
 _R2 = "n / per is truthy whenever n > 0; padding a length that needs none gives the same grid"
@@ -149,6 +162,15 @@ _R25 = (
 )
 _R26 = "as decode _10 (float64 step)"
 _EQUIVALENT_SPEC: list[tuple[str, tuple[int, ...], str]] = [
+    (_C + "dense.xǁDenseFp32ǁencode", (2, 4, 8), _COPY),
+    (_C + "feedback.xǁErrorFeedbackǁcompress", (33, 34, 35, 36, 37, 38, 39, 40), _LOG),
+    (_C + "feedback.xǁErrorFeedbackǁload_state_dict", (22,), _COPY_DEFAULT),
+    (_C + "sparse.x_decode_indices", (35,), _ONE_INDEX),
+    (_C + "sparse.x_encode_indices", (13,), _U32_CHOICE),
+    (_C + "sparse.xǁTopKǁk_for", (1,), _K_FOR_ZERO),
+    (_C + "sparse.xǁTopKǁselect", (17, 18, 19), _SELECT_PATHS),
+    (_C + "sparse.xǁTopKǁselect", (24, 26), _FLOAT_MASK),
+    (_C + "sparse.xǁTopKǁselect", (6, 8), _ARANGE),
     (_Q + "x_pack_bits", (3, 5), _R0),
     (_Q + "x_pack_bits", (8,), _R1),
     (_Q + "x_pack_bits", (12,), _R2),
