@@ -30,6 +30,7 @@ import tomllib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -295,8 +296,21 @@ def run_group(name: str, group: Group, out: Path, max_children: int) -> dict[str
     return summary
 
 
+def rescore(summary: dict[str, Any]) -> dict[str, Any]:
+    """Apply the current :data:`EQUIVALENT` judgements to a stored group summary."""
+    for info in summary["modules"].values():
+        pending = {**info["survived"], **info["equivalent"]}
+        info["equivalent"] = {m: EQUIVALENT[m] for m in pending if m in EQUIVALENT}
+        info["survived"] = {m: d for m, d in pending.items() if m not in EQUIVALENT}
+        killed = info["status"].get("killed", 0) + info["status"].get("timeout", 0)
+        judged = info["mutants"] - len(info["equivalent"])
+        info["score"] = round(killed / judged, 4) if judged else None
+    return summary
+
+
 def write_report(out: Path) -> Path:
-    """``report.md`` from every ``<group>.json`` under ``out``."""
+    """``report.md`` from every ``<group>.json`` under ``out`` (rescored with the current
+    :data:`EQUIVALENT`)."""
     rows = [
         "# Mutation testing",
         "",
@@ -305,7 +319,8 @@ def write_report(out: Path) -> Path:
     ]
     details: list[str] = []
     for path in sorted(out.glob("*.json")):
-        summary = json.loads(path.read_text())
+        summary = rescore(json.loads(path.read_text()))
+        path.write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
         for module, info in summary["modules"].items():
             status = info["status"]
             score = "n/a" if info["score"] is None else f"{100 * info['score']:.1f}%"
@@ -326,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("groups", nargs="*", help=f"some of {', '.join(GROUPS)} (default: all)")
     parser.add_argument("--max-children", type=int, default=2)
+    parser.add_argument("--report-only", action="store_true", help="rescore and rewrite report")
     args = parser.parse_args(argv)
     unknown = sorted(set(args.groups) - set(GROUPS))
     if unknown:
@@ -333,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     fl_home = Path(os.environ.get("FL_HOME", ROOT / ".fl"))
     out = fl_home / "mutation"
     out.mkdir(parents=True, exist_ok=True)
-    for name in args.groups or list(GROUPS):
+    for name in [] if args.report_only else args.groups or list(GROUPS):
         summary = run_group(name, GROUPS[name], out, args.max_children)
         modules: dict[str, dict[str, object]] = summary["modules"]  # type: ignore[assignment]
         for module, info in modules.items():
