@@ -81,6 +81,7 @@ GROUPS: dict[str, Group] = {
         (
             "tests/fl_core/privacy/test_noise_and_sampling.py",
             "tests/fl_core/privacy/test_clipping.py",
+            "tests/fl_core/privacy/test_central_dp.py",
         ),
     ),
     "accountant": Group(
