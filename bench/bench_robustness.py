@@ -74,6 +74,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import code_version  # noqa: E402  (shared bench scaffolding; scripts run as files)
+
 OUT = ROOT / ".fl" / "bench" / "robustness"
 EXPERIMENT = "bench-robustness"
 
@@ -175,21 +179,6 @@ def cell_overrides(s: Settings, rule: str, column: str) -> dict[str, Any]:
         elif column == "gaussian":
             out["attack.noise_std"] = GAUSSIAN_STD
     return out
-
-
-def code_version() -> dict[str, Any]:
-    """The commit the benchmark ran on and whether ``fl_core`` had local changes."""
-    import subprocess
-
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
-                                  check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return ""
-
-    return {"commit": git("rev-parse", "HEAD") or None,
-            "fl_core_dirty": bool(git("status", "--porcelain", "--", "fl_core"))}
 
 
 # --------------------------------------------------------------------------- workers

@@ -75,6 +75,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import code_version  # noqa: E402  (shared bench scaffolding; scripts run as files)
+
 OUT = ROOT / ".fl" / "bench" / "time_to_accuracy"
 EXPERIMENT = "bench-time-to-accuracy"
 GOAL_SPEEDUP = 2.5
@@ -165,21 +169,6 @@ def run_overrides(name: str, seed: int, target: float, extra: dict[str, Any]) ->
     out = {**base_overrides(seed, target), **RUNS[name], **extra}
     out["campaign.rounds"] = FEDBUFF_ROUND_CAP if out["asynchronous.enabled"] else SYNC_ROUND_CAP
     return out
-
-
-def code_version() -> dict[str, Any]:
-    """The commit the benchmark ran on and whether ``fl_core`` had local changes."""
-    import subprocess
-
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
-                                  check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return ""
-
-    return {"commit": git("rev-parse", "HEAD") or None,
-            "fl_core_dirty": bool(git("status", "--porcelain", "--", "fl_core"))}
 
 
 # --------------------------------------------------------------------------- workers
