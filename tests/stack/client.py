@@ -84,6 +84,23 @@ class AirflowAPI:
         )
         return list(out["task_instances"])
 
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
+        """A task's XCom value (JSON-decoded when the API returns it as text)."""
+        import ast
+
+        quoted = urllib.request.quote(run_id, safe="")
+        out = self._request(
+            "GET",
+            f"/api/v2/dags/{dag_id}/dagRuns/{quoted}/taskInstances/{task_id}/xcomEntries/{key}",
+        )
+        value = out["value"]
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except ValueError:
+                return ast.literal_eval(value)
+        return value
+
     def wait_run(self, dag_id: str, run_id: str, timeout_s: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
         quoted = urllib.request.quote(run_id, safe="")

@@ -322,22 +322,19 @@ def test_monitoring_cron_finds_degradation_and_retraining_registers_a_model(
     assert states["trigger_retraining"] == "success", states
     # ... which triggered federated_retraining, which opened a warm-started campaign ...
     retraining = _wait(
-        lambda: next(iter(api.runs("federated_retraining")), None), 120, "federated_retraining run"
+        lambda: next(
+            (r for r in api.runs("federated_retraining") if r["triggered_by"] == "operator"),
+            None,
+        ),
+        120,
+        "federated_retraining run triggered by monitoring",
     )
     retraining = api.wait_run("federated_retraining", retraining["dag_run_id"], 600)
     assert retraining["state"] == "success"
-    assert retraining["triggered_by"] == "operator"
     assert retraining["conf"].get("reason"), retraining["conf"]  # the degradation, named
-    retrain_runs = _wait(
-        lambda: [
-            r
-            for r in api.runs("federated_training")
-            if "-retrain" in str((r.get("conf") or {}).get("campaign_id"))
-        ],
-        120,
-        "the retraining campaign's first round",
-    )
-    cid = retrain_runs[0]["conf"]["campaign_id"]
+    opened = api.xcom("federated_retraining", retraining["dag_run_id"], "open_campaign")
+    cid = opened["campaign_id"]
+    assert opened["warm_start"] is True  # from the champion
     runs = wait_campaign(api, cid, FORM["rounds"], CAMPAIGN_TIMEOUT_S)
     assert [r["state"] for r in runs] == ["success"] * FORM["rounds"], runs
     # ... which ran to a registered model version.
