@@ -1,4 +1,8 @@
-"""FastAPI dependencies: the coordinator, a registry session, and request authentication.
+"""FastAPI dependencies: the coordinator and request authentication.
+
+Registry sessions are opened inside the threadpool function that does the work (never as a
+generator dependency): FastAPI may leave a generator dependency on another thread than it
+entered it, and a session holds the SQLite turn lock and a pooled connection for its life.
 
 Authentication checks the Ed25519 request signature (see :mod:`fl_core.coordinator.protocol`)
 before any body is trusted. For ordinary requests the body is read (at most
@@ -9,10 +13,8 @@ digest is checked by the router after streaming (``authenticated_stream``).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 
 from fastapi import Depends, Request
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from fl_core.coordinator import protocol, registry
@@ -25,13 +27,6 @@ MAX_JSON_BYTES = 1 << 20
 def get_coordinator(request: Request) -> Coordinator:
     coord: Coordinator = request.app.state.coordinator
     return coord
-
-
-def get_session(coord: Coordinator = Depends(get_coordinator)) -> Iterator[Session]:
-    """A read-only registry session. FastAPI may enter and leave a generator dependency on
-    different threads, so it does not take the SQLite turn lock (reads never need it)."""
-    with coord.session(take_turn=False) as session:
-        yield session
 
 
 def app_path(request: Request) -> str:

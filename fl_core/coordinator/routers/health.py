@@ -6,15 +6,20 @@ import time
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends
-from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
-from fl_core.coordinator.deps import get_session
+from fl_core.coordinator.api import Coordinator
+from fl_core.coordinator.deps import get_coordinator
 from fl_core.coordinator.schemas import HealthOut
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/health", response_model=HealthOut)
-def health(session: Session = Depends(get_session)) -> HealthOut:
-    session.execute(sa.select(1))
+async def health(coord: Coordinator = Depends(get_coordinator)) -> HealthOut:
+    def ping() -> None:
+        with coord.session() as session:
+            session.execute(sa.select(1))
+
+    await run_in_threadpool(ping)
     return HealthOut(status="ok", api="v1", server_time=time.time())
