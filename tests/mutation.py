@@ -61,7 +61,11 @@ GROUPS: dict[str, Group] = {
     ),
     "wire": Group(
         ("fl_core/wire.py",),
-        ("tests/fl_core/test_wire.py", "tests/fl_core/test_wire_properties.py"),
+        (
+            "tests/fl_core/test_wire.py",
+            "tests/fl_core/test_wire_properties.py",
+            "tests/fl_core/test_wire_contracts.py",
+        ),
     ),
     "aggregation": Group(
         (
@@ -109,6 +113,13 @@ GROUPS: dict[str, Group] = {
 
 _Q = "fl_core.codec.quantize."
 _C = "fl_core.codec."
+_W = "fl_core.wire."
+_UTF8 = "Python's codec names are case-insensitive: 'UTF-8' is 'utf-8'"
+_ONLY_WIRE_ERRORS = (
+    "every codec decoder raises WireError itself, which _payload_error returns unchanged "
+    "(the branch that reads codec.name, and decode_sparse's 'no sparse decoding', are "
+    "unreachable)"
+)
 _COPY = "a copy flag on astype('<f4') of an array only serialised: the same bytes"
 _LOG = "arguments of a debug log call: logging reports formatting errors itself, nothing else"
 _COPY_DEFAULT = "astype copies by default: dropping copy=True changes nothing"
@@ -164,6 +175,10 @@ _R25 = (
 )
 _R26 = "as decode _10 (float64 step)"
 _EQUIVALENT_SPEC: list[tuple[str, tuple[int, ...], str]] = [
+    (_W + "x__parse", (39,), _UTF8),
+    (_W + "x__payload_error", (1,), _ONLY_WIRE_ERRORS),
+    (_W + "x_decode", (29,), _ONLY_WIRE_ERRORS),
+    (_W + "x_decode_sparse", (17, 22), _ONLY_WIRE_ERRORS),
     (_C + "dense.xǁDenseFp32ǁencode", (2, 4, 8), _COPY),
     (_C + "feedback.xǁErrorFeedbackǁcompress", (33, 34, 35, 36, 37, 38, 39, 40), _LOG),
     (_C + "feedback.xǁErrorFeedbackǁload_state_dict", (22,), _COPY_DEFAULT),
