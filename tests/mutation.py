@@ -113,6 +113,15 @@ GROUPS: dict[str, Group] = {
 
 _Q = "fl_core.codec.quantize."
 _C = "fl_core.codec."
+_P = "fl_core.privacy."
+_UNREACHABLE_LOOP = (
+    "the guard loop after scaling by C / (norm * slack) is unreachable (pragma: no cover): "
+    "its condition never holds"
+)
+_SLACK = (
+    "dividing by the slack scales slightly past C; the guard loop then divides by the slack "
+    "until ||clipped|| <= C: the bound holds and the values differ by a few float32 ulps"
+)
 _W = "fl_core.wire."
 _UTF8 = "Python's codec names are case-insensitive: 'UTF-8' is 'utf-8'"
 _ONLY_WIRE_ERRORS = (
@@ -175,6 +184,8 @@ _R25 = (
 )
 _R26 = "as decode _10 (float64 step)"
 _EQUIVALENT_SPEC: list[tuple[str, tuple[int, ...], str]] = [
+    (_P + "clipping.x_clip_by_l2", (30, 31, 32, 33, 34, 35), _UNREACHABLE_LOOP),
+    (_P + "clipping.x_clip_by_l2", (26,), _SLACK),
     (_W + "x__parse", (39,), _UTF8),
     (_W + "x__payload_error", (1,), _ONLY_WIRE_ERRORS),
     (_W + "x_decode", (29,), _ONLY_WIRE_ERRORS),
