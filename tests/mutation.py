@@ -123,6 +123,21 @@ _SLACK = (
     "until ||clipped|| <= C: the bound holds and the values differ by a few float32 ulps"
 )
 _W = "fl_core.wire."
+_MODEL_NAME = (
+    "a 2-D model is refused by encode() of the whole model first, so as_vector's name for "
+    "'model' is never shown"
+)
+_BOTH_OR_NEITHER = "known_version and known_model are checked to be both given or both None above"
+_OWN_LENGTH = "max_bytes for a message the function just built: len(candidate) never limits it"
+_JSON_DUMPS = (
+    "header key order (to_json's fixed order or sorted) and allow_nan (NaN is refused by "
+    "_check_header_numbers before dumps) change no header a reader sees"
+)
+_HEADER_LENGTH = "header lengths are < MAX_HEADER_BYTES (1 MiB): '>i' and '>I' pack the same bytes"
+_SEED_FUNCTION = (
+    "the seed is any fixed function of the header (documented: same header, same bytes); "
+    "taking 9 bytes or little-endian keeps that"
+)
 _UTF8 = "Python's codec names are case-insensitive: 'UTF-8' is 'utf-8'"
 _ONLY_WIRE_ERRORS = (
     "every codec decoder raises WireError itself, which _payload_error returns unchanged "
@@ -184,6 +199,13 @@ _R25 = (
 )
 _R26 = "as decode _10 (float64 step)"
 _EQUIVALENT_SPEC: list[tuple[str, tuple[int, ...], str]] = [
+    (_W + "x_encode_model_for_client", (90, 91, 92, 93, 94, 95), _LOG),
+    (_W + "x_encode_model_for_client", (28, 30, 31, 32), _MODEL_NAME),
+    (_W + "x_encode_model_for_client", (23,), _BOTH_OR_NEITHER),
+    (_W + "x_encode_model_for_client", (83,), _OWN_LENGTH),
+    (_W + "x_encode", (46, 47, 49, 50, 52, 53), _JSON_DUMPS),
+    (_W + "x_encode", (62,), _HEADER_LENGTH),
+    (_W + "x_default_rng", (7, 9), _SEED_FUNCTION),
     (_P + "clipping.x_clip_by_l2", (30, 31, 32, 33, 34, 35), _UNREACHABLE_LOOP),
     (_P + "clipping.x_clip_by_l2", (26,), _SLACK),
     (_W + "x__parse", (39,), _UTF8),

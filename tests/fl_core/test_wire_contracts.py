@@ -239,3 +239,99 @@ def test_untrusted_layouts_may_expand_to_the_floor_and_to_1024_times_the_message
 
     assert wire.decode(floor)[1].size == n_floor
     assert wire.decode(big)[1].size == n_big
+
+
+# --------------------------------------------------------------------------- encoding paths
+
+
+def test_encode_reasons_are_exact() -> None:
+    v = np.zeros(4, np.float32)
+    with pytest.raises(ValueError, match=r"^kind: 'gradient' is not allowed; allowed values: "):
+        wire.encode(_header(kind="gradient"), v)
+    with pytest.raises(ValueError, match=r"^delta_from: only a model message may be a delta, from"):
+        wire.encode(_header(delta_from=1), v)
+    huge = Layout(("w",), ((wire.MAX_PARAMS + 1,),))
+    with pytest.raises(ValueError, match=rf"^layout of {wire.MAX_PARAMS + 1} parameters exceeds"):
+        wire.encode(_header(layout=huge), v)
+
+
+def test_encode_with_error_feedback_draws_from_the_header_when_given_no_rng() -> None:
+    from fl_core.codec import ErrorFeedback
+
+    x = np.random.default_rng(0).normal(size=4).astype(np.float32)
+    header = _header(codec="q8")
+
+    with_feedback = wire.encode(header, x, feedback=ErrorFeedback(4))
+
+    assert with_feedback == wire.encode(header, x)  # zero residual: the same bytes
+
+
+def test_encode_model_for_client_uses_the_callers_rng_for_both_candidates() -> None:
+    header = _header(kind="model", num_examples=0, codec="q8")
+    model = np.random.default_rng(1).normal(size=4).astype(np.float32)
+
+    got = wire.encode_model_for_client(header, model, rng=np.random.default_rng(5))
+    again = wire.encode_model_for_client(
+        header, model, known_version=0, known_model=model + 100, rng=np.random.default_rng(5)
+    )
+
+    assert got == wire.encode(header, model, rng=np.random.default_rng(5))
+    assert again == wire.encode(header, model, rng=np.random.default_rng(5))
+
+
+def test_encode_model_for_client_reasons_are_exact() -> None:
+    header = _header(kind="model", num_examples=0)
+    model = np.zeros(4, np.float32)
+    with pytest.raises(ValueError, match="^header: delta_from must be None; pass known_version"):
+        wire.encode_model_for_client(_header(kind="model", num_examples=0, delta_from=1), model)
+    with pytest.raises(ValueError, match="^known_version and known_model must be given together$"):
+        wire.encode_model_for_client(header, model, known_version=1)
+    with pytest.raises(ValueError, match=r"^known_model must be 1-D, got shape \(1, 4\)$"):
+        wire.encode_model_for_client(header, model, known_version=1, known_model=model[None, :])
+    with pytest.raises(ValueError, match="^known_model has 3 values, model has 4$"):
+        wire.encode_model_for_client(header, model, known_version=1, known_model=np.zeros(3))
+
+
+def test_an_overflowing_delta_falls_back_to_the_whole_model_silently() -> None:
+    import warnings
+
+    header = _header(kind="model", num_examples=0)
+    model = np.full(4, 3e38, np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = wire.encode_model_for_client(
+            header, model, known_version=0, known_model=np.full(4, -3e38, np.float32)
+        )
+
+    assert out == wire.encode(header, model)
+
+
+def test_a_very_sparse_delta_of_a_large_model_is_checked_against_its_own_layout() -> None:
+    n = 2_000_000
+    layout = Layout(("w",), ((n,),))
+    header = _header(kind="model", num_examples=0, layout=layout)
+    old = np.zeros(n, np.float32)
+    new = old.copy()
+    new[[5, 1_500_000]] = [1.0, -1.0]
+
+    out = wire.encode_model_for_client(
+        header, new, known_version=3, known_model=old, delta_codec="topk:0.000001"
+    )
+    got, full = wire.decode_model_for_client(
+        out, known_version=3, known_model=old, expected_layout=layout
+    )
+
+    assert got.delta_from == 3
+    np.testing.assert_array_equal(full, new)
+
+
+def test_layout_and_expansion_reasons_are_exact() -> None:
+    data = wire.encode(_header(), np.zeros(4, np.float32))
+    with pytest.raises(wire.WireError, match="^layout does not match the global model's layout$"):
+        wire.decode(data, expected_layout=OTHER)
+    n = 1 << 24
+    sparse = wire.encode(
+        _header(codec="topk:1e-07", layout=Layout(("w",), ((n,),))), np.ones(n, np.float32)
+    )
+    with pytest.raises(wire.WireError, match="; decode it with expected_layout$"):
+        wire.decode(sparse)
