@@ -74,3 +74,13 @@ MUTATION_GROUPS ?=
 mutation: setup
 	python -m pip install -q -e ".[dev]"
 	python -m tests.mutation --max-children 2 $(MUTATION_GROUPS)
+
+# Production stack as local processes on 127.0.0.1 (PostgreSQL + Redis of this machine,
+# moto_server as S3): Airflow with two Celery workers, MLflow server, serving. See
+# docs/production.md; state and logs under $(FL_HOME)/stack.
+.PHONY: stack stack-down
+stack: setup
+	PYTHONPATH=plugins:$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} python -m fl_airflow.stack up
+
+stack-down: setup
+	PYTHONPATH=plugins:$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} python -m fl_airflow.stack down

@@ -24,7 +24,7 @@ from fl_core.privacy.settings import PrivacySettings
 #: Loaders shipped with fl_core; ``data.dataset`` may also name a dataset registered in the
 #: ``datasets`` section (``fl init-dataset``).
 BUILTIN_DATASETS: tuple[str, ...] = ("digits", "mnist5k", "synthetic", "file")
-#: Built-ins whose features are pixel intensities in [0, 1]: no feature scaling by default.
+#: Built-ins whose features are pixel intensities in [0, 1] (the cnn needs one of them).
 IMAGE_DATASETS: tuple[str, ...] = ("digits", "mnist5k")
 #: A registered dataset's name (also part of campaign and registered-model names).
 DATASET_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,39}$"
@@ -115,8 +115,9 @@ class DataConfig:
 
     ``dataset`` is a built-in (``digits``, ``mnist5k``, ``synthetic``, ``file`` with ``path``)
     or the name of a dataset in the ``datasets`` section. ``scaling``: ``auto`` standardizes
-    tabular features with federated statistics (on for every dataset except the image
-    built-ins ``digits`` and ``mnist5k``), ``standard`` always, ``none`` never.
+    the user's tables (``file`` and registered datasets) with federated statistics and
+    leaves the built-ins as published (images in [0, 1]; FedProx Synthetic as generated, so
+    benchmark figures stay comparable), ``standard`` always, ``none`` never.
     """
 
     dataset: str = "mnist5k"
@@ -668,9 +669,9 @@ def data_source(cfg: Config) -> DataSource:
 
 
 def scaling_enabled(cfg: Config) -> bool:
-    """Whether features are standardized (``data.scaling``; ``auto``: all but image data)."""
+    """Whether features are standardized (``data.scaling``; ``auto``: the user's tables)."""
     if cfg.data.scaling == "auto":
-        return data_source(cfg).loader not in IMAGE_DATASETS
+        return data_source(cfg).loader == "file"
     return cfg.data.scaling == "standard"
 
 

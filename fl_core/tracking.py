@@ -89,9 +89,10 @@ _TRANSIENT_MARKERS = (
     "TEMPORARILY_UNAVAILABLE",
     "REQUEST_LIMIT_EXCEEDED",
     "database is locked",
-    "502",
-    "503",
-    "504",
+    "error responses",  # urllib3: "too many 503 error responses"
+    "Bad Gateway",
+    "Service Unavailable",
+    "Gateway Timeout",
 )
 
 
@@ -337,8 +338,6 @@ def register_campaign_model(
     model_sha = vector_sha256(vector)
     spec_sha = spec_sha256(spec)
     gate = deploy_gate(campaign)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
     # Width -1: a request of the wrong width reaches the model, which answers in one line
     # (MLflow's own schema check would echo the whole request back, twice).
     signature = ModelSignature(
@@ -380,6 +379,7 @@ def register_campaign_model(
                 "gate": gate,
             }
         with (
+            _fluent_uri(uri),
             mlflow.start_run(run_id=tracking["run_id"]),
             warnings.catch_warnings(),
             _mlflow_prints_as_info(),
@@ -463,6 +463,30 @@ def _mlflow_prints_as_info() -> Iterator[None]:
         sink.flush()
 
 
+_URI_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@contextlib.contextmanager
+def _fluent_uri(uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API (``log_model``, ``pyfunc.load_model``) at ``uri``, then
+    restore the environment: ``mlflow.set_tracking_uri`` / ``set_registry_uri`` also export
+    ``MLFLOW_TRACKING_URI`` / ``MLFLOW_REGISTRY_URI``, which would otherwise send every later
+    child process (``mlflow models serve``, another campaign) to this store."""
+    import mlflow
+
+    saved = {k: os.environ.get(k) for k in _URI_VARS}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def _quiet_logging_warnings() -> None:
     """Filter, at its source module, the warning MLflow prints on every model log without an
     input example: the signature is explicit, and an example would copy client data into
@@ -539,20 +563,18 @@ def promote_if_better(
     ``gate``, else from ``registered["gate"]`` (set by :func:`register_campaign_model`), else
     the defaults of :class:`fl_core.config.DeployConfig`.
     """
-    import mlflow
     from mlflow.exceptions import MlflowException
 
     from fl_core.config import DeployConfig
 
     uri = tracking["uri"]
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
     name, version = registered["registered_model"], registered["version"]
     rules = gate or registered.get("gate") or {}
     default = DeployConfig()
     min_accuracy = float(rules.get("min_accuracy", default.min_accuracy))
     beat_majority = bool(rules.get("beat_majority", default.beat_majority))
-    new_acc = model_accuracy(f"models:/{name}/{version}", x_test, y_test)
+    with _fluent_uri(uri):
+        new_acc = model_accuracy(f"models:/{name}/{version}", x_test, y_test)
     majority = majority_rate(y_test)
     try:
         champion = _call(uri, "get_model_version_by_alias", name, "champion")
@@ -560,7 +582,8 @@ def promote_if_better(
         champion = None
     champ_acc = None
     if champion is not None and str(champion.version) != str(version):
-        champ_acc = model_accuracy(f"models:/{name}/{champion.version}", x_test, y_test)
+        with _fluent_uri(uri):
+            champ_acc = model_accuracy(f"models:/{name}/{champion.version}", x_test, y_test)
     reasons = gate_failures(
         new_acc, majority=majority, min_accuracy=min_accuracy, beat_majority=beat_majority
     )
@@ -572,8 +595,10 @@ def promote_if_better(
     promoted = not reasons
     if promoted:
         _call(uri, "set_registered_model_alias", name, "champion", version)
-        with contextlib.suppress(MlflowException):
-            _call(uri, "delete_registered_model_alias", name, "challenger")
+        with contextlib.suppress(MlflowException):  # only if it names this version
+            challenger = _call(uri, "get_model_version_by_alias", name, "challenger")
+            if str(challenger.version) == str(version):
+                _call(uri, "delete_registered_model_alias", name, "challenger")
     else:
         _call(uri, "set_registered_model_alias", name, "challenger", version)
     _call(uri, "set_model_version_tag", name, version, "fl.deploy_eval_accuracy", f"{new_acc:.6f}")

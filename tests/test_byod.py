@@ -62,7 +62,7 @@ def byod(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     params["tracking"]["experiment"] = "byod"
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
         "FL_HOME": str(root / ".fl"),
         "PATH": f"{BIN}:{os.environ['PATH']}",
         "GIT_PYTHON_REFRESH": "quiet",

@@ -65,7 +65,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, s
         params[section].update(values)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
         "FL_HOME": str(root / ".fl"),
         "PATH": f"{BIN}:{os.environ['PATH']}",
         "GIT_PYTHON_REFRESH": "quiet",

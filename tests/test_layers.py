@@ -43,3 +43,16 @@ def test_dag_files_import_only_downwards() -> None:
                 assert root not in heavy, f"{dag_file.name} imports {name} at parse time"
                 if root == "fl_core":
                     assert name in ("fl_core.rounds", "fl_core.form"), f"{dag_file.name}: {name}"
+
+
+def test_rule_names_are_the_registry_s() -> None:
+    # The config's strategy type and the form's choices are the aggregation registry's names.
+    import typing
+
+    from fl_core.aggregation import AGGREGATORS
+    from fl_core.config import StrategyName
+    from fl_core.form import FORM_FIELDS
+
+    assert tuple(typing.get_args(StrategyName)) == tuple(AGGREGATORS)
+    [strategy] = [f for f in FORM_FIELDS if f.name == "strategy"]
+    assert strategy.enum == tuple(AGGREGATORS)

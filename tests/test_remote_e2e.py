@@ -126,8 +126,13 @@ def test_ten_agents_over_https_train_the_same_model_as_the_simulation(tmp_path: 
             )  # fmt: skip
         deadline = time.monotonic() + 600
         while len(coord.live_clients()) < NUM_CLIENTS:
-            dead = [p.args for p in procs if p.poll() is not None]
-            assert not dead, f"exited early: {dead}; logs in {logs}"
+            dead = [i for i, p in enumerate(procs) if p.poll() is not None]
+            assert not dead, "exited early:\n" + "\n".join(
+                (logs / ("coordinator.log" if i == 0 else f"{clients[i - 1]}.log")).read_text()[
+                    -3000:
+                ]
+                for i in dead
+            )
             assert time.monotonic() < deadline, "agents did not all heartbeat"
             time.sleep(1)
 

@@ -52,6 +52,40 @@ class AgentConfig:
             raise ValueError("wait_s must be >= 0 and heartbeat_s > 0")
 
 
+def as_table(path: Path, cache_dir: Path) -> Path:
+    """``path`` as a table in the project's on-disk format: a Parquet file as it is; a CSV
+    (columns ``x0..x{d-1}``, ``label``) converted once into ``cache_dir`` with features as
+    float32 and an all-integer label as int64. Other columns and values are kept, so the
+    Great Expectations suite still reports what is wrong with the operator's file."""
+    path = Path(path)
+    if path.suffix.lower() in (".parquet", ".pq"):
+        return path
+    if path.suffix.lower() != ".csv":
+        raise ValueError(f"{path}: unsupported data file {path.suffix!r}; use .csv or .parquet")
+    import re
+
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from fl_core.data.io import file_sha256
+
+    out = Path(cache_dir) / f"{path.stem}-{file_sha256(path)[:16]}.parquet"
+    if not out.is_file():
+        frame = pd.read_csv(path)
+        for column in frame.columns:
+            if re.fullmatch(r"x\d+", str(column)) and pd.api.types.is_numeric_dtype(frame[column]):
+                frame[column] = frame[column].astype(np.float32)
+        label = frame.get("label")
+        if label is not None and label.notna().all() and (label % 1 == 0).all():
+            frame["label"] = label.astype(np.int64)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp)
+        tmp.replace(out)
+    return out
+
+
 class LocalData:
     """The private table: training split, held-out split, and its version hash.
 
@@ -61,16 +95,29 @@ class LocalData:
     the whole table trains and federated evaluation is skipped.
     """
 
-    def __init__(self, path: Path, *, holdout: float, eval_data: Path | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        holdout: float,
+        eval_data: Path | None = None,
+        cache_dir: Path | None = None,
+    ) -> None:
         from fl_core.data.io import file_sha256, read_table
 
-        self.path = Path(path)
-        self.sha256 = file_sha256(self.path)
-        x, y = read_table(self.path)
+        self.source = Path(path)
+        self.sha256 = file_sha256(self.source)  # the data version: the operator's own file
+        cache = Path(cache_dir) if cache_dir is not None else self.source.parent
+        self.path = as_table(self.source, cache)
+        try:
+            x, y = read_table(self.path)
+        except ValueError as exc:  # the validation suite says exactly what is wrong
+            logger.error("local data is not usable: %s", exc)
+            x, y = np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
         self.eval: tuple[np.ndarray, np.ndarray] | None = None
         if eval_data is not None:
             self.x, self.y = x, y
-            self.eval = read_table(Path(eval_data))
+            self.eval = read_table(as_table(Path(eval_data), cache))
         elif holdout > 0 and len(y) > 1:
             order = np.random.default_rng(int(self.sha256[:16], 16)).permutation(len(y))
             cut = max(1, int(round(len(y) * holdout)))
@@ -121,7 +168,12 @@ class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.home = ClientHome(config.home)
-        self.data = LocalData(config.data, holdout=config.holdout, eval_data=config.eval_data)
+        self.data = LocalData(
+            config.data,
+            holdout=config.holdout,
+            eval_data=config.eval_data,
+            cache_dir=Path(config.home) / "data",
+        )
         self.client = CoordinatorClient(config.coordinator, ca=config.ca, retry=config.retry)
         self.stop = threading.Event()
         self.tasks_done = 0
@@ -129,6 +181,7 @@ class Agent:
         self._downlink_mbps: float | None = None
         self._latency_s: float | None = None
         self._last_heartbeat = 0.0
+        self._declined: set[tuple[str, int]] = set()
 
     def close(self) -> None:
         self.client.close()
@@ -163,7 +216,9 @@ class Agent:
                     self.heartbeat()
                 task = self.client.next_task(wait_s=self.config.wait_s)
                 failures = 0
-                if task is not None:
+                if task is not None and (task["campaign"], task["round"]) in self._declined:
+                    self.stop.wait(self.config.wait_s)  # stays open server-side; nothing to do
+                elif task is not None:
                     self.handle(task)
                     self.heartbeat()
                     if max_tasks is not None and self.tasks_done >= max_tasks:
@@ -243,6 +298,7 @@ class Agent:
             return
         if not self.data.validate(task["model_spec"]):
             self.heartbeat()  # reports data_valid=False: selection leaves this client out
+            self._declined.add((campaign, rnd))
             raise Refused(400, "local data failed validation; not training")
         state = training.ClientState.from_arrays(self.home.load_state(campaign))
         message, seconds = self.client.download_model(
@@ -272,6 +328,7 @@ class Agent:
             )
         except TaskDeclined as exc:
             logger.warning("declined %s round %d: %s", campaign, rnd, exc)
+            self._declined.add((campaign, rnd))
             return
         identity = self.client.identity
         assert identity is not None

@@ -18,6 +18,7 @@ Every method is safe to call again (idempotent).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -89,19 +90,17 @@ class RoundStatus:
     received: list[str]
     deadline: float
     closed: bool
+    deadline_passed: bool
+    """Whether the deadline had passed when this status was read."""
     stragglers: dict[str, str] = field(default_factory=dict)
 
     @property
     def num_received(self) -> int:
         return len(self.received)
 
-    @property
-    def deadline_passed(self) -> bool:
-        return time.time() > self.deadline
-
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out.update(num_received=self.num_received, deadline_passed=self.deadline_passed)
+        out.update(num_received=self.num_received)
         return out
 
 
@@ -135,6 +134,7 @@ class Coordinator:
         self._engine: sa.Engine | None = None
         self._sessions: Any = None
         self._lock = threading.Lock()
+        self._sqlite_turn = threading.RLock()
         self._campaigns: dict[str, dict[str, Any]] = {}
 
     @classmethod
@@ -161,10 +161,20 @@ class Coordinator:
             return self._engine
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
-        """A registry session (the schema is migrated on first use)."""
-        _ = self.engine
-        with self._sessions() as session:
+    def session(self, *, take_turn: bool = True) -> Iterator[Session]:
+        """A registry session (the schema is migrated on first use).
+
+        On SQLite, sessions of this process take turns (one lock): SQLite has one writer at
+        a time and its busy handler *sleeps* between retries, so many threads contending for
+        the write lock would collapse throughput; queued on a lock, each waits only for the
+        milliseconds the holder needs. PostgreSQL sessions run concurrently. The lock belongs
+        to the thread that entered the session, so a session that may be closed on another
+        thread (a FastAPI generator dependency) must pass ``take_turn=False`` and only read.
+        """
+        engine = self.engine
+        turn = take_turn and engine.dialect.name == "sqlite"
+        guard = self._sqlite_turn if turn else contextlib.nullcontext()
+        with guard, self._sessions() as session:
             yield session
 
     def close(self) -> None:
@@ -324,6 +334,7 @@ class Coordinator:
                 received=received,
                 deadline=row.deadline,
                 closed=row.closed_at is not None,
+                deadline_passed=time.time() > row.deadline,
                 stragglers=stragglers,
             )
 
@@ -374,6 +385,22 @@ class Coordinator:
                         s, campaign, rnd, client, "no update when the round closed"
                     )
         return self.round_status(campaign, rnd)
+
+    async def wait_for_updates(
+        self, campaign: str, rnd: int, *, quorum: int, poll_s: float = 2.0
+    ) -> RoundStatus:
+        """Wait (without blocking the event loop) until ``quorum`` updates are stored or the
+        round's deadline passes; for a deferrable sensor's trigger in the triggerer. Reads
+        only; closing the round is ``collect``'s job (:meth:`close_round`)."""
+        import asyncio
+
+        if quorum < 1:
+            raise ValueError(f"quorum must be >= 1, got {quorum}")
+        while True:
+            status = await asyncio.to_thread(self.round_status, campaign, rnd)
+            if status.num_received >= quorum or status.deadline_passed or status.closed:
+                return status
+            await asyncio.sleep(poll_s)
 
     def evaluations(self, campaign: str, rnd: int) -> list[EvaluationReport]:
         """Clients' federated-evaluation reports for a round, by client id."""
@@ -480,11 +507,18 @@ class Coordinator:
         """Refuse an upload before its body is read (403 not selected, 410 too late);
         returns the size cap for it."""
         with self.session() as s:
-            registry.round_open_for(s, campaign, rnd, client_id)
+            registry.upload_context(s, campaign, rnd, client_id)
         return self.update_cap(campaign)
 
     def accept_update(
-        self, client_id: str, campaign: str, rnd: int, data: bytes, *, signature: str
+        self,
+        client_id: str,
+        campaign: str,
+        rnd: int,
+        data: bytes,
+        *,
+        signature: str,
+        sha256: str | None = None,
     ) -> tuple[bool, ReceivedUpdate]:
         """Verify and store one upload; returns (newly stored, record).
 
@@ -492,31 +526,27 @@ class Coordinator:
         (401); same task already taken by other bytes (409); wire checks against the
         campaign's layout and the task's codec, header fields against the task, finite
         values and metrics (400); then the signature record and the bytes go to the store.
+        ``sha256`` is the digest of ``data`` when the caller already computed it.
         """
         from fl_core.rounds.layout import signature_key, update_key
 
-        digest = hashlib.sha256(data).hexdigest()
+        digest = sha256 or hashlib.sha256(data).hexdigest()
         with self.session() as s:
-            rnd_row, task = registry.round_open_for(s, campaign, rnd, client_id)
-            client = s.get(ClientRow, client_id)
-            if client is None or client.public_key is None:
-                raise ProtocolError(401, "unknown client")
-            public_key = client.public_key
-            signed = protocol.update_message(
-                campaign=campaign, rnd=rnd, client_id=client_id, message_sha256=digest
-            )
-            if not protocol.verify(public_key, signed, signature):
-                raise ProtocolError(401, "bad update signature")
-            prior = registry.accepted_update(s, campaign, rnd, client_id)
-            if prior is not None and prior.sha256 != digest:
-                raise ProtocolError(409, "a different update for this task was already accepted")
-            base_version = rnd_row.base_version
-            task_dict = dict(task.task)
-        if prior is None:
-            self._check_message(data, campaign, rnd, client_id, base_version, task_dict)
+            ctx = registry.upload_context(s, campaign, rnd, client_id)
+        if ctx.public_key is None:
+            raise ProtocolError(401, "unknown client")
+        signed = protocol.update_message(
+            campaign=campaign, rnd=rnd, client_id=client_id, message_sha256=digest
+        )
+        if not protocol.verify(ctx.public_key, signed, signature):
+            raise ProtocolError(401, "bad update signature")
+        if ctx.update_sha256 is not None and ctx.update_sha256 != digest:
+            raise ProtocolError(409, "a different update for this task was already accepted")
+        if ctx.update_sha256 is None:
+            self._check_message(data, campaign, rnd, client_id, ctx.base_version, ctx.task)
         key = update_key(campaign, rnd, client_id)
         with self.session() as s:
-            row = registry.claim_update(
+            to_store, received_at = registry.claim_update(
                 s,
                 campaign=campaign,
                 rnd=rnd,
@@ -525,26 +555,26 @@ class Coordinator:
                 sha256=digest,
                 size=len(data),
             )
-            fresh = not row.stored
-            if fresh:
-                self.store.put_json(
-                    signature_key(campaign, rnd, client_id),
-                    {
-                        "algorithm": "ed25519",
-                        "signed": "FL-UPDATE-1\\n<campaign>\\n<round>\\n<client>\\n<sha256>",
-                        "campaign": campaign,
-                        "round": rnd,
-                        "client": client_id,
-                        "sha256": digest,
-                        "public_key": public_key,
-                        "signature": signature,
-                        "received_at": row.received_at,
-                    },
-                )
-                self.store.put_bytes(key, data)
-                registry.mark_stored(s, row)
-                logger.debug("stored update of %s for %s round %d", client_id, campaign, rnd)
-            return fresh, ReceivedUpdate(client_id, key, digest, len(data), row.received_at)
+        if to_store:  # outside the session: store I/O must not hold the registry
+            self.store.put_json(
+                signature_key(campaign, rnd, client_id),
+                {
+                    "algorithm": "ed25519",
+                    "signed": "FL-UPDATE-1\\n<campaign>\\n<round>\\n<client>\\n<sha256>",
+                    "campaign": campaign,
+                    "round": rnd,
+                    "client": client_id,
+                    "sha256": digest,
+                    "public_key": ctx.public_key,
+                    "signature": signature,
+                    "received_at": received_at,
+                },
+            )
+            self.store.put_bytes(key, data)
+            with self.session() as s:
+                registry.mark_stored(s, campaign, rnd, client_id)
+            logger.debug("stored update of %s for %s round %d", client_id, campaign, rnd)
+        return to_store, ReceivedUpdate(client_id, key, digest, len(data), received_at)
 
     def _check_message(
         self,

@@ -7,6 +7,7 @@ time (the Airflow plugin does) costs no I/O. Every route lives under ``/v1``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from fastapi import FastAPI, Request
@@ -37,6 +38,7 @@ def create_app(
         "See docs/protocol.md.",
     )
     app.state.coordinator = coord
+    app.state.upload_slots = asyncio.Semaphore(coord.settings.max_concurrent_uploads)
 
     @app.exception_handler(ProtocolError)
     async def _refused(request: Request, exc: ProtocolError) -> JSONResponse:

@@ -171,14 +171,28 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Any]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
+MIGRATION_LOCK = 0x464C5245  # "FLRE": PostgreSQL advisory lock id for schema upgrades
+
+
 def migrate(engine: Engine) -> None:
-    """Bring the registry schema to the newest Alembic revision (idempotent)."""
+    """Bring the registry schema to the newest Alembic revision (idempotent).
+
+    Safe when several processes start at once (the API server's coordinator, a DAG task, the
+    CLI): on PostgreSQL the upgrade holds a transaction-level advisory lock; on SQLite the
+    transaction takes the write lock first (``BEGIN IMMEDIATE``), so one process migrates
+    and the others then find the schema at head.
+    """
     from alembic import command
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as conn:
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        elif engine.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+        conn.commit()
     logger.debug("registry schema at head (%s)", engine.url.render_as_string(hide_password=True))

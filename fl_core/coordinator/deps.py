@@ -28,7 +28,9 @@ def get_coordinator(request: Request) -> Coordinator:
 
 
 def get_session(coord: Coordinator = Depends(get_coordinator)) -> Iterator[Session]:
-    with coord.session() as session:
+    """A read-only registry session. FastAPI may enter and leave a generator dependency on
+    different threads, so it does not take the SQLite turn lock (reads never need it)."""
+    with coord.session(take_turn=False) as session:
         yield session
 
 
@@ -67,7 +69,7 @@ async def _authenticate(request: Request, coord: Coordinator, body_sha256: str) 
 
     def check() -> str:
         with coord.session() as s:
-            row = registry.authenticate(
+            return registry.authenticate(
                 s,
                 client_id=client_id,
                 message=message,
@@ -76,7 +78,6 @@ async def _authenticate(request: Request, coord: Coordinator, body_sha256: str) 
                 timestamp=timestamp,
                 skew_s=coord.settings.clock_skew_s,
             )
-            return row.client_id
 
     return await run_in_threadpool(check)
 

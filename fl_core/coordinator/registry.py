@@ -8,6 +8,7 @@ the HTTP status and a reason.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -188,22 +189,22 @@ def authenticate(
     nonce: str,
     timestamp: float,
     skew_s: float,
-) -> ClientRow:
+) -> str:
     """Check one signed request: known client (401), valid signature (401), not revoked
     (403), fresh nonce (409). The nonce is recorded; nonces older than the window are pruned.
     """
     now = time.time()
     if not math.isfinite(timestamp) or abs(now - timestamp) > skew_s:
         raise ProtocolError(401, f"request timestamp is more than {skew_s:.0f} s from server time")
-    row = session.get(ClientRow, client_id)
+    row = session.execute(_key_query(), {"client_id": client_id}).first()
     if row is None or row.public_key is None:
         raise ProtocolError(401, "unknown client")
     if not protocol.verify(row.public_key, message, signature):
         raise ProtocolError(401, "bad request signature")
     if row.revoked_at is not None:
         raise ProtocolError(403, "client is revoked")
-    session.add(NonceRow(nonce=nonce, client_id=client_id, seen_at=now))
     try:
+        session.execute(sa.insert(NonceRow).values(nonce=nonce, client_id=client_id, seen_at=now))
         session.commit()
     except IntegrityError:
         session.rollback()
@@ -211,7 +212,7 @@ def authenticate(
     if secrets.randbelow(256) == 0:
         session.execute(sa.delete(NonceRow).where(NonceRow.seen_at < now - 2 * skew_s - 1))
         session.commit()
-    return row
+    return client_id
 
 
 # --------------------------------------------------------------------------- heartbeats
@@ -293,61 +294,138 @@ def record_straggler(
             session.rollback()
 
 
-def round_open_for(
-    session: Session, campaign: str, rnd: int, client_id: str
-) -> tuple[RoundRow, TaskRow]:
-    """The round and task an upload or download of ``client_id`` refers to, or a refusal:
-    403 when the client was not selected, 410 (recorded as straggler) when too late."""
-    rnd_row = get_round(session, campaign, rnd)
-    task = get_task(session, campaign, rnd, client_id)
-    if rnd_row is None or task is None:
+@functools.cache
+def _key_query() -> sa.Select[Any, Any]:
+    """Built once: statement construction costs more than SQLite's lookup."""
+    return sa.select(ClientRow.public_key, ClientRow.revoked_at).where(
+        ClientRow.client_id == sa.bindparam("client_id")
+    )
+
+
+@functools.cache
+def _upload_query() -> sa.Select[Any, Any, Any, Any, Any, Any, Any]:
+    return (
+        sa.select(
+            RoundRow.base_version,
+            RoundRow.deadline,
+            RoundRow.closed_at,
+            TaskRow.task,
+            ClientRow.public_key,
+            UpdateRow.sha256,
+            UpdateRow.stored,
+        )
+        .select_from(TaskRow)
+        .join(
+            RoundRow,
+            sa.and_(RoundRow.campaign == TaskRow.campaign, RoundRow.round == TaskRow.round),
+        )
+        .outerjoin(ClientRow, ClientRow.client_id == TaskRow.client_id)
+        .outerjoin(
+            UpdateRow,
+            sa.and_(
+                UpdateRow.campaign == TaskRow.campaign,
+                UpdateRow.round == TaskRow.round,
+                UpdateRow.client_id == TaskRow.client_id,
+            ),
+        )
+        .where(
+            TaskRow.campaign == sa.bindparam("campaign"),
+            TaskRow.round == sa.bindparam("round"),
+            TaskRow.client_id == sa.bindparam("client_id"),
+        )
+    )
+
+
+@dataclass(frozen=True)
+class UploadContext:
+    """Everything an upload is checked against, read in one query."""
+
+    base_version: int
+    deadline: float
+    closed: bool
+    task: dict[str, Any]
+    public_key: str | None
+    update_sha256: str | None
+    update_stored: bool
+
+
+def upload_context(session: Session, campaign: str, rnd: int, client_id: str) -> UploadContext:
+    """The round, the client's task and key and any accepted update, or a refusal: 403 when
+    the client was not selected, 410 (recorded as straggler) when the round is closed."""
+    found = session.execute(
+        _upload_query(), {"campaign": campaign, "round": rnd, "client_id": client_id}
+    ).first()
+    if found is None:
         raise ProtocolError(403, f"client {client_id!r} was not selected in {campaign} round {rnd}")
-    if rnd_row.closed_at is not None or time.time() > rnd_row.deadline:
+    ctx = UploadContext(
+        base_version=found.base_version,
+        deadline=found.deadline,
+        closed=found.closed_at is not None,
+        task=dict(found.task),
+        public_key=found.public_key,
+        update_sha256=found.sha256,
+        update_stored=bool(found.stored),
+    )
+    if ctx.closed or time.time() > ctx.deadline:
         record_straggler(session, campaign, rnd, client_id, "upload after the round closed")
         raise ProtocolError(410, f"round {rnd} of {campaign} is closed; the update is too late")
-    return rnd_row, task
+    return ctx
 
 
 def claim_update(
-    session: Session, *, campaign: str, rnd: int, client_id: str, key: str, sha256: str, size: int
-) -> UpdateRow:
-    """Claim the task's one update slot for the message with digest ``sha256``.
+    session: Session,
+    *,
+    campaign: str,
+    rnd: int,
+    client_id: str,
+    key: str,
+    sha256: str,
+    size: int,
+) -> tuple[bool, float]:
+    """Claim the task's one update slot for the message with digest ``sha256``; returns
+    (still to be stored, arrival time).
 
     The primary key (campaign, round, client) makes the claim atomic across processes: only
-    the claimant writes the store. A claim by the same bytes (an idempotent retry) returns the
-    existing row; a different message raises 409.
+    a claimant of these bytes writes the store. A claim by the same bytes (an idempotent
+    retry) succeeds again; a different message raises 409.
     """
-    existing = session.get(UpdateRow, (campaign, rnd, client_id))
-    if existing is None:
-        row = UpdateRow(
-            campaign=campaign,
-            round=rnd,
-            client_id=client_id,
-            key=key,
-            sha256=sha256,
-            size=size,
-            received_at=time.time(),
-            stored=False,
+    now = time.time()
+    try:
+        session.execute(
+            sa.insert(UpdateRow).values(
+                campaign=campaign,
+                round=rnd,
+                client_id=client_id,
+                key=key,
+                sha256=sha256,
+                size=size,
+                received_at=now,
+                stored=False,
+            )
         )
-        session.add(row)
-        try:
-            session.commit()
-            return row
-        except IntegrityError:
-            session.rollback()
-            existing = session.get(UpdateRow, (campaign, rnd, client_id))
+        session.commit()
+        return True, now
+    except IntegrityError:
+        session.rollback()
+    existing = session.execute(
+        sa.select(UpdateRow.sha256, UpdateRow.stored, UpdateRow.received_at).where(
+            UpdateRow.campaign == campaign,
+            UpdateRow.round == rnd,
+            UpdateRow.client_id == client_id,
+        )
+    ).first()
     if existing is not None and existing.sha256 == sha256:
-        return existing
+        return not existing.stored, existing.received_at
     raise ProtocolError(409, "a different update for this task was already accepted")
 
 
-def mark_stored(session: Session, row: UpdateRow) -> None:
+def mark_stored(session: Session, campaign: str, rnd: int, client_id: str) -> None:
     session.execute(
         sa.update(UpdateRow)
         .where(
-            UpdateRow.campaign == row.campaign,
-            UpdateRow.round == row.round,
-            UpdateRow.client_id == row.client_id,
+            UpdateRow.campaign == campaign,
+            UpdateRow.round == rnd,
+            UpdateRow.client_id == client_id,
         )
         .values(stored=True)
     )

@@ -47,6 +47,9 @@ class CoordinatorSettings:
         Lifetime of a one-time enrollment token.
     poll_interval_s
         How often a long-poll re-reads the registry.
+    max_concurrent_uploads
+        Uploads whose bodies are read and checked at once; the others wait unread (TCP
+        back-pressure), so the coordinator's memory is bounded whatever the number of clients.
     """
 
     db_url: str
@@ -57,6 +60,7 @@ class CoordinatorSettings:
     live_window_s: float = 120.0
     enrollment_ttl_s: float = 3600.0
     poll_interval_s: float = 0.5
+    max_concurrent_uploads: int = 8
 
     def __post_init__(self) -> None:
         if self.max_update_bytes < 1024:
@@ -64,6 +68,10 @@ class CoordinatorSettings:
         for name in ("clock_skew_s", "long_poll_s", "live_window_s", "enrollment_ttl_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.max_concurrent_uploads < 1:
+            raise ValueError(
+                f"max_concurrent_uploads must be >= 1, got {self.max_concurrent_uploads}"
+            )
         if self.poll_interval_s <= 0:
             raise ValueError(f"poll_interval_s must be > 0, got {self.poll_interval_s}")
 

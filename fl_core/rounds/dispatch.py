@@ -8,6 +8,7 @@ from typing import Any
 
 from fl_core import simulation
 from fl_core.codec import parse_codec
+from fl_core.policy import client_plan
 from fl_core.rounds import layout as L
 from fl_core.rounds import records as R
 from fl_core.rounds import remote, state
@@ -26,11 +27,13 @@ def dispatch(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
         return done.to_dict()
     cohort = R.read(store, R.Cohort, cid, rnd, step=STEP).cohort
     world = simulation.world(cfg, rec)
+    # Remote devices: the policy uses the uplink each one measured and reported.
+    measured = remote.measured_uplinks(store) if remote.is_remote(cfg) else None
     c, comm = cfg.client, cfg.communication
     privacy = client_privacy(state.privacy(rec))
     tasks: dict[str, dict[str, Any]] = {}
     for client in cohort:
-        plan = world.plan(client)
+        plan = world.plan(client) if measured is None else client_plan(cfg, measured.get(client))
         task: dict[str, Any] = {
             "local_epochs": plan["local_epochs"],
             "batch_size": c.batch_size,

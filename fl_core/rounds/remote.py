@@ -51,3 +51,12 @@ def known_examples(store: ArtifactStore) -> dict[str, int]:
         }
     finally:
         coord.close()
+
+
+def measured_uplinks(store: ArtifactStore) -> dict[str, float | None]:
+    """Each enrolled device's uplink bandwidth as it measured and reported it (Mbit/s)."""
+    coord = coordinator(store)
+    try:
+        return {c.client_id: c.uplink_mbps for c in coord.clients()}
+    finally:
+        coord.close()

@@ -87,29 +87,17 @@ def attack_updates(
 
 
 def link_class(cfg: Config, prof: SpeedProfile | None) -> str:
-    """``slow`` / ``medium`` / ``fast`` by the client's (reported) uplink bandwidth."""
-    if prof is None:
-        return "medium"
-    c = cfg.communication
-    if prof.uplink_mbps < c.slow_mbps:
-        return "slow"
-    return "fast" if prof.uplink_mbps >= c.fast_mbps else "medium"
+    """``slow`` / ``medium`` / ``fast`` by the simulated profile's uplink bandwidth."""
+    from fl_core.policy import link_class as by_uplink
+
+    return by_uplink(cfg, None if prof is None else prof.uplink_mbps)
 
 
 def client_plan(cfg: Config, prof: SpeedProfile | None) -> dict[str, Any]:
-    """The adaptive policy for one client: codec and local epochs by link class (stronger
-    compression and more local work on slow links); fixed policy: the configured codec."""
-    c = cfg.communication
-    if c.policy != "adaptive":
-        return {
-            "codec": c.uplink_codec,
-            "local_epochs": cfg.client.local_epochs,
-            "link": link_class(cfg, prof),
-        }
-    link = link_class(cfg, prof)
-    codec = {"slow": c.slow_codec, "medium": c.medium_codec, "fast": c.fast_codec}[link]
-    epochs = cfg.client.local_epochs * (c.slow_epochs_factor if link == "slow" else 1)
-    return {"codec": codec, "local_epochs": epochs, "link": link}
+    """The communication policy (:func:`fl_core.policy.client_plan`) for a simulated client."""
+    from fl_core.policy import client_plan as plan
+
+    return plan(cfg, None if prof is None else prof.uplink_mbps)
 
 
 def participates(cfg: Config, prof: SpeedProfile | None, rnd: int) -> bool:

@@ -61,7 +61,9 @@ def run_campaign(form: dict[str, Any], *, quiet: bool = True) -> dict[str, Any]:
 
     dag = load_dag("federated_training")
     store = ArtifactStoreHook.get_store()
-    cfg = config_from_form(load_params(env.PROJECT_ROOT / "params.yaml"), form)
+    from fl_airflow.hooks.artifact_store import project_root
+
+    cfg = config_from_form(load_params(project_root() / "params.yaml"), form)
     cid = form.get("campaign_id") or new_campaign_id(cfg.campaign.name)
     # What each task did (cohort, accepted/rejected, accuracy, bytes) goes to this file; the
     # console keeps the progress bar.
@@ -132,6 +134,26 @@ def run_dag(dag_id: str, conf: dict[str, Any]) -> str:
     return str(load_dag(dag_id).test(run_conf=conf).state)
 
 
+def _warnings(out: dict[str, Any]) -> list[str]:
+    """The honest-summary warnings (majority-class rate, rejected updates) of a campaign."""
+    import numpy as np
+
+    from fl_airflow.hooks.artifact_store import ArtifactStoreHook
+    from fl_core.rounds.state import history, load_campaign, test_table
+    from fl_core.stages import verdict
+
+    store = ArtifactStoreHook.get_store()
+    rec = load_campaign(store, out["campaign_id"])
+    _, y = test_table(rec)
+    majority = float(np.bincount(np.asarray(y, dtype=np.int64)).max() / max(1, len(y)))
+    hist = history(store, out["campaign_id"], int(out["last_round"]))
+    rejected = sum(int(h.get("num_rejected", 0)) for h in hist)
+    accepted = sum(int(h.get("num_accepted", 0)) for h in hist)
+    return verdict(
+        float(out["final_accuracy"]), majority=majority, rejected=rejected, accepted=accepted
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int)
@@ -170,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         if out.get("epsilon") is not None:
             print(f"  privacy: epsilon spent {out['epsilon']:.4f}")
+        for line in _warnings(out):
+            print(f"  WARNING: {line}")
         print(
             f"  model {dep.get('registered_model')} v{dep.get('version')} -> alias "
             f"{dep.get('alias')}"

@@ -104,6 +104,9 @@ def test_default_names_and_image_data_stay_unscaled() -> None:
     assert cfg.campaign.name == "mnist5k-mlp"
     assert cfg.tracking.registered_model == "fl-mnist5k-mlp"
     assert scaling_enabled(cfg) is False
+    synthetic = from_dict({"data": {"dataset": "synthetic"}})
+    assert scaling_enabled(synthetic) is False  # published benchmark, left as generated
+    assert scaling_enabled(with_overrides(synthetic, {"data.scaling": "standard"})) is True
 
 
 def test_derived_names_follow_a_dataset_override_explicit_names_stay() -> None:

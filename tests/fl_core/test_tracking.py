@@ -6,6 +6,7 @@ Services: none to start — the real MLflow SQLite tracking store and registry i
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,7 @@ def test_gate_refuses_a_model_no_better_than_the_majority_class() -> None:
 
 
 def test_identical_model_reuses_the_version_and_serves_probabilities(
-    tiny_data: Path, tmp_path: Path
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import mlflow.pyfunc
 
@@ -78,6 +79,9 @@ def test_identical_model_reuses_the_version_and_serves_probabilities(
     location = _client(uri).get_experiment_by_name("tests").artifact_location
     assert location == (tmp_path / "mlartifacts").resolve().as_uri()  # not ./mlruns
 
+    assert "MLFLOW_REGISTRY_URI" not in os.environ  # the campaign left no global state
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.setenv(key, uri)  # restored after the test
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     model = mlflow.pyfunc.load_model("models:/fl-dedupe@champion")

@@ -2,13 +2,15 @@
 
 Before the body is read: request signature (401), revoked (403), replay (409), selected in
 an open round (403 / 410), declared length within the cap (413). While streaming: cut off
-at the cap (413; never buffered whole). After: body digest equals the signed one (401),
+at the cap (413; never buffered whole); at most ``max_concurrent_uploads`` bodies are
+read at once, the rest wait unread. After: body digest equals the signed one (401),
 then :meth:`~fl_core.coordinator.api.Coordinator.accept_update` (401 / 409 / 400 / 403).
 201 stores it; 200 is an idempotent retry of the same bytes.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 from fastapi import APIRouter, Depends, Path, Request
@@ -39,18 +41,25 @@ async def upload_update(
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > cap:
         raise ProtocolError(413, f"update of {length} bytes exceeds the limit of {cap}")
-    body = bytearray()
-    digest = hashlib.sha256()
-    async for chunk in request.stream():
-        if len(body) + len(chunk) > cap:
-            raise ProtocolError(413, f"update exceeds the limit of {cap} bytes")
-        body += chunk
-        digest.update(chunk)
-    if digest.hexdigest() != request.headers.get(protocol.H_CONTENT_SHA256):
-        raise ProtocolError(401, "body does not match the signed sha256")
-    fresh, rec = await run_in_threadpool(
-        coord.accept_update, client_id, campaign, rnd, bytes(body), signature=signature
-    )
+    async with request.app.state.upload_slots:  # bounded memory: a few bodies at a time
+        body = bytearray()
+        digest = hashlib.sha256()
+        async for chunk in request.stream():
+            if len(body) + len(chunk) > cap:
+                raise ProtocolError(413, f"update exceeds the limit of {cap} bytes")
+            body += chunk
+            digest.update(chunk)
+        hexdigest = digest.hexdigest()
+        if hexdigest != request.headers.get(protocol.H_CONTENT_SHA256):
+            raise ProtocolError(401, "body does not match the signed sha256")
+        fresh, rec = await run_in_threadpool(
+            functools.partial(coord.accept_update, signature=signature, sha256=hexdigest),
+            client_id,
+            campaign,
+            rnd,
+            bytes(body),
+        )
+        del body
     out = UploadOut(
         client_id=client_id, key=rec.key, sha256=rec.sha256, size=rec.size, stored=fresh
     )

@@ -219,3 +219,39 @@ def test_agent_survives_a_coordinator_restart(
     assert done == [2]
     assert coord.round_status(CID, 1).received == ["dev-1"]
     assert coord.round_status(CID, 2).received == ["dev-1"]
+
+
+def test_agent_takes_a_csv_table_and_validates_it(
+    coord: Coordinator, server: ServerThread, tls: TLSFiles, tmp_path: Path
+) -> None:
+    import pandas as pd
+
+    layout, _ = start_campaign(coord.store, CID)
+    rng = np.random.default_rng(5)
+    frame = pd.DataFrame(
+        rng.normal(size=(30, SPEC.num_features)), columns=[f"x{i}" for i in range(8)]
+    )
+    frame["label"] = rng.integers(0, SPEC.num_classes, 30)
+    good, bad = tmp_path / "good.csv", tmp_path / "bad.csv"
+    frame.to_csv(good, index=False)
+    frame.assign(x3=np.where(np.arange(30) == 7, np.nan, frame["x3"])).to_csv(bad, index=False)
+    coord.publish_round(
+        CID, 1, base_version=0, tasks={"ok": task_dict(), "nan": task_dict()}, deadline_s=60
+    )
+
+    ok = agent_for(server, tls, good, tmp_path / "h1", coord.create_enrollment_token("ok"),
+                   holdout=0.0)  # fmt: skip
+    assert ok.run(max_tasks=1) == 1
+    ok.close()
+    nan = agent_for(server, tls, bad, tmp_path / "h2", coord.create_enrollment_token("nan"))
+    nan.ensure_identity()
+    task = nan.client.next_task(wait_s=0)
+    assert task is not None
+    with pytest.raises(Exception, match="failed validation"):
+        nan.handle(task)
+    nan.close()
+
+    header, _ = wire.decode(coord.store.get_bytes(update_key(CID, 1, "ok")), expected_layout=layout)
+    assert header.num_examples == 30
+    assert {c.client_id: c.data_sha256 for c in coord.clients()}["ok"] == file_sha256(good)
+    assert coord.round_status(CID, 1).received == ["ok"]

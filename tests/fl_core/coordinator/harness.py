@@ -227,6 +227,7 @@ class ServerThread:
     def stop(self) -> None:
         if self._server is not None and self._thread is not None:
             self._server.should_exit = True
+            self._server.force_exit = True  # do not wait for idle keep-alive clients
             self._thread.join(timeout=20)
         self._server = None
 

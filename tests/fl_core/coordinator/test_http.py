@@ -544,3 +544,51 @@ def test_publish_is_idempotent_and_refuses_other_tasks(coord: Coordinator, layou
     with pytest.raises(ValueError, match="already published"):
         publish(coord, ["a", "c"])
     assert coord.round_status(CID, 1).num_tasks == 2
+
+
+def test_wait_for_updates_returns_at_quorum_or_deadline(
+    coord: Coordinator, server: ServerThread, tls: TLSFiles, layout
+) -> None:
+    import asyncio
+
+    a = enroll(coord, server, tls, "a")
+    enroll(coord, server, tls, "b")
+    publish(coord, ["a", "b"], deadline_s=3.0)
+    threading.Timer(0.5, upload, args=(a, 1, update_bytes(CID, 1, "a", layout))).start()
+
+    at_quorum = asyncio.run(coord.wait_for_updates(CID, 1, quorum=1, poll_s=0.1))
+    at_deadline = asyncio.run(coord.wait_for_updates(CID, 1, quorum=2, poll_s=0.1))
+
+    assert at_quorum.received == ["a"] and not at_quorum.deadline_passed
+    assert at_deadline.received == ["a"] and at_deadline.deadline_passed
+
+
+def test_many_concurrent_health_checks_leave_the_registry_usable(
+    coord: Coordinator, server: ServerThread, tls: TLSFiles, layout
+) -> None:
+    import asyncio
+
+    client = enroll(coord, server, tls, "a")
+    publish(coord, ["a"])
+
+    async def storm() -> list[int]:
+        ctx = ssl.create_default_context(cafile=str(tls.ca))
+        async with httpx.AsyncClient(verify=ctx, timeout=60) as http:
+            answers = await asyncio.gather(
+                *(http.get(server.url + "/v1/health") for _ in range(120))
+            )
+        return [r.status_code for r in answers]
+
+    statuses = asyncio.run(storm())
+    done = threading.Event()
+    result: list[dict] = []
+
+    def deliver() -> None:
+        result.append(upload(client, 1, update_bytes(CID, 1, "a", layout)))
+        done.set()
+
+    threading.Thread(target=deliver, daemon=True).start()
+
+    assert set(statuses) == {200}
+    assert done.wait(timeout=30), "the coordinator stopped answering after the health storm"
+    assert result[0]["stored"] is True

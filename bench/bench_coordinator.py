@@ -1,0 +1,356 @@
+"""Load on the coordinator: N concurrent clients through heartbeat -> task -> download ->
+upload of realistic updates, against a bare FastAPI endpoint that writes the same bytes with
+no authentication or checks, measured in the same run.
+
+Both servers run as their own uvicorn processes on 127.0.0.1 (plain HTTP, or ``--tls``);
+the clients are asyncio + httpx in this process, one connection each. The model is the
+default MLP of ``params.yaml`` (MNIST 784 -> 200 -> 10, 159,010 parameters); updates are
+real wire messages (``dense_fp32`` and ``topk:0.1+q8`` by default), signed as the agent
+signs them. Printed per (N, codec, endpoint): uploads/s over the upload phase, upload p50 /
+p99 latency, the server's peak RSS during the upload phase (``VmHWM``, reset after the
+heartbeat/task/download phase, whose own latency and peak are in the last column),
+rejected uploads (final non-2xx) and lost updates (acknowledged but not in the store)::
+
+    python bench/bench_coordinator.py [--clients 100 1000] [--codecs dense_fp32 topk:0.1+q8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from fastapi import FastAPI, Request
+
+from fl_core import wire
+from fl_core.coordinator import protocol
+
+HOST = "127.0.0.1"
+CID = "bench"
+
+
+# --------------------------------------------------------------------------- servers
+
+
+def _serve(kind: str, port: int, home: str) -> None:
+    """Child process: the coordinator or the bare endpoint (no access log, one worker)."""
+    import uvicorn
+
+    if kind == "coordinator":
+        from fl_core.coordinator.app import create_app
+        from fl_core.coordinator.settings import CoordinatorSettings
+
+        app = create_app(CoordinatorSettings.local(home))
+        app.state.coordinator.engine  # noqa: B018 - migrate before serving
+    else:
+        app = bare_app(Path(home) / "bare")
+    uvicorn.run(app, host=HOST, port=port, log_level="warning", access_log=False)
+
+
+def bare_app(root: Path) -> FastAPI:
+    """The baseline: write the body to a file; no authentication, no checks."""
+    app = FastAPI()
+    root.mkdir(parents=True, exist_ok=True)
+
+    @app.put("/bare/{client}")
+    async def bare(client: str, request: Request) -> dict[str, int]:
+        body = await request.body()
+        (root / f"{client}.flw").write_bytes(body)
+        return {"size": len(body)}
+
+    return app
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    def __init__(self, kind: str, home: Path) -> None:
+        self.port = _free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--serve", kind, "--port", str(self.port), "--home",
+             str(home)],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        self.url = f"http://{HOST}:{self.port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                httpx.get(self.url + "/docs", timeout=2)
+                return
+            except httpx.TransportError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{kind} server did not start") from None
+                time.sleep(0.2)
+
+    def peak_rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def reset_peak(self) -> None:
+        """Start a new peak-RSS window (Linux: ``5`` to ``/proc/<pid>/clear_refs``)."""
+        Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+# --------------------------------------------------------------------------- clients
+
+
+@dataclass
+class Outcome:
+    seconds: float = 0.0
+    latencies: list[float] | None = None
+    ok: int = 0
+    rejected: int = 0
+    lost: int = 0
+    acked: set[str] | None = None
+    statuses: dict[int, int] | None = None
+
+
+async def _send(
+    http: httpx.AsyncClient, method: str, path: str, *, key: Any, client: str,
+    content: bytes = b"", params: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None, signed: bool = True,
+) -> httpx.Response:  # fmt: skip
+    """One request with the agent's retry rule (backoff + full jitter on errors / 5xx)."""
+    for attempt in range(5):
+        request = http.build_request(method, path, content=content, params=params)
+        request.headers.update(headers or {})
+        if signed:
+            request.headers.update(
+                protocol.sign_request(
+                    key, client_id=client, method=method, path=request.url.path,
+                    query=request.url.query.decode(),
+                    body_sha256=hashlib.sha256(content).hexdigest(),
+                )
+            )  # fmt: skip
+        try:
+            response = await http.send(request)
+            if response.status_code < 500:
+                return response
+        except httpx.TransportError:
+            pass
+        await asyncio.sleep(random.random() * min(5.0, 0.2 * 2**attempt))
+    return httpx.Response(599)
+
+
+def _update(layout: Any, client: str, codec: str, seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    header = wire.Header(
+        kind="update", campaign=CID, round=1, base_version=0, client=client, codec=codec,
+        layout=layout, num_examples=100, metrics={"train_loss": 1.0, "duration_s": 1.0},
+    )  # fmt: skip
+    return wire.encode(header, rng.normal(0, 0.01, layout.num_params).astype(np.float32))
+
+
+async def _timed_uploads(
+    url: str, jobs: list[tuple[str, str, dict[str, str], bytes]], key_of: dict[str, Any]
+) -> Outcome:
+    latencies: list[float] = []
+    out = Outcome(latencies=latencies, acked=set(), statuses={})
+    limits = httpx.Limits(max_connections=len(jobs), max_keepalive_connections=len(jobs))
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as http:
+
+        async def one(client: str, path: str, headers: dict[str, str], data: bytes) -> None:
+            start = time.perf_counter()
+            r = await _send(
+                http, "PUT", path, key=key_of.get(client), client=client, content=data,
+                headers=headers, signed=client in key_of,
+            )  # fmt: skip
+            latencies.append(time.perf_counter() - start)
+            assert out.acked is not None and out.statuses is not None
+            out.statuses[r.status_code] = out.statuses.get(r.status_code, 0) + 1
+            if r.status_code in (200, 201):
+                out.ok += 1
+                out.acked.add(client)
+            else:
+                out.rejected += 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(one(*job) for job in jobs))
+        out.seconds = time.perf_counter() - start
+    return out
+
+
+async def _prepare_clients(
+    url: str, clients: list[str], key_of: dict[str, Any]
+) -> tuple[list[float], int]:
+    """Heartbeat, long-poll (task ready) and model download for every client."""
+    latencies: list[float] = []
+    failed = 0
+    limits = httpx.Limits(max_connections=len(clients), max_keepalive_connections=len(clients))
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as http:
+
+        async def one(client: str) -> None:
+            nonlocal failed
+            key = key_of[client]
+            start = time.perf_counter()
+            import json
+
+            body = json.dumps({"num_examples": 100, "uplink_mbps": 10.0}).encode()
+            r1 = await _send(
+                http, "POST", "/v1/clients/heartbeat", key=key, client=client, content=body,
+                headers={"Content-Type": "application/json"},
+            )  # fmt: skip
+            r2 = await _send(http, "GET", "/v1/tasks/next", key=key, client=client,
+                             params={"wait": 5})  # fmt: skip
+            r3 = await _send(http, "GET", f"/v1/models/{CID}/1", key=key, client=client)
+            latencies.append(time.perf_counter() - start)
+            if not (r1.status_code == 200 and r2.status_code == 200 and r3.status_code == 200):
+                failed += 1
+
+        await asyncio.gather(*(one(c) for c in clients))
+    return latencies, failed
+
+
+def _pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values) * 1000, q)) if values else float("nan")
+
+
+def run_one(n: int, codec: str) -> list[dict[str, Any]]:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from fl_core.coordinator import registry
+    from fl_core.coordinator.api import Coordinator
+    from fl_core.coordinator.settings import CoordinatorSettings
+    from fl_core.models import ModelSpec, init_vector
+    from fl_core.rounds.layout import campaign_record_key, model_key, update_key
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-coord-") as tmp:
+        home = Path(tmp)
+        coord = Coordinator(CoordinatorSettings.local(home))
+        spec = ModelSpec(name="mlp", input_shape=(784,), num_classes=10, hidden=(200,))
+        vector, layout = init_vector(spec, seed=0)
+        coord.store.put_json(
+            campaign_record_key(CID), {"layout": layout.to_json(), "model_spec": spec.to_json()}
+        )
+        header = wire.Header(kind="model", campaign=CID, round=0, base_version=0,
+                             client="server", codec="dense_fp32", layout=layout)  # fmt: skip
+        coord.store.put_bytes(model_key(CID, 0), wire.encode(header, vector))
+        clients = [f"c{i:05d}" for i in range(n)]
+        key_of: dict[str, Any] = {}
+        with coord.session() as s:
+            for c in clients:
+                key_of[c] = Ed25519PrivateKey.generate()
+                token = registry.create_enrollment_token(s, c, ttl_s=600)
+                registry.enroll(s, token=token, public_key=protocol.public_key_b64(key_of[c]))
+        task = {
+            "local_epochs": 1, "batch_size": 32, "lr": 0.1, "momentum": 0.0,
+            "weight_decay": 0.0, "prox_mu": 0.0, "codec": codec, "error_feedback": False,
+            "downlink_codec": "dense_fp32", "downlink_delta_codec": None, "seed": 0,
+        }  # fmt: skip
+        coord.publish_round(CID, 1, base_version=0, tasks={c: task for c in clients},
+                            deadline_s=3600)  # fmt: skip
+        updates = {c: _update(layout, c, codec, i) for i, c in enumerate(clients)}
+        size = int(np.mean([len(u) for u in updates.values()]))
+
+        server = Server("coordinator", home)
+        try:
+            prep, failed = asyncio.run(_prepare_clients(server.url, clients, key_of))
+            rss_prep = server.peak_rss_mb()
+            server.reset_peak()  # the upload phase's own peak
+            jobs = []
+            for c in clients:
+                data = updates[c]
+                sig = protocol.sign(key_of[c], protocol.update_message(
+                    campaign=CID, rnd=1, client_id=c,
+                    message_sha256=hashlib.sha256(data).hexdigest()))  # fmt: skip
+                jobs.append((c, f"/v1/updates/{CID}/1", {protocol.H_UPDATE_SIGNATURE: sig}, data))
+            out = asyncio.run(_timed_uploads(server.url, jobs, key_of))
+            rss = server.peak_rss_mb()
+        finally:
+            server.stop()
+        stored = set(coord.round_status(CID, 1).received)
+        out.lost = sum(
+            1 for c in out.acked or ()
+            if c not in stored or coord.store.get_bytes(update_key(CID, 1, c)) != updates[c]
+        )  # fmt: skip
+        coord.close()
+        rows.append(dict(
+            n=n, codec=codec, endpoint="coordinator", size=size, out=out, rss=rss,
+            rss_prep=rss_prep, prep_p50=_pct(prep, 50), prep_p99=_pct(prep, 99), prep_failed=failed,
+        ))  # fmt: skip
+
+        bare = Server("bare", home)
+        try:
+            jobs = [(c, f"/bare/{c}", {}, updates[c]) for c in clients]
+            out_b = asyncio.run(_timed_uploads(bare.url, jobs, {}))
+            rss_b = bare.peak_rss_mb()
+        finally:
+            bare.stop()
+        bare_root = home / "bare"
+        out_b.lost = sum(
+            1 for c in out_b.acked or ()
+            if not (bare_root / f"{c}.flw").is_file()
+            or (bare_root / f"{c}.flw").read_bytes() != updates[c]
+        )  # fmt: skip
+        rows.append(dict(n=n, codec=codec, endpoint="bare", size=size, out=out_b, rss=rss_b,
+                         prep_p50=float("nan"), prep_p99=float("nan"), prep_failed=0))  # fmt: skip
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clients", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--codecs", nargs="+", default=["dense_fp32", "topk:0.1+q8"])
+    parser.add_argument("--serve", choices=["coordinator", "bare"], help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--home", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        _serve(args.serve, args.port, args.home)
+        return
+    print(f"cpus={os.cpu_count()}  one uvicorn worker per server, plain HTTP on {HOST}")
+    print(
+        f"{'N':>5} {'codec':<12} {'endpoint':<11} {'update':>8} {'uploads/s':>10} "
+        f"{'p50 ms':>8} {'p99 ms':>8} {'peak RSS':>9} {'rejected':>8} {'lost':>5}  "
+        f"{'hb+task+model p50/p99 ms, peak RSS':>36}"
+    )
+    for n in args.clients:
+        for codec in args.codecs:
+            rows = run_one(n, codec)
+            for r in rows:
+                o: Outcome = r["out"]
+                lat = o.latencies or []
+                prep = (
+                    f"{r['prep_p50']:.0f}/{r['prep_p99']:.0f} ({r['prep_failed']} failed)"
+                    if r["endpoint"] == "coordinator"
+                    else "-"
+                )
+                if r["endpoint"] == "coordinator":
+                    prep += f" RSS {r['rss_prep']:.0f}MB"
+                print(
+                    f"{n:>5} {codec:<12} {r['endpoint']:<11} {r['size'] / 1024:>6.0f}KB "
+                    f"{n / o.seconds:>10.1f} {_pct(lat, 50):>8.0f} {_pct(lat, 99):>8.0f} "
+                    f"{r['rss']:>7.0f}MB {o.rejected:>8} {o.lost:>5}  {prep:>36}",
+                    flush=True,
+                )
+                if o.rejected:
+                    print(f"      statuses: {o.statuses}", flush=True)
+            ratio = (n / rows[0]["out"].seconds) / (n / rows[1]["out"].seconds)
+            print(f"{'':>5} {'':<12} coordinator/bare throughput = {ratio:.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
