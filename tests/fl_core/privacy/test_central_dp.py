@@ -123,9 +123,10 @@ def test_clip_by_l2_scales_onto_the_ball_and_keeps_inner_updates() -> None:
 
 
 def test_update_noise_multiplier_solves_the_split_budget() -> None:
-    z = update_noise_multiplier(noise_multiplier=1.0, count_stddev=5.0)
+    z = update_noise_multiplier(noise_multiplier=2.0, count_stddev=5.0)
 
-    assert z**-2 + (2 * 5.0) ** -2 == pytest.approx(1.0)
+    assert z**-2 + (2 * 5.0) ** -2 == pytest.approx(2.0**-2)
+    assert z > 2.0
     with pytest.raises(ValueError, match="^count_stddev: 0.5 must be > noise_multiplier / 2"):
         update_noise_multiplier(noise_multiplier=1.0, count_stddev=0.5)
 
