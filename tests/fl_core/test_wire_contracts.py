@@ -267,8 +267,9 @@ def test_encode_with_error_feedback_draws_from_the_header_when_given_no_rng() ->
 
 
 def test_encode_model_for_client_uses_the_callers_rng_for_both_candidates() -> None:
-    header = _header(kind="model", num_examples=0, codec="q8")
-    model = np.random.default_rng(1).normal(size=4).astype(np.float32)
+    layout = Layout(("w",), ((1000,),))  # enough values that two rngs cannot agree by chance
+    header = _header(kind="model", num_examples=0, codec="q8", layout=layout)
+    model = np.random.default_rng(1).normal(size=1000).astype(np.float32)
 
     got = wire.encode_model_for_client(header, model, rng=np.random.default_rng(5))
     again = wire.encode_model_for_client(
