@@ -271,13 +271,20 @@ def test_encode_model_for_client_uses_the_callers_rng_for_both_candidates() -> N
     header = _header(kind="model", num_examples=0, codec="q8", layout=layout)
     model = np.random.default_rng(1).normal(size=1000).astype(np.float32)
 
+    known = model.copy()
+    known[:20] -= np.linspace(0.5, 2.0, 20, dtype=np.float32)  # 20 changed values: a sparse delta
+
     got = wire.encode_model_for_client(header, model, rng=np.random.default_rng(5))
     again = wire.encode_model_for_client(
-        header, model, known_version=0, known_model=model + 100, rng=np.random.default_rng(5)
-    )
+        header, model, known_version=0, known_model=known, delta_codec="topk:0.02+q8",
+        rng=np.random.default_rng(5),
+    )  # fmt: skip
 
     assert got == wire.encode(header, model, rng=np.random.default_rng(5))
-    assert again == wire.encode(header, model, rng=np.random.default_rng(5))
+    rng = np.random.default_rng(5)
+    wire.encode(header, model, rng=rng)  # the whole model's candidate draws first
+    delta_header = wire.Header(**{**header.__dict__, "codec": "topk:0.02+q8", "delta_from": 0})
+    assert again == wire.encode(delta_header, model - known, rng=rng)
 
 
 def test_encode_model_for_client_reasons_are_exact() -> None:
