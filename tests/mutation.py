@@ -61,7 +61,11 @@ GROUPS: dict[str, Group] = {
     ),
     "wire": Group(
         ("fl_core/wire.py",),
-        ("tests/fl_core/test_wire.py", "tests/fl_core/test_wire_properties.py"),
+        (
+            "tests/fl_core/test_wire.py",
+            "tests/fl_core/test_wire_properties.py",
+            "tests/fl_core/test_wire_contracts.py",
+        ),
     ),
     "aggregation": Group(
         (
@@ -109,6 +113,37 @@ GROUPS: dict[str, Group] = {
 
 _Q = "fl_core.codec.quantize."
 _C = "fl_core.codec."
+_P = "fl_core.privacy."
+_UNREACHABLE_LOOP = (
+    "the guard loop after scaling by C / (norm * slack) is unreachable (pragma: no cover): "
+    "its condition never holds"
+)
+_SLACK = (
+    "dividing by the slack scales slightly past C; the guard loop then divides by the slack "
+    "until ||clipped|| <= C: the bound holds and the values differ by a few float32 ulps"
+)
+_W = "fl_core.wire."
+_MODEL_NAME = (
+    "a 2-D model is refused by encode() of the whole model first, so as_vector's name for "
+    "'model' is never shown"
+)
+_BOTH_OR_NEITHER = "known_version and known_model are checked to be both given or both None above"
+_OWN_LENGTH = "max_bytes for a message the function just built: len(candidate) never limits it"
+_JSON_DUMPS = (
+    "header key order (to_json's fixed order or sorted) and allow_nan (NaN is refused by "
+    "_check_header_numbers before dumps) change no header a reader sees"
+)
+_HEADER_LENGTH = "header lengths are < MAX_HEADER_BYTES (1 MiB): '>i' and '>I' pack the same bytes"
+_SEED_FUNCTION = (
+    "the seed is any fixed function of the header (documented: same header, same bytes); "
+    "taking 9 bytes or little-endian keeps that"
+)
+_UTF8 = "Python's codec names are case-insensitive: 'UTF-8' is 'utf-8'"
+_ONLY_WIRE_ERRORS = (
+    "every codec decoder raises WireError itself, which _payload_error returns unchanged "
+    "(the branch that reads codec.name, and decode_sparse's 'no sparse decoding', are "
+    "unreachable)"
+)
 _COPY = "a copy flag on astype('<f4') of an array only serialised: the same bytes"
 _LOG = "arguments of a debug log call: logging reports formatting errors itself, nothing else"
 _COPY_DEFAULT = "astype copies by default: dropping copy=True changes nothing"
@@ -164,6 +199,19 @@ _R25 = (
 )
 _R26 = "as decode _10 (float64 step)"
 _EQUIVALENT_SPEC: list[tuple[str, tuple[int, ...], str]] = [
+    (_W + "x_encode_model_for_client", (90, 91, 92, 93, 94, 95), _LOG),
+    (_W + "x_encode_model_for_client", (28, 30, 31, 32), _MODEL_NAME),
+    (_W + "x_encode_model_for_client", (23,), _BOTH_OR_NEITHER),
+    (_W + "x_encode_model_for_client", (83,), _OWN_LENGTH),
+    (_W + "x_encode", (46, 47, 49, 50, 52, 53), _JSON_DUMPS),
+    (_W + "x_encode", (62,), _HEADER_LENGTH),
+    (_W + "x_default_rng", (7, 9), _SEED_FUNCTION),
+    (_P + "clipping.x_clip_by_l2", (30, 31, 32, 33, 34, 35), _UNREACHABLE_LOOP),
+    (_P + "clipping.x_clip_by_l2", (26,), _SLACK),
+    (_W + "x__parse", (39,), _UTF8),
+    (_W + "x__payload_error", (1,), _ONLY_WIRE_ERRORS),
+    (_W + "x_decode", (29,), _ONLY_WIRE_ERRORS),
+    (_W + "x_decode_sparse", (17, 22), _ONLY_WIRE_ERRORS),
     (_C + "dense.xǁDenseFp32ǁencode", (2, 4, 8), _COPY),
     (_C + "feedback.xǁErrorFeedbackǁcompress", (33, 34, 35, 36, 37, 38, 39, 40), _LOG),
     (_C + "feedback.xǁErrorFeedbackǁload_state_dict", (22,), _COPY_DEFAULT),

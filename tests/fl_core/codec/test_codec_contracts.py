@@ -171,3 +171,9 @@ def test_loaded_state_does_not_alias_the_callers_array_and_reset_forgets() -> No
     ef.reset()
     np.testing.assert_array_equal(ef.residual, np.zeros(3, np.float32))
     assert ef.residual.dtype == np.float32
+
+
+@pytest.mark.parametrize("fraction", [0.0, -0.1, 1.5, 2.0])
+def test_topk_fraction_outside_0_1_is_refused_naming_it(fraction: float) -> None:
+    with pytest.raises(ValueError, match=r"^fraction must be in \(0, 1\], got "):
+        TopK(fraction=fraction)

@@ -123,9 +123,10 @@ def test_clip_by_l2_scales_onto_the_ball_and_keeps_inner_updates() -> None:
 
 
 def test_update_noise_multiplier_solves_the_split_budget() -> None:
-    z = update_noise_multiplier(noise_multiplier=1.0, count_stddev=5.0)
+    z = update_noise_multiplier(noise_multiplier=2.0, count_stddev=5.0)
 
-    assert z**-2 + (2 * 5.0) ** -2 == pytest.approx(1.0)
+    assert z**-2 + (2 * 5.0) ** -2 == pytest.approx(2.0**-2)
+    assert z > 2.0
     with pytest.raises(ValueError, match="^count_stddev: 0.5 must be > noise_multiplier / 2"):
         update_noise_multiplier(noise_multiplier=1.0, count_stddev=0.5)
 
@@ -194,3 +195,60 @@ def test_adaptive_clipper_refuses_a_bad_state(state: dict, name: str) -> None:
     with pytest.raises(ValueError, match=f"^{name}: "):
         clipper.load_state_dict(state)
     assert clipper.current_norm == 1.0
+
+
+def test_an_update_exactly_on_the_ball_is_returned_unchanged() -> None:
+    on_ball = np.array([0.0, 1.0, 0.0], np.float32)
+
+    clipped, norm = clip_by_l2(on_ball, 1.0)
+
+    assert norm == 1.0
+    np.testing.assert_array_equal(clipped, on_ball)
+
+
+def test_the_split_budget_names_each_argument() -> None:
+    with pytest.raises(ValueError, match="^noise_multiplier: 0.0 must be a finite number > 0$"):
+        update_noise_multiplier(noise_multiplier=0.0, count_stddev=1.0)
+    with pytest.raises(ValueError, match="^count_stddev: -1.0 must be a finite number > 0$"):
+        update_noise_multiplier(noise_multiplier=1.0, count_stddev=-1.0)
+    with pytest.raises(ValueError, match=r"must be > noise_multiplier / 2 \(1\.5\) for the update"):
+        update_noise_multiplier(noise_multiplier=3.0, count_stddev=1.0)
+
+
+def test_adaptive_clipper_defaults_to_the_papers_learning_rate_and_adds_its_noise() -> None:
+    clipper = AdaptiveClipper(initial_norm=1.0, count_stddev=0.0, expected_cohort_size=4.0)
+    assert clipper.update([2.0, 3.0, 4.0, 5.0], np.random.default_rng(0)) == pytest.approx(
+        math.exp(0.2 * 0.5)
+    )
+
+    noisy = AdaptiveClipper(initial_norm=1.0, count_stddev=3.0, expected_cohort_size=4.0)
+    z = float(np.random.default_rng(7).normal(0.0, 3.0))
+    got = noisy.noisy_fraction_below([0.5, 0.5, 2.0, 2.0], np.random.default_rng(7))
+    assert got == pytest.approx((0.0 + z) / 4.0 + 0.5)
+
+
+def test_gaussian_noise_is_added_whenever_std_is_positive() -> None:
+    x = np.zeros(1000)
+
+    out = add_gaussian_noise(x, std=1.0, rng=np.random.default_rng(3))
+
+    expected = np.random.default_rng(3).normal(0.0, 1.0, size=1000)
+    np.testing.assert_allclose(out, expected.astype(np.float32), rtol=1e-6)
+    with pytest.raises(ValueError, match="^std: True must be a finite number >= 0$"):
+        add_gaussian_noise(x, std=True, rng=np.random.default_rng(0))
+
+
+def test_small_and_zero_noise_multipliers_are_allowed() -> None:
+    for z in (0.0, 0.5):
+        std = gaussian_noise_std(noise_multiplier=z, clipping_norm=1.0, expected_cohort_size=2.0)
+        assert std == pytest.approx(z / 2.0)
+
+
+def test_a_clipper_state_without_rounds_starts_at_round_0() -> None:
+    clipper = AdaptiveClipper(initial_norm=1.0, count_stddev=1.0, expected_cohort_size=5.0)
+
+    clipper.load_state_dict({"current_norm": 2.5})
+
+    assert (clipper.current_norm, clipper.rounds) == (2.5, 0)
+    with pytest.raises(ValueError, match="^norms_of_cohort: contains non-finite values$"):
+        clipper.noisy_fraction_below([1.0, math.nan], np.random.default_rng(0))
