@@ -12,6 +12,7 @@ from fl_core.aggregation.robust_math import (
     bulyan_select,
     check_bulyan_cohort,
     check_num_byzantine,
+    content_ranks,
     mean_around_median,
     pairwise_sq_distances,
 )
@@ -43,7 +44,9 @@ class Bulyan(BufferedAggregator):
         n, _ = updates_shape(updates)
         check_bulyan_cohort(n, self.num_byzantine)
         f = self.num_byzantine
-        self.selected = bulyan_select(pairwise_sq_distances(updates), num_byzantine=f)
+        self.selected = bulyan_select(
+            pairwise_sq_distances(updates), num_byzantine=f, tiebreak=content_ranks(updates)
+        )
         return mean_around_median(
             select_rows(updates, self.selected), num_kept=len(self.selected) - 2 * f
         )

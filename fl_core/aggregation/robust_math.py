@@ -18,6 +18,7 @@ their spread.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 from collections.abc import Sequence
 
@@ -296,9 +297,28 @@ def multi_krum(
     return weighted_average(select_rows(updates, chosen), w[chosen])
 
 
-def bulyan_select(sq_distances: np.ndarray, *, num_byzantine: int) -> np.ndarray:
+def content_ranks(updates: Updates) -> np.ndarray:
+    """Each update's rank in a canonical order of the updates' contents (sha256 of the
+    bytes): a tie-break that does not depend on the order the updates arrived in."""
+    keys = [
+        hashlib.sha256(np.ascontiguousarray(u, dtype=np.float32).tobytes()).digest()
+        for u in updates
+    ]
+    ranks = np.empty(len(keys), dtype=np.intp)
+    ranks[np.argsort(np.asarray(keys, dtype=object), kind="stable")] = np.arange(len(keys))
+    return ranks
+
+
+def bulyan_select(
+    sq_distances: np.ndarray, *, num_byzantine: int, tiebreak: np.ndarray | None = None
+) -> np.ndarray:
     """Bulyan's first stage: ``theta = n - 2 * num_byzantine`` updates chosen by Krum applied
     recursively (each pick removed from the candidates), in the order picked.
+
+    The last candidates are scored on very few neighbours (none at all for the last
+    ``2f + 2``), so mutual nearest neighbours tie; a tie goes to the candidate with the
+    smallest total distance to the other candidates, then to the lowest ``tiebreak`` rank
+    (e.g. :func:`content_ranks`), so the choice does not depend on the order of the updates.
 
     El Mhamdi, Guerraoui, Rouault, "The Hidden Vulnerability of Distributed Learning in
     Byzantium", ICML 2018.
@@ -306,11 +326,16 @@ def bulyan_select(sq_distances: np.ndarray, *, num_byzantine: int) -> np.ndarray
     dist = np.asarray(sq_distances, dtype=np.float64)
     n = dist.shape[0]
     check_bulyan_cohort(n, num_byzantine)
+    rank = np.arange(n) if tiebreak is None else np.asarray(tiebreak)
     remaining = list(range(n))
     chosen: list[int] = []
     for _ in range(n - 2 * num_byzantine):
         sub = dist[np.ix_(remaining, remaining)]
-        best = int(np.argmin(krum_scores(sub, num_byzantine=num_byzantine)))
+        scores = krum_scores(sub, num_byzantine=num_byzantine)
+        tied = np.flatnonzero(np.isclose(scores, scores.min(), rtol=1e-9, atol=0.0))
+        # Ties: the candidate closest to all the others, then the tiebreak rank.
+        spread = sub.sum(axis=1)
+        best = int(min(tied, key=lambda i: (spread[i], rank[remaining[i]])))
         chosen.append(remaining.pop(best))
     return np.asarray(chosen, dtype=np.intp)
 
@@ -332,7 +357,11 @@ def bulyan(updates: Updates, *, num_byzantine: int) -> np.ndarray:
     """
     n, _ = updates_shape(updates)
     check_bulyan_cohort(n, num_byzantine)
-    chosen = bulyan_select(pairwise_sq_distances(updates), num_byzantine=num_byzantine)
+    chosen = bulyan_select(
+        pairwise_sq_distances(updates),
+        num_byzantine=num_byzantine,
+        tiebreak=content_ranks(updates),
+    )
     return mean_around_median(
         select_rows(updates, chosen), num_kept=len(chosen) - 2 * num_byzantine
     )
