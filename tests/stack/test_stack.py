@@ -11,8 +11,15 @@ Campaigns are triggered through Airflow's REST API and run by the real scheduler
    bytes must equal the undisturbed run's;
 3. serving following the champion alias.
 
-Wall time on the 2-core machine: about 6-8 minutes (the stack starts in ~1 min, a round
-takes ~45-60 s, the worker kill adds the heartbeat timeout).
+4. the schedules: ``federated_monitoring`` on its cron (every minute in the test's
+   params.yaml) finds the champion degraded on shuffled-label evaluation data and triggers
+   ``federated_retraining``, whose warm-started campaign runs to a registered version;
+5. serving following the champion alias, and refusing a version whose code was altered.
+
+Wall time on the shared 2-core machine (load average 13-17 from other work): about 25
+minutes for the module (stack start 1-3 min; an undisturbed campaign 3.5-5.5 min; the
+faulted one 6-8 min, the worker kill adding the 45 s heartbeat timeout; schedules ~4 min;
+serving ~1 min).
 """
 
 from __future__ import annotations
