@@ -8,13 +8,11 @@ Campaigns are triggered through Airflow's REST API and run by the real scheduler
 1. an undisturbed 2-round campaign (digits, MLP, 4 clients in 2 mapped batches);
 2. the same campaign with faults: kill -9 of the Celery worker running a client batch,
    a scheduler restart and an MLflow server restart between the rounds; the final model
-   bytes must equal the undisturbed run's;
-3. serving following the champion alias.
-
-4. the schedules: ``federated_monitoring`` on its cron (every minute in the test's
+   parameters must equal the undisturbed run's (the project's model hash);
+3. the schedules: ``federated_monitoring`` on its cron (every minute in the test's
    params.yaml) finds the champion degraded on shuffled-label evaluation data and triggers
    ``federated_retraining``, whose warm-started campaign runs to a registered version;
-5. serving following the champion alias, and refusing a version whose code was altered.
+4. serving following the champion alias, and refusing a version whose code was altered.
 
 Wall time on the shared 2-core machine (load average 13-17 from other work): about 25
 minutes for the module (stack start 1-3 min; an undisturbed campaign 3.5-5.5 min; the
