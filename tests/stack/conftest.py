@@ -29,7 +29,7 @@ from fl_airflow import stack  # noqa: E402
 from tests.s3 import free_port  # noqa: E402
 
 ENV_EXAMPLE = REPO / "deploy" / "stack.env.example"
-TEST_REDIS_DB = "7"
+TEST_REDIS_DBS = range(8, 16)  # one is claimed per test session (the stack's own DB is 5)
 
 
 def require(what: str, ok: bool, install: str) -> None:
@@ -63,14 +63,38 @@ def _postgres_ok() -> bool:
     return True
 
 
-def write_test_env_file(path: Path, suffix: str) -> dict[str, str]:
+def _redis(host: str, port: int, *commands: str) -> bytes:
+    """Send inline commands to Redis, return the raw replies."""
+    with socket.create_connection((host, port), timeout=5) as sock:
+        sock.sendall("".join(f"{c}\r\n" for c in commands).encode())
+        time.sleep(0.2)
+        return sock.recv(4096)
+
+
+def claim_redis_db(host: str, port: int) -> str:
+    """A Redis DB number no other session uses: empty, then claimed with SET NX (two test
+    sessions on one machine must not share a Celery broker)."""
+    import random
+
+    claim = f"fl-stack-test-claim-{os.getpid()}"
+    for db in random.sample(list(TEST_REDIS_DBS), len(TEST_REDIS_DBS)):
+        reply = _redis(host, port, f"SELECT {db}", "DBSIZE")
+        if not reply.endswith(b":0\r\n"):
+            continue
+        reply = _redis(host, port, f"SELECT {db}", f"SET fl-stack-test-claim {claim} NX")
+        if reply.endswith(b"+OK\r\n"):
+            return str(db)
+    raise RuntimeError(f"no free Redis DB among {list(TEST_REDIS_DBS)} on {host}:{port}")
+
+
+def write_test_env_file(path: Path, suffix: str, redis_db: str) -> dict[str, str]:
     """The example env file with fresh secrets and test-only database names."""
     values = stack.read_env_file(ENV_EXAMPLE)
     for key in stack.SECRET_KEYS:
         values[key] = ""  # ensure_env_file generates them
     for key in ("AIRFLOW_DB", "MLFLOW_DB", "MLFLOW_AUTH_DB", "COORDINATOR_DB"):
         values[key] = f"{values[key]}_test_{suffix}"
-    values["REDIS_DB"] = TEST_REDIS_DB
+    values["REDIS_DB"] = redis_db
     values["SERVING_MODEL"] = "fl-digits-mlp"
     values["CELERY_CONCURRENCY"] = "2"
     path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
@@ -100,10 +124,7 @@ def make_test_project(root: Path) -> Path:
 
 
 def _flush_redis_db(host: str, port: int, db: str) -> None:
-    with socket.create_connection((host, port), timeout=5) as sock:
-        sock.sendall(f"SELECT {db}\r\nFLUSHDB\r\n".encode())
-        time.sleep(0.2)
-        sock.recv(256)
+    _redis(host, port, f"SELECT {db}", "FLUSHDB")
 
 
 @pytest.fixture(scope="module")
@@ -117,14 +138,14 @@ def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack.Se
     require("Redis", _answers("127.0.0.1", 6379), "apt-get install redis-server")
     home = tmp_path_factory.mktemp("stack-home")
     env_file = home / "stack.env"
-    write_test_env_file(env_file, secrets.token_hex(3))
+    redis_db = claim_redis_db("127.0.0.1", 6379)
+    write_test_env_file(env_file, secrets.token_hex(3), redis_db)
     ports = {name: free_port() for name in stack.PORTS}
     project = make_test_project(home / "project")
     cfg = stack.load_settings(
         home, env_file, ports=ports, dags_folder=project / "dags", params_root=project
     )
     stack.drop_databases(cfg)
-    _flush_redis_db(cfg.redis_host, cfg.redis_port, TEST_REDIS_DB)
     started = time.perf_counter()
     try:
         stack.up(cfg)
@@ -133,4 +154,4 @@ def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack.Se
     finally:
         stack.down(cfg)
         stack.drop_databases(cfg)
-        _flush_redis_db(cfg.redis_host, cfg.redis_port, TEST_REDIS_DB)
+        _flush_redis_db(cfg.redis_host, cfg.redis_port, redis_db)

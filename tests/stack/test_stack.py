@@ -8,11 +8,16 @@ Campaigns are triggered through Airflow's REST API and run by the real scheduler
 1. an undisturbed 2-round campaign (digits, MLP, 4 clients in 2 mapped batches);
 2. the same campaign with faults: kill -9 of the Celery worker running a client batch,
    a scheduler restart and an MLflow server restart between the rounds; the final model
-   bytes must equal the undisturbed run's;
-3. serving following the champion alias.
+   parameters must equal the undisturbed run's (the project's model hash);
+3. the schedules: ``federated_monitoring`` on its cron (every minute in the test's
+   params.yaml) finds the champion degraded on shuffled-label evaluation data and triggers
+   ``federated_retraining``, whose warm-started campaign runs to a registered version;
+4. serving following the champion alias, and refusing a version whose code was altered.
 
-Wall time on the 2-core machine: about 6-8 minutes (the stack starts in ~1 min, a round
-takes ~45-60 s, the worker kill adds the heartbeat timeout).
+Wall time on the shared 2-core machine (load average 13-17 from other work): about 25
+minutes for the module (stack start 1-3 min; an undisturbed campaign 3.5-5.5 min; the
+faulted one 6-8 min, the worker kill adding the 45 s heartbeat timeout; schedules ~4 min;
+serving ~1 min).
 """
 
 from __future__ import annotations
