@@ -43,7 +43,8 @@ FORM = {
     "model": "mlp",
     "rounds": 2,
     "clients_per_round": 4,
-    "local_epochs": 1,
+    # local_epochs stays at params.yaml's 3: with 1 the model (0.31) fails the deploy gate
+    # (deploy.min_accuracy 0.5) and never becomes champion.
     "client_batch_size": 2,
     "codec": "dense_fp32",
     "privacy_level": "off",
@@ -370,7 +371,9 @@ def _invoke(cfg: stack.Settings, rows: list[list[float]]) -> list[Any]:
         headers={"Content-Type": "application/json"},
     )
     with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310 - loopback
-        return list(json.loads(resp.read())["predictions"])
+        out = json.loads(resp.read())["predictions"]
+    # The served model answers {"label": [...], "probabilities": [...]}.
+    return list(out["label"]) if isinstance(out, dict) else list(out)
 
 
 def test_serving_follows_the_champion_alias(running_stack: stack.Settings) -> None:
@@ -417,6 +420,8 @@ def test_serving_follows_the_champion_alias(running_stack: stack.Settings) -> No
         expected = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{new}").predict(
             np.asarray(rows, dtype=np.float32)
         )
+    if isinstance(expected, dict):
+        expected = expected["label"]
     assert np.asarray(after).tolist() == np.asarray(expected).tolist()
     assert before != after  # a different model answers now
     RESULTS["serving"] = {"from": old, "to": new, "switch_seconds": switch_s}
