@@ -95,6 +95,7 @@ from fl_core import tracking as tr
 from fl_core.config import Config, ServerConfig, from_dict
 from fl_core.engine import run_campaign
 from fl_core.pipeline import load_campaign, round_key
+from fl_core.rounds.layout import PRIVACY
 from fl_core.store import LocalStore
 
 logger = logging.getLogger("bench_privacy_utility")
@@ -316,7 +317,7 @@ def run_arm(
         arm.noise_multiplier = _opt_float(privacy.get("noise_multiplier"))
         arm.update_noise_multiplier = _opt_float(privacy.get("update_noise_multiplier"))
         arm.epsilon_spent = _opt_float(result.history[-1].get("epsilon"))
-        key = round_key(result.campaign_id, result.rounds, "privacy.json")
+        key = round_key(result.campaign_id, result.rounds, PRIVACY)
         if store.exists(key):
             last = store.get_json(key)
             arm.final_clipping_norm = _opt_float(last.get("clipping_norm"))
