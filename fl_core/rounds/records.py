@@ -346,10 +346,6 @@ class CampaignStatus(Record):
         return out
 
     @classmethod
-    def _convert(cls, kwargs: dict[str, Any]) -> CampaignStatus:
-        return cls(**kwargs)
-
-    @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> CampaignStatus:
         raw = dict(raw)
         raw["proceed"] = raw.pop("continue", True)
