@@ -61,11 +61,21 @@ def mlflow_env(cfg: stack.Settings) -> Iterator[Any]:
     saved = {k: os.environ.get(k) for k in keys}
     env = stack.service_env(cfg)
     os.environ.update({k: env[k] for k in keys})
+    import mlflow
+
+    # Earlier tests in the same process may have set MLflow's global tracking/registry URIs;
+    # point both at the stack's server (models:/ URIs resolve through the registry URI).
+    uri = env["MLFLOW_TRACKING_URI"]
+    previous = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     try:
         from mlflow.tracking import MlflowClient
 
-        yield MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+        yield MlflowClient(tracking_uri=uri, registry_uri=uri)
     finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
