@@ -734,6 +734,19 @@ def serve_champion(model: str, port: int, *, host: str = HOST, poll_s: float = 5
                 elif problems is not None:
                     if child is not None:
                         _terminate(child)
+                        child = None
+                        # Nothing answers until the new version is up: say so.
+                        status = {**status, "ready": False, "switching_to": version}
+                        _write_json(status_file, status)
+                    probe_host = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104
+                    if not _port_free(probe_host, port):
+                        # Someone else answers on our port: a readiness probe would lie.
+                        logger.warning("port %s still in use; retrying on the next poll", port)
+                        served = None
+                        status = {**status, "version": None, "ready": False}
+                        _write_json(status_file, status)
+                        time.sleep(poll_s)
+                        continue
                     print(f"serving {model} version {version} on {host}:{port}", flush=True)
                     child = subprocess.Popen(
                         [
@@ -752,13 +765,15 @@ def serve_champion(model: str, port: int, *, host: str = HOST, poll_s: float = 5
                         start_new_session=True,
                     )
                     served = version
-                    ready = _wait_http(f"http://127.0.0.1:{port}/ping", 180, proc=child)
+                    ready = _wait_http(f"http://{probe_host}:{port}/ping", 180, proc=child)
+                    ready = ready and child.poll() is None
                     status = {
                         **status,
                         "version": version,
                         "pid": child.pid,
                         "ready": ready,
                         "since": time.time(),
+                        "switching_to": None,
                     }
                     _write_json(status_file, status)
             elif child is not None and child.poll() is not None:
@@ -772,16 +787,31 @@ def serve_champion(model: str, port: int, *, host: str = HOST, poll_s: float = 5
             _terminate(child)
 
 
-def _terminate(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
+def _terminate(proc: subprocess.Popen[bytes], *, timeout_s: float = 20.0) -> None:
+    """Stop ``proc``'s whole process group and wait until every member is gone.
+
+    ``mlflow models serve`` is a CLI that starts uvicorn as its child: the CLI exits at once
+    on SIGTERM while uvicorn is still shutting down with the port bound. Waiting for the
+    leader alone let the next server's readiness probe be answered by the old, dying one
+    (then refused connections once it went)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and (proc.poll() is None or _group_alive(proc.pid)):
+        time.sleep(0.1)
+    if proc.poll() is None or _group_alive(proc.pid):
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        while _group_alive(proc.pid):
+            time.sleep(0.1)
+
+
+def _port_free(host: str, port: int) -> bool:
+    """Whether nothing accepts connections on HOST:PORT."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex((host, port)) != 0
 
 
 def _write_json(path: Path, obj: Any) -> None:
