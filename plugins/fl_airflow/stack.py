@@ -763,6 +763,8 @@ def serve_champion(model: str, port: int, *, host: str = HOST, poll_s: float = 5
                             str(port),
                         ],
                         start_new_session=True,
+                        # mlflow execs `uvicorn` from PATH: the one beside this interpreter.
+                        env={**os.environ, "PATH": _path_with(Path(sys.executable).parent)},
                     )
                     served = version
                     ready = _wait_http(f"http://{probe_host}:{port}/ping", 180, proc=child)
@@ -805,6 +807,12 @@ def _terminate(proc: subprocess.Popen[bytes], *, timeout_s: float = 20.0) -> Non
         proc.wait(timeout=10)
         while _group_alive(proc.pid):
             time.sleep(0.1)
+
+
+def _path_with(directory: Path) -> str:
+    """PATH with ``directory`` first (once)."""
+    rest = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and p != str(directory)]
+    return os.pathsep.join([str(directory), *rest])
 
 
 def _port_free(host: str, port: int) -> bool:

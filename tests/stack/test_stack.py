@@ -380,8 +380,15 @@ def _invoke(cfg: stack.Settings, rows: list[list[float]]) -> list[Any]:
         data=json.dumps({"inputs": rows}).encode(),
         headers={"Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310 - loopback
-        out = json.loads(resp.read())["predictions"]
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310 - loopback
+            out = json.loads(resp.read())["predictions"]
+    except OSError as exc:  # say what serving was doing, not only "connection refused"
+        log = cfg.state / "logs" / "serving.log"
+        tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no log)"
+        raise AssertionError(
+            f"serving did not answer ({exc}); serving.json: {_serving_status(cfg)}\n{tail}"
+        ) from exc
     # The served model answers {"label": [...], "probabilities": [...]}.
     return list(out["label"]) if isinstance(out, dict) else list(out)
 
