@@ -707,7 +707,11 @@ def serve_champion(model: str, port: int, *, host: str = HOST, poll_s: float = 5
 
     def _stop(*_: Any) -> None:
         nonlocal stopping
+        if stopping:
+            return
         stopping = True
+        # Also leave a wait for a server's start-up (up to minutes): `finally` stops it.
+        raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)

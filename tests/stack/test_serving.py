@@ -86,6 +86,14 @@ def _invoke(port: int, rows: list[list[float]]) -> list[int]:
         return list(json.loads(resp.read())["predictions"]["label"])
 
 
+def _die_with_parent() -> None:
+    """The watcher gets SIGTERM when this test process dies (killed by a timeout, say), so
+    it never outlives the test with its server."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _group_members(pgid: int) -> list[int]:
     members = []
     for proc in Path("/proc").iterdir():
@@ -167,6 +175,7 @@ def test_serving_switches_versions_and_refuses_foreign_code(tmp_path: Path) -> N
         env=env,
         cwd=tmp_path,
         start_new_session=True,
+        preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads started before this
         stdout=log,
         stderr=subprocess.STDOUT,
     )
