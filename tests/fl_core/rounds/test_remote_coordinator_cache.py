@@ -8,7 +8,9 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,7 +20,7 @@ from tests.fl_core.coordinator.harness import ServerThread, make_tls
 
 
 @pytest.fixture(autouse=True)
-def _fresh_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+def _fresh_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in ("FL_COORDINATOR_DB_URL", "FL_ARTIFACT_STORE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("FL_HOME", str(tmp_path / "home"))
@@ -64,7 +66,7 @@ def test_a_replaced_registry_or_another_url_gets_a_fresh_coordinator(
     assert other is not fresh and other.clients() == []
 
 
-def _child(store_root: str, inherited_id: int, queue: mp.Queue) -> None:  # type: ignore[type-arg]
+def _child(store_root: str, inherited_id: int, queue: Any) -> None:
     coord = remote.coordinator(LocalStore(store_root))
     queue.put((id(coord) != inherited_id, [c.client_id for c in coord.clients()]))
 

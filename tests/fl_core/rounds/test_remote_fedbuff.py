@@ -83,7 +83,7 @@ def test_fedbuff_applies_real_arrival_order_with_staleness(
     monkeypatch.setenv("FL_HOME", str(home))
     store = LocalStore(home / "artifacts")
     cfg = tiny_config(
-        campaign={"rounds": 3, "clients_per_round": 6, "clients": "remote", "deadline_s": 300},
+        campaign={"rounds": 3, "clients_per_round": 6, "clients": "remote", "deadline_s": 1800},
         asynchronous={"enabled": True, "buffer_size": K, "concurrency": 6,
                       "max_staleness": MAX_STALENESS, "staleness_exponent": EXPONENT},
     )  # fmt: skip
@@ -141,7 +141,10 @@ def test_fedbuff_applies_real_arrival_order_with_staleness(
                 p.kill()
 
     arrivals = coord.arrivals(cid, rounds=[1, 2, 3])
-    seq = {(u.client_id, u.round): u.arrival_seq for u in arrivals}
+    seq: dict[tuple[str, int], int] = {}
+    for u in arrivals:
+        assert u.arrival_seq is not None  # every stored update has its place in the order
+        seq[(u.client_id, u.round)] = u.arrival_seq
     first = [u.client_id for u in arrivals if u.round == 1]
     assert first != sorted(first)  # the devices' delays set the order, not their ids
     collected = [R.read(store, R.Collected, cid, r, step="test") for r in (1, 2, 3)]
@@ -186,8 +189,8 @@ def test_fedbuff_applies_real_arrival_order_with_staleness(
         total = np.zeros(len(pipeline.load_model(store, cid, 0)), np.float64)
         weights = 0.0
         for a in info.applied:
-            _, u = wire.decode(store.get_bytes(L.update_key(cid, a["source_round"], a["client"])))
-            total += (a["weight"] * (1 + a["staleness"]) ** -EXPONENT) * u.astype(np.float64)
+            _, vec = wire.decode(store.get_bytes(L.update_key(cid, a["source_round"], a["client"])))
+            total += (a["weight"] * (1 + a["staleness"]) ** -EXPONENT) * vec.astype(np.float64)
             weights += a["weight"]
         step = (total / weights).astype(np.float32).astype(np.float64)
         before = pipeline.load_model(store, cid, rnd - 1).astype(np.float64)
