@@ -175,7 +175,7 @@ def test_fedbuff_applies_real_arrival_order_with_staleness(
                for src in col.sources.values())  # fmt: skip
 
     # Round 2 applied round-1 updates one version stale; the next one could not be applied.
-    assert [col.sources[c] for c in collected[1].received] == [1, 1]
+    assert [collected[1].sources[c] for c in collected[1].received] == [1, 1]
     stale = [d for d in collected[1].dropped or [] if d["source_round"] == 1]
     assert len(stale) == 1 and "too stale" in stale[0]["reason"]
     # The slowest device's round was closed as too stale: a straggler, its upload refused.
