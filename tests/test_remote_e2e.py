@@ -105,6 +105,12 @@ def test_ten_agents_over_https_train_the_same_model_as_the_simulation(tmp_path: 
                 env=env, stdout=subprocess.DEVNULL, stderr=open(logs / "coordinator.log", "wb"),  # noqa: SIM115
             )
         )  # fmt: skip
+        # The agents' enrollment gives up after a few retries: start them once it listens.
+        started = time.monotonic()
+        while "Uvicorn running" not in (logs / "coordinator.log").read_text():
+            assert procs[0].poll() is None, (logs / "coordinator.log").read_text()[-3000:]
+            assert time.monotonic() - started < 600, "the coordinator did not start"
+            time.sleep(0.5)
         for i, (client, entry) in enumerate(zip(clients, manifest["clients"], strict=True)):
             own = devices / client
             own.mkdir(parents=True)

@@ -8,6 +8,7 @@ use it like this (see ``docs/protocol.md``)::
     coord.publish_manifest(cid, manifest, deadline_s=600)   # dispatch
     coord.round_status(cid, rnd).num_received               # wait_for_updates (trigger)
     status = coord.close_round(cid, rnd)                    # collect: received + stragglers
+    coord.arrivals(cid, rounds=[1, 2, 3])                   # FedBuff: arrival order
     coord.evaluations(cid, rnd)                             # evaluate (federated metrics)
 
 An accepted upload is in the store at ``update_key(cid, rnd, client)`` (the exact bytes the
@@ -26,7 +27,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -70,13 +71,31 @@ HEADER_ALLOWANCE = 64 << 10
 
 @dataclass(frozen=True)
 class ReceivedUpdate:
-    """An accepted, stored update: its store key, digest, size and arrival (UNIX s)."""
+    """An accepted, stored update: its store key, digest, size, first receipt (UNIX s), and
+    its arrival: ``arrival_seq`` (its place in the campaign's arrival order: numbered when
+    the bytes were stored and acknowledged) and ``accepted_at`` (that moment, UNIX s)."""
 
     client_id: str
     key: str
     sha256: str
     size: int
     received_at: float
+    round: int = 0
+    arrival_seq: int | None = None
+    accepted_at: float | None = None
+
+    @classmethod
+    def of(cls, row: UpdateRow) -> ReceivedUpdate:
+        return cls(
+            row.client_id,
+            row.key,
+            row.sha256,
+            row.size,
+            row.received_at,
+            round=row.round,
+            arrival_seq=row.arrival_seq,
+            accepted_at=row.accepted_at,
+        )
 
 
 @dataclass(frozen=True)
@@ -348,24 +367,42 @@ class Coordinator:
                     UpdateRow.round == rnd,
                     UpdateRow.stored.is_(True),
                 )
-                .order_by(UpdateRow.received_at, UpdateRow.client_id)
+                .order_by(UpdateRow.arrival_seq, UpdateRow.client_id)
             )
         )
 
     def received_updates(self, campaign: str, rnd: int) -> list[ReceivedUpdate]:
         """Accepted, stored updates of a round in arrival order (FedBuff's real order)."""
         with self.session() as s:
-            return [
-                ReceivedUpdate(u.client_id, u.key, u.sha256, u.size, u.received_at)
-                for u in self._stored(s, campaign, rnd)
-            ]
+            return [ReceivedUpdate.of(u) for u in self._stored(s, campaign, rnd)]
+
+    def arrivals(self, campaign: str, *, rounds: Iterable[int]) -> list[ReceivedUpdate]:
+        """Accepted, stored updates of the given rounds of a campaign, in the order the
+        coordinator accepted them (``arrival_seq``): the order FedBuff applies them in."""
+        wanted = sorted({int(r) for r in rounds})
+        if not wanted:
+            return []
+        with self.session() as s:
+            rows = s.scalars(
+                sa.select(UpdateRow)
+                .where(
+                    UpdateRow.campaign == campaign,
+                    UpdateRow.round.in_(wanted),
+                    UpdateRow.stored.is_(True),
+                )
+                .order_by(UpdateRow.arrival_seq, UpdateRow.client_id)
+            ).all()
+            return [ReceivedUpdate.of(u) for u in rows]
 
     def count_received(self, campaign: str, rnd: int) -> int:
         return len(self.received_updates(campaign, rnd))
 
-    def close_round(self, campaign: str, rnd: int) -> RoundStatus:
+    def close_round(
+        self, campaign: str, rnd: int, *, reason: str = "no update when the round closed"
+    ) -> RoundStatus:
         """Close a round: later uploads get 410 and are recorded as stragglers; every
-        selected client without a stored update is recorded as a straggler now."""
+        selected client without a stored update is recorded as a straggler now, with
+        ``reason``. Closing a closed round again records nothing new."""
         with self.session() as s:
             row = registry.get_round(s, campaign, rnd)
             if row is None:
@@ -381,9 +418,7 @@ class Coordinator:
             ).all()
             for client in tasks:
                 if client not in stored:
-                    registry.record_straggler(
-                        s, campaign, rnd, client, "no update when the round closed"
-                    )
+                    registry.record_straggler(s, campaign, rnd, client, reason)
         return self.round_status(campaign, rnd)
 
     async def wait_for_updates(
@@ -574,7 +609,7 @@ class Coordinator:
             with self.session() as s:
                 registry.mark_stored(s, campaign, rnd, client_id)
             logger.debug("stored update of %s for %s round %d", client_id, campaign, rnd)
-        return to_store, ReceivedUpdate(client_id, key, digest, len(data), received_at)
+        return to_store, ReceivedUpdate(client_id, key, digest, len(data), received_at, round=rnd)
 
     def _check_message(
         self,

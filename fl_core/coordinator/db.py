@@ -8,8 +8,10 @@ Tables (times are UNIX seconds as floats, portable between SQLite and PostgreSQL
 ``nonces``             request nonces seen within the replay window (replay -> 409)
 ``rounds``             published rounds: base version, model key, deadline, closing time
 ``tasks``              one per (campaign, round, client): the task dict the client fetches
-``updates``            accepted uploads: store key, sha256, size, arrival time; ``stored``
-                       becomes true once the bytes are in the artifact store
+``updates``            accepted uploads: store key, sha256, size, claim time; ``stored``
+                       becomes true once the bytes are in the artifact store, and then the
+                       update gets ``accepted_at`` and ``arrival_seq`` (its place in the
+                       campaign's arrival order, unique per campaign: FedBuff's order)
 ``stragglers``         clients of a round whose update did not arrive in time, with a reason
 ``evaluations``        clients' federated-evaluation reports
 
@@ -121,6 +123,12 @@ class UpdateRow(Base):
     size: Mapped[int] = mapped_column(sa.BigInteger)
     received_at: Mapped[float] = mapped_column(sa.Float)
     stored: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    accepted_at: Mapped[float | None] = mapped_column(sa.Float)
+    arrival_seq: Mapped[int | None] = mapped_column(sa.Integer)
+
+    __table_args__ = (
+        sa.Index("ix_updates_campaign_arrival_seq", "campaign", "arrival_seq", unique=True),
+    )
 
 
 class StragglerRow(Base):

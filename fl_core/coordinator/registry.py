@@ -420,16 +420,37 @@ def claim_update(
 
 
 def mark_stored(session: Session, campaign: str, rnd: int, client_id: str) -> None:
-    session.execute(
-        sa.update(UpdateRow)
-        .where(
-            UpdateRow.campaign == campaign,
-            UpdateRow.round == rnd,
-            UpdateRow.client_id == client_id,
-        )
-        .values(stored=True)
+    """The update's bytes are in the store: it is accepted now, and takes the campaign's
+    next arrival number (``arrival_seq``, the order FedBuff applies updates in) and the
+    time (``accepted_at``). A second call (an idempotent retry) changes nothing.
+
+    The number is ``max + 1`` within the writing transaction; on PostgreSQL two concurrent
+    acceptances may compute the same number, the unique index refuses the second and it
+    retries with the next one.
+    """
+    prior = UpdateRow.__table__.alias("prior")  # not correlated with the updated row
+    latest = (
+        sa.select(sa.func.coalesce(sa.func.max(prior.c.arrival_seq), 0) + 1)
+        .where(prior.c.campaign == campaign)
+        .scalar_subquery()
     )
-    session.commit()
+    for _ in range(16):
+        session.execute(
+            sa.update(UpdateRow)
+            .where(
+                UpdateRow.campaign == campaign,
+                UpdateRow.round == rnd,
+                UpdateRow.client_id == client_id,
+                UpdateRow.stored.is_(False),
+            )
+            .values(stored=True, accepted_at=time.time(), arrival_seq=latest)
+        )
+        try:
+            session.commit()
+            return
+        except IntegrityError:
+            session.rollback()
+    raise RuntimeError(f"could not number the arrival of {client_id} in {campaign} round {rnd}")
 
 
 def accepted_update(session: Session, campaign: str, rnd: int, client_id: str) -> UpdateRow | None:

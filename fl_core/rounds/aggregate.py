@@ -184,7 +184,7 @@ def _aggregate_fedbuff(
     """FedBuff (Nguyen et al., AISTATS 2022): sum of w_i s(staleness_i) u_i over the sum
     of the sample weights w_i, so stale updates also shrink the step (not only their share);
     updates staler than ``max_staleness`` are dropped."""
-    from fl_core.aggregation.fedbuff import FedBuffBuffer
+    from fl_core.aggregation.fedbuff import FedBuffBuffer, staleness_weight
 
     a = cfg.asynchronous
     buffer = FedBuffBuffer(
@@ -193,13 +193,26 @@ def _aggregate_fedbuff(
         exponent=a.staleness_exponent,
         max_staleness=a.max_staleness,
     )
-    for item, data in updates:
+    applied: list[dict[str, Any]] = []
+    for item, data in updates:  # in arrival order (collect's, then validation's order)
         _, vector = wire.decode(data, expected_layout=lay)
         buffer.add(
             vector,
             weight=item.weight,
             base_version=int(item.source_round) - 1,
             current_version=rnd - 1,
+        )
+        staleness = rnd - int(item.source_round)
+        applied.append(
+            {
+                "client": item.client,
+                "source_round": int(item.source_round),
+                "staleness": staleness,
+                "weight": float(item.weight),
+                "staleness_weight": staleness_weight(
+                    staleness, exponent=a.staleness_exponent, max_staleness=a.max_staleness
+                ),
+            }
         )
     mean = buffer.flush().astype(np.float32)
     store.put_arrays(arrays_key, {"update": mean})
@@ -211,6 +224,7 @@ def _aggregate_fedbuff(
         update_norm=l2_norm(mean),
         max_staleness_seen=max(int(u.staleness) for u, _ in updates),
         num_too_stale=buffer.num_dropped,
+        applied=applied,
         outlier_scores={},
         rejected_at_read=rejected or None,
     )

@@ -3,9 +3,11 @@
 Synchronous: the cohort's updates; with simulation, on the simulated clock the round closes
 at the target count (quorum, when over-selected) or the deadline, and later updates are
 stragglers. Asynchronous (FedBuff): the ``buffer_size`` earliest arrivals among every client
-in flight, whatever model version each trained on; the rest stay in flight. The adversary
-hook (attack simulation only) replaces the attackers' received messages here; their honest
-updates are kept apart under ``honest/``.
+in flight, whatever model version each trained on; the rest stay in flight. Simulated, the
+arrival times are the simulated clock's; remote, the arrival order is the coordinator's
+(:func:`fl_core.rounds.remote.fedbuff_plan`), and rounds no later buffer could apply are
+closed. The adversary hook (attack simulation only) replaces the attackers' received
+messages here; their honest updates are kept apart under ``honest/``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ def collect(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
     selection = R.read(store, R.Cohort, cid, rnd, step=STEP)
     cohort = R.read(store, R.Manifest, cid, rnd, step=STEP).tasks
     start = state.clock(store, cid, rnd - 1, step=STEP)
+    if remote.is_remote(cfg) and cfg.asynchronous.enabled:
+        return _collect_remote_fedbuff(store, cid, rnd, cfg, start)
     if remote.is_remote(cfg):
         return _collect_remote(store, cid, rnd, cohort, start)
     arrived = {c: rnd for c in sorted(cohort) if store.exists(L.update_key(cid, rnd, c))}
@@ -119,11 +123,7 @@ def _collect_remote(
 ) -> dict[str, Any]:
     """Close a remote round at the coordinator: what is stored counts, everyone else is a
     straggler (a later upload is refused with 410 and recorded)."""
-    coord = remote.coordinator(store)
-    try:
-        status = coord.close_round(cid, rnd)
-    finally:
-        coord.close()
+    status = remote.coordinator(store).close_round(cid, rnd)
     received = sorted(c for c in status.received if c in cohort)
     missing = sorted(c for c in cohort if c not in set(received))
     if not received:
@@ -143,4 +143,44 @@ def _collect_remote(
     out = R.write(store, record, cid, rnd)
     if missing:
         logger.info("round %d: %d stragglers: %s", rnd, len(missing), missing)
+    return out
+
+
+def _collect_remote_fedbuff(
+    store: ArtifactStore, cid: str, rnd: int, cfg: Config, start: float
+) -> dict[str, Any]:
+    """FedBuff on the wall clock: round ``rnd``'s buffer is the ``buffer_size`` earliest
+    updates the coordinator accepted (its arrival order) among the clients in flight.
+
+    First the rounds no later buffer could apply (too stale, past their deadline, or the
+    campaign's last round) are closed at the coordinator, so their late uploads are refused
+    (410) and recorded as stragglers; then the buffer is read, so no update is taken that
+    the fence would have refused, and every update arrived before it is in the plan."""
+    coord = remote.coordinator(store)
+    for src, reason in remote.fedbuff_plan(store, cid, rnd, cfg, step=STEP).close.items():
+        coord.close_round(cid, src, reason=reason)
+    plan = remote.fedbuff_plan(store, cid, rnd, cfg, step=STEP)
+    if not plan.received:
+        raise RuntimeError(
+            f"round {rnd}: no device delivered an update to the buffer "
+            f"(in flight: {len(plan.inflight)}, given up: {plan.missing})"
+        )
+    received = [a.client for a in plan.received]
+    record = R.Collected(
+        round=rnd,
+        received=received,
+        missing=sorted(plan.missing),
+        sources={a.client: a.source_round for a in plan.received},
+        clock_s=start,
+        num_received=len(received),
+        num_missing=len(plan.missing),
+        inflight=plan.inflight,
+        arrivals=[a.to_dict() for a in plan.received],
+        dropped=plan.dropped or None,
+    )
+    out = R.write(store, record, cid, rnd)
+    logger.info(
+        "round %d: buffer %s (arrival order), %d in flight, %d dropped, %d given up",
+        rnd, received, len(plan.inflight), len(plan.dropped), len(plan.missing),
+    )  # fmt: skip
     return out

@@ -69,11 +69,9 @@ def _publish(store: ArtifactStore, cid: str, cfg: Any, manifest: R.Manifest) -> 
     """Remote rounds: the coordinator serves each device its own task until the deadline."""
     if not remote.is_remote(cfg):
         return
-    coord = remote.coordinator(store)
-    try:
-        coord.publish_manifest(cid, manifest.to_dict(), deadline_s=cfg.campaign.deadline_s)
-    finally:
-        coord.close()
+    remote.coordinator(store).publish_manifest(
+        cid, manifest.to_dict(), deadline_s=cfg.campaign.deadline_s
+    )
 
 
 def client_privacy(rp: Any) -> dict[str, Any] | None:

@@ -82,11 +82,9 @@ def _federated(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
     ``rnd`` (model version ``rnd - 1``), their spread, and how many clients reported."""
     from fl_core.rounds import remote
 
-    coord = remote.coordinator(store)
-    try:
-        reports = [r for r in coord.evaluations(cid, rnd) if r.model_version == rnd - 1]
-    finally:
-        coord.close()
+    reports = [
+        r for r in remote.coordinator(store).evaluations(cid, rnd) if r.model_version == rnd - 1
+    ]
     usable = [r for r in reports if "accuracy" in r.metrics and r.num_examples > 0]
     if not usable:
         return {"accuracies": [], "fed_num_clients": 0, "fed_model_version": rnd - 1}

@@ -185,6 +185,10 @@ class Collected(Record):
     num_received: int
     num_missing: int
     inflight: dict[str, dict[str, Any]] | None = None
+    # Remote FedBuff: the buffer in the coordinator's arrival order (client, source_round,
+    # arrival_seq, accepted_at, staleness), and arrived updates that can never be applied.
+    arrivals: list[dict[str, Any]] | None = None
+    dropped: list[dict[str, Any]] | None = None
 
     @classmethod
     def _convert(cls, kwargs: dict[str, Any]) -> Collected:
@@ -261,6 +265,9 @@ class AggregateInfo(Record):
     clipping_norm: float | None = None
     num_clipped: int | None = None
     num_too_stale: int | None = None
+    # FedBuff: the updates in the order applied (client, source_round, staleness, weight,
+    # staleness_weight; a dropped one has staleness_weight 0).
+    applied: list[dict[str, Any]] | None = None
     outlier_scores: dict[str, float] | None = None
     rejected_at_read: list[dict[str, str]] | None = None
 

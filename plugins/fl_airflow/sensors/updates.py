@@ -4,7 +4,8 @@ deadline passes (stragglers are then recorded by ``collect``, not waited for).
 Read-only: it reads the round's manifest (``dispatch`` must have run) and never writes.
 Simulated rounds are checked in place (their updates are already stored). Remote rounds
 defer to :class:`~fl_airflow.triggers.updates.RemoteUpdatesTrigger`, which polls the
-coordinator in the triggerer and holds no worker slot while devices train.
+coordinator in the triggerer and holds no worker slot while devices train; asynchronous
+(FedBuff) remote rounds wait for the round's buffer in the coordinator's arrival order.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class UpdatesArrivedSensor(BaseSensorOperator):
                     round_num=int(self.round_num),
                     quorum=cfg.campaign.quorum,
                     poll_interval=self.poll_interval,
+                    buffered=cfg.asynchronous.enabled,
                 ),
                 method_name="execute_complete",
             )

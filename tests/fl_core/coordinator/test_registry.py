@@ -34,5 +34,38 @@ def test_processes_starting_together_migrate_the_registry_once(tmp_path: Path) -
         version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all()
         tables = set(sa.inspect(conn).get_table_names())
     engine.dispose()
-    assert version == ["0001_registry"]
+    assert version == ["0002_arrival_order"]
     assert {"clients", "enrollment_tokens", "nonces", "rounds", "tasks", "updates"} <= tables
+
+
+def test_upgrading_a_registry_numbers_its_stored_updates_in_claim_order(tmp_path: Path) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from fl_core.coordinator.db import MIGRATIONS
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'registry.db'}")
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.connect() as conn:  # a registry of the first release, with three uploads
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001_registry")
+        rows = [("b", 1, 10.0, True), ("a", 1, 20.0, True), ("c", 1, 15.0, False)]
+        for client, rnd, at, stored in rows:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO updates (campaign, round, client_id, key, sha256, size, "
+                    "received_at, stored) VALUES ('camp', :r, :c, 'k', 's', 1, :t, :s)"
+                ),
+                {"r": rnd, "c": client, "t": at, "s": stored},
+            )
+        conn.commit()
+
+    migrate(engine)
+
+    with engine.connect() as conn:
+        got = conn.execute(
+            sa.text("SELECT client_id, arrival_seq, accepted_at FROM updates ORDER BY client_id")
+        ).all()
+    engine.dispose()
+    assert [tuple(r) for r in got] == [("a", 2, 20.0), ("b", 1, 10.0), ("c", None, None)]
