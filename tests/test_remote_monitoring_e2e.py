@@ -28,7 +28,7 @@ from fl_core.config import load_params
 from fl_core.coordinator.api import Coordinator
 from fl_core.coordinator.settings import CoordinatorSettings
 from fl_core.data.io import read_json, read_table, write_table
-from fl_core.monitoring import degrade_features
+from fl_core.monitoring import degrade_features, degrade_labels
 from fl_core.operations import decide_retraining
 from fl_core.remote_monitoring import check_progress, collect_check, publish_check
 from fl_core.rounds import ROUND_STEPS, records, state, step
@@ -173,11 +173,14 @@ def test_agents_check_the_champion_on_fresh_data_and_drift_triggers_retraining(
         now = time.time()
         assert not decide_retraining(store, healthy, now_s=now, cooldown_hours=24)["trigger"]
 
-        # Phase 2: two devices' sensors drift (new rows on the device, same file).
+        # Phase 2: on two devices the sensors drift and the labels change meaning (new rows
+        # on the device, same file): covariate shift plus concept drift.
         rng = np.random.default_rng(0)
         for client in clients[:SHIFTED]:
             x, y = read_table(fresh[client])
-            write_table(fresh[client], degrade_features(x, shift=0.35, scale=0.1, rng=rng), y)
+            x = degrade_features(x, shift=0.35, scale=0.1, rng=rng)
+            y = degrade_labels(y, fraction=0.4, num_classes=10, rng=rng)
+            write_table(fresh[client], x, y)
         degraded = check("scheduled__2026-12-02T13:00:00+00:00")
     finally:
         for p in procs:
