@@ -109,9 +109,9 @@ def check_counts(
     return rows
 
 
-def quantile_edges(fine_counts: np.ndarray, fine_edges: np.ndarray, *, bins: int = 10) -> list[
-    list[float]
-]:
+def quantile_edges(
+    fine_counts: np.ndarray, fine_edges: np.ndarray, *, bins: int = 10
+) -> list[list[float]]:
     """About ``bins`` quantile bins per feature of the reference, from its fine histogram.
 
     Edge ``j`` of a feature is the first fine edge where the reference's cumulative mass

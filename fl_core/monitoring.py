@@ -136,7 +136,9 @@ def psi_from_counts(reference_counts: np.ndarray, current_counts: np.ndarray) ->
     ref = np.asarray(reference_counts, dtype=np.float64)
     cur = np.asarray(current_counts, dtype=np.float64)
     if ref.ndim != 1 or ref.shape != cur.shape or ref.size == 0:
-        raise ValueError(f"counts must be two 1-d arrays of one length, got {ref.shape}, {cur.shape}")
+        raise ValueError(
+            f"counts must be two 1-d arrays of one length, got {ref.shape}, {cur.shape}"
+        )
     if (ref < 0).any() or (cur < 0).any() or ref.sum() <= 0 or cur.sum() <= 0:
         raise ValueError("counts must be non-negative with a positive total")
     p = np.maximum(ref / ref.sum(), _PSI_EPS)

@@ -108,8 +108,12 @@ def publish_check(
         ]
         vec = np.asarray(vector, dtype=np.float32)
         if vec.shape != (lay.num_params,):
-            raise ValueError(f"champion has {vec.size} parameters, its campaign's layout {lay.num_params}")
-        store.put_bytes(L.monitoring_model_key(check_id), state.encode_model(check_id, version, lay, vec))
+            raise ValueError(
+                f"champion has {vec.size} parameters, its campaign's layout {lay.num_params}"
+            )
+        store.put_bytes(
+            L.monitoring_model_key(check_id), state.encode_model(check_id, version, lay, vec)
+        )
         store.put_json(
             rec_key,
             {
@@ -228,17 +232,18 @@ def collect_check(
         return out
     weights = np.asarray([r.num_examples for r in valid], dtype=np.float64)
     accs = np.asarray([r.metrics["accuracy"] for r in valid], dtype=np.float64)
-    current = [
-        np.sum([np.asarray(r.counts[j], dtype=np.int64) for r in valid], axis=0)
-        for j in range(len(ref))
-    ]
+    counts = {
+        r.client_id: [np.asarray(row, dtype=np.int64) for row in r.counts or []] for r in valid
+    }
+    current = [np.sum([c[j] for c in counts.values()], axis=0) for j in range(len(ref))]
     psi = np.asarray([psi_from_counts(ref[j], current[j]) for j in range(len(ref))])
+    psi_mean = float(psi.mean())
     accuracy = float(np.average(accs, weights=weights))
     drift = {
-        "psi_mean": float(psi.mean()),
+        "psi_mean": psi_mean,
         "psi_max": float(psi.max()),
         "psi_max_feature": int(psi.argmax()),
-        "level": psi_level(float(psi.mean())),
+        "level": psi_level(psi_mean),
         "label_tv": None,
         "num_features": len(ref),
         "num_reference": int(rec["reference_num_examples"]),
@@ -256,7 +261,9 @@ def collect_check(
                 "accuracy": float(r.metrics["accuracy"]),
                 "num_examples": r.num_examples,
                 "psi_mean": float(
-                    np.mean([psi_from_counts(ref[j], r.counts[j]) for j in range(len(ref))])
+                    np.mean(
+                        [psi_from_counts(ref[j], counts[r.client_id][j]) for j in range(len(ref))]
+                    )
                 ),
             }
             for r in valid
@@ -266,7 +273,7 @@ def collect_check(
     health = check_health(
         accuracy=accuracy,
         reference_accuracy=None if ref_acc is None or math.isnan(ref_acc) else float(ref_acc),
-        drift=drift["psi_mean"],
+        drift=psi_mean,
         max_accuracy_drop=max_accuracy_drop,
         max_drift=max_drift,
     )
@@ -282,7 +289,7 @@ def collect_check(
         check_id,
         len(valid),
         accuracy,
-        drift["psi_mean"],
+        psi_mean,
         out["healthy"],
     )
     return out

@@ -159,8 +159,13 @@ def test_agents_check_the_champion_on_fresh_data_and_drift_triggers_retraining(
             assert published["num_tasks"] == NUM_CLIENTS
             _wait("reports", lambda: check_progress(store, published["check_id"])["done"], procs,
                   logs)  # fmt: skip
-            return collect_check(store, published["check_id"], max_accuracy_drop=cfg.monitoring
-                                 .max_accuracy_drop, max_drift=cfg.monitoring.max_drift)  # fmt: skip
+            thresholds = cfg.monitoring
+            return collect_check(
+                store,
+                published["check_id"],
+                max_accuracy_drop=thresholds.max_accuracy_drop,
+                max_drift=thresholds.max_drift,
+            )
 
         # Phase 1: fresh data like the training data -> healthy, nothing triggered.
         healthy = check("scheduled__2026-12-02T12:00:00+00:00")

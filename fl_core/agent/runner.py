@@ -355,7 +355,6 @@ class Agent:
         self._upload(upload)
         self.tasks_done += 1
 
-
     def _report_histogram(self, task: dict[str, Any]) -> None:
         """Counts of the training split on the task's fixed grid (the campaign's reference
         histograms are their sum over clients); counts only, never rows. Once per campaign

@@ -552,7 +552,8 @@ def record_monitoring_report(
         raise ProtocolError(410, "the monitoring check is closed")
     if model_version != rnd_row.base_version:
         raise ProtocolError(
-            400, f"report is on model version {model_version}, the check sent {rnd_row.base_version}"
+            400,
+            f"report is on model version {model_version}, the check sent {rnd_row.base_version}",
         )
     if data_valid:
         if counts is None or num_examples < 1 or "accuracy" not in metrics:

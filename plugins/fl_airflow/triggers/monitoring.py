@@ -12,7 +12,6 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 def check_progress(check_id: str, quorum: float) -> dict[str, Any]:
     from fl_airflow.hooks.artifact_store import ArtifactStoreHook
-
     from fl_core.remote_monitoring import check_progress as progress
 
     return progress(ArtifactStoreHook.get_store(), check_id, quorum=quorum)

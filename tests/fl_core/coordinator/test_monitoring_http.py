@@ -26,7 +26,10 @@ def _status(exc: pytest.ExceptionInfo[Refused]) -> int:
 
 
 def test_training_histogram_must_fit_the_tasks_grid(
-    coord: Coordinator, server: ServerThread, tls: TLSFiles, layout  # noqa: F811
+    coord: Coordinator,
+    server: ServerThread,
+    tls: TLSFiles,
+    layout,  # noqa: F811
 ) -> None:
     a = enroll(coord, server, tls, "a")
     b = enroll(coord, server, tls, "b")
@@ -35,7 +38,9 @@ def test_training_histogram_must_fit_the_tasks_grid(
     )
     x = np.random.default_rng(0).random((10, 8))
     edges = grid_edges(GRID)
-    counts = [np.bincount(np.searchsorted(edges[j], x[:, j]), minlength=4).tolist() for j in range(8)]
+    counts = [
+        np.bincount(np.searchsorted(edges[j], x[:, j]), minlength=4).tolist() for j in range(8)
+    ]
 
     a.report_histogram(CID, 1, {"num_examples": 10, "counts": counts})
     bad = {
@@ -78,7 +83,10 @@ def _publish_check(coord: Coordinator, layout, clients: list[str]) -> None:  # n
 
 
 def test_monitoring_task_carries_edges_and_reports_are_checked(
-    coord: Coordinator, server: ServerThread, tls: TLSFiles, layout  # noqa: F811
+    coord: Coordinator,
+    server: ServerThread,
+    tls: TLSFiles,
+    layout,  # noqa: F811
 ) -> None:
     a = enroll(coord, server, tls, "a")
     b = enroll(coord, server, tls, "b")
@@ -120,7 +128,10 @@ def test_monitoring_task_carries_edges_and_reports_are_checked(
 
 
 def test_invalid_fresh_data_is_reported_without_numbers(
-    coord: Coordinator, server: ServerThread, tls: TLSFiles, layout  # noqa: F811
+    coord: Coordinator,
+    server: ServerThread,
+    tls: TLSFiles,
+    layout,  # noqa: F811
 ) -> None:
     a = enroll(coord, server, tls, "a")
     _publish_check(coord, layout, ["a"])
