@@ -144,6 +144,14 @@ def test_ten_agents_over_https_train_the_same_model_as_the_simulation(tmp_path: 
         elapsed = time.perf_counter() - started
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         status = json.loads(out.stdout.strip().splitlines()[-1])
+        # The same devices then check the champion through federated_monitoring (remote).
+        conf = {"clients": "remote", "registered_model": "fl-remote-e2e", "deadline_s": 600}
+        mon = subprocess.run(
+            [sys.executable, "-m", "fl_airflow.run", "--dag", "federated_monitoring",
+             "--conf", json.dumps(conf)],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=1200,
+        )  # fmt: skip
+        assert mon.returncode == 0, mon.stdout[-3000:] + mon.stderr[-3000:]
     finally:
         for p in procs:
             p.terminate()
@@ -165,6 +173,18 @@ def test_ten_agents_over_https_train_the_same_model_as_the_simulation(tmp_path: 
         # Federated evaluation: every device reported on its own held-out rows.
         assert metrics.fed_num_clients == NUM_CLIENTS and metrics.fed_model_version == rnd - 1
         assert metrics.fed_num_examples == len(y_test)
+
+    # Federated monitoring: every device evaluated the champion on its own data (here its
+    # training partition, the data the reference histograms were counted on: PSI is 0).
+    [report_file] = (home / "artifacts" / "monitoring" / "reports").glob("*.json")
+    report = json.loads(report_file.read_text())
+    assert report["mode"] == "remote" and report["version"] == "1"
+    assert report["federated"]["num_clients"] == NUM_CLIENTS
+    assert report["federated"]["num_examples"] == sum(
+        c["num_examples"] for c in manifest["clients"]
+    )
+    assert report["drift"]["psi_mean"] == pytest.approx(0.0, abs=1e-12)
+    assert report["healthy"], report["reasons"]
 
     simulated = with_overrides(cfg, {"campaign.clients": "simulated"})
     sim = run_campaign(simulated, data_dir=data_dir, store=LocalStore(tmp_path / "sim"),
