@@ -75,6 +75,24 @@ def _env(home: Path, project: Path) -> dict[str, str]:
     return env
 
 
+def _wait_healthy(url: str, ca: Path, proc: subprocess.Popen[bytes]) -> None:
+    import ssl
+
+    import httpx
+
+    context = ssl.create_default_context(cafile=str(ca))
+    deadline = time.monotonic() + 300
+    while True:
+        assert proc.poll() is None, "the coordinator exited"
+        try:
+            if httpx.get(f"{url}/v1/health", verify=context, timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "the coordinator did not come up"
+        time.sleep(0.5)
+
+
 def test_ten_agents_over_https_train_the_same_model_as_the_simulation(tmp_path: Path) -> None:
     project = _project(tmp_path / "project")
     home = tmp_path / "server"
@@ -105,6 +123,7 @@ def test_ten_agents_over_https_train_the_same_model_as_the_simulation(tmp_path: 
                 env=env, stdout=subprocess.DEVNULL, stderr=open(logs / "coordinator.log", "wb"),  # noqa: SIM115
             )
         )  # fmt: skip
+        _wait_healthy(url, tls.ca, procs[0])  # agents give up on a coordinator that is not up
         for i, (client, entry) in enumerate(zip(clients, manifest["clients"], strict=True)):
             own = devices / client
             own.mkdir(parents=True)
