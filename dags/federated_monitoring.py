@@ -10,6 +10,14 @@ than `monitoring.max_accuracy_drop` below the deploy-time accuracy, the mean PSI
 webhook in `FL_ALERT_WEBHOOK_URL` or the `fl_alert_webhook` connection) and triggers
 `federated_retraining` with the reason — at most once per `monitoring.cooldown_hours`.
 When healthy it triggers nothing.
+
+With `clients: remote` (form field; `simulated` is the default) no central labelled data
+is needed: `publish_check` sends the champion and the bin edges of its training data's
+reference histograms (summed from counts its training clients reported) to every live
+edge client; each evaluates it on its fresh local data and reports accuracy, example count
+and per-feature bin counts (never rows); `wait_for_reports` (deferrable) waits for them;
+`check_champion` aggregates weighted accuracy and PSI per feature with the same thresholds.
+See docs/protocol.md, "Federated monitoring".
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import yaml
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import Param, dag, get_current_context, task
 from fl_airflow.hooks.artifact_store import ArtifactStoreHook
+from fl_airflow.sensors.monitoring import MonitoringReportsSensor
 
 
 def _schedule() -> str:
@@ -51,16 +60,46 @@ def _schedule() -> str:
             type=["null", "string"],
             description="Registered model to watch; default params.yaml",
         ),
+        "clients": Param(
+            "simulated",
+            enum=["simulated", "remote"],
+            description="simulated: evaluate centrally on eval_path; remote: the live edge "
+            "clients check the champion on their own fresh data",
+        ),
+        "deadline_s": Param(
+            600,
+            type="integer",
+            minimum=10,
+            maximum=86400,
+            description="Remote mode: seconds the clients have to report",
+        ),
     },
 )
 def federated_monitoring() -> None:
     @task
-    def check_champion() -> dict[str, Any]:
+    def publish_check() -> dict[str, Any] | None:
+        """Remote mode: send the champion and the reference bin edges to the live clients."""
+        from fl_airflow.monitoring import publish
+
+        ctx = get_current_context()
+        published = publish(
+            ArtifactStoreHook.get_store(), dict(ctx["params"]), run_id=ctx["run_id"]
+        )
+        print(f"published: {published}")
+        return published
+
+    @task
+    def check_champion(published: dict[str, Any] | None) -> dict[str, Any]:
         """Accuracy on the latest evaluation data, validation, drift, health verdict."""
         from fl_airflow.monitoring import check
 
         ctx = get_current_context()
-        report = check(ArtifactStoreHook.get_store(), dict(ctx["params"]), run_id=ctx["run_id"])
+        report = check(
+            ArtifactStoreHook.get_store(),
+            dict(ctx["params"]),
+            run_id=ctx["run_id"],
+            published=published,
+        )
         print(
             f"champion v{report.get('version')}: accuracy {report.get('accuracy')}, "
             f"reference {report.get('reference_accuracy')}, healthy={report['healthy']}, "
@@ -102,7 +141,15 @@ def federated_monitoring() -> None:
     def alert_suppressed(report: dict[str, Any]) -> None:
         print(f"degraded ({report['reasons']}) but within the retraining cooldown")
 
-    report = check_champion()
+    published = publish_check()
+    waited = MonitoringReportsSensor(
+        task_id="wait_for_reports",
+        publish_task_id="publish_check",
+        poke_interval=5,
+        timeout=86400,
+    )
+    report = check_champion(published)
+    published >> waited >> report
     branch = decide(report)
     sent = alert(report)
     retrain = TriggerDagRunOperator(

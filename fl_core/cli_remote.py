@@ -185,6 +185,13 @@ def run(
     eval_data: Path | None = typer.Option(
         None, "--eval-data", exists=True, dir_okay=False, help="Held-out table (optional)."
     ),
+    monitor_data: Path | None = typer.Option(
+        None,
+        "--monitor-data",
+        dir_okay=False,
+        help="Latest local data the champion is checked on (monitoring tasks; re-read for "
+        "each check). Default: --data.",
+    ),
     holdout: float = typer.Option(
         0.2, "--holdout", min=0.0, max=0.9, help="Held-out fraction without --eval-data."
     ),
@@ -209,6 +216,7 @@ def run(
             ca=ca,
             enroll_token=enroll_token,
             eval_data=eval_data,
+            monitor_data=monitor_data,
             holdout=0.0 if eval_data else holdout,
             wait_s=wait,
         )

@@ -49,6 +49,7 @@ __all__ = [
     "degrade_features",
     "degrade_labels",
     "drift_statistic",
+    "psi_from_counts",
     "psi_level",
     "send_webhook",
 ]
@@ -111,10 +112,38 @@ def _psi_per_feature(reference: np.ndarray, current: np.ndarray, bins: int) -> n
         cur_counts = np.bincount(
             np.searchsorted(edges, current[:, j], side="left"), minlength=len(edges) + 1
         )
-        p = np.maximum(ref_counts / len(reference), _PSI_EPS)
-        q = np.maximum(cur_counts / len(current), _PSI_EPS)
-        out[j] = float(np.sum((q - p) * np.log(q / p)))
+        out[j] = psi_from_counts(ref_counts, cur_counts)
     return out
+
+
+def psi_from_counts(reference_counts: np.ndarray, current_counts: np.ndarray) -> float:
+    """PSI of one feature from its bin counts over the same bins (reference, current).
+
+    This is all PSI needs, so it can be computed from histograms alone (e.g. counts that
+    federated clients computed locally, see :mod:`fl_core.histograms`). Empty bins are
+    floored at ``1e-4`` of the mass so the logarithm stays finite.
+
+    Parameters
+    ----------
+    reference_counts, current_counts : np.ndarray
+        Non-negative counts, same length (>= 1), each summing to more than 0.
+
+    Returns
+    -------
+    float
+        ``sum_k (q_k - p_k) * ln(q_k / p_k)`` over the floored proportions.
+    """
+    ref = np.asarray(reference_counts, dtype=np.float64)
+    cur = np.asarray(current_counts, dtype=np.float64)
+    if ref.ndim != 1 or ref.shape != cur.shape or ref.size == 0:
+        raise ValueError(
+            f"counts must be two 1-d arrays of one length, got {ref.shape}, {cur.shape}"
+        )
+    if (ref < 0).any() or (cur < 0).any() or ref.sum() <= 0 or cur.sum() <= 0:
+        raise ValueError("counts must be non-negative with a positive total")
+    p = np.maximum(ref / ref.sum(), _PSI_EPS)
+    q = np.maximum(cur / cur.sum(), _PSI_EPS)
+    return float(np.sum((q - p) * np.log(q / p)))
 
 
 def drift_statistic(

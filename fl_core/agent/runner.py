@@ -39,6 +39,7 @@ class AgentConfig:
     ca: Path | None = None
     enroll_token: str | None = None
     eval_data: Path | None = None
+    monitor_data: Path | None = None
     holdout: float = 0.2
     wait_s: float = 20.0
     heartbeat_s: float = 30.0
@@ -182,6 +183,7 @@ class Agent:
         self._latency_s: float | None = None
         self._last_heartbeat = 0.0
         self._declined: set[tuple[str, int]] = set()
+        self._histograms_sent: set[str] = set()
 
     def close(self) -> None:
         self.client.close()
@@ -291,7 +293,11 @@ class Agent:
         self.home.drop_pending(upload.campaign, upload.round)
 
     def handle(self, task: dict[str, Any]) -> None:
-        """One task: validate data, download, evaluate, train, persist, upload."""
+        """One task: validate data, download, evaluate, train, persist, upload (or, for a
+        monitoring task, :meth:`monitor`)."""
+        if task.get("kind") == "monitor":
+            self.monitor(task)
+            return
         campaign, rnd = str(task["campaign"]), int(task["round"])
         if self.home.is_pending(campaign, rnd):
             self._resume_pending()
@@ -317,6 +323,8 @@ class Agent:
                     "metrics": {k: v for k, v in metrics.items() if np.isfinite(v)},
                 },
             )
+        if task.get("histogram") and campaign not in self._histograms_sent:
+            self._report_histogram(task)
         measured = {
             k: v
             for k, v in (("uplink_mbps", self._uplink_mbps), ("latency_s", self._latency_s))
@@ -345,6 +353,59 @@ class Agent:
         # Update and state are on disk before anything is sent: a crash resumes the upload.
         self.home.save_pending(upload)
         self._upload(upload)
+        self.tasks_done += 1
+
+    def _report_histogram(self, task: dict[str, Any]) -> None:
+        """Counts of the training split on the task's fixed grid (the campaign's reference
+        histograms are their sum over clients); counts only, never rows. Once per campaign
+        and process (the data does not change while the agent runs)."""
+        from fl_core.histograms import bin_counts, grid_edges
+
+        campaign, rnd = str(task["campaign"]), int(task["round"])
+        if self.data.num_examples == 0:
+            return
+        counts = bin_counts(self.data.x, grid_edges(task["histogram"]))
+        self.client.report_histogram(
+            campaign, rnd, {"num_examples": self.data.num_examples, "counts": counts}
+        )
+        self._histograms_sent.add(campaign)
+
+    def monitor(self, task: dict[str, Any]) -> None:
+        """A monitoring task: evaluate the champion on the *current* content of the local
+        data (``--monitor-data``, else ``--data``, re-read now), count it per feature in the
+        check's bin edges and report accuracy, loss, example count and the counts; a table
+        that fails validation is reported as such, with no numbers."""
+        from fl_core.histograms import bin_counts
+
+        campaign, rnd = str(task["campaign"]), int(task["round"])
+        fresh = LocalData(
+            self.config.monitor_data or self.config.data,
+            holdout=0.0,
+            cache_dir=Path(self.config.home) / "data",
+        )
+        report: dict[str, Any] = {"model_version": int(task["base_version"])}
+        if fresh.num_examples == 0 or not fresh.validate(task["model_spec"]):
+            report.update(num_examples=0, data_valid=False)
+        else:
+            message, seconds = self.client.download_model(
+                str(task["model_url"]), known_version=None
+            )
+            self._downlink_mbps = _mbps(len(message), seconds)
+            model = training.decode_model(message, task, training.ClientState())
+            metrics = training.evaluate(task, model, fresh.x, fresh.y)
+            report.update(
+                num_examples=int(metrics.pop("num_examples")),
+                data_valid=True,
+                metrics={k: v for k, v in metrics.items() if np.isfinite(v)},
+                counts=bin_counts(fresh.x, task["edges"]),
+            )
+        self.client.report_monitoring(campaign, rnd, report)
+        logger.info(
+            "monitoring check %s: %d examples, accuracy %s",
+            campaign,
+            report["num_examples"],
+            report.get("metrics", {}).get("accuracy"),
+        )
         self.tasks_done += 1
 
 

@@ -249,6 +249,12 @@ class CoordinatorClient:
     def report_evaluation(self, campaign: str, rnd: int, report: dict[str, Any]) -> None:
         self._post_json(f"/v1/evaluations/{campaign}/{rnd}", report)
 
+    def report_histogram(self, campaign: str, rnd: int, report: dict[str, Any]) -> None:
+        self._post_json(f"/v1/histograms/{campaign}/{rnd}", report)
+
+    def report_monitoring(self, campaign: str, rnd: int, report: dict[str, Any]) -> None:
+        self._post_json(f"/v1/monitoring/{campaign}/{rnd}", report)
+
 
 def _reason(response: httpx.Response) -> str:
     try:

@@ -41,6 +41,8 @@ from fl_core.coordinator import protocol, registry
 from fl_core.coordinator.db import (
     ClientRow,
     EvaluationRow,
+    HistogramRow,
+    MonitoringReportRow,
     RoundRow,
     StragglerRow,
     TaskRow,
@@ -60,6 +62,8 @@ __all__ = [
     "ClientInfo",
     "Coordinator",
     "EvaluationReport",
+    "Histogram",
+    "MonitoringReport",
     "ProtocolError",
     "ReceivedUpdate",
     "RoundStatus",
@@ -131,6 +135,29 @@ class EvaluationReport:
     model_version: int
     num_examples: int
     metrics: dict[str, float]
+    received_at: float
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """Bin counts of one client's training data on a campaign's grid (counts only)."""
+
+    client_id: str
+    round: int
+    num_examples: int
+    counts: list[list[int]]
+
+
+@dataclass(frozen=True)
+class MonitoringReport:
+    """A client's check of the champion on its fresh local data."""
+
+    client_id: str
+    model_version: int
+    num_examples: int
+    data_valid: bool
+    metrics: dict[str, float]
+    counts: list[list[int]] | None
     received_at: float
 
 
@@ -452,20 +479,57 @@ class Coordinator:
                 for r in rows
             ]
 
+    def histograms(self, campaign: str) -> dict[str, Histogram]:
+        """Each client's latest training-data histogram reported during ``campaign``."""
+        with self.session() as s:
+            rows = s.scalars(
+                sa.select(HistogramRow)
+                .where(HistogramRow.campaign == campaign)
+                .order_by(HistogramRow.client_id, HistogramRow.round)
+            ).all()
+            return {
+                r.client_id: Histogram(r.client_id, r.round, r.num_examples, list(r.counts))
+                for r in rows
+            }
+
+    def monitoring_reports(self, campaign: str, rnd: int) -> list[MonitoringReport]:
+        """Clients' reports for a monitoring check, by client id."""
+        with self.session() as s:
+            rows = s.scalars(
+                sa.select(MonitoringReportRow)
+                .where(MonitoringReportRow.campaign == campaign, MonitoringReportRow.round == rnd)
+                .order_by(MonitoringReportRow.client_id)
+            ).all()
+            return [
+                MonitoringReport(
+                    r.client_id,
+                    r.model_version,
+                    r.num_examples,
+                    bool(r.data_valid),
+                    dict(r.metrics),
+                    None if r.counts is None else list(r.counts),
+                    r.received_at,
+                )
+                for r in rows
+            ]
+
     # ----------------------------------------------------------------- for the HTTP app
 
     def _campaign(self, campaign: str) -> dict[str, Any]:
         """The campaign record's layout and model spec (cached; the record is immutable)."""
-        from fl_core.rounds.layout import campaign_record_key
+        from fl_core.rounds.layout import campaign_record_key, monitoring_check_key
 
         if campaign not in self._campaigns:
             key = campaign_record_key(campaign)
+            if not self.store.exists(key) and self.store.exists(monitoring_check_key(campaign)):
+                key = monitoring_check_key(campaign)  # a federated monitoring check
             if not self.store.exists(key):
                 raise KeyError(f"campaign record {key!r} is not in the store (start the campaign)")
             rec = self.store.get_json(key)
             self._campaigns[campaign] = {
                 "layout": Layout.from_json(rec["layout"]),
                 "model_spec": rec["model_spec"],
+                "edges": rec.get("edges"),  # a monitoring check's bin edges
             }
         return self._campaigns[campaign]
 
@@ -490,6 +554,14 @@ class Coordinator:
             "deadline": rnd_row.deadline,
             "model_url": f"{protocol.API_PREFIX}/models/{task.campaign}/{task.round}",
             "upload_url": f"{protocol.API_PREFIX}/updates/{task.campaign}/{task.round}",
+            **(
+                {
+                    "edges": camp["edges"],
+                    "report_url": f"{protocol.API_PREFIX}/monitoring/{task.campaign}/{task.round}",
+                }
+                if task.task.get("kind") == "monitor"
+                else {}
+            ),
         }
 
     @functools.lru_cache(maxsize=16)  # noqa: B019 - one coordinator per process
@@ -648,6 +720,51 @@ class Coordinator:
             raise ProtocolError(400, "header metrics must be finite numbers")
         if not np.isfinite(vector).all():
             raise ProtocolError(400, "update has non-finite values")
+
+    def record_histogram(
+        self, client_id: str, campaign: str, rnd: int, *, num_examples: int, counts: Any
+    ) -> None:
+        with self.session() as s:
+            registry.record_histogram(
+                s,
+                campaign=campaign,
+                rnd=rnd,
+                client_id=client_id,
+                num_examples=num_examples,
+                counts=counts,
+            )
+
+    def record_monitoring_report(
+        self,
+        client_id: str,
+        campaign: str,
+        rnd: int,
+        *,
+        model_version: int,
+        num_examples: int,
+        data_valid: bool,
+        metrics: Mapping[str, float],
+        counts: Any,
+    ) -> None:
+        try:
+            edges = self._campaign(campaign)["edges"]
+        except KeyError:
+            raise ProtocolError(403, f"{campaign} is not a monitoring check") from None
+        if edges is None:
+            raise ProtocolError(400, f"{campaign} is not a monitoring check")
+        with self.session() as s:
+            registry.record_monitoring_report(
+                s,
+                sizes=[len(e) + 1 for e in edges],
+                campaign=campaign,
+                rnd=rnd,
+                client_id=client_id,
+                model_version=model_version,
+                num_examples=num_examples,
+                data_valid=data_valid,
+                metrics=dict(metrics),
+                counts=counts,
+            )
 
     def record_evaluation(
         self,

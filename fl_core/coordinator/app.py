@@ -17,7 +17,15 @@ from fastapi.responses import JSONResponse
 from fl_core.coordinator import protocol
 from fl_core.coordinator.api import Coordinator
 from fl_core.coordinator.registry import ProtocolError
-from fl_core.coordinator.routers import clients, evaluations, health, models, tasks, updates
+from fl_core.coordinator.routers import (
+    clients,
+    evaluations,
+    health,
+    models,
+    monitoring,
+    tasks,
+    updates,
+)
 from fl_core.coordinator.settings import CoordinatorSettings
 
 logger = logging.getLogger(__name__)
@@ -55,6 +63,6 @@ def create_app(
         )
         return JSONResponse({"detail": f"malformed request: {reasons}"}, status_code=400)
 
-    for router in (health, clients, tasks, models, updates, evaluations):
+    for router in (health, clients, tasks, models, updates, evaluations, monitoring):
         app.include_router(router.router, prefix=protocol.API_PREFIX)
     return app

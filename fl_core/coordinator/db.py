@@ -14,6 +14,10 @@ Tables (times are UNIX seconds as floats, portable between SQLite and PostgreSQL
                        campaign's arrival order, unique per campaign: FedBuff's order)
 ``stragglers``         clients of a round whose update did not arrive in time, with a reason
 ``evaluations``        clients' federated-evaluation reports
+``histograms``         per-feature bin counts of a client's training data (counts only),
+                       reported with a training task: the campaign's reference histograms
+``monitoring_reports`` clients' checks of the champion on fresh local data: accuracy,
+                       example count, per-feature bin counts, whether the data validated
 
 The schema is created and upgraded only by the Alembic migrations shipped in
 ``fl_core/coordinator/migrations`` (:func:`migrate`); the ORM classes mirror them.
@@ -37,6 +41,8 @@ __all__ = [
     "ClientRow",
     "EnrollmentTokenRow",
     "EvaluationRow",
+    "HistogramRow",
+    "MonitoringReportRow",
     "NonceRow",
     "RoundRow",
     "StragglerRow",
@@ -150,6 +156,31 @@ class EvaluationRow(Base):
     model_version: Mapped[int] = mapped_column(sa.Integer)
     num_examples: Mapped[int] = mapped_column(sa.Integer)
     metrics: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
+    received_at: Mapped[float] = mapped_column(sa.Float)
+
+
+class HistogramRow(Base):
+    __tablename__ = "histograms"
+
+    campaign: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    round: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    client_id: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    num_examples: Mapped[int] = mapped_column(sa.Integer)
+    counts: Mapped[list[list[int]]] = mapped_column(sa.JSON)
+    received_at: Mapped[float] = mapped_column(sa.Float)
+
+
+class MonitoringReportRow(Base):
+    __tablename__ = "monitoring_reports"
+
+    campaign: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    round: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    client_id: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    model_version: Mapped[int] = mapped_column(sa.Integer)
+    num_examples: Mapped[int] = mapped_column(sa.Integer)
+    data_valid: Mapped[bool] = mapped_column(sa.Boolean)
+    metrics: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
+    counts: Mapped[list[list[int]] | None] = mapped_column(sa.JSON)
     received_at: Mapped[float] = mapped_column(sa.Float)
 
 

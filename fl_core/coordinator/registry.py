@@ -26,6 +26,8 @@ from fl_core.coordinator.db import (
     ClientRow,
     EnrollmentTokenRow,
     EvaluationRow,
+    HistogramRow,
+    MonitoringReportRow,
     NonceRow,
     RoundRow,
     StragglerRow,
@@ -246,7 +248,8 @@ def get_task(session: Session, campaign: str, rnd: int, client_id: str) -> TaskR
 
 
 def next_task(session: Session, client_id: str) -> tuple[TaskRow, RoundRow] | None:
-    """The oldest open task of ``client_id`` with no accepted update, if any."""
+    """The oldest open task of ``client_id`` with no accepted update (training) or report
+    (monitoring), if any."""
     now = time.time()
     stmt = (
         sa.select(TaskRow, RoundRow)
@@ -262,11 +265,20 @@ def next_task(session: Session, client_id: str) -> tuple[TaskRow, RoundRow] | No
                 UpdateRow.client_id == TaskRow.client_id,
             ),
         )
+        .outerjoin(
+            MonitoringReportRow,
+            sa.and_(
+                MonitoringReportRow.campaign == TaskRow.campaign,
+                MonitoringReportRow.round == TaskRow.round,
+                MonitoringReportRow.client_id == TaskRow.client_id,
+            ),
+        )
         .where(
             TaskRow.client_id == client_id,
             RoundRow.closed_at.is_(None),
             RoundRow.deadline > now,
             UpdateRow.client_id.is_(None),
+            MonitoringReportRow.client_id.is_(None),
         )
         .order_by(RoundRow.published_at, TaskRow.campaign, TaskRow.round)
         .limit(1)
@@ -482,3 +494,102 @@ def record_evaluation(
         session.commit()
     except IntegrityError:  # a concurrent first report: keep the one that won
         session.rollback()
+
+
+def _upsert(session: Session, row_type: type[Any], key: tuple[Any, ...], **values: Any) -> None:
+    row = session.get(row_type, key)
+    if row is None:
+        campaign, rnd, client_id = key
+        row = row_type(campaign=campaign, round=rnd, client_id=client_id)
+        session.add(row)
+    for name, value in values.items():
+        setattr(row, name, value)
+    row.received_at = time.time()
+    try:
+        session.commit()
+    except IntegrityError:  # a concurrent first report: keep the one that won
+        session.rollback()
+
+
+def record_histogram(
+    session: Session,
+    *,
+    campaign: str,
+    rnd: int,
+    client_id: str,
+    num_examples: int,
+    counts: list[list[int]],
+) -> None:
+    """Record (or replace) the bin counts of a client's training data on the grid its
+    training task carried (``task["histogram"]``); counts only, checked against the grid."""
+    from fl_core.histograms import check_counts
+
+    task = get_task(session, campaign, rnd, client_id)
+    if task is None:
+        raise ProtocolError(403, f"client {client_id!r} has no task in {campaign} round {rnd}")
+    grid = task.task.get("histogram")
+    if not grid:
+        raise ProtocolError(400, "this task asks for no histogram")
+    try:
+        check_counts(counts, [int(grid["bins"])] * int(grid["num_features"]), num_examples)
+    except ValueError as exc:
+        raise ProtocolError(400, f"bad histogram: {exc}") from None
+    _upsert(
+        session,
+        HistogramRow,
+        (campaign, rnd, client_id),
+        num_examples=num_examples,
+        counts=[list(map(int, row)) for row in counts],
+    )
+
+
+def record_monitoring_report(
+    session: Session,
+    *,
+    campaign: str,
+    rnd: int,
+    client_id: str,
+    model_version: int,
+    num_examples: int,
+    data_valid: bool,
+    metrics: dict[str, float],
+    counts: list[list[int]] | None,
+    sizes: list[int],
+) -> None:
+    """Record a client's check of the champion on its fresh data (a monitoring task): the
+    model version it was sent, accuracy and loss, example count and the per-feature counts
+    in the check's bin edges (``sizes``: bins per feature). A client whose data failed
+    validation sends no counts."""
+    from fl_core.histograms import check_counts
+
+    task = get_task(session, campaign, rnd, client_id)
+    if task is None:
+        raise ProtocolError(403, f"client {client_id!r} has no task in {campaign} round {rnd}")
+    if task.task.get("kind") != "monitor":
+        raise ProtocolError(400, f"{campaign} round {rnd} is not a monitoring check")
+    rnd_row = get_round(session, campaign, rnd)
+    assert rnd_row is not None  # a task implies its round
+    if rnd_row.closed_at is not None or time.time() > rnd_row.deadline:
+        raise ProtocolError(410, "the monitoring check is closed")
+    if model_version != rnd_row.base_version:
+        raise ProtocolError(
+            400,
+            f"report is on model version {model_version}, the check sent {rnd_row.base_version}",
+        )
+    if data_valid:
+        if counts is None or num_examples < 1 or "accuracy" not in metrics:
+            raise ProtocolError(400, "a report on valid data needs accuracy, examples and counts")
+        try:
+            check_counts(counts, sizes, num_examples)
+        except ValueError as exc:
+            raise ProtocolError(400, f"bad histogram: {exc}") from None
+    _upsert(
+        session,
+        MonitoringReportRow,
+        (campaign, rnd, client_id),
+        model_version=model_version,
+        num_examples=num_examples if data_valid else 0,
+        data_valid=data_valid,
+        metrics=dict(metrics) if data_valid else {},
+        counts=[list(map(int, row)) for row in counts] if data_valid and counts else None,
+    )

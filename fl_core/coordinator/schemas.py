@@ -48,6 +48,14 @@ class HeartbeatOut(BaseModel):
     server_time: float
 
 
+def _check_metrics(value: dict[str, float]) -> dict[str, float]:
+    if any(len(k) > 64 for k in value):
+        raise ValueError("metric names are at most 64 characters")
+    if any(abs(v) > 1e12 for v in value.values()):
+        raise ValueError("metric values must be within +/-1e12")
+    return value
+
+
 class EvaluationIn(_Strict):
     model_version: int = Field(ge=0, le=10**9)
     num_examples: int = Field(ge=0, le=10**9)
@@ -56,11 +64,52 @@ class EvaluationIn(_Strict):
     @field_validator("metrics")
     @classmethod
     def _names(cls, value: dict[str, float]) -> dict[str, float]:
-        if any(len(k) > 64 for k in value):
-            raise ValueError("metric names are at most 64 characters")
-        if any(abs(v) > 1e12 for v in value.values()):
-            raise ValueError("metric values must be within +/-1e12")
+        return _check_metrics(value)
+
+
+_Counts = list[list[int]]
+
+
+def _check_counts_bounds(value: _Counts | None) -> _Counts | None:
+    if value is None:
         return value
+    if len(value) > 100_000 or sum(len(row) for row in value) > 200_000:
+        raise ValueError("at most 100000 features and 200000 bins in all")
+    if any(c < 0 or c > 10**9 for row in value for c in row):
+        raise ValueError("counts must be integers in [0, 1e9]")
+    return value
+
+
+class HistogramIn(_Strict):
+    """Bin counts of the client's training data on its task's grid: counts only."""
+
+    num_examples: int = Field(ge=1, le=10**9)
+    counts: _Counts
+
+    @field_validator("counts")
+    @classmethod
+    def _bounded(cls, value: _Counts | None) -> _Counts | None:
+        return _check_counts_bounds(value)
+
+
+class MonitoringIn(_Strict):
+    """A client's check of the champion on its fresh data (accuracy, counts, validity)."""
+
+    model_version: int = Field(ge=0, le=10**9)
+    num_examples: int = Field(ge=0, le=10**9)
+    data_valid: bool = True
+    metrics: dict[str, float] = Field(default_factory=dict, max_length=64)
+    counts: _Counts | None = None
+
+    @field_validator("counts")
+    @classmethod
+    def _bounded(cls, value: _Counts | None) -> _Counts | None:
+        return _check_counts_bounds(value)
+
+    @field_validator("metrics")
+    @classmethod
+    def _names(cls, value: dict[str, float]) -> dict[str, float]:
+        return _check_metrics(value)
 
 
 class UploadOut(BaseModel):

@@ -31,6 +31,9 @@ def dispatch(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
     measured = remote.measured_uplinks(store) if remote.is_remote(cfg) else None
     c, comm = cfg.client, cfg.communication
     privacy = client_privacy(state.privacy(rec))
+    # Remote devices also count their training data on a fixed grid (counts only): the
+    # reference histograms federated monitoring measures drift against.
+    grid = reference_grid(rec) if remote.is_remote(cfg) else None
     tasks: dict[str, dict[str, Any]] = {}
     for client in cohort:
         plan = world.plan(client) if measured is None else client_plan(cfg, measured.get(client))
@@ -50,6 +53,8 @@ def dispatch(store: ArtifactStore, cid: str, rnd: int) -> dict[str, Any]:
         }
         if privacy is not None:
             task["privacy"] = privacy
+        if grid is not None:
+            task["histogram"] = grid
         tasks[client] = task
     record = R.Manifest(
         round=rnd,
@@ -72,6 +77,20 @@ def _publish(store: ArtifactStore, cid: str, cfg: Any, manifest: R.Manifest) -> 
     remote.coordinator(store).publish_manifest(
         cid, manifest.to_dict(), deadline_s=cfg.campaign.deadline_s
     )
+
+
+def reference_grid(rec: dict[str, Any]) -> dict[str, Any] | None:
+    """The fine per-feature grid (:func:`fl_core.histograms.histogram_grid`) from the
+    campaign's data contract (``prepared/meta.json``); None when it is not available."""
+    from pathlib import Path
+
+    from fl_core.data.io import read_json
+    from fl_core.histograms import histogram_grid
+
+    meta = Path(rec["data_dir"]) / "prepared" / "meta.json"
+    if not meta.is_file():
+        return None
+    return histogram_grid(read_json(meta))
 
 
 def client_privacy(rp: Any) -> dict[str, Any] | None:

@@ -133,3 +133,14 @@ MONITORING_COOLDOWN = f"{MONITORING}/cooldown.json"
 def monitoring_report_key(run_id: str) -> str:
     """Where a monitoring run's report is kept (run ids carry ':' and '+')."""
     return f"{MONITORING}/reports/{run_id.replace(':', '_').replace('+', '_')}.json"
+
+
+def monitoring_check_key(check_id: str) -> str:
+    """A federated monitoring check's record: the champion's layout and model spec, the
+    reference histograms and the bin edges the clients count in."""
+    return f"{MONITORING}/checks/{check_id}/check.json"
+
+
+def monitoring_model_key(check_id: str) -> str:
+    """The champion's weights (wire format) as the coordinator serves them for a check."""
+    return f"{MONITORING}/checks/{check_id}/model.flw"

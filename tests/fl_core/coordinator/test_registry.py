@@ -34,8 +34,9 @@ def test_processes_starting_together_migrate_the_registry_once(tmp_path: Path) -
         version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all()
         tables = set(sa.inspect(conn).get_table_names())
     engine.dispose()
-    assert version == ["0002_arrival_order"]
+    assert version == ["0003_monitoring"]  # the head revision
     assert {"clients", "enrollment_tokens", "nonces", "rounds", "tasks", "updates"} <= tables
+    assert {"histograms", "monitoring_reports"} <= tables
 
 
 def test_upgrading_a_registry_numbers_its_stored_updates_in_claim_order(tmp_path: Path) -> None:
