@@ -119,7 +119,5 @@ async def authenticated_upload(
         ctx = registry.upload_context(s, campaign, rnd, client)
         return client, ctx, coord.update_cap(campaign)
 
-    found: tuple[str, UploadContext, int] = await _authenticate(
-        request, coord, declared, context
-    )
+    found: tuple[str, UploadContext, int] = await _authenticate(request, coord, declared, context)
     return found
