@@ -75,7 +75,7 @@ class CoordinatorSettings:
     enrollment_ttl_s: float = 3600.0
     poll_interval_s: float = 0.5
     max_concurrent_uploads: int = 8
-    max_queued_uploads: int = 64
+    max_queued_uploads: int = 128
     busy_retry_after_s: int = 1
 
     def __post_init__(self) -> None:

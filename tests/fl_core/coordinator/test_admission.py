@@ -4,6 +4,7 @@ and its retry is accepted; nothing acknowledged is lost."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import socket
 import ssl
@@ -19,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fl_core.agent.identity import Identity
 from fl_core.agent.transport import CoordinatorClient, RetryPolicy, retry_after_s
 from fl_core.coordinator import protocol
-from fl_core.coordinator.admission import UploadAdmission
+from fl_core.coordinator.admission import MAX_RETRY_AFTER_S, Busy, UploadAdmission
 from fl_core.coordinator.api import Coordinator
 from fl_core.coordinator.app import create_app
 from fl_core.coordinator.settings import ENV_LIMITS, CoordinatorSettings
@@ -147,7 +148,7 @@ def test_upload_beyond_the_limit_gets_503_with_retry_after_and_the_retry_is_acce
         refused = http.put(server.url + PATH, content=data_b, headers=upload_headers(b, data_b))
 
     assert refused.status_code == 503
-    assert refused.headers["Retry-After"] == str(coord.settings.busy_retry_after_s)
+    assert int(refused.headers["Retry-After"]) >= coord.settings.busy_retry_after_s
     assert "retry after" in refused.json()["detail"]
     assert coord.received_updates(CID, 1) == []  # nothing stored, nothing claimed
 
@@ -201,6 +202,34 @@ def test_busy_answers_do_not_use_up_attempts_but_are_bounded(
     assert adm.refused >= 2
     assert slow.finish() == 201
     assert [u.client_id for u in coord.received_updates(CID, 1)] == ["dev-a"]
+
+
+def test_refused_clients_are_booked_one_after_another_at_the_upload_rate() -> None:
+    now = [1000.0]
+    adm = UploadAdmission(slots=2, queue=0, retry_after_s=1, clock=lambda: now[0])
+
+    async def refusals(count: int) -> list[int]:
+        held = [adm.admit() for _ in range(adm.slots)]
+        for h in held:
+            await h.__aenter__()
+        waits = []
+        for _ in range(count):
+            with pytest.raises(Busy) as busy:
+                async with adm.admit():
+                    pass
+            waits.append(busy.value.retry_after_s)
+        for h in held:
+            await h.__aexit__(None, None, None)
+        return waits
+
+    waits = asyncio.run(refusals(40))
+    assert waits == sorted(waits)  # later refusals come back later ...
+    assert waits[0] == 1 and waits[-1] > waits[0]
+    assert max(waits) <= MAX_RETRY_AFTER_S
+    assert adm.refused == 40 and adm.admitted == 0
+
+    now[0] += 3600  # long after every booked turn: the shortest wait again
+    assert asyncio.run(refusals(1)) == [1]
 
 
 def test_retry_after_is_read_only_from_busy_answers() -> None:
