@@ -32,8 +32,8 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 from fl_core.coordinator.registry import ProtocolError
 
@@ -120,9 +120,10 @@ class UploadAdmission:
         """Uploads in flight or waiting for a slot now."""
         return self._admitted
 
-    @asynccontextmanager
-    async def admit(self) -> AsyncIterator[None]:
-        """Hold a slot for the body of the ``async with``; :class:`Busy` when full."""
+    @contextmanager
+    def admit(self) -> Iterator[None]:
+        """Count an upload in (in flight or queued) for the body of the ``with``;
+        :class:`Busy` when full. Take its slot with :meth:`slot` inside."""
         if self._admitted >= self.slots + self.queue:
             self.refused += 1
             wait = self._retry_after()
@@ -133,8 +134,15 @@ class UploadAdmission:
             )
         self._admitted += 1
         try:
-            async with self._free:
-                yield
-                self._done.append(self._clock())
+            yield
         finally:
             self._admitted -= 1
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Wait for one of the ``slots`` and hold it for the body of the ``async with``
+        (inside :meth:`admit`; a request is authenticated before it waits here, so its
+        signed timestamp is checked when it arrives, not after its wait)."""
+        async with self._free:
+            yield
+            self._done.append(self._clock())

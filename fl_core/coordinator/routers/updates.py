@@ -22,9 +22,9 @@ from starlette.concurrency import run_in_threadpool
 
 from fl_core.coordinator import protocol
 from fl_core.coordinator.admission import UploadAdmission
-from fl_core.coordinator.api import Coordinator
+from fl_core.coordinator.api import Coordinator, ReceivedUpdate
 from fl_core.coordinator.deps import authenticated_upload, get_coordinator
-from fl_core.coordinator.registry import ProtocolError
+from fl_core.coordinator.registry import ProtocolError, UploadContext
 from fl_core.coordinator.schemas import CAMPAIGN_PATTERN, UploadOut
 
 router = APIRouter(prefix="/updates", tags=["updates"])
@@ -38,7 +38,7 @@ async def upload_update(
     coord: Coordinator = Depends(get_coordinator),
 ) -> JSONResponse:
     admission: UploadAdmission = request.app.state.upload_admission
-    async with admission.admit():  # bounded memory: a few bodies at a time, 503 beyond
+    with admission.admit():  # bounded memory: slots + queue at most, 503 beyond
         client_id, ctx, cap = await authenticated_upload(request, coord, campaign, rnd)
         signature = request.headers.get(protocol.H_UPDATE_SIGNATURE)
         if not signature:
@@ -46,31 +46,45 @@ async def upload_update(
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > cap:
             raise ProtocolError(413, f"update of {length} bytes exceeds the limit of {cap}")
-        chunks: list[bytes] = []
-        size = 0
-        digest = hashlib.sha256()
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > cap:
-                raise ProtocolError(413, f"update exceeds the limit of {cap} bytes")
-            chunks.append(chunk)
-            digest.update(chunk)
-        hexdigest = digest.hexdigest()
-        if hexdigest != request.headers.get(protocol.H_CONTENT_SHA256):
-            raise ProtocolError(401, "body does not match the signed sha256")
-        body = b"".join(chunks)
-        del chunks
-        fresh, rec = await run_in_threadpool(
-            functools.partial(
-                coord.accept_update, signature=signature, sha256=hexdigest, context=ctx
-            ),
-            client_id,
-            campaign,
-            rnd,
-            body,
-        )
-        del body
+        async with admission.slot():  # a few bodies read at a time; the queue waits unread
+            fresh, rec = await _receive(request, coord, client_id, campaign, rnd, ctx, cap)
     out = UploadOut(
         client_id=client_id, key=rec.key, sha256=rec.sha256, size=rec.size, stored=fresh
     )
     return JSONResponse(out.model_dump(), status_code=201 if fresh else 200)
+
+
+async def _receive(
+    request: Request,
+    coord: Coordinator,
+    client_id: str,
+    campaign: str,
+    rnd: int,
+    ctx: UploadContext,
+    cap: int,
+) -> tuple[bool, ReceivedUpdate]:
+    """Stream the body (hashed, capped), check its digest, then verify and store it."""
+    signature = request.headers[protocol.H_UPDATE_SIGNATURE]
+    chunks: list[bytes] = []
+    size = 0
+    digest = hashlib.sha256()
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise ProtocolError(413, f"update exceeds the limit of {cap} bytes")
+        chunks.append(chunk)
+        digest.update(chunk)
+    hexdigest = digest.hexdigest()
+    if hexdigest != request.headers.get(protocol.H_CONTENT_SHA256):
+        raise ProtocolError(401, "body does not match the signed sha256")
+    body = b"".join(chunks)
+    del chunks
+    fresh, rec = await run_in_threadpool(
+        functools.partial(coord.accept_update, signature=signature, sha256=hexdigest, context=ctx),
+        client_id,
+        campaign,
+        rnd,
+        body,
+    )
+    del body
+    return fresh, rec

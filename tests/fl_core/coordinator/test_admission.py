@@ -4,7 +4,6 @@ and its retry is accepted; nothing acknowledged is lost."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import socket
 import ssl
@@ -208,28 +207,27 @@ def test_refused_clients_are_booked_one_after_another_at_the_upload_rate() -> No
     now = [1000.0]
     adm = UploadAdmission(slots=2, queue=0, retry_after_s=1, clock=lambda: now[0])
 
-    async def refusals(count: int) -> list[int]:
+    def refusals(count: int) -> list[int]:
         held = [adm.admit() for _ in range(adm.slots)]
         for h in held:
-            await h.__aenter__()
+            h.__enter__()
         waits = []
         for _ in range(count):
-            with pytest.raises(Busy) as busy:
-                async with adm.admit():
-                    pass
+            with pytest.raises(Busy) as busy, adm.admit():
+                pass
             waits.append(busy.value.retry_after_s)
         for h in held:
-            await h.__aexit__(None, None, None)
+            h.__exit__(None, None, None)
         return waits
 
-    waits = asyncio.run(refusals(40))
+    waits = refusals(40)
     assert waits == sorted(waits)  # later refusals come back later ...
     assert waits[0] == 1 and waits[-1] > waits[0]
     assert max(waits) <= MAX_RETRY_AFTER_S
     assert adm.refused == 40 and adm.admitted == 0
 
     now[0] += 3600  # long after every booked turn: the shortest wait again
-    assert asyncio.run(refusals(1)) == [1]
+    assert refusals(1) == [1]
 
 
 def test_retry_after_is_read_only_from_busy_answers() -> None:
