@@ -15,7 +15,7 @@ import math
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -298,10 +298,10 @@ def record_straggler(
 # tables rather than the ORM classes, with bound parameters: building a statement and the
 # ORM execution path cost several times more than SQLite's lookup itself.
 _clients = ClientRow.__table__.c
-_nonces = NonceRow.__table__
+_nonces = cast(sa.Table, NonceRow.__table__)
 _rounds = RoundRow.__table__.c
 _tasks = TaskRow.__table__.c
-_updates = UpdateRow.__table__
+_updates = cast(sa.Table, UpdateRow.__table__)
 
 
 @functools.cache

@@ -9,7 +9,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -114,7 +114,7 @@ class SlowUpload:
         return int(reply.split(b" ", 2)[1])
 
 
-def wait_until(condition, what: str) -> None:  # type: ignore[no-untyped-def]
+def wait_until(condition: Callable[[], bool], what: str) -> None:
     """Wait for a server-side state change (not a timing assertion)."""
     deadline = time.monotonic() + 30
     while not condition():
