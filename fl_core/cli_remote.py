@@ -139,9 +139,31 @@ def serve(
     port: int = typer.Option(8443, min=1, max=65535),
     tls_cert: Path | None = typer.Option(None, "--tls-cert", exists=True, dir_okay=False),
     tls_key: Path | None = typer.Option(None, "--tls-key", exists=True, dir_okay=False),
+    max_concurrent_uploads: int | None = typer.Option(
+        None,
+        min=1,
+        help="Uploads read and checked at once (default 8, or "
+        "$FL_COORDINATOR_MAX_CONCURRENT_UPLOADS).",
+    ),
+    max_queued_uploads: int | None = typer.Option(
+        None,
+        min=0,
+        help="Uploads waiting for a slot; beyond, 503 + Retry-After (default 128, or "
+        "$FL_COORDINATOR_MAX_QUEUED_UPLOADS).",
+    ),
+    limit_concurrency: int | None = typer.Option(
+        None,
+        min=1,
+        help="uvicorn's cap on open connections + tasks; beyond it every request gets 503 "
+        "(no Retry-After; the agent backs off). Default: none (uploads are bounded above).",
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Run the coordinator (HTTPS with --tls-cert/--tls-key; plain HTTP only on loopback)."""
+    """Run the coordinator (HTTPS with --tls-cert/--tls-key; plain HTTP only on loopback).
+
+    Memory is bounded by the upload admission limit: at most --max-concurrent-uploads
+    bodies in flight and --max-queued-uploads waiting; further uploads get 503 with
+    Retry-After, which agents honour."""
     import uvicorn
 
     from fl_core.coordinator.app import create_app
@@ -154,7 +176,19 @@ def serve(
     if tls_cert is None and host not in LOOPBACK:
         typer.echo(f"refusing plain HTTP on {host}: pass --tls-cert and --tls-key", err=True)
         raise typer.Exit(2)
-    settings = CoordinatorSettings.from_env()
+    limits = {
+        name: value
+        for name, value in (
+            ("max_concurrent_uploads", max_concurrent_uploads),
+            ("max_queued_uploads", max_queued_uploads),
+        )
+        if value is not None
+    }
+    try:
+        settings = CoordinatorSettings.from_env(**limits)
+    except ValueError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
     app = create_app(settings)
     app.state.coordinator.engine  # noqa: B018 - migrate the registry before serving
     uvicorn.run(
@@ -165,6 +199,7 @@ def serve(
         ssl_keyfile=str(tls_key) if tls_key else None,
         log_level="debug" if verbose else "info",
         timeout_graceful_shutdown=5,
+        limit_concurrency=limit_concurrency,
     )
 
 

@@ -3,8 +3,12 @@ operator's CA, request signing, and retries with exponential backoff and full ji
 place (:meth:`CoordinatorClient._send`).
 
 Retried: connection errors, timeouts, 429 and 5xx (each attempt is signed afresh: new
-timestamp and nonce). Not retried: other 4xx, raised as :class:`Refused` with the server's
-reason, so the agent decides (410 too late: drop; 403 revoked: stop).
+timestamp and nonce). A 429 / 503 with ``Retry-After`` (the coordinator's upload admission
+limit) is a "busy, come back later", not a failure: the agent waits that long plus up to as
+much again of jitter (so refused clients do not return all at once), and such waits do not
+use up ``attempts`` but are bounded in total by ``RetryPolicy.busy_s``. Not retried: other
+4xx, raised as :class:`Refused` with the server's reason, so the agent decides (410 too
+late: drop; 403 revoked: stop).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["CoordinatorClient", "Refused", "RetryPolicy", "Unreachable"]
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+BUSY_STATUSES = frozenset({429, 503})
 
 
 class Refused(Exception):
@@ -46,20 +51,44 @@ class Unreachable(Exception):
 
 @dataclass(frozen=True, kw_only=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter: attempt ``n`` sleeps ``U(0, min(cap, base*2^n))``."""
+    """Exponential backoff with full jitter: attempt ``n`` sleeps ``U(0, min(cap, base*2^n))``.
+
+    A busy answer (429 / 503 with ``Retry-After``) instead waits ``Retry-After`` times
+    ``U(1, 2)`` (at most ``cap_s``); such waits do not count as attempts, but give up once
+    they add up to more than ``busy_s`` seconds for one request.
+    """
 
     attempts: int = 6
     base_s: float = 0.5
     cap_s: float = 30.0
+    busy_s: float = 600.0
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
             raise ValueError(f"attempts must be >= 1, got {self.attempts}")
-        if self.base_s < 0 or self.cap_s < 0:
-            raise ValueError("base_s and cap_s must be >= 0")
+        if self.base_s < 0 or self.cap_s < 0 or self.busy_s < 0:
+            raise ValueError("base_s, cap_s and busy_s must be >= 0")
 
     def delay(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
         return rand() * min(self.cap_s, self.base_s * (2**attempt))
+
+    def busy_delay(self, retry_after_s: float, rand: Callable[[], float] = random.random) -> float:
+        """The wait after a busy answer asking for ``retry_after_s``: spread over
+        ``[retry_after_s, 2 * retry_after_s]`` so refused clients come back apart."""
+        return min(self.cap_s, retry_after_s * (1.0 + rand()))
+
+
+def retry_after_s(response: httpx.Response) -> float | None:
+    """The ``Retry-After`` of a busy answer (429 / 503) in seconds, or None (absent, an
+    HTTP date, or not a non-negative number)."""
+    if response.status_code not in BUSY_STATUSES:
+        return None
+    raw = response.headers.get("Retry-After", "").strip()
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return value if value >= 0 and value == value and value != float("inf") else None
 
 
 class CoordinatorClient:
@@ -158,9 +187,11 @@ class CoordinatorClient:
         ok: tuple[int, ...] = (200, 201, 204, 304),
     ) -> httpx.Response:
         last: Exception | None = None
-        for attempt in range(self.retry.attempts):
-            if attempt:
-                pause = self.retry.delay(attempt - 1)
+        busy_waited = 0.0
+        attempt = 0
+        pause = 0.0
+        while attempt < self.retry.attempts:
+            if pause:
                 logger.info("retrying %s %s in %.2f s (%s)", method, path, pause, last)
                 time.sleep(pause)
             request = self._build(
@@ -176,13 +207,21 @@ class CoordinatorClient:
                 response = self._http.send(request)
             except httpx.TransportError as exc:
                 last = exc
+                attempt += 1
+                pause = self.retry.delay(attempt - 1)
                 continue
             if response.status_code in ok:
                 return response
-            if response.status_code in RETRY_STATUSES:
-                last = Refused(response.status_code, _reason(response))
+            if response.status_code not in RETRY_STATUSES:
+                raise Refused(response.status_code, _reason(response))
+            last = Refused(response.status_code, _reason(response))
+            wait = retry_after_s(response)
+            if wait is not None and busy_waited < self.retry.busy_s:
+                pause = self.retry.busy_delay(wait)
+                busy_waited += pause
                 continue
-            raise Refused(response.status_code, _reason(response))
+            attempt += 1
+            pause = self.retry.delay(attempt - 1)
         raise Unreachable(f"{method} {path}: gave up after {self.retry.attempts} attempts: {last}")
 
     # ----------------------------------------------------------------- endpoints

@@ -626,20 +626,26 @@ class Coordinator:
         *,
         signature: str,
         sha256: str | None = None,
+        context: registry.UploadContext | None = None,
     ) -> tuple[bool, ReceivedUpdate]:
         """Verify and store one upload; returns (newly stored, record).
 
         Order: open round and task (403/410); update signature over the whole message
         (401); same task already taken by other bytes (409); wire checks against the
         campaign's layout and the task's codec, header fields against the task, finite
-        values and metrics (400); then the signature record and the bytes go to the store.
-        ``sha256`` is the digest of ``data`` when the caller already computed it.
+        values and metrics (400); then the round is checked open again and the task's
+        update slot claimed (one transaction), and the signature record and the bytes go
+        to the store. ``sha256`` is the digest of ``data`` when the caller already computed
+        it; ``context`` is the upload context when the caller already read it (the HTTP
+        app reads it with the authentication, before streaming the body).
         """
         from fl_core.rounds.layout import signature_key, update_key
 
         digest = sha256 or hashlib.sha256(data).hexdigest()
-        with self.session() as s:
-            ctx = registry.upload_context(s, campaign, rnd, client_id)
+        ctx = context
+        if ctx is None:
+            with self.session() as s:
+                ctx = registry.upload_context(s, campaign, rnd, client_id)
         if ctx.public_key is None:
             raise ProtocolError(401, "unknown client")
         signed = protocol.update_message(
@@ -653,6 +659,8 @@ class Coordinator:
             self._check_message(data, campaign, rnd, client_id, ctx.base_version, ctx.task)
         key = update_key(campaign, rnd, client_id)
         with self.session() as s:
+            if context is not None:  # read before the body streamed: still open? (410)
+                registry.upload_context(s, campaign, rnd, client_id)
             to_store, received_at = registry.claim_update(
                 s,
                 campaign=campaign,

@@ -7,7 +7,6 @@ time (the Airflow plugin does) costs no I/O. Every route lives under ``/v1``.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from fastapi import FastAPI, Request
@@ -15,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from fl_core.coordinator import protocol
+from fl_core.coordinator.admission import Busy, UploadAdmission
 from fl_core.coordinator.api import Coordinator
 from fl_core.coordinator.registry import ProtocolError
 from fl_core.coordinator.routers import (
@@ -46,14 +46,26 @@ def create_app(
         "See docs/protocol.md.",
     )
     app.state.coordinator = coord
-    app.state.upload_slots = asyncio.Semaphore(coord.settings.max_concurrent_uploads)
+    app.state.upload_admission = UploadAdmission(
+        slots=coord.settings.max_concurrent_uploads,
+        queue=coord.settings.max_queued_uploads,
+        retry_after_s=coord.settings.busy_retry_after_s,
+    )
 
     @app.exception_handler(ProtocolError)
     async def _refused(request: Request, exc: ProtocolError) -> JSONResponse:
-        logger.info(
-            "%s %s refused %d: %s", request.method, request.url.path, exc.status, exc.reason
+        busy = isinstance(exc, Busy)  # routine under load: not worth an info line each
+        logger.log(
+            logging.DEBUG if busy else logging.INFO,
+            "%s %s refused %d: %s",
+            request.method,
+            request.url.path,
+            exc.status,
+            exc.reason,
         )
         headers = {"Connection": "close"} if exc.status == 413 else None
+        if isinstance(exc, Busy):  # keep the connection: the client reads it after sending
+            headers = {"Retry-After": str(exc.retry_after_s)}
         return JSONResponse({"detail": exc.reason}, status_code=exc.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)

@@ -7,19 +7,22 @@ entered it, and a session holds the SQLite turn lock and a pooled connection for
 Authentication checks the Ed25519 request signature (see :mod:`fl_core.coordinator.protocol`)
 before any body is trusted. For ordinary requests the body is read (at most
 ``MAX_JSON_BYTES``) and must hash to the signed digest; for the streamed upload the signed
-digest is checked by the router after streaming (``authenticated_stream``).
+digest is checked by the router after streaming (``authenticated_upload``, which also
+reads the upload's context in the same registry session and thread hop).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
+from typing import Any
 
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from fl_core.coordinator import protocol, registry
 from fl_core.coordinator.api import Coordinator
-from fl_core.coordinator.registry import ProtocolError
+from fl_core.coordinator.registry import ProtocolError, UploadContext
 
 MAX_JSON_BYTES = 1 << 20
 
@@ -38,7 +41,13 @@ def app_path(request: Request) -> str:
     return path or "/"
 
 
-async def _authenticate(request: Request, coord: Coordinator, body_sha256: str) -> str:
+async def _authenticate(
+    request: Request,
+    coord: Coordinator,
+    body_sha256: str,
+    then: Callable[[Any, str], Any] | None = None,
+) -> Any:
+    """The client id (or ``then(session, client_id)``, run in the same session)."""
     h = request.headers
     client_id = h.get(protocol.H_CLIENT)
     signature = h.get(protocol.H_SIGNATURE)
@@ -62,9 +71,9 @@ async def _authenticate(request: Request, coord: Coordinator, body_sha256: str) 
         client_id=client_id,
     )
 
-    def check() -> str:
+    def check() -> Any:
         with coord.session() as s:
-            return registry.authenticate(
+            client = registry.authenticate(
                 s,
                 client_id=client_id,
                 message=message,
@@ -73,6 +82,7 @@ async def _authenticate(request: Request, coord: Coordinator, body_sha256: str) 
                 timestamp=timestamp,
                 skew_s=coord.settings.clock_skew_s,
             )
+            return client if then is None else then(s, client)
 
     return await run_in_threadpool(check)
 
@@ -94,12 +104,20 @@ async def authenticated(request: Request, coord: Coordinator = Depends(get_coord
     return await _authenticate(request, coord, digest)
 
 
-async def authenticated_stream(
-    request: Request, coord: Coordinator = Depends(get_coordinator)
-) -> str:
-    """The client id of a signed streamed request; the router checks the body's digest
-    against ``X-FL-Content-SHA256`` (which the signature covers) after streaming."""
+async def authenticated_upload(
+    request: Request, coord: Coordinator, campaign: str, rnd: int
+) -> tuple[str, UploadContext, int]:
+    """The client id of a signed streamed upload, its upload context (403 not selected,
+    410 too late) and its size cap, in one registry session and one worker-thread hop; the
+    router checks the body's digest against ``X-FL-Content-SHA256`` (which the signature
+    covers) after streaming."""
     declared = request.headers.get(protocol.H_CONTENT_SHA256, "")
     if len(declared) != 64 or any(c not in "0123456789abcdef" for c in declared):
         raise ProtocolError(401, f"missing or malformed {protocol.H_CONTENT_SHA256} header")
-    return await _authenticate(request, coord, declared)
+
+    def context(s: Any, client: str) -> tuple[str, UploadContext, int]:
+        ctx = registry.upload_context(s, campaign, rnd, client)
+        return client, ctx, coord.update_cap(campaign)
+
+    found: tuple[str, UploadContext, int] = await _authenticate(request, coord, declared, context)
+    return found

@@ -15,7 +15,7 @@ import math
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -206,7 +206,7 @@ def authenticate(
     if row.revoked_at is not None:
         raise ProtocolError(403, "client is revoked")
     try:
-        session.execute(sa.insert(NonceRow).values(nonce=nonce, client_id=client_id, seen_at=now))
+        session.execute(_nonce_insert(), {"nonce": nonce, "client_id": client_id, "seen_at": now})
         session.commit()
     except IntegrityError:
         session.rollback()
@@ -306,45 +306,97 @@ def record_straggler(
             session.rollback()
 
 
+# The statements of the per-request paths (authentication, upload) are built once, on the
+# tables rather than the ORM classes, with bound parameters: building a statement and the
+# ORM execution path cost several times more than SQLite's lookup itself.
+_clients = ClientRow.__table__.c
+_nonces = cast(sa.Table, NonceRow.__table__)
+_rounds = RoundRow.__table__.c
+_tasks = TaskRow.__table__.c
+_updates = cast(sa.Table, UpdateRow.__table__)
+
+
 @functools.cache
 def _key_query() -> sa.Select[Any, Any]:
-    """Built once: statement construction costs more than SQLite's lookup."""
-    return sa.select(ClientRow.public_key, ClientRow.revoked_at).where(
-        ClientRow.client_id == sa.bindparam("client_id")
+    return sa.select(_clients.public_key, _clients.revoked_at).where(
+        _clients.client_id == sa.bindparam("client_id")
     )
 
 
 @functools.cache
+def _nonce_insert() -> sa.Insert:
+    return sa.insert(_nonces)
+
+
+@functools.cache
 def _upload_query() -> sa.Select[Any, Any, Any, Any, Any, Any, Any]:
+    u = _updates.c
     return (
         sa.select(
-            RoundRow.base_version,
-            RoundRow.deadline,
-            RoundRow.closed_at,
-            TaskRow.task,
-            ClientRow.public_key,
-            UpdateRow.sha256,
-            UpdateRow.stored,
+            _rounds.base_version,
+            _rounds.deadline,
+            _rounds.closed_at,
+            _tasks.task,
+            _clients.public_key,
+            u.sha256,
+            u.stored,
         )
-        .select_from(TaskRow)
+        .select_from(TaskRow.__table__)
         .join(
-            RoundRow,
-            sa.and_(RoundRow.campaign == TaskRow.campaign, RoundRow.round == TaskRow.round),
+            RoundRow.__table__,
+            sa.and_(_rounds.campaign == _tasks.campaign, _rounds.round == _tasks.round),
         )
-        .outerjoin(ClientRow, ClientRow.client_id == TaskRow.client_id)
+        .outerjoin(ClientRow.__table__, _clients.client_id == _tasks.client_id)
         .outerjoin(
-            UpdateRow,
+            _updates,
             sa.and_(
-                UpdateRow.campaign == TaskRow.campaign,
-                UpdateRow.round == TaskRow.round,
-                UpdateRow.client_id == TaskRow.client_id,
+                u.campaign == _tasks.campaign,
+                u.round == _tasks.round,
+                u.client_id == _tasks.client_id,
             ),
         )
         .where(
-            TaskRow.campaign == sa.bindparam("campaign"),
-            TaskRow.round == sa.bindparam("round"),
-            TaskRow.client_id == sa.bindparam("client_id"),
+            _tasks.campaign == sa.bindparam("campaign"),
+            _tasks.round == sa.bindparam("round"),
+            _tasks.client_id == sa.bindparam("client_id"),
         )
+    )
+
+
+def _update_where() -> sa.ColumnElement[bool]:
+    u = _updates.c
+    return sa.and_(
+        u.campaign == sa.bindparam("w_campaign"),
+        u.round == sa.bindparam("w_round"),
+        u.client_id == sa.bindparam("w_client_id"),
+    )
+
+
+@functools.cache
+def _claim_insert() -> sa.Insert:
+    return sa.insert(_updates)
+
+
+@functools.cache
+def _claimed_query() -> sa.Select[Any, Any, Any]:
+    u = _updates.c
+    return sa.select(u.sha256, u.stored, u.received_at).where(_update_where())
+
+
+@functools.cache
+def _mark_stored() -> sa.Update:
+    """Accept a claimed update: stored, its time, the campaign's next arrival number."""
+    u = _updates.c
+    prior = _updates.alias("prior")  # not correlated with the updated row
+    latest = (
+        sa.select(sa.func.coalesce(sa.func.max(prior.c.arrival_seq), 0) + 1)
+        .where(prior.c.campaign == sa.bindparam("w_campaign"))
+        .scalar_subquery()
+    )
+    return (
+        sa.update(_updates)
+        .where(_update_where(), u.stored.is_(False))
+        .values(stored=True, accepted_at=sa.bindparam("accepted_at"), arrival_seq=latest)
     )
 
 
@@ -404,27 +456,24 @@ def claim_update(
     now = time.time()
     try:
         session.execute(
-            sa.insert(UpdateRow).values(
-                campaign=campaign,
-                round=rnd,
-                client_id=client_id,
-                key=key,
-                sha256=sha256,
-                size=size,
-                received_at=now,
-                stored=False,
-            )
+            _claim_insert(),
+            {
+                "campaign": campaign,
+                "round": rnd,
+                "client_id": client_id,
+                "key": key,
+                "sha256": sha256,
+                "size": size,
+                "received_at": now,
+                "stored": False,
+            },
         )
         session.commit()
         return True, now
     except IntegrityError:
         session.rollback()
     existing = session.execute(
-        sa.select(UpdateRow.sha256, UpdateRow.stored, UpdateRow.received_at).where(
-            UpdateRow.campaign == campaign,
-            UpdateRow.round == rnd,
-            UpdateRow.client_id == client_id,
-        )
+        _claimed_query(), {"w_campaign": campaign, "w_round": rnd, "w_client_id": client_id}
     ).first()
     if existing is not None and existing.sha256 == sha256:
         return not existing.stored, existing.received_at
@@ -440,23 +489,9 @@ def mark_stored(session: Session, campaign: str, rnd: int, client_id: str) -> No
     acceptances may compute the same number, the unique index refuses the second and it
     retries with the next one.
     """
-    prior = UpdateRow.__table__.alias("prior")  # not correlated with the updated row
-    latest = (
-        sa.select(sa.func.coalesce(sa.func.max(prior.c.arrival_seq), 0) + 1)
-        .where(prior.c.campaign == campaign)
-        .scalar_subquery()
-    )
+    params = {"w_campaign": campaign, "w_round": rnd, "w_client_id": client_id}
     for _ in range(16):
-        session.execute(
-            sa.update(UpdateRow)
-            .where(
-                UpdateRow.campaign == campaign,
-                UpdateRow.round == rnd,
-                UpdateRow.client_id == client_id,
-                UpdateRow.stored.is_(False),
-            )
-            .values(stored=True, accepted_at=time.time(), arrival_seq=latest)
-        )
+        session.execute(_mark_stored(), {**params, "accepted_at": time.time()})
         try:
             session.commit()
             return

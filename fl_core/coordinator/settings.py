@@ -3,8 +3,10 @@
 Everything comes from arguments or the environment (never from ``params.yaml``, never a
 secret in a file): ``FL_COORDINATOR_DB_URL`` (a SQLAlchemy URL; default SQLite at
 ``$FL_HOME/coordinator/registry.db``), ``FL_ARTIFACT_STORE`` (path, ``file://`` or ``s3://``;
-default ``$FL_HOME/artifacts``, the same default as the Airflow artifact-store hook), and
-``FL_HOME`` (default ``./.fl``).
+default ``$FL_HOME/artifacts``, the same default as the Airflow artifact-store hook),
+``FL_HOME`` (default ``./.fl``), and the upload admission limits
+``FL_COORDINATOR_MAX_CONCURRENT_UPLOADS`` / ``FL_COORDINATOR_MAX_QUEUED_UPLOADS`` (see
+:mod:`fl_core.coordinator.admission`).
 """
 
 from __future__ import annotations
@@ -13,9 +15,14 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-__all__ = ["ENV_DB_URL", "CoordinatorSettings", "fl_home"]
+__all__ = ["ENV_DB_URL", "ENV_LIMITS", "CoordinatorSettings", "fl_home"]
 
 ENV_DB_URL = "FL_COORDINATOR_DB_URL"
+ENV_LIMITS = {
+    "max_concurrent_uploads": "FL_COORDINATOR_MAX_CONCURRENT_UPLOADS",
+    "max_queued_uploads": "FL_COORDINATOR_MAX_QUEUED_UPLOADS",
+}
+"""Settings that may also come from the environment (integers)."""
 
 
 def fl_home() -> Path:
@@ -48,8 +55,15 @@ class CoordinatorSettings:
     poll_interval_s
         How often a long-poll re-reads the registry.
     max_concurrent_uploads
-        Uploads whose bodies are read and checked at once; the others wait unread (TCP
-        back-pressure), so the coordinator's memory is bounded whatever the number of clients.
+        Uploads authenticated, read and checked at once; the others wait unread (TCP
+        back-pressure).
+    max_queued_uploads
+        Uploads allowed to wait for one of those slots; beyond slots + queue an upload is
+        refused at once with 503 and ``Retry-After: busy_retry_after_s``, so the coordinator's
+        memory is bounded whatever the number of clients (see
+        :mod:`fl_core.coordinator.admission`).
+    busy_retry_after_s
+        The ``Retry-After`` (whole seconds) of that 503.
     """
 
     db_url: str
@@ -61,6 +75,8 @@ class CoordinatorSettings:
     enrollment_ttl_s: float = 3600.0
     poll_interval_s: float = 0.5
     max_concurrent_uploads: int = 8
+    max_queued_uploads: int = 128
+    busy_retry_after_s: int = 1
 
     def __post_init__(self) -> None:
         if self.max_update_bytes < 1024:
@@ -72,17 +88,30 @@ class CoordinatorSettings:
             raise ValueError(
                 f"max_concurrent_uploads must be >= 1, got {self.max_concurrent_uploads}"
             )
+        if self.max_queued_uploads < 0:
+            raise ValueError(f"max_queued_uploads must be >= 0, got {self.max_queued_uploads}")
+        if self.busy_retry_after_s < 1:
+            raise ValueError(f"busy_retry_after_s must be >= 1, got {self.busy_retry_after_s}")
         if self.poll_interval_s <= 0:
             raise ValueError(f"poll_interval_s must be > 0, got {self.poll_interval_s}")
 
     @classmethod
     def from_env(cls, **overrides: object) -> CoordinatorSettings:
-        """Settings from ``FL_COORDINATOR_DB_URL``, ``FL_ARTIFACT_STORE`` and ``FL_HOME``."""
+        """Settings from ``FL_COORDINATOR_DB_URL``, ``FL_ARTIFACT_STORE``, ``FL_HOME`` and
+        the limits in :data:`ENV_LIMITS`; ``overrides`` win."""
         home = fl_home()
         db_url = os.environ.get(ENV_DB_URL) or (f"sqlite:///{home / 'coordinator' / 'registry.db'}")
         store_url = os.environ.get("FL_ARTIFACT_STORE") or str(home / "artifacts")
+        limits: dict[str, object] = {}
+        for name, var in ENV_LIMITS.items():
+            raw = os.environ.get(var, "").strip()
+            if raw:
+                try:
+                    limits[name] = int(raw)
+                except ValueError:
+                    raise ValueError(f"{var} must be an integer, got {raw!r}") from None
         settings = cls(db_url=db_url, store_url=store_url)
-        return replace(settings, **overrides)  # type: ignore[arg-type]
+        return replace(settings, **{**limits, **overrides})  # type: ignore[arg-type]
 
     @classmethod
     def local(cls, home: str | Path, **overrides: object) -> CoordinatorSettings:

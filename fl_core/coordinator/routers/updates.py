@@ -1,10 +1,13 @@
 """``PUT /v1/updates/{campaign}/{round}``: one signed update, streamed with a size cap.
 
-Before the body is read: request signature (401), revoked (403), replay (409), selected in
-an open round (403 / 410), declared length within the cap (413). While streaming: cut off
-at the cap (413; never buffered whole); at most ``max_concurrent_uploads`` bodies are
-read at once, the rest wait unread. After: body digest equals the signed one (401),
-then :meth:`~fl_core.coordinator.api.Coordinator.accept_update` (401 / 409 / 400 / 403).
+Admission first (:mod:`fl_core.coordinator.admission`): beyond ``max_concurrent_uploads``
+in flight plus ``max_queued_uploads`` waiting, 503 with ``Retry-After`` at once, before
+any other work. Then, before the body is read, in one registry session: request signature
+(401), revoked (403), replay (409), selected in an open round (403 / 410); declared length
+within the cap (413). While streaming: hashed chunk by chunk, cut off at the cap (413;
+never buffered whole). After: body digest equals the signed one (401), then
+:meth:`~fl_core.coordinator.api.Coordinator.accept_update` in a worker thread (401 / 409 /
+400 / 403 / 410), so the event loop keeps reading the other uploads meanwhile.
 201 stores it; 200 is an idempotent retry of the same bytes.
 """
 
@@ -18,9 +21,10 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from fl_core.coordinator import protocol
-from fl_core.coordinator.api import Coordinator
-from fl_core.coordinator.deps import authenticated_stream, get_coordinator
-from fl_core.coordinator.registry import ProtocolError
+from fl_core.coordinator.admission import UploadAdmission
+from fl_core.coordinator.api import Coordinator, ReceivedUpdate
+from fl_core.coordinator.deps import authenticated_upload, get_coordinator
+from fl_core.coordinator.registry import ProtocolError, UploadContext
 from fl_core.coordinator.schemas import CAMPAIGN_PATTERN, UploadOut
 
 router = APIRouter(prefix="/updates", tags=["updates"])
@@ -31,36 +35,56 @@ async def upload_update(
     request: Request,
     campaign: str = Path(pattern=CAMPAIGN_PATTERN),
     rnd: int = Path(ge=1, le=10**6),
-    client_id: str = Depends(authenticated_stream),
     coord: Coordinator = Depends(get_coordinator),
 ) -> JSONResponse:
-    signature = request.headers.get(protocol.H_UPDATE_SIGNATURE)
-    if not signature:
-        raise ProtocolError(401, f"missing {protocol.H_UPDATE_SIGNATURE} header")
-    cap = await run_in_threadpool(coord.check_upload_allowed, client_id, campaign, rnd)
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > cap:
-        raise ProtocolError(413, f"update of {length} bytes exceeds the limit of {cap}")
-    async with request.app.state.upload_slots:  # bounded memory: a few bodies at a time
-        body = bytearray()
-        digest = hashlib.sha256()
-        async for chunk in request.stream():
-            if len(body) + len(chunk) > cap:
-                raise ProtocolError(413, f"update exceeds the limit of {cap} bytes")
-            body += chunk
-            digest.update(chunk)
-        hexdigest = digest.hexdigest()
-        if hexdigest != request.headers.get(protocol.H_CONTENT_SHA256):
-            raise ProtocolError(401, "body does not match the signed sha256")
-        fresh, rec = await run_in_threadpool(
-            functools.partial(coord.accept_update, signature=signature, sha256=hexdigest),
-            client_id,
-            campaign,
-            rnd,
-            bytes(body),
-        )
-        del body
+    admission: UploadAdmission = request.app.state.upload_admission
+    with admission.admit():  # bounded memory: slots + queue at most, 503 beyond
+        client_id, ctx, cap = await authenticated_upload(request, coord, campaign, rnd)
+        signature = request.headers.get(protocol.H_UPDATE_SIGNATURE)
+        if not signature:
+            raise ProtocolError(401, f"missing {protocol.H_UPDATE_SIGNATURE} header")
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > cap:
+            raise ProtocolError(413, f"update of {length} bytes exceeds the limit of {cap}")
+        async with admission.slot():  # a few bodies read at a time; the queue waits unread
+            fresh, rec = await _receive(request, coord, client_id, campaign, rnd, ctx, cap)
     out = UploadOut(
         client_id=client_id, key=rec.key, sha256=rec.sha256, size=rec.size, stored=fresh
     )
     return JSONResponse(out.model_dump(), status_code=201 if fresh else 200)
+
+
+async def _receive(
+    request: Request,
+    coord: Coordinator,
+    client_id: str,
+    campaign: str,
+    rnd: int,
+    ctx: UploadContext,
+    cap: int,
+) -> tuple[bool, ReceivedUpdate]:
+    """Stream the body (hashed, capped), check its digest, then verify and store it."""
+    signature = request.headers[protocol.H_UPDATE_SIGNATURE]
+    chunks: list[bytes] = []
+    size = 0
+    digest = hashlib.sha256()
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise ProtocolError(413, f"update exceeds the limit of {cap} bytes")
+        chunks.append(chunk)
+        digest.update(chunk)
+    hexdigest = digest.hexdigest()
+    if hexdigest != request.headers.get(protocol.H_CONTENT_SHA256):
+        raise ProtocolError(401, "body does not match the signed sha256")
+    body = b"".join(chunks)
+    del chunks
+    fresh, rec = await run_in_threadpool(
+        functools.partial(coord.accept_update, signature=signature, sha256=hexdigest, context=ctx),
+        client_id,
+        campaign,
+        rnd,
+        body,
+    )
+    del body
+    return fresh, rec
