@@ -198,6 +198,60 @@ _R25 = (
     "float32 or float64"
 )
 _R26 = "as decode _10 (float64 step)"
+_A = "fl_core.aggregation."
+_F64_DEFAULT = "numpy's default dtype for zeros / empty / astype(None) is float64, the dtype named"
+_INT64_DEFAULT = "np.asarray of a Python int is int64 on the 64-bit platforms this runs on"
+_STALENESS_LIST = (
+    "a list of Python ints becomes int64; an empty list becomes an empty float64 array, "
+    "which load_state_dict reads back as the same empty list"
+)
+_OWN_STATE_SUM = (
+    "the sum state_dict writes is float64 and put_arrays' npz keeps dtypes: asarray leaves it "
+    "float64 either way"
+)
+_OWN_STATE_1D = "state_dict writes stalenesses 1-D; reshape(None) returns a 1-D array unchanged"
+_ALWAYS_UNIQUE = (
+    "forcing the 'strictly increasing' shortcut off makes every update take the np.unique "
+    "duplicate check: same accept/reject, only slower"
+)
+_INDEX_COPY = "a copy flag on astype(int64) of a local index array: the same indices"
+_EINSUM_CASE = "einsum subscripts are case-sensitive labels: 'I,I->' sums the same products"
+_STREAM_BLOCK = (
+    "the block only regroups the float64 sum of squares (8192 instead of 131072 terms per "
+    "partial sum): differences of ~1e-16 relative, far below the float32 values it measures"
+)
+_ELEMENTWISE_BLOCK = "acc[i] += c * u[i] is elementwise: the block size cannot change any value"
+_WEIGHTS_DTYPE = (
+    "integer weights stay int64 instead of float64: the sums, comparisons and the float64 "
+    "products of w @ stacked are the same"
+)
+_PROMOTED = "float32 vectors are promoted to float64 by the float64 weights in w @ stacked"
+_FLOAT64_CALLERS = (
+    "every caller passes float64 (distances_to, np.sqrt of float64 norms, row_sq_norms_and_dots):"
+    " asarray's default keeps float64"
+)
+_EMPTY_SCALE = "an empty input returns an empty float64 array whether the scale is 0 or 1"
+_MEDIAN_BUFFER = (
+    "with the midpoint computed in float64, a float64 sort buffer holds the same float32 values "
+    "in the same order: the same output"
+)
+_AXIS_DEFAULT = "argsort / take_along_axis default to the last axis, axis 1 of this 2-D block"
+_NEVER_N = (
+    "j counts cumulative weights below half - tol; the last one is the total (about twice "
+    "half), so j < n and the cap n - 1 vs n + 1 never applies"
+)
+_SQUARE = "krum_scores refuses a non-square matrix right after; shape[0] == shape[1] otherwise"
+_STABLE_NAME = "numpy reads the sort kind case-insensitively: 'STABLE' is 'stable'"
+_NO_ZERO_DIVISION = (
+    "the division by zero this errstate silences cannot happen: the divisor is "
+    "np.maximum(norms, 1e-300), or 0/0 (invalid, still silenced) for a zero update"
+)
+_EQUAL_FACTOR = "at norm == max_norm both branches give max_norm / norm == 1.0 exactly"
+_UNIFORM = "uniform weights are renormalised by w / w.sum() on the next line: any constant works"
+_CENTER_DTYPE = (
+    "a float32 center is promoted exactly to float64 by distances_to and by the first update "
+    "of v: the same iterates"
+)
 _EQUIVALENT_SPEC: list[tuple[str, tuple[int, ...], str]] = [
     (_W + "x_encode_model_for_client", (90, 91, 92, 93, 94, 95), _LOG),
     (_W + "x_encode_model_for_client", (28, 30, 31, 32), _MODEL_NAME),
@@ -253,6 +307,43 @@ _EQUIVALENT_SPEC: list[tuple[str, tuple[int, ...], str]] = [
     (_Q + "xǁStochasticQuantizerǁencode", (21, 23, 26, 28, 30, 33), _R6),
     (_Q + "xǁStochasticQuantizerǁdecode", (10,), _R25),
     (_Q + "xǁStochasticQuantizerǁdecode", (20,), _R26),
+    (_A + "fedavg.xǁFedAvgǁ__init__", (4, 6), _F64_DEFAULT),
+    (_A + "fedavg.xǁFedAvgǁadd_sparse", (34, 36, 37), _INDEX_COPY),
+    (_A + "fedavg.xǁFedAvgǁadd_sparse", (46, 47, 50, 51), _ALWAYS_UNIQUE),
+    (_A + "fedavg.xǁFedAvgǁadd_sparse", (66,), _F64_DEFAULT),
+    (_A + "fedbuff.xǁFedBuffBufferǁ__init__", (21, 23), _F64_DEFAULT),
+    (_A + "fedbuff.xǁFedBuffBufferǁstate_dict", (6, 8), _F64_DEFAULT),
+    (_A + "fedbuff.xǁFedBuffBufferǁstate_dict", (18, 20, 24, 26), _INT64_DEFAULT),
+    (_A + "fedbuff.xǁFedBuffBufferǁstate_dict", (12, 14), _STALENESS_LIST),
+    (_A + "fedbuff.xǁFedBuffBufferǁload_state_dict", (3, 5), _OWN_STATE_SUM),
+    (_A + "fedbuff.xǁFedBuffBufferǁload_state_dict", (17,), _OWN_STATE_1D),
+    (_A + "fedbuff.xǁFedBuffBufferǁload_state_dict", (22,), _R3),
+    (_A + "math.x_l2_norm", (5,), _R3),
+    (_A + "math.x_l2_norm", (11,), _STREAM_BLOCK),
+    (_A + "math.x_l2_norm", (14,), _F64_DEFAULT),
+    (_A + "math.x_l2_norm", (25,), _EINSUM_CASE),
+    (_A + "math.x_accumulate", (8, 10), _F64_DEFAULT),
+    (_A + "math.x_accumulate", (19,), _ELEMENTWISE_BLOCK),
+    (_A + "math.x_weighted_mean", (7, 9), _WEIGHTS_DTYPE),
+    (_A + "math.x_weighted_mean", (22, 24), _PROMOTED),
+    (_A + "math.x_distances_to", (9, 11, 14, 16), _F64_DEFAULT),
+    (_A + "math.x_distances_to", (43,), _EINSUM_CASE),
+    (_A + "math.x_relative_scores", (3, 5), _FLOAT64_CALLERS),
+    (_A + "math.x_relative_scores", (11, 18), _EMPTY_SCALE),
+    (_A + "robust_math.x__positive_weights", (3, 5), _WEIGHTS_DTYPE),
+    (_A + "robust_math.x_coordinate_median", (10, 12), _MEDIAN_BUFFER),
+    (_A + "robust_math.x_weighted_coordinate_median", (21, 23), _MEDIAN_BUFFER),
+    (_A + "robust_math.x_weighted_coordinate_median", (46, 54), _AXIS_DEFAULT),
+    (_A + "robust_math.x_weighted_coordinate_median", (71,), _NEVER_N),
+    (_A + "robust_math.x_krum_select", (4,), _SQUARE),
+    (_A + "robust_math.x_krum_select", (20,), _STABLE_NAME),
+    (_A + "robust_math.x_clip_factors", (3, 5), _FLOAT64_CALLERS),
+    (_A + "robust_math.x_clip_factors", (6,), _NO_ZERO_DIVISION),
+    (_A + "robust_math.x_clip_factors", (15,), _EQUAL_FACTOR),
+    (_A + "robust_math.x_centered_clipping", (27, 28), _UNIFORM),
+    (_A + "robust_math.x_centered_clipping", (38, 40), _CENTER_DTYPE),
+    (_A + "robust_math.x_fltrust_coefficients", (4, 6, 30, 32), _FLOAT64_CALLERS),
+    (_A + "robust_math.x_fltrust_coefficients", (11, 13), _NO_ZERO_DIVISION),
 ]
 
 EQUIVALENT: dict[str, str] = {

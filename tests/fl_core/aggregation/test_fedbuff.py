@@ -154,7 +154,9 @@ def test_a_dropped_update_is_logged_with_its_staleness(caplog: pytest.LogCapture
     with caplog.at_level(logging.INFO, logger="fl_core.aggregation.fedbuff"):
         buf.add(np.ones(1, dtype=np.float32), weight=1, base_version=4, current_version=7)
 
-    assert [r.getMessage() for r in caplog.records] == ["dropped an update 3 versions stale (max 2)"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "dropped an update 3 versions stale (max 2)"
+    ]
 
 
 def test_state_keeps_the_counters_and_refuses_a_wrong_size() -> None:

@@ -98,9 +98,7 @@ def test_krum_select_picks_one_by_default_and_checks_num_selected() -> None:
 
 @pytest.mark.parametrize("rule", ["krum", "multi_krum"])
 def test_krum_rules_name_themselves_when_the_cohort_is_too_small(rule: str) -> None:
-    message = (
-        rf"^{rule} needs n >= 2 \* num_byzantine \+ 3 updates; got n=5 with num_byzantine=2 "
-    )
+    message = rf"^{rule} needs n >= 2 \* num_byzantine \+ 3 updates; got n=5 with num_byzantine=2 "
     with pytest.raises(ValueError, match=message):
         getattr(rm, rule)(X, num_byzantine=2)
 
@@ -159,3 +157,133 @@ def test_fltrust_gives_a_zero_update_no_trust_without_warnings() -> None:
 
     np.testing.assert_array_equal(trust, [0.0, 1.0])
     np.testing.assert_allclose(out, [1.0, 0.0])
+
+
+def test_fltrust_rescales_a_lone_partly_aligned_update() -> None:
+    out, trust = rm.fltrust(np.array([[3.0, 3.0]], dtype=np.float32), np.array([1.0, 0.0]))
+
+    np.testing.assert_allclose(trust, [1 / np.sqrt(2)], rtol=1e-6)
+    np.testing.assert_allclose(out, [1 / np.sqrt(2), 1 / np.sqrt(2)], rtol=1e-6)  # norm 1
+
+
+@pytest.mark.parametrize("root", [[0.0, 0.0], [np.inf, 0.0], [np.nan, 1.0]])
+def test_fltrust_refuses_a_zero_or_non_finite_root_update(root: list[float]) -> None:
+    with pytest.raises(ValueError, match=r"^root_update must be finite and non-zero$"):
+        rm.fltrust(X, np.array(root))
+
+
+def test_fltrust_accepts_a_short_root_update_and_checks_its_length() -> None:
+    out, _ = rm.fltrust(np.array([[4.0, 0.0]]), np.array([0.5, 0.0]))
+
+    np.testing.assert_allclose(out, [0.5, 0.0])
+    with pytest.raises(ValueError, match=r"^root_update has shape \(3,\), expected \(2,\)$"):
+        rm.fltrust(X, np.ones(3))
+
+
+# Longer than one sorted block (4096 columns) and one Gram block (2048), with a partial one.
+WIDE = rm.SORT_BLOCK + 7
+
+
+def test_coordinate_rules_cover_every_column_block() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(7, WIDE)).astype(np.float32)
+    s = np.sort(x.astype(np.float64), axis=0)
+    med = np.median(x.astype(np.float64), axis=0)
+
+    np.testing.assert_allclose(
+        rm.trimmed_mean(x, beta=0.2), s[1:6].mean(axis=0), rtol=1e-5, atol=1e-6
+    )
+    idx = np.argsort(np.abs(x - med), axis=0, kind="stable")[:3]
+    around = np.take_along_axis(x, idx, axis=0).mean(axis=0)
+    np.testing.assert_allclose(
+        rm.mean_around_median(list(x), num_kept=3), around, rtol=1e-5, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("beta", [-0.1, 0.5, 0.7])
+def test_trimmed_mean_refuses_a_beta_outside_zero_to_half(beta: float) -> None:
+    with pytest.raises(ValueError, match=rf"^beta must be in \[0, 0.5\), got {beta}$"):
+        rm.trimmed_mean(X, beta=beta)
+
+
+def test_trimmed_mean_with_nothing_to_trim_is_the_plain_mean_in_float32() -> None:
+    out = rm.trimmed_mean(X, beta=0.1)  # floor(0.1 * 5) = 0
+
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, X.mean(axis=0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("kept", [0, 6])
+def test_mean_around_median_refuses_num_kept_outside_the_cohort(kept: int) -> None:
+    with pytest.raises(ValueError, match=rf"^num_kept must be in \[1, 5\], got {kept}$"):
+        rm.mean_around_median(X, num_kept=kept)
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (-1, r"^num_byzantine must be >= 0, got -1$"),
+        (1.0, r"^num_byzantine must be an integer, got 1\.0$"),
+        (True, r"^num_byzantine must be an integer, got True$"),
+    ],
+)
+def test_num_byzantine_must_be_a_count(bad: object, message: str) -> None:
+    d = rm.pairwise_sq_distances(X)
+    for call in (
+        lambda: rm.krum_scores(d, num_byzantine=bad),  # type: ignore[arg-type]
+        lambda: rm.bulyan_select(d, num_byzantine=bad),  # type: ignore[arg-type]
+        lambda: rm.krum(X, num_byzantine=bad),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(ValueError, match=message):
+            call()
+    assert rm.krum_scores(d, num_byzantine=np.int64(1)).shape == (5,)
+
+
+def test_krum_scores_refuse_a_non_square_matrix_and_score_a_lone_update_zero() -> None:
+    with pytest.raises(ValueError, match=r"^sq_distances must be a square matrix, got shape"):
+        rm.krum_scores(np.zeros((2, 3)), num_byzantine=0)
+    with pytest.raises(ValueError, match=r"^sq_distances must be a square matrix, got shape"):
+        rm.krum_scores(np.zeros((0, 0)), num_byzantine=0)
+    np.testing.assert_array_equal(rm.krum_scores(np.zeros((1, 1)), num_byzantine=0), [0.0])
+
+
+def test_krum_scores_sum_the_nearest_neighbours_even_with_many_byzantine() -> None:
+    x = np.array([[0.0], [1.0], [3.0], [7.0]])
+    d = rm.pairwise_sq_distances(x)
+
+    # n - f - 2 = 2 nearest for f = 0; at least one neighbour when f is large
+    np.testing.assert_allclose(rm.krum_scores(d, num_byzantine=0), [1 + 9, 1 + 4, 4 + 9, 16 + 36])
+    np.testing.assert_allclose(rm.krum_scores(d, num_byzantine=5), [1, 1, 4, 16])
+
+
+def test_bulyan_names_its_cohort_bound() -> None:
+    message = (
+        r"^bulyan needs n >= 4 \* num_byzantine \+ 3 updates; got n=5 with num_byzantine=1 "
+        r"\(lower num_byzantine or aggregate more updates\)$"
+    )
+    with pytest.raises(ValueError, match=message):
+        rm.bulyan(X, num_byzantine=1)
+    with pytest.raises(ValueError, match=message):
+        rm.bulyan_select(rm.pairwise_sq_distances(X), num_byzantine=1)
+    assert rm.bulyan_select(rm.pairwise_sq_distances(X[:3]), num_byzantine=0).size == 3
+
+
+def test_bulyan_ties_go_to_the_update_closest_to_all_then_to_the_tiebreak_rank() -> None:
+    # 0 and 2 are mirror images around 1: equal Krum scores and equal spread
+    d = rm.pairwise_sq_distances(np.array([[0.0], [1.0], [2.0]]))
+
+    assert rm.bulyan_select(d, num_byzantine=0).tolist() == [1, 0, 2]
+    assert rm.bulyan_select(d, num_byzantine=0, tiebreak=np.array([2, 0, 1])).tolist() == [
+        1,
+        2,
+        0,
+    ]
+
+
+def test_content_ranks_order_updates_by_content_not_position() -> None:
+    x = np.array([[1.0], [2.0], [3.0]], dtype=np.float32)
+    ranks = rm.content_ranks(x)
+
+    assert sorted(ranks.tolist()) == [0, 1, 2]
+    np.testing.assert_array_equal(rm.content_ranks(x[[2, 0, 1]]), ranks[[2, 0, 1]])
+    np.testing.assert_array_equal(rm.content_ranks(x.astype(np.float64)), ranks)
