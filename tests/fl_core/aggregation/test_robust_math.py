@@ -23,6 +23,7 @@ W = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
         lambda u: rm.multi_krum(u, num_byzantine=1),
         lambda u: rm.norm_bounding(u, W, max_norm=1.0),
         lambda u: rm.centered_clipping(u, center=np.zeros(2), tau=1.0),
+        lambda u: rm.fltrust(u, np.array([1.0, 1.0]))[0],
     ],
 )
 def test_rules_return_float32_for_float64_input(rule: object) -> None:
@@ -287,3 +288,14 @@ def test_content_ranks_order_updates_by_content_not_position() -> None:
     assert sorted(ranks.tolist()) == [0, 1, 2]
     np.testing.assert_array_equal(rm.content_ranks(x[[2, 0, 1]]), ranks[[2, 0, 1]])
     np.testing.assert_array_equal(rm.content_ranks(x.astype(np.float64)), ranks)
+
+
+def test_fltrust_trust_never_exceeds_one_for_an_aligned_update() -> None:
+    # a multiple of the root update: cos rounds to 1.0000000000000002 in float64
+    # (float32 bit patterns, so the values are exact)
+    root = np.array([3187908247, 1068427334, 3207219763], dtype=np.uint32).view(np.float32)
+    update = np.array([[3210092073, 1091454180, 3230303077]], dtype=np.uint32).view(np.float32)
+
+    _, trust = rm.fltrust(update, root)
+
+    assert trust.tolist() == [1.0]
