@@ -78,7 +78,7 @@ def test_score_is_the_beta_mean_of_faded_evidence() -> None:
     assert book.record("c", round=3, accepted=True) == pytest.approx(2 / 3.5)
     assert book.score("c") == pytest.approx(2 / 3.5)  # as of the last record
     assert book.score("c", round=4) == pytest.approx(1.5 / 2.75)  # both faded by 0.5
-    assert book.scores(["c", "new"], round=3) == {"c": pytest.approx(2 / 3.5), "new": 0.5}
+    assert book.scores(["c", "new"], round=4) == {"c": pytest.approx(1.5 / 2.75), "new": 0.5}
 
 
 def test_prior_sets_the_score_of_a_new_client() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 
 import numpy as np
@@ -207,3 +208,140 @@ def test_arrivals_close_the_round_at_quorum_or_deadline() -> None:
     clock = SimulatedClock()
     clock.advance(quorum.duration_s)
     assert clock.state_dict() == {"now": 5.0}
+
+
+# --------------------------------------------------------------------------- edge cases
+
+
+@pytest.mark.parametrize(
+    ("k", "dropout", "confidence"),
+    [(10, 0.2, 0.95), (10, 0.2, 0.5), (3, 0.5, 0.9), (1, 0.1, 0.99), (25, 0.35, 0.8)],
+)
+def test_overselect_is_the_smallest_cohort_meeting_the_confidence(
+    k: int, dropout: float, confidence: float
+) -> None:
+    from scipy.stats import binom
+
+    expected = math.ceil(k / (1 - dropout))  # never fewer than the expected count
+    while binom.sf(k - 1, expected, 1 - dropout) < confidence:
+        expected += 1
+
+    assert overselect(k, dropout, confidence=confidence) == expected
+
+
+def test_overselect_for_one_client_and_for_almost_no_dropout() -> None:
+    assert overselect(1, 0.5) == 2
+    assert overselect(10, 1e-12, confidence=0.9) == 10  # P(all 10 deliver) ~ 1
+    assert overselect(7, 0.0, confidence=0.99) == 7
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((0, 0.1), r"^k must be an integer >= 1, got 0$"),
+        ((2.0, 0.1), r"^k must be an integer >= 1, got 2.0$"),
+        ((True, 0.1), r"^k must be an integer >= 1, got True$"),
+        ((2, 1.0), r"^dropout_rate must be in \[0, 1\), got 1.0$"),
+    ],
+)
+def test_overselect_names_a_bad_argument(args: tuple[object, float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        overselect(*args)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("confidence", [0.0, 1.0, 1.5])
+def test_overselect_refuses_a_confidence_outside_zero_one(confidence: float) -> None:
+    with pytest.raises(ValueError, match=rf"^confidence must be in \(0, 1\), got {confidence}$"):
+        overselect(3, 0.2, confidence=confidence)
+
+
+def test_speed_profile_times_by_hand() -> None:
+    p = SpeedProfile(
+        "t", compute_s_per_example=0.5, uplink_mbps=8.0, downlink_mbps=16.0, latency_s=0.25
+    )
+
+    assert p.compute_time(100) == 50.0  # one epoch by default
+    assert p.compute_time(100, epochs=3) == 150.0
+    assert p.transfer_time(1_000_000, upload=True) == 0.25 + 1.0  # 8 Mbit over 8 Mbit/s
+    assert p.transfer_time(1_000_000, upload=False) == 0.25 + 0.5
+    assert p.round_time(num_examples=10, bytes_down=2_000_000, bytes_up=1_000_000) == (
+        0.25 + 1.0 + 5.0 + 0.25 + 1.0
+    )
+
+
+def test_sample_profiles_default_jitter_and_validation() -> None:
+    mix = {"wifi": 1.0, "cellular_slow": 0.0}
+    drawn = sample_profiles(20, mix, np.random.default_rng(3))
+
+    assert drawn == sample_profiles(20, mix, np.random.default_rng(3), jitter=0.2)
+    assert {p.name for p in drawn} == {"wifi"}  # a zero share is allowed: never drawn
+    assert sample_profiles(0, mix, np.random.default_rng(3)) == []
+    for bad in (-1, 2.5, True):
+        with pytest.raises(
+            ValueError, match=rf"^num_clients must be an integer >= 0, got {bad!r}$"
+        ):
+            sample_profiles(bad, mix, np.random.default_rng(0))  # type: ignore[arg-type]
+    allowed = ", ".join(PROFILES)
+    with pytest.raises(ValueError, match=rf"^mix must name at least one profile of: {allowed}$"):
+        sample_profiles(3, {}, np.random.default_rng(0))
+    with pytest.raises(ValueError, match=rf"^mix: unknown profile 'lte'; allowed: {allowed}$"):
+        sample_profiles(3, {"lte": 1.0}, np.random.default_rng(0))
+    for shares in (
+        {"wifi": 2.0, "cellular_slow": -1.0},
+        {"wifi": float("nan")},
+        {"wifi": float("inf")},
+        {"wifi": 0.0},
+    ):
+        with pytest.raises(
+            ValueError, match=r"^mix shares must be non-negative with a positive sum$"
+        ):
+            sample_profiles(3, shares, np.random.default_rng(0))
+
+
+def test_arrivals_close_at_the_quorum_even_with_a_deadline() -> None:
+    timing = arrivals({"a": 1.0, "b": 2.0, "c": 3.0}, quorum=2, deadline_s=10.0)
+
+    assert (timing.received, timing.stragglers, timing.duration_s) == (["a", "b"], ["c"], 2.0)
+    one = arrivals({"a": 4.0, "b": 2.0}, quorum=1)
+    assert (one.received, one.duration_s) == (["b"], 2.0)
+
+
+def test_arrivals_close_at_the_last_delivery_when_everybody_makes_the_deadline() -> None:
+    timing = arrivals({"a": 1.0, "b": 2.0}, deadline_s=10.0)
+    on_time = arrivals({"a": 0.5, "b": 3.0}, deadline_s=3.0)  # exactly at the deadline: in
+
+    assert (timing.received, timing.duration_s) == (["a", "b"], 2.0)
+    assert (on_time.received, on_time.stragglers, on_time.duration_s) == (["a", "b"], [], 3.0)
+    assert arrivals({"a": 0.25}, deadline_s=0.5).received == ["a"]
+
+
+def test_arrivals_of_only_dropouts_take_no_time() -> None:
+    timing = arrivals({"a": None, "b": float("inf")})
+
+    assert (timing.received, timing.stragglers, timing.duration_s) == ([], ["a", "b"], 0.0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"quorum": 0}, r"^quorum must be an integer >= 1 or None, got 0$"),
+        ({"quorum": True}, r"^quorum must be an integer >= 1 or None, got True$"),
+        ({"deadline_s": 0.0}, r"^deadline_s must be > 0 or None, got 0.0$"),
+        ({"deadline_s": -1.0}, r"^deadline_s must be > 0 or None, got -1.0$"),
+    ],
+)
+def test_arrivals_name_a_bad_argument(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        arrivals({"a": 1.0}, **kwargs)  # type: ignore[arg-type]
+
+
+def test_simulated_clock_accumulates_and_refuses_bad_steps() -> None:
+    clock = SimulatedClock(1.0)
+
+    assert clock.advance(0.0) == 1.0
+    assert clock.advance(0.5) == 1.5
+    assert clock.advance(2.0) == 3.5
+    for bad in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match=r"^seconds must be a finite number >= 0, got"):
+            clock.advance(bad)
+    assert clock.now == 3.5
