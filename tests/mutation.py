@@ -252,6 +252,27 @@ _CENTER_DTYPE = (
     "a float32 center is promoted exactly to float64 by distances_to and by the first update "
     "of v: the same iterates"
 )
+_TOL_BOUNDARY = (
+    "'<' and '<=' differ only when |cum - half| equals fl(1e-12 * total) bit for bit; "
+    "half - fl(half - tol) is tol rounded to half's ulp, which 1e-12's 53-bit mantissa never is"
+)
+_S = "fl_core.selection."
+_REP = "fl_core.reputation.xǁReputationBookǁ"
+_NO_FADE = "at rnd == last_round the fade factor is decay ** 0 == 1: the same evidence"
+_DEL_NOTHING = "with exactly `history` events, del events[:0] deletes nothing"
+_SCORE_AFTER_RECORD = (
+    "after a record last_round >= round, and score(round=r) for r <= last_round applies no "
+    "fading: the same as round=None"
+)
+_K_LE_M = "overselect never asks for k > m: m starts at ceil(k / p - 1e-9) >= k and only grows"
+_CAP = "confidence < 1: a probability capped at 1 or at 2 compares the same against it"
+_PROB_TIE = (
+    "'<' and '<=' differ only when the computed binomial tail equals the confidence bit for "
+    "bit (e.g. P = 0.75 is computed as 0.7499999999999999)"
+)
+_FALSY = "None is falsy like False: the same branch"
+_QUORUM_NONE = "order[:None] is order: the same list when quorum is None"
+_SHARES_DTYPE = "integer shares become int64 instead of float64: shares / shares.sum() is the same"
 _EQUIVALENT_SPEC: list[tuple[str, tuple[int, ...], str]] = [
     (_W + "x_encode_model_for_client", (90, 91, 92, 93, 94, 95), _LOG),
     (_W + "x_encode_model_for_client", (28, 30, 31, 32), _MODEL_NAME),
@@ -328,6 +349,8 @@ _EQUIVALENT_SPEC: list[tuple[str, tuple[int, ...], str]] = [
     (_A + "math.x_weighted_mean", (22, 24), _PROMOTED),
     (_A + "math.x_distances_to", (9, 11, 14, 16), _F64_DEFAULT),
     (_A + "math.x_distances_to", (43,), _EINSUM_CASE),
+    (_A + "math.x__row_pass", (11, 13, 16, 18, 21, 23), _F64_DEFAULT),
+    (_A + "math.x__row_pass", (48, 59), _EINSUM_CASE),
     (_A + "math.x_relative_scores", (3, 5), _FLOAT64_CALLERS),
     (_A + "math.x_relative_scores", (11, 18), _EMPTY_SCALE),
     (_A + "robust_math.x__positive_weights", (3, 5), _WEIGHTS_DTYPE),
@@ -335,6 +358,8 @@ _EQUIVALENT_SPEC: list[tuple[str, tuple[int, ...], str]] = [
     (_A + "robust_math.x_weighted_coordinate_median", (21, 23), _MEDIAN_BUFFER),
     (_A + "robust_math.x_weighted_coordinate_median", (46, 54), _AXIS_DEFAULT),
     (_A + "robust_math.x_weighted_coordinate_median", (71,), _NEVER_N),
+    (_A + "robust_math.x_weighted_coordinate_median", (89,), _TOL_BOUNDARY),
+    (_A + "robust_math.x_weighted_coordinate_median", (99,), _F64_DEFAULT),
     (_A + "robust_math.x_krum_select", (4,), _SQUARE),
     (_A + "robust_math.x_krum_select", (20,), _STABLE_NAME),
     (_A + "robust_math.x_clip_factors", (3, 5), _FLOAT64_CALLERS),
@@ -344,6 +369,16 @@ _EQUIVALENT_SPEC: list[tuple[str, tuple[int, ...], str]] = [
     (_A + "robust_math.x_centered_clipping", (38, 40), _CENTER_DTYPE),
     (_A + "robust_math.x_fltrust_coefficients", (4, 6, 30, 32), _FLOAT64_CALLERS),
     (_A + "robust_math.x_fltrust_coefficients", (11, 13), _NO_ZERO_DIVISION),
+    (_REP + "_faded", (3,), _NO_FADE),
+    (_REP + "record", (64,), _DEL_NOTHING),
+    (_REP + "record", (67, 69), _SCORE_AFTER_RECORD),
+    (_S + "x__prob_at_least", (2,), _K_LE_M),
+    (_S + "x__prob_at_least", (36,), _CAP),
+    (_S + "x_overselect", (41,), _PROB_TIE),
+    (_S + "xǁSpeedProfileǁround_time", (5,), _FALSY),
+    (_S + "xǁRandomSelectorǁ_choose", (4,), _FALSY),
+    (_S + "x_arrivals", (29,), _QUORUM_NONE),
+    (_S + "x_sample_profiles", (20, 22), _SHARES_DTYPE),
 ]
 
 EQUIVALENT: dict[str, str] = {

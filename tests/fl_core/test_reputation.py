@@ -157,6 +157,7 @@ def test_events_keep_the_latest_history_for_audit() -> None:
         ({"outlier_threshold": 0.5}, r"^outlier_threshold must be > 1, got 0.5$"),
         ({"prior_good": 0.0}, r"^prior_good and prior_bad must be > 0, got 0.0, 1.0$"),
         ({"prior_bad": -1.0}, r"^prior_good and prior_bad must be > 0, got 1.0, -1.0$"),
+        ({"prior_bad": 0.0}, r"^prior_good and prior_bad must be > 0, got 1.0, 0.0$"),
         ({"history": 1.5}, r"^history must be an integer >= 1, got 1.5$"),
         ({"history": True}, r"^history must be an integer >= 1, got True$"),
     ],
@@ -172,3 +173,14 @@ def test_boundary_arguments_are_accepted() -> None:
     book.record("c", round=2, accepted=True)
 
     assert len(book.clients["c"].events) == 1 and book.clients["c"].good == 2.0
+
+
+def test_defaults_split_outliers_up_to_three_and_keep_twenty_events() -> None:
+    book = ReputationBook(outlier_threshold=1.5)  # any threshold above 1 is allowed
+    default = ReputationBook()
+    for rnd in range(1, 26):
+        default.record("c", round=rnd, accepted=True)
+
+    assert book.outlier_evidence(1.25) == 0.5
+    assert default.outlier_evidence(2.0) == 0.5
+    assert [e["round"] for e in default.clients["c"].events] == list(range(6, 26))

@@ -345,3 +345,78 @@ def test_simulated_clock_accumulates_and_refuses_bad_steps() -> None:
         with pytest.raises(ValueError, match=r"^seconds must be a finite number >= 0, got"):
             clock.advance(bad)
     assert clock.now == 3.5
+
+
+def test_oort_explores_unexplored_clients_in_proportion_to_their_prior() -> None:
+    # prior = speed (1 / duration, 1 if unknown) x completion rate x quality x reputation;
+    # a client never heard of has prior 1
+    sel = OortSelector()
+    sel.observe("fast", round=1, completed=True, duration_s=0.5)  # no loss: unexplored
+    sel.observe("slow", round=1, completed=True, duration_s=4.0)
+    sel.set_signals(quality={"dull": 0.5}, reputation={"shady": 0.5})
+    prior = {"new": 1.0, "fast": 2 * 2 / 3, "slow": 0.25 * 2 / 3, "dull": 0.25, "shady": 0.25}
+    trials = 4000
+
+    counts = Counter(
+        sel.select(list(prior), 1, rng=np.random.default_rng(seed), round=1)[0]
+        for seed in range(trials)
+    )
+
+    total = sum(prior.values())
+    for client, p in prior.items():
+        share = p / total
+        assert counts[client] / trials == pytest.approx(share, abs=4 * (share / trials) ** 0.5)
+    assert set(sel.last_reasons.values()) == {"explore"}
+
+
+def test_random_selection_gives_its_reason_and_signals_name_the_client() -> None:
+    sel = RandomSelector()
+    sel.select(CLIENTS, 3, rng=np.random.default_rng(0), round=1)
+
+    assert list(sel.last_reasons.values()) == ["random"] * 3
+    with pytest.raises(ValueError, match=r"^reputation\['c01'\] must be in \[0, 1\], got 1.5$"):
+        sel.set_signals(reputation={"c01": 1.5})
+    with pytest.raises(ValueError, match=r"^quality\['c02'\] must be in \[0, 1\], got -0.5$"):
+        sel.set_signals(quality={"c02": -0.5})
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("compute_s_per_example", 0.0, r"^compute_s_per_example must be > 0, got 0.0$"),
+        ("uplink_mbps", float("inf"), r"^uplink_mbps must be > 0, got inf$"),
+        ("downlink_mbps", -1.0, r"^downlink_mbps must be > 0, got -1.0$"),
+        ("latency_s", -1.0, r"^latency_s must be >= 0, got -1.0$"),
+        ("latency_s", float("inf"), r"^latency_s must be >= 0, got inf$"),
+    ],
+)
+def test_speed_profile_names_a_bad_field(field: str, value: float, message: str) -> None:
+    good = {"compute_s_per_example": 1e-3, "uplink_mbps": 1.0, "downlink_mbps": 1.0}
+    with pytest.raises(ValueError, match=message):
+        SpeedProfile("t", **{**good, "latency_s": 0.0, field: value})
+
+
+def test_speed_profile_takes_zero_latency() -> None:
+    assert SpeedProfile("lan", 1e-3, 100.0, 100.0, 0.0).transfer_time(0, upload=True) == 0.0
+
+
+def test_sample_profiles_follow_the_shares_and_log_normal_jitter() -> None:
+    # the documented model, drawn from an identically seeded generator: a class per client
+    # by share, then compute x e^z0, uplink / e^z1, downlink / e^z2 with z ~ N(0, jitter)
+    mix = {"cellular_slow": 1.0, "wifi": 3.0}
+    names = sorted(mix)
+    ref = np.random.default_rng(11)
+    picks = ref.choice(2, size=50, p=np.array([1.0, 3.0]) / 4.0)
+    z = ref.lognormal(0.0, 0.3, size=(50, 3))
+
+    drawn = sample_profiles(50, mix, np.random.default_rng(11), jitter=0.3)
+
+    for i, p in enumerate(drawn):
+        base = PROFILES[names[int(picks[i])]]
+        assert p.name == base.name
+        assert p.compute_s_per_example == pytest.approx(base.compute_s_per_example * z[i, 0])
+        assert p.uplink_mbps == pytest.approx(base.uplink_mbps / z[i, 1])
+        assert p.downlink_mbps == pytest.approx(base.downlink_mbps / z[i, 2])
+    for bad in (-0.1, float("inf")):
+        with pytest.raises(ValueError, match=rf"^jitter must be >= 0, got {bad}$"):
+            sample_profiles(3, mix, np.random.default_rng(0), jitter=bad)
