@@ -13,6 +13,7 @@ Usage::
     python -m tests.mutation                 # every group
     python -m tests.mutation codec wire      # some groups
     python -m tests.mutation --max-children 1 codec
+    python -m tests.mutation --survivors-only codec   # after adding tests: re-test survivors
 
 Not part of ``make test``: a full run takes hours on two cores.
 """
@@ -272,6 +273,11 @@ _PROB_TIE = (
 )
 _FALSY = "None is falsy like False: the same branch"
 _QUORUM_NONE = "order[:None] is order: the same list when quorum is None"
+_STREAM_LABEL = (
+    "another fixed label (or none) for the hash of (seed, label, client, round) gives another "
+    "stream, as deterministic and as uniform: no test can tell which stream is the right one"
+)
+_TIE_2_63 = "u >= rate vs u > rate differ only when the 63-bit uniform equals the rate exactly"
 _SHARES_DTYPE = "integer shares become int64 instead of float64: shares / shares.sum() is the same"
 _EQUIVALENT_SPEC: list[tuple[str, tuple[int, ...], str]] = [
     (_W + "x_encode_model_for_client", (90, 91, 92, 93, 94, 95), _LOG),
@@ -355,6 +361,7 @@ _EQUIVALENT_SPEC: list[tuple[str, tuple[int, ...], str]] = [
     (_A + "math.x_relative_scores", (11, 18), _EMPTY_SCALE),
     (_A + "robust_math.x__positive_weights", (3, 5), _WEIGHTS_DTYPE),
     (_A + "robust_math.x_coordinate_median", (10, 12), _MEDIAN_BUFFER),
+    (_A + "robust_math.x_coordinate_median", (45,), _F64_DEFAULT),
     (_A + "robust_math.x_weighted_coordinate_median", (21, 23), _MEDIAN_BUFFER),
     (_A + "robust_math.x_weighted_coordinate_median", (46, 54), _AXIS_DEFAULT),
     (_A + "robust_math.x_weighted_coordinate_median", (71,), _NEVER_N),
@@ -379,6 +386,9 @@ _EQUIVALENT_SPEC: list[tuple[str, tuple[int, ...], str]] = [
     (_S + "xǁRandomSelectorǁ_choose", (4,), _FALSY),
     (_S + "x_arrivals", (29,), _QUORUM_NONE),
     (_S + "x_sample_profiles", (20, 22), _SHARES_DTYPE),
+    (_S + "xǁAvailabilityModelǁcompletes", (1, 4, 7, 8), _STREAM_LABEL),
+    (_S + "xǁAvailabilityModelǁcompletes", (9,), _TIE_2_63),
+    (_S + "xǁAvailabilityModelǁtimezone_offset", (5, 7, 9, 10), _STREAM_LABEL),
 ]
 
 EQUIVALENT: dict[str, str] = {
@@ -432,10 +442,42 @@ def _prepare(work: Path, group: Group) -> None:
     tomllib.loads((work / "pyproject.toml").read_text())  # still valid TOML
 
 
-def run_group(name: str, group: Group, out: Path, max_children: int) -> dict[str, object]:
-    """Run mutmut for one group; returns (and writes) its per-module summary."""
+def _reset_survivors(work: Path) -> int:
+    """Refresh the work folder's tests from the checkout and mark every surviving mutant
+    untested, so the next ``mutmut run`` tests only those against the current tests."""
+    for dest in (work / "tests", work / "mutants" / "tests"):
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(
+            ROOT / "tests", dest, ignore=shutil.ignore_patterns("__pycache__", ".hypothesis")
+        )
+    count = 0
+    for meta in (work / "mutants").rglob("*.py.meta"):
+        data = json.loads(meta.read_text())
+        codes = data["exit_code_by_key"]
+        for key, code in codes.items():
+            if code == 0:  # survived
+                codes[key] = None
+                count += 1
+        meta.write_text(json.dumps(data, indent=4))
+    return count
+
+
+def run_group(
+    name: str, group: Group, out: Path, max_children: int, *, survivors_only: bool = False
+) -> dict[str, object]:
+    """Run mutmut for one group; returns (and writes) its per-module summary.
+
+    ``survivors_only`` reuses the group's work folder from the last run (kept under
+    ``$FL_HOME/mutation/work-<group>``) and tests only its survivors against the current
+    tests; the other verdicts stand (tests were only added, the mutated code is the same).
+    """
     work = out / f"work-{name}"  # one per group: groups may run in parallel
-    _prepare(work, group)
+    if survivors_only:
+        if not (work / "mutants").is_dir():
+            raise SystemExit(f"no earlier run of group {name} in {work}; run it first")
+        print(f">> mutation group {name}: {_reset_survivors(work)} survivors to re-test")
+    else:
+        _prepare(work, group)
     print(f">> mutation group {name}: {', '.join(group.modules)}", flush=True)
     run = _mutmut(work, "run", "--max-children", str(max_children))
     (out / f"{name}.log").write_text(run.stdout[-20000:] + run.stderr[-20000:])
@@ -467,8 +509,7 @@ def run_group(name: str, group: Group, out: Path, max_children: int) -> dict[str
         }
     summary: dict[str, object] = {"group": name, "exit_code": run.returncode, "modules": modules}
     (out / f"{name}.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
-    shutil.rmtree(work, ignore_errors=True)
-    return summary
+    return summary  # the work folder stays for --survivors-only (the next full run clears it)
 
 
 def rescore(summary: dict[str, Any]) -> dict[str, Any]:
@@ -517,6 +558,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("groups", nargs="*", help=f"some of {', '.join(GROUPS)} (default: all)")
     parser.add_argument("--max-children", type=int, default=2)
     parser.add_argument("--report-only", action="store_true", help="rescore and rewrite report")
+    parser.add_argument(
+        "--survivors-only",
+        action="store_true",
+        help="re-test only the last run's survivors against the current tests",
+    )
     args = parser.parse_args(argv)
     unknown = sorted(set(args.groups) - set(GROUPS))
     if unknown:
@@ -525,7 +571,9 @@ def main(argv: list[str] | None = None) -> int:
     out = fl_home / "mutation"
     out.mkdir(parents=True, exist_ok=True)
     for name in [] if args.report_only else args.groups or list(GROUPS):
-        summary = run_group(name, GROUPS[name], out, args.max_children)
+        summary = run_group(
+            name, GROUPS[name], out, args.max_children, survivors_only=args.survivors_only
+        )
         modules: dict[str, dict[str, object]] = summary["modules"]  # type: ignore[assignment]
         for module, info in modules.items():
             print(f"   {module}: score {info['score']} {info['status']}", flush=True)

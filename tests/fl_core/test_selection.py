@@ -420,3 +420,122 @@ def test_sample_profiles_follow_the_shares_and_log_normal_jitter() -> None:
     for bad in (-0.1, float("inf")):
         with pytest.raises(ValueError, match=rf"^jitter must be >= 0, got {bad}$"):
             sample_profiles(3, mix, np.random.default_rng(0), jitter=bad)
+
+
+def test_observe_records_what_a_delivering_client_reports() -> None:
+    sel = RandomSelector()
+    sel.observe("c", round=1, completed=True, num_examples=40, loss=0.5, duration_s=3.0)
+    sel.observe("c", round=2, completed=True, loss=float("nan"), duration_s=float("inf"))
+    sel.observe("c", round=3, completed=False)
+    sel.observe("c", round=3, completed=True)  # the same round again: ignored
+
+    st = sel.client("c")
+    assert (st.times_selected, st.times_completed, st.last_round) == (3, 2, 2)
+    assert (st.num_examples, st.loss, st.duration_s) == (40, 0.5, 3.0)  # non-finite kept out
+    assert sel.client("new").completion_rate == 0.5
+
+
+def test_selectors_start_with_no_ban_and_name_bad_arguments() -> None:
+    sel = RandomSelector()
+    sel.set_signals(reputation={"c00": 0.0}, quality={"c01": 0.25})
+
+    assert sel.last_reasons == {}
+    assert "c00" in sel.select(CLIENTS[:2], 2, rng=np.random.default_rng(0), round=1)
+    assert sel.client("c01").quality == 0.25
+    with pytest.raises(ValueError, match=r"^min_reputation must be in \[0, 1\], got 2$"):
+        RandomSelector(min_reputation=2)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"exploration": 1.5}, r"^exploration must be in \[0, 1\], got 1.5$"),
+        ({"exploration_decay": 0.0}, r"^exploration_decay must be in \(0, 1\], got 0.0$"),
+        ({"exploration_decay": 1.5}, r"^exploration_decay must be in \(0, 1\], got 1.5$"),
+        ({"min_exploration": -0.1}, r"^min_exploration must be in \[0, 1\], got -0.1$"),
+        ({"cutoff": 2.0}, r"^cutoff must be in \[0, 1\], got 2.0$"),
+        ({"straggler_penalty": -1.0}, r"^straggler_penalty must be >= 0, got -1.0$"),
+        ({"straggler_penalty": float("inf")}, r"^straggler_penalty must be >= 0, got inf$"),
+        ({"preferred_duration_s": 0.0}, r"^preferred_duration_s must be > 0, got 0.0$"),
+        ({"duration_percentile": 0.0}, r"^duration_percentile must be in \(0, 100\], got 0.0$"),
+        ({"duration_percentile": 101}, r"^duration_percentile must be in \(0, 100\], got 101$"),
+        ({"staleness_bonus": -0.5}, r"^staleness_bonus must be >= 0, got -0.5$"),
+        ({"staleness_bonus": float("nan")}, r"^staleness_bonus must be >= 0, got nan$"),
+    ],
+)
+def test_oort_names_a_bad_argument(kwargs: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        OortSelector(**kwargs)
+
+
+def test_oort_accepts_boundary_arguments() -> None:
+    sel = OortSelector(
+        exploration_decay=1.0,
+        straggler_penalty=0.0,
+        preferred_duration_s=0.5,
+        duration_percentile=0.5,
+        staleness_bonus=0.0,
+    )
+    assert sel.epsilon(50) == 0.9  # no decay
+    assert OortSelector(duration_percentile=100).duration_percentile == 100.0
+
+
+def test_oort_epsilon_decays_from_round_one_to_its_floor() -> None:
+    sel = OortSelector(exploration=0.8, exploration_decay=0.5, min_exploration=0.1)
+
+    assert [sel.epsilon(r) for r in (1, 2, 3, 4, 5)] == [0.8, 0.4, 0.2, 0.1, 0.1]
+    assert OortSelector().straggler_penalty == 2.0
+
+
+def test_oort_utilities_by_hand() -> None:
+    # statistical utility: examples x loss scaled to [0, 1] between the smallest and the
+    # 95th percentile; a staleness bonus sqrt(0.1 log(round) / last_round); clients slower
+    # than the preferred duration T pay (T / t) ** 2; times completion, quality, reputation
+    sel = OortSelector(preferred_duration_s=10.0)
+    sel.observe("low", round=1, completed=True, num_examples=10, loss=1.0, duration_s=5.0)
+    sel.observe("mid", round=1, completed=True, num_examples=30, loss=1.0, duration_s=5.0)
+    sel.observe("high", round=1, completed=True, num_examples=50, loss=1.0, duration_s=20.0)
+    sel.observe("zero", round=1, completed=True, num_examples=50, loss=0.0, duration_s=5.0)
+    sel.set_signals(quality={"mid": 0.5})
+
+    util = sel.utilities(["low", "mid", "high", "zero", "unseen"], round=4)
+
+    hi = np.percentile([10, 30, 50, 0], 95)
+    bonus = np.sqrt(0.1 * np.log(4) / 1)
+    rate = 2 / 3
+    assert set(util) == {"low", "mid", "high", "zero"}
+    assert util["zero"] == pytest.approx((0 + bonus) * rate)
+    assert util["low"] == pytest.approx((10 / hi + bonus) * rate)
+    assert util["mid"] == pytest.approx((30 / hi + bonus) * rate * 0.5)
+    assert util["high"] == pytest.approx((1.0 + bonus) * (10 / 20) ** 2 * rate)
+
+
+def test_weighted_sampling_uses_zero_weight_clients_only_when_needed() -> None:
+    sel = OortSelector(exploration=1.0, min_exploration=1.0)
+    sel.set_signals(reputation={"banned": 0.0, "half": 0.5})
+    pool = ["banned", "half", "new"]
+
+    for seed in range(30):
+        two = sel.select(pool, 2, rng=np.random.default_rng(seed), round=1)
+        assert two == ["half", "new"]
+        assert sorted(sel.select(pool, 3, rng=np.random.default_rng(seed), round=1)) == pool
+
+
+def test_availability_dropouts_are_per_client_and_round_at_the_given_rate() -> None:
+    avail = AvailabilityModel(seed=7, dropout_rate=0.3)
+    clients = [f"c{i}" for i in range(100)]
+
+    grid = np.array([[avail.completes(c, r) for c in clients] for r in range(1, 21)])
+
+    assert grid.mean() == pytest.approx(0.7, abs=0.04)
+    assert len({tuple(col) for col in grid.T}) > 90  # clients differ
+    assert len({tuple(row) for row in grid}) == 20  # rounds differ
+    assert all(AvailabilityModel(seed=7).completes(c, 1) for c in clients)
+
+
+def test_time_zones_lie_in_a_day_and_only_matter_for_diurnal_availability() -> None:
+    diurnal = AvailabilityModel(seed=1, diurnal_amplitude=0.5)
+    offsets = [diurnal.timezone_offset(f"c{i}") for i in range(500)]
+
+    assert all(0.0 <= h < 24.0 for h in offsets) and max(offsets) > 23.0
+    assert AvailabilityModel(seed=1).timezone_offset("c1") == 0.0
