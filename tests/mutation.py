@@ -443,8 +443,9 @@ def _prepare(work: Path, group: Group) -> None:
 
 
 def _reset_survivors(work: Path) -> int:
-    """Refresh the work folder's tests from the checkout and mark every surviving mutant
-    untested, so the next ``mutmut run`` tests only those against the current tests."""
+    """Refresh the work folder's tests from the checkout and mark every survivor not judged
+    equivalent untested, so the next ``mutmut run`` tests only those against the current
+    tests."""
     for dest in (work / "tests", work / "mutants" / "tests"):
         shutil.rmtree(dest, ignore_errors=True)
         shutil.copytree(
@@ -455,7 +456,7 @@ def _reset_survivors(work: Path) -> int:
         data = json.loads(meta.read_text())
         codes = data["exit_code_by_key"]
         for key, code in codes.items():
-            if code == 0:  # survived
+            if code == 0 and key not in EQUIVALENT:  # an unjudged survivor
                 codes[key] = None
                 count += 1
         meta.write_text(json.dumps(data, indent=4))
