@@ -253,6 +253,10 @@ _CENTER_DTYPE = (
     "a float32 center is promoted exactly to float64 by distances_to and by the first update "
     "of v: the same iterates"
 )
+_TRIM_BUFFER = (
+    "a float64 sort buffer holds the same float32 values in the same order, and the kept "
+    "values are summed in float64 either way: the same output"
+)
 _TOL_BOUNDARY = (
     "'<' and '<=' differ only when |cum - half| equals fl(1e-12 * total) bit for bit; "
     "half - fl(half - tol) is tol rounded to half's ulp, which 1e-12's 53-bit mantissa never is"
@@ -362,6 +366,7 @@ _EQUIVALENT_SPEC: list[tuple[str, tuple[int, ...], str]] = [
     (_A + "robust_math.x__positive_weights", (3, 5), _WEIGHTS_DTYPE),
     (_A + "robust_math.x_coordinate_median", (10, 12), _MEDIAN_BUFFER),
     (_A + "robust_math.x_coordinate_median", (45,), _F64_DEFAULT),
+    (_A + "robust_math.x_trimmed_mean", (26, 28), _TRIM_BUFFER),
     (_A + "robust_math.x_weighted_coordinate_median", (21, 23), _MEDIAN_BUFFER),
     (_A + "robust_math.x_weighted_coordinate_median", (46, 54), _AXIS_DEFAULT),
     (_A + "robust_math.x_weighted_coordinate_median", (71,), _NEVER_N),

@@ -24,6 +24,7 @@ W = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
         lambda u: rm.norm_bounding(u, W, max_norm=1.0),
         lambda u: rm.centered_clipping(u, center=np.zeros(2), tau=1.0),
         lambda u: rm.fltrust(u, np.array([1.0, 1.0]))[0],
+        lambda u: rm.trimmed_mean(u, beta=0.2),
     ],
 )
 def test_rules_return_float32_for_float64_input(rule: object) -> None:
@@ -299,3 +300,21 @@ def test_fltrust_trust_never_exceeds_one_for_an_aligned_update() -> None:
     _, trust = rm.fltrust(update, root)
 
     assert trust.tolist() == [1.0]
+
+
+def test_trimmed_mean_sums_the_kept_values_in_float64() -> None:
+    # float32 would lose the three ones next to -1e8: (-1e8 + 1 + 1 + 1 + 1e8) / 5 = 0.6
+    x = np.array([[-2e8], [-1e8], [1.0], [1.0], [1.0], [1e8], [2e8]], dtype=np.float32)
+
+    np.testing.assert_allclose(rm.trimmed_mean(x, beta=1 / 7), [0.6], rtol=1e-6)
+
+
+def test_bulyan_breaks_mirror_ties_by_content_whatever_the_arrival_order() -> None:
+    # mirror images across the x-axis tie in Krum score and in spread; with ties broken by
+    # position the result would depend on the order of arrival
+    x = np.array([[-1, 3], [-3, 1], [2, 3], [-1, -3], [-3, -1], [2, -3], [0, 0]], dtype=np.float32)
+    orders = [np.random.default_rng(seed).permutation(7) for seed in range(40)]
+
+    results = {rm.bulyan(x[order], num_byzantine=1).tobytes() for order in orders}
+
+    assert len(results) == 1
