@@ -394,6 +394,7 @@ _EQUIVALENT_SPEC: list[tuple[str, tuple[int, ...], str]] = [
     (_S + "xǁAvailabilityModelǁcompletes", (1, 4, 7, 8), _STREAM_LABEL),
     (_S + "xǁAvailabilityModelǁcompletes", (9,), _TIE_2_63),
     (_S + "xǁAvailabilityModelǁtimezone_offset", (5, 7, 9, 10), _STREAM_LABEL),
+    (_S + "xǁSelectorǁobserve", (4, 5, 6, 7, 8, 9, 10, 11), _LOG),
 ]
 
 EQUIVALENT: dict[str, str] = {
