@@ -488,6 +488,12 @@ def run_group(
     print(f">> mutation group {name}: {', '.join(group.modules)}", flush=True)
     run = _mutmut(work, "run", "--max-children", str(max_children))
     (out / f"{name}.log").write_text(run.stdout[-20000:] + run.stderr[-20000:])
+    return summarize(name, work, out, run.returncode)
+
+
+def summarize(name: str, work: Path, out: Path, exit_code: int | None) -> dict[str, object]:
+    """Per-module summary of a group's work folder (also mid-run: ``--snapshot``), written
+    to ``<group>.json``; mutants not checked yet are counted as pending, outside the score."""
     listing = _mutmut(work, "results", "--all", "true").stdout
     statuses: dict[str, str] = {}
     for line in listing.splitlines():
@@ -502,7 +508,9 @@ def run_group(
         counts = Counter(mine.values())
         equivalent = {m: EQUIVALENT[m] for m in mine if m in EQUIVALENT and mine[m] == "survived"}
         killed = counts.get("killed", 0) + counts.get("timeout", 0)
-        judged = len(mine) - len(equivalent)  # a mutant no test reaches counts as not killed
+        pending = counts.get("not checked", 0)
+        # a mutant no test reaches counts as not killed
+        judged = len(mine) - len(equivalent) - pending
         modules[module] = {
             "mutants": len(mine),
             "status": dict(counts),
@@ -510,11 +518,11 @@ def run_group(
             "survived": {
                 m: diffs.get(m, s)
                 for m, s in mine.items()
-                if s not in ("killed", "timeout") and m not in equivalent
+                if s not in ("killed", "timeout", "not checked") and m not in equivalent
             },
             "score": round(killed / judged, 4) if judged else None,
         }
-    summary: dict[str, object] = {"group": name, "exit_code": run.returncode, "modules": modules}
+    summary: dict[str, object] = {"group": name, "exit_code": exit_code, "modules": modules}
     (out / f"{name}.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
     return summary  # the work folder stays for --survivors-only (the next full run clears it)
 
@@ -526,7 +534,7 @@ def rescore(summary: dict[str, Any]) -> dict[str, Any]:
         info["equivalent"] = {m: EQUIVALENT[m] for m in pending if m in EQUIVALENT}
         info["survived"] = {m: d for m, d in pending.items() if m not in EQUIVALENT}
         killed = info["status"].get("killed", 0) + info["status"].get("timeout", 0)
-        judged = info["mutants"] - len(info["equivalent"])
+        judged = info["mutants"] - len(info["equivalent"]) - info["status"].get("not checked", 0)
         info["score"] = round(killed / judged, 4) if judged else None
     return summary
 
@@ -537,8 +545,9 @@ def write_report(out: Path) -> Path:
     rows = [
         "# Mutation testing",
         "",
-        "| module | mutants | killed | survived | equivalent | score (killed / non-equivalent) |",
-        "|---|---|---|---|---|---|",
+        "| module | mutants | killed | survived | equivalent | pending | score "
+        "(killed / non-equivalent) |",
+        "|---|---|---|---|---|---|---|",
     ]
     details: list[str] = []
     for path in sorted(out.glob("*.json")):
@@ -547,9 +556,10 @@ def write_report(out: Path) -> Path:
         for module, info in summary["modules"].items():
             status = info["status"]
             score = "n/a" if info["score"] is None else f"{100 * info['score']:.1f}%"
+            killed = status.get("killed", 0) + status.get("timeout", 0)
             rows.append(
-                f"| {module} | {info['mutants']} | {status.get('killed', 0)} | "
-                f"{len(info['survived'])} | {len(info['equivalent'])} | {score} |"
+                f"| {module} | {info['mutants']} | {killed} | {len(info['survived'])} | "
+                f"{len(info['equivalent'])} | {status.get('not checked', 0)} | {score} |"
             )
             for mutant, reason in info["equivalent"].items():
                 details.append(f"- equivalent `{mutant}`: {reason}")
@@ -566,6 +576,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-children", type=int, default=2)
     parser.add_argument("--report-only", action="store_true", help="rescore and rewrite report")
     parser.add_argument(
+        "--snapshot",
+        action="store_true",
+        help="summarize the groups' work folders as they are now (e.g. during a run)",
+    )
+    parser.add_argument(
         "--survivors-only",
         action="store_true",
         help="re-test only the last run's survivors against the current tests",
@@ -577,7 +592,10 @@ def main(argv: list[str] | None = None) -> int:
     fl_home = Path(os.environ.get("FL_HOME", ROOT / ".fl"))
     out = fl_home / "mutation"
     out.mkdir(parents=True, exist_ok=True)
-    for name in [] if args.report_only else args.groups or list(GROUPS):
+    for name in args.groups if args.snapshot else []:
+        summarize(name, out / f"work-{name}", out, None)
+    skip = args.report_only or args.snapshot
+    for name in [] if skip else args.groups or list(GROUPS):
         summary = run_group(
             name, GROUPS[name], out, args.max_children, survivors_only=args.survivors_only
         )
