@@ -257,6 +257,21 @@ _TRIM_BUFFER = (
     "a float64 sort buffer holds the same float32 values in the same order, and the kept "
     "values are summed in float64 either way: the same output"
 )
+_SAME_FLOAT32_VALUES = (
+    "a float64 buffer holds the same float32 values in the same order, and the window sums "
+    "run in float64 either way: the same output"
+)
+_DIGEST_TIES = (
+    "sha256 digests tie only for identical updates, which are interchangeable in every result:"
+    " the sort kind cannot matter"
+)
+_DIGEST_BYTES = (
+    "equal-length 32-byte digests sort the same as numpy 'S32' strings as as Python bytes"
+)
+_DIST_DTYPE = (
+    "pairwise_sq_distances gives float64 already; an integer matrix stays int64, which "
+    "krum_scores converts to float64 and whose spread sums are exact"
+)
 _TOL_BOUNDARY = (
     "'<' and '<=' differ only when |cum - half| equals fl(1e-12 * total) bit for bit; "
     "half - fl(half - tol) is tol rounded to half's ulp, which 1e-12's 53-bit mantissa never is"
@@ -367,6 +382,11 @@ _EQUIVALENT_SPEC: list[tuple[str, tuple[int, ...], str]] = [
     (_A + "robust_math.x_coordinate_median", (10, 12), _MEDIAN_BUFFER),
     (_A + "robust_math.x_coordinate_median", (45,), _F64_DEFAULT),
     (_A + "robust_math.x_trimmed_mean", (26, 28), _TRIM_BUFFER),
+    (_A + "robust_math.x_mean_around_median", (15, 17, 48), _SAME_FLOAT32_VALUES),
+    (_A + "robust_math.x_mean_around_median", (58, 60), _F64_DEFAULT),
+    (_A + "robust_math.x_content_ranks", (14, 16, 22), _DIGEST_TIES),
+    (_A + "robust_math.x_content_ranks", (18, 20), _DIGEST_BYTES),
+    (_A + "robust_math.x_bulyan_select", (3, 5), _DIST_DTYPE),
     (_A + "robust_math.x_weighted_coordinate_median", (21, 23), _MEDIAN_BUFFER),
     (_A + "robust_math.x_weighted_coordinate_median", (46, 54), _AXIS_DEFAULT),
     (_A + "robust_math.x_weighted_coordinate_median", (71,), _NEVER_N),

@@ -25,6 +25,8 @@ W = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
         lambda u: rm.centered_clipping(u, center=np.zeros(2), tau=1.0),
         lambda u: rm.fltrust(u, np.array([1.0, 1.0]))[0],
         lambda u: rm.trimmed_mean(u, beta=0.2),
+        lambda u: rm.mean_around_median(u, num_kept=3),
+        lambda u: rm.bulyan(u, num_byzantine=0),
     ],
 )
 def test_rules_return_float32_for_float64_input(rule: object) -> None:
@@ -287,6 +289,7 @@ def test_content_ranks_order_updates_by_content_not_position() -> None:
     ranks = rm.content_ranks(x)
 
     assert sorted(ranks.tolist()) == [0, 1, 2]
+    np.testing.assert_array_equal(x[np.argsort(ranks)][ranks], x)  # usable as indices
     np.testing.assert_array_equal(rm.content_ranks(x[[2, 0, 1]]), ranks[[2, 0, 1]])
     np.testing.assert_array_equal(rm.content_ranks(x.astype(np.float64)), ranks)
 
@@ -318,3 +321,21 @@ def test_bulyan_breaks_mirror_ties_by_content_whatever_the_arrival_order() -> No
     results = {rm.bulyan(x[order], num_byzantine=1).tobytes() for order in orders}
 
     assert len(results) == 1
+
+
+def test_bulyan_by_hand_as_a_pure_function() -> None:
+    # n=7, f=1: recursive Krum picks 2, 1, 3, 0, 4 (theta=5); the beta=3 values closest to
+    # the median 2 are 1, 2, 3 -> 2. The second coordinate is shifted by 10.
+    x = np.array(
+        [[0, 10], [1, 11], [2, 12], [3, 13], [4, 14], [50, 60], [-50, -40]], dtype=np.float32
+    )
+
+    np.testing.assert_allclose(rm.bulyan(x, num_byzantine=1), [2, 12])
+
+
+def test_mean_around_median_keeps_the_lower_of_two_equally_close_values() -> None:
+    # 0 and 2 are both 1 away from the median 1: the lower one is kept (as a stable sort
+    # of the sorted values by distance would)
+    x = np.array([[0.0], [1.0], [2.0]], dtype=np.float32)
+
+    np.testing.assert_array_equal(rm.mean_around_median(x, num_kept=2), [0.5])
