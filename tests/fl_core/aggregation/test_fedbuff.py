@@ -123,7 +123,7 @@ def test_staleness_must_be_a_whole_number_of_versions() -> None:
     for bad in (1.5, True, "2"):
         with pytest.raises(ValueError, match=r"^staleness must be an integer, got"):
             staleness_weight(bad)  # type: ignore[arg-type]
-    assert staleness_weight(np.int64(3)) == pytest.approx(0.5)
+    assert staleness_weight(np.int64(3)) == pytest.approx(0.5)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"^max_staleness must be an integer >= 0 or None"):
         staleness_weight(1, max_staleness=2.5)  # type: ignore[arg-type]
 

@@ -240,7 +240,7 @@ def test_num_byzantine_must_be_a_count(bad: object, message: str) -> None:
     ):
         with pytest.raises(ValueError, match=message):
             call()
-    assert rm.krum_scores(d, num_byzantine=np.int64(1)).shape == (5,)
+    assert rm.krum_scores(d, num_byzantine=np.int64(1)).shape == (5,)  # type: ignore[arg-type]
 
 
 def test_krum_scores_refuse_a_non_square_matrix_and_score_a_lone_update_zero() -> None:
