@@ -272,6 +272,11 @@ _DIST_DTYPE = (
     "pairwise_sq_distances gives float64 already; an integer matrix stays int64, which "
     "krum_scores converts to float64 and whose spread sums are exact"
 )
+_SQUARE_INPUT = (
+    "shape[0] == shape[1] for the (n, n) matrix it takes (bulyan passes "
+    "pairwise_sq_distances'); neither version validates a non-square one"
+)
+_INTP = "np.intp is int64 on the 64-bit platforms this runs on, as asarray of Python ints"
 _TOL_BOUNDARY = (
     "'<' and '<=' differ only when |cum - half| equals fl(1e-12 * total) bit for bit; "
     "half - fl(half - tol) is tol rounded to half's ulp, which 1e-12's 53-bit mantissa never is"
@@ -387,6 +392,8 @@ _EQUIVALENT_SPEC: list[tuple[str, tuple[int, ...], str]] = [
     (_A + "robust_math.x_content_ranks", (14, 16, 22), _DIGEST_TIES),
     (_A + "robust_math.x_content_ranks", (18, 20), _DIGEST_BYTES),
     (_A + "robust_math.x_bulyan_select", (3, 5), _DIST_DTYPE),
+    (_A + "robust_math.x_bulyan_select", (7,), _SQUARE_INPUT),
+    (_A + "robust_math.x_bulyan_select", (61, 63), _INTP),
     (_A + "robust_math.x_weighted_coordinate_median", (21, 23), _MEDIAN_BUFFER),
     (_A + "robust_math.x_weighted_coordinate_median", (46, 54), _AXIS_DEFAULT),
     (_A + "robust_math.x_weighted_coordinate_median", (71,), _NEVER_N),

@@ -339,3 +339,19 @@ def test_mean_around_median_keeps_the_lower_of_two_equally_close_values() -> Non
     x = np.array([[0.0], [1.0], [2.0]], dtype=np.float32)
 
     np.testing.assert_array_equal(rm.mean_around_median(x, num_kept=2), [0.5])
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-9])
+def test_bulyan_ties_are_only_scores_equal_to_one_part_in_a_billion(scale: float) -> None:
+    # Krum scores (f = 0: the two nearest): 0 -> 2, 1 and 2 -> 2 + 2e-7, 3 -> 5. Update 0
+    # wins outright although update 1 lies closer to all the others (smaller spread).
+    d = scale * np.array(
+        [
+            [0.0, 1.0, 1.0, 10.0],
+            [1.0, 0.0, 1.0 + 2e-7, 2.0],
+            [1.0, 1.0 + 2e-7, 0.0, 3.0],
+            [10.0, 2.0, 3.0, 0.0],
+        ]
+    )
+
+    assert rm.bulyan_select(d, num_byzantine=0)[0] == 0
