@@ -302,6 +302,7 @@ _STREAM_LABEL = (
     "stream, as deterministic and as uniform: no test can tell which stream is the right one"
 )
 _TIE_2_63 = "u >= rate vs u > rate differ only when the 63-bit uniform equals the rate exactly"
+_FLOAT_PRODUCTS = "num_examples * (loss or 0.0) is a Python float: np.array infers float64"
 _SHARES_DTYPE = "integer shares become int64 instead of float64: shares / shares.sum() is the same"
 _EQUIVALENT_SPEC: list[tuple[str, tuple[int, ...], str]] = [
     (_W + "x_encode_model_for_client", (90, 91, 92, 93, 94, 95), _LOG),
@@ -422,6 +423,10 @@ _EQUIVALENT_SPEC: list[tuple[str, tuple[int, ...], str]] = [
     (_S + "xǁAvailabilityModelǁcompletes", (9,), _TIE_2_63),
     (_S + "xǁAvailabilityModelǁtimezone_offset", (5, 7, 9, 10), _STREAM_LABEL),
     (_S + "xǁSelectorǁobserve", (4, 5, 6, 7, 8, 9, 10, 11), _LOG),
+    (_S + "x__sample", (21, 37), _FALSY),
+    (_S + "xǁOortSelectorǁutilities", (7, 9), _FLOAT_PRODUCTS),
+    (_S + "xǁAvailabilityModelǁis_available", (1, 4, 7, 8), _STREAM_LABEL),
+    (_S + "xǁAvailabilityModelǁis_available", (9,), _TIE_2_63),
 ]
 
 EQUIVALENT: dict[str, str] = {
