@@ -13,6 +13,7 @@ Usage::
     python -m tests.mutation                 # every group
     python -m tests.mutation codec wire      # some groups
     python -m tests.mutation --max-children 1 codec
+    python -m tests.mutation --survivors-only codec   # after adding tests: re-test survivors
 
 Not part of ``make test``: a full run takes hours on two cores.
 """
@@ -198,6 +199,111 @@ _R25 = (
     "float32 or float64"
 )
 _R26 = "as decode _10 (float64 step)"
+_A = "fl_core.aggregation."
+_F64_DEFAULT = "numpy's default dtype for zeros / empty / astype(None) is float64, the dtype named"
+_INT64_DEFAULT = "np.asarray of a Python int is int64 on the 64-bit platforms this runs on"
+_STALENESS_LIST = (
+    "a list of Python ints becomes int64; an empty list becomes an empty float64 array, "
+    "which load_state_dict reads back as the same empty list"
+)
+_OWN_STATE_SUM = (
+    "the sum state_dict writes is float64 and put_arrays' npz keeps dtypes: asarray leaves it "
+    "float64 either way"
+)
+_OWN_STATE_1D = "state_dict writes stalenesses 1-D; reshape(None) returns a 1-D array unchanged"
+_ALWAYS_UNIQUE = (
+    "forcing the 'strictly increasing' shortcut off makes every update take the np.unique "
+    "duplicate check: same accept/reject, only slower"
+)
+_INDEX_COPY = "a copy flag on astype(int64) of a local index array: the same indices"
+_EINSUM_CASE = "einsum subscripts are case-sensitive labels: 'I,I->' sums the same products"
+_STREAM_BLOCK = (
+    "the block only regroups the float64 sum of squares (8192 instead of 131072 terms per "
+    "partial sum): differences of ~1e-16 relative, far below the float32 values it measures"
+)
+_ELEMENTWISE_BLOCK = "acc[i] += c * u[i] is elementwise: the block size cannot change any value"
+_WEIGHTS_DTYPE = (
+    "integer weights stay int64 instead of float64: the sums, comparisons and the float64 "
+    "products of w @ stacked are the same"
+)
+_PROMOTED = "float32 vectors are promoted to float64 by the float64 weights in w @ stacked"
+_FLOAT64_CALLERS = (
+    "every caller passes float64 (distances_to, np.sqrt of float64 norms, row_sq_norms_and_dots):"
+    " asarray's default keeps float64"
+)
+_EMPTY_SCALE = "an empty input returns an empty float64 array whether the scale is 0 or 1"
+_MEDIAN_BUFFER = (
+    "with the midpoint computed in float64, a float64 sort buffer holds the same float32 values "
+    "in the same order: the same output"
+)
+_AXIS_DEFAULT = "argsort / take_along_axis default to the last axis, axis 1 of this 2-D block"
+_NEVER_N = (
+    "j counts cumulative weights below half - tol; the last one is the total (about twice "
+    "half), so j < n and the cap n - 1 vs n + 1 never applies"
+)
+_SQUARE = "krum_scores refuses a non-square matrix right after; shape[0] == shape[1] otherwise"
+_STABLE_NAME = "numpy reads the sort kind case-insensitively: 'STABLE' is 'stable'"
+_NO_ZERO_DIVISION = (
+    "the division by zero this errstate silences cannot happen: the divisor is "
+    "np.maximum(norms, 1e-300), or 0/0 (invalid, still silenced) for a zero update"
+)
+_EQUAL_FACTOR = "at norm == max_norm both branches give max_norm / norm == 1.0 exactly"
+_UNIFORM = "uniform weights are renormalised by w / w.sum() on the next line: any constant works"
+_CENTER_DTYPE = (
+    "a float32 center is promoted exactly to float64 by distances_to and by the first update "
+    "of v: the same iterates"
+)
+_TRIM_BUFFER = (
+    "a float64 sort buffer holds the same float32 values in the same order, and the kept "
+    "values are summed in float64 either way: the same output"
+)
+_SAME_FLOAT32_VALUES = (
+    "a float64 buffer holds the same float32 values in the same order, and the window sums "
+    "run in float64 either way: the same output"
+)
+_DIGEST_TIES = (
+    "sha256 digests tie only for identical updates, which are interchangeable in every result:"
+    " the sort kind cannot matter"
+)
+_DIGEST_BYTES = (
+    "equal-length 32-byte digests sort the same as numpy 'S32' strings as as Python bytes"
+)
+_DIST_DTYPE = (
+    "pairwise_sq_distances gives float64 already; an integer matrix stays int64, which "
+    "krum_scores converts to float64 and whose spread sums are exact"
+)
+_SQUARE_INPUT = (
+    "shape[0] == shape[1] for the (n, n) matrix it takes (bulyan passes "
+    "pairwise_sq_distances'); neither version validates a non-square one"
+)
+_INTP = "np.intp is int64 on the 64-bit platforms this runs on, as asarray of Python ints"
+_TOL_BOUNDARY = (
+    "'<' and '<=' differ only when |cum - half| equals fl(1e-12 * total) bit for bit; "
+    "half - fl(half - tol) is tol rounded to half's ulp, which 1e-12's 53-bit mantissa never is"
+)
+_S = "fl_core.selection."
+_REP = "fl_core.reputation.xǁReputationBookǁ"
+_NO_FADE = "at rnd == last_round the fade factor is decay ** 0 == 1: the same evidence"
+_DEL_NOTHING = "with exactly `history` events, del events[:0] deletes nothing"
+_SCORE_AFTER_RECORD = (
+    "after a record last_round >= round, and score(round=r) for r <= last_round applies no "
+    "fading: the same as round=None"
+)
+_K_LE_M = "overselect never asks for k > m: m starts at ceil(k / p - 1e-9) >= k and only grows"
+_CAP = "confidence < 1: a probability capped at 1 or at 2 compares the same against it"
+_PROB_TIE = (
+    "'<' and '<=' differ only when the computed binomial tail equals the confidence bit for "
+    "bit (e.g. P = 0.75 is computed as 0.7499999999999999)"
+)
+_FALSY = "None is falsy like False: the same branch"
+_QUORUM_NONE = "order[:None] is order: the same list when quorum is None"
+_STREAM_LABEL = (
+    "another fixed label (or none) for the hash of (seed, label, client, round) gives another "
+    "stream, as deterministic and as uniform: no test can tell which stream is the right one"
+)
+_TIE_2_63 = "u >= rate vs u > rate differ only when the 63-bit uniform equals the rate exactly"
+_FLOAT_PRODUCTS = "num_examples * (loss or 0.0) is a Python float: np.array infers float64"
+_SHARES_DTYPE = "integer shares become int64 instead of float64: shares / shares.sum() is the same"
 _EQUIVALENT_SPEC: list[tuple[str, tuple[int, ...], str]] = [
     (_W + "x_encode_model_for_client", (90, 91, 92, 93, 94, 95), _LOG),
     (_W + "x_encode_model_for_client", (28, 30, 31, 32), _MODEL_NAME),
@@ -253,6 +359,74 @@ _EQUIVALENT_SPEC: list[tuple[str, tuple[int, ...], str]] = [
     (_Q + "xǁStochasticQuantizerǁencode", (21, 23, 26, 28, 30, 33), _R6),
     (_Q + "xǁStochasticQuantizerǁdecode", (10,), _R25),
     (_Q + "xǁStochasticQuantizerǁdecode", (20,), _R26),
+    (_A + "fedavg.xǁFedAvgǁ__init__", (4, 6), _F64_DEFAULT),
+    (_A + "fedavg.xǁFedAvgǁadd_sparse", (34, 36, 37), _INDEX_COPY),
+    (_A + "fedavg.xǁFedAvgǁadd_sparse", (46, 47, 50, 51), _ALWAYS_UNIQUE),
+    (_A + "fedavg.xǁFedAvgǁadd_sparse", (66,), _F64_DEFAULT),
+    (_A + "fedbuff.xǁFedBuffBufferǁ__init__", (21, 23), _F64_DEFAULT),
+    (_A + "fedbuff.xǁFedBuffBufferǁstate_dict", (6, 8), _F64_DEFAULT),
+    (_A + "fedbuff.xǁFedBuffBufferǁstate_dict", (18, 20, 24, 26), _INT64_DEFAULT),
+    (_A + "fedbuff.xǁFedBuffBufferǁstate_dict", (12, 14), _STALENESS_LIST),
+    (_A + "fedbuff.xǁFedBuffBufferǁload_state_dict", (3, 5), _OWN_STATE_SUM),
+    (_A + "fedbuff.xǁFedBuffBufferǁload_state_dict", (17,), _OWN_STATE_1D),
+    (_A + "fedbuff.xǁFedBuffBufferǁload_state_dict", (22,), _R3),
+    (_A + "math.x_l2_norm", (5,), _R3),
+    (_A + "math.x_l2_norm", (11,), _STREAM_BLOCK),
+    (_A + "math.x_l2_norm", (14,), _F64_DEFAULT),
+    (_A + "math.x_l2_norm", (25,), _EINSUM_CASE),
+    (_A + "math.x_accumulate", (8, 10), _F64_DEFAULT),
+    (_A + "math.x_accumulate", (19,), _ELEMENTWISE_BLOCK),
+    (_A + "math.x_weighted_mean", (7, 9), _WEIGHTS_DTYPE),
+    (_A + "math.x_weighted_mean", (22, 24), _PROMOTED),
+    (_A + "math.x_distances_to", (9, 11, 14, 16), _F64_DEFAULT),
+    (_A + "math.x_distances_to", (43,), _EINSUM_CASE),
+    (_A + "math.x__row_pass", (11, 13, 16, 18, 21, 23), _F64_DEFAULT),
+    (_A + "math.x__row_pass", (48, 59), _EINSUM_CASE),
+    (_A + "math.x_relative_scores", (3, 5), _FLOAT64_CALLERS),
+    (_A + "math.x_relative_scores", (11, 18), _EMPTY_SCALE),
+    (_A + "robust_math.x__positive_weights", (3, 5), _WEIGHTS_DTYPE),
+    (_A + "robust_math.x_coordinate_median", (10, 12), _MEDIAN_BUFFER),
+    (_A + "robust_math.x_coordinate_median", (45,), _F64_DEFAULT),
+    (_A + "robust_math.x_trimmed_mean", (26, 28), _TRIM_BUFFER),
+    (_A + "robust_math.x_mean_around_median", (15, 17, 48), _SAME_FLOAT32_VALUES),
+    (_A + "robust_math.x_mean_around_median", (58, 60), _F64_DEFAULT),
+    (_A + "robust_math.x_content_ranks", (14, 16, 22), _DIGEST_TIES),
+    (_A + "robust_math.x_content_ranks", (18, 20), _DIGEST_BYTES),
+    (_A + "robust_math.x_bulyan_select", (3, 5), _DIST_DTYPE),
+    (_A + "robust_math.x_bulyan_select", (7,), _SQUARE_INPUT),
+    (_A + "robust_math.x_bulyan_select", (61, 63), _INTP),
+    (_A + "robust_math.x_weighted_coordinate_median", (21, 23), _MEDIAN_BUFFER),
+    (_A + "robust_math.x_weighted_coordinate_median", (46, 54), _AXIS_DEFAULT),
+    (_A + "robust_math.x_weighted_coordinate_median", (71,), _NEVER_N),
+    (_A + "robust_math.x_weighted_coordinate_median", (89,), _TOL_BOUNDARY),
+    (_A + "robust_math.x_weighted_coordinate_median", (99,), _F64_DEFAULT),
+    (_A + "robust_math.x_krum_select", (4,), _SQUARE),
+    (_A + "robust_math.x_krum_select", (20,), _STABLE_NAME),
+    (_A + "robust_math.x_clip_factors", (3, 5), _FLOAT64_CALLERS),
+    (_A + "robust_math.x_clip_factors", (6,), _NO_ZERO_DIVISION),
+    (_A + "robust_math.x_clip_factors", (15,), _EQUAL_FACTOR),
+    (_A + "robust_math.x_centered_clipping", (27, 28), _UNIFORM),
+    (_A + "robust_math.x_centered_clipping", (38, 40), _CENTER_DTYPE),
+    (_A + "robust_math.x_fltrust_coefficients", (4, 6, 30, 32), _FLOAT64_CALLERS),
+    (_A + "robust_math.x_fltrust_coefficients", (11, 13), _NO_ZERO_DIVISION),
+    (_REP + "_faded", (3,), _NO_FADE),
+    (_REP + "record", (64,), _DEL_NOTHING),
+    (_REP + "record", (67, 69), _SCORE_AFTER_RECORD),
+    (_S + "x__prob_at_least", (2,), _K_LE_M),
+    (_S + "x__prob_at_least", (36,), _CAP),
+    (_S + "x_overselect", (41,), _PROB_TIE),
+    (_S + "xǁSpeedProfileǁround_time", (5,), _FALSY),
+    (_S + "xǁRandomSelectorǁ_choose", (4,), _FALSY),
+    (_S + "x_arrivals", (29,), _QUORUM_NONE),
+    (_S + "x_sample_profiles", (20, 22), _SHARES_DTYPE),
+    (_S + "xǁAvailabilityModelǁcompletes", (1, 4, 7, 8), _STREAM_LABEL),
+    (_S + "xǁAvailabilityModelǁcompletes", (9,), _TIE_2_63),
+    (_S + "xǁAvailabilityModelǁtimezone_offset", (5, 7, 9, 10), _STREAM_LABEL),
+    (_S + "xǁSelectorǁobserve", (4, 5, 6, 7, 8, 9, 10, 11), _LOG),
+    (_S + "x__sample", (21, 37), _FALSY),
+    (_S + "xǁOortSelectorǁutilities", (7, 9), _FLOAT_PRODUCTS),
+    (_S + "xǁAvailabilityModelǁis_available", (1, 4, 7, 8), _STREAM_LABEL),
+    (_S + "xǁAvailabilityModelǁis_available", (9,), _TIE_2_63),
 ]
 
 EQUIVALENT: dict[str, str] = {
@@ -306,13 +480,52 @@ def _prepare(work: Path, group: Group) -> None:
     tomllib.loads((work / "pyproject.toml").read_text())  # still valid TOML
 
 
-def run_group(name: str, group: Group, out: Path, max_children: int) -> dict[str, object]:
-    """Run mutmut for one group; returns (and writes) its per-module summary."""
+def _reset_survivors(work: Path) -> int:
+    """Refresh the work folder's tests from the checkout and mark every survivor not judged
+    equivalent untested, so the next ``mutmut run`` tests only those against the current
+    tests."""
+    for dest in (work / "tests", work / "mutants" / "tests"):
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(
+            ROOT / "tests", dest, ignore=shutil.ignore_patterns("__pycache__", ".hypothesis")
+        )
+    count = 0
+    for meta in (work / "mutants").rglob("*.py.meta"):
+        data = json.loads(meta.read_text())
+        codes = data["exit_code_by_key"]
+        for key, code in codes.items():
+            if code == 0 and key not in EQUIVALENT:  # an unjudged survivor
+                codes[key] = None
+                count += 1
+        meta.write_text(json.dumps(data, indent=4))
+    return count
+
+
+def run_group(
+    name: str, group: Group, out: Path, max_children: int, *, survivors_only: bool = False
+) -> dict[str, object]:
+    """Run mutmut for one group; returns (and writes) its per-module summary.
+
+    ``survivors_only`` reuses the group's work folder from the last run (kept under
+    ``$FL_HOME/mutation/work-<group>``) and tests only its survivors against the current
+    tests; the other verdicts stand (tests were only added, the mutated code is the same).
+    """
     work = out / f"work-{name}"  # one per group: groups may run in parallel
-    _prepare(work, group)
+    if survivors_only:
+        if not (work / "mutants").is_dir():
+            raise SystemExit(f"no earlier run of group {name} in {work}; run it first")
+        print(f">> mutation group {name}: {_reset_survivors(work)} survivors to re-test")
+    else:
+        _prepare(work, group)
     print(f">> mutation group {name}: {', '.join(group.modules)}", flush=True)
     run = _mutmut(work, "run", "--max-children", str(max_children))
     (out / f"{name}.log").write_text(run.stdout[-20000:] + run.stderr[-20000:])
+    return summarize(name, work, out, run.returncode)
+
+
+def summarize(name: str, work: Path, out: Path, exit_code: int | None) -> dict[str, object]:
+    """Per-module summary of a group's work folder (also mid-run: ``--snapshot``), written
+    to ``<group>.json``; mutants not checked yet are counted as pending, outside the score."""
     listing = _mutmut(work, "results", "--all", "true").stdout
     statuses: dict[str, str] = {}
     for line in listing.splitlines():
@@ -327,7 +540,9 @@ def run_group(name: str, group: Group, out: Path, max_children: int) -> dict[str
         counts = Counter(mine.values())
         equivalent = {m: EQUIVALENT[m] for m in mine if m in EQUIVALENT and mine[m] == "survived"}
         killed = counts.get("killed", 0) + counts.get("timeout", 0)
-        judged = len(mine) - len(equivalent)  # a mutant no test reaches counts as not killed
+        pending = counts.get("not checked", 0)
+        # a mutant no test reaches counts as not killed
+        judged = len(mine) - len(equivalent) - pending
         modules[module] = {
             "mutants": len(mine),
             "status": dict(counts),
@@ -335,14 +550,13 @@ def run_group(name: str, group: Group, out: Path, max_children: int) -> dict[str
             "survived": {
                 m: diffs.get(m, s)
                 for m, s in mine.items()
-                if s not in ("killed", "timeout") and m not in equivalent
+                if s not in ("killed", "timeout", "not checked") and m not in equivalent
             },
             "score": round(killed / judged, 4) if judged else None,
         }
-    summary: dict[str, object] = {"group": name, "exit_code": run.returncode, "modules": modules}
+    summary: dict[str, object] = {"group": name, "exit_code": exit_code, "modules": modules}
     (out / f"{name}.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
-    shutil.rmtree(work, ignore_errors=True)
-    return summary
+    return summary  # the work folder stays for --survivors-only (the next full run clears it)
 
 
 def rescore(summary: dict[str, Any]) -> dict[str, Any]:
@@ -352,7 +566,7 @@ def rescore(summary: dict[str, Any]) -> dict[str, Any]:
         info["equivalent"] = {m: EQUIVALENT[m] for m in pending if m in EQUIVALENT}
         info["survived"] = {m: d for m, d in pending.items() if m not in EQUIVALENT}
         killed = info["status"].get("killed", 0) + info["status"].get("timeout", 0)
-        judged = info["mutants"] - len(info["equivalent"])
+        judged = info["mutants"] - len(info["equivalent"]) - info["status"].get("not checked", 0)
         info["score"] = round(killed / judged, 4) if judged else None
     return summary
 
@@ -363,8 +577,9 @@ def write_report(out: Path) -> Path:
     rows = [
         "# Mutation testing",
         "",
-        "| module | mutants | killed | survived | equivalent | score (killed / non-equivalent) |",
-        "|---|---|---|---|---|---|",
+        "| module | mutants | killed | survived | equivalent | pending | score "
+        "(killed / non-equivalent) |",
+        "|---|---|---|---|---|---|---|",
     ]
     details: list[str] = []
     for path in sorted(out.glob("*.json")):
@@ -373,9 +588,10 @@ def write_report(out: Path) -> Path:
         for module, info in summary["modules"].items():
             status = info["status"]
             score = "n/a" if info["score"] is None else f"{100 * info['score']:.1f}%"
+            killed = status.get("killed", 0) + status.get("timeout", 0)
             rows.append(
-                f"| {module} | {info['mutants']} | {status.get('killed', 0)} | "
-                f"{len(info['survived'])} | {len(info['equivalent'])} | {score} |"
+                f"| {module} | {info['mutants']} | {killed} | {len(info['survived'])} | "
+                f"{len(info['equivalent'])} | {status.get('not checked', 0)} | {score} |"
             )
             for mutant, reason in info["equivalent"].items():
                 details.append(f"- equivalent `{mutant}`: {reason}")
@@ -391,6 +607,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("groups", nargs="*", help=f"some of {', '.join(GROUPS)} (default: all)")
     parser.add_argument("--max-children", type=int, default=2)
     parser.add_argument("--report-only", action="store_true", help="rescore and rewrite report")
+    parser.add_argument(
+        "--snapshot",
+        action="store_true",
+        help="summarize the groups' work folders as they are now (e.g. during a run)",
+    )
+    parser.add_argument(
+        "--survivors-only",
+        action="store_true",
+        help="re-test only the last run's survivors against the current tests",
+    )
     args = parser.parse_args(argv)
     unknown = sorted(set(args.groups) - set(GROUPS))
     if unknown:
@@ -398,8 +624,13 @@ def main(argv: list[str] | None = None) -> int:
     fl_home = Path(os.environ.get("FL_HOME", ROOT / ".fl"))
     out = fl_home / "mutation"
     out.mkdir(parents=True, exist_ok=True)
-    for name in [] if args.report_only else args.groups or list(GROUPS):
-        summary = run_group(name, GROUPS[name], out, args.max_children)
+    for name in args.groups if args.snapshot else []:
+        summarize(name, out / f"work-{name}", out, None)
+    skip = args.report_only or args.snapshot
+    for name in [] if skip else args.groups or list(GROUPS):
+        summary = run_group(
+            name, GROUPS[name], out, args.max_children, survivors_only=args.survivors_only
+        )
         modules: dict[str, dict[str, object]] = summary["modules"]  # type: ignore[assignment]
         for module, info in modules.items():
             print(f"   {module}: score {info['score']} {info['status']}", flush=True)

@@ -68,8 +68,21 @@ def byod(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "GIT_PYTHON_REFRESH": "quiet",
     }
     env.pop("MLFLOW_TRACKING_URI", None)
-    init = _run([str(root / "bin/fl"), "init-dataset", "cancer", "--file", str(csv),
-                 "--label", "diagnosis", "--client-column", "site"], root, env)
+    init = _run(
+        [
+            str(root / "bin/fl"),
+            "init-dataset",
+            "cancer",
+            "--file",
+            str(csv),
+            "--label",
+            "diagnosis",
+            "--client-column",
+            "site",
+        ],
+        root,
+        env,
+    )
     assert init.returncode == 0, init.stderr
     for cmd in (
         ["git", "init", "-q"],
@@ -81,8 +94,14 @@ def byod(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     repro = _run(["dvc", "repro"], root, env)
     assert repro.returncode == 0, repro.stdout + repro.stderr
     summary = _run([str(root / "bin/fl"), "summary"], root, env)
-    return {"root": root, "env": env, "csv": csv, "check": check, "repro": repro,
-            "summary": summary}
+    return {
+        "root": root,
+        "env": env,
+        "csv": csv,
+        "check": check,
+        "repro": repro,
+        "summary": summary,
+    }
 
 
 def test_named_dataset_and_natural_clients_with_safe_unique_names(byod: dict[str, Any]) -> None:
@@ -106,8 +125,9 @@ def test_features_are_scaled_from_client_aggregates(byod: dict[str, Any]) -> Non
     root = byod["root"]
     manifest = json.loads((root / "data/clients/manifest.json").read_text())
     scaling = manifest["feature_scaling"]
-    recombined = combine(FeatureMoments.from_json(c["feature_moments"])
-                         for c in manifest["clients"])
+    recombined = combine(
+        FeatureMoments.from_json(c["feature_moments"]) for c in manifest["clients"]
+    )
     x, _ = read_table(root / "data/prepared/train.parquet")
 
     assert scaling["method"] == "federated_moments" and scaling["num_clients"] == len(SITES)
@@ -167,7 +187,8 @@ def _free_port() -> int:
 
 def _post(port: int, body: dict[str, Any]) -> tuple[int, bytes]:
     req = urllib.request.Request(
-        f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
+        f"http://127.0.0.1:{port}/invocations",
+        data=json.dumps(body).encode(),
         headers={"Content-Type": "application/json"},
     )
     try:
@@ -187,9 +208,23 @@ def test_served_model_takes_raw_features_and_returns_probabilities(byod: dict[st
     port = _free_port()
     serve_env = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{root / '.fl' / 'mlflow.db'}"}
     proc = subprocess.Popen(
-        [str(BIN / "mlflow"), "models", "serve", "-m", "models:/fl-cancer-mlp@champion",
-         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-        env=serve_env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            str(BIN / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            "models:/fl-cancer-mlp@champion",
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        env=serve_env,
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         deadline = time.monotonic() + 120

@@ -98,7 +98,8 @@ def coordinate_median(updates: Updates) -> np.ndarray:
         if lo == hi:
             out[start:stop] = block[:, lo]
         else:
-            out[start:stop] = (block[:, lo] + block[:, hi]) * np.float32(0.5)
+            # the midpoint in float64: two finite float32 values near the limit sum to inf
+            out[start:stop] = (block[:, lo].astype(np.float64) + block[:, hi]) * 0.5
     return out
 
 
@@ -129,7 +130,7 @@ def weighted_coordinate_median(
         lower = values[rows, j]
         upper = values[rows, np.minimum(j + 1, n - 1)]
         exact = np.abs(cum[rows, j] - half) <= tol
-        out[start:stop] = np.where(exact, (lower + upper) * np.float32(0.5), lower)
+        out[start:stop] = np.where(exact, (lower.astype(np.float64) + upper) * 0.5, lower)
     return out
 
 

@@ -26,11 +26,20 @@ print('MLFLOW_CONFIGURE_LOGGING=' + os.environ.get('MLFLOW_CONFIGURE_LOGGING', '
 
 
 def _run(configure: bool, home: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("AIRFLOW", "MLFLOW")) and k != "PYTHONWARNINGS"}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AIRFLOW", "MLFLOW")) and k != "PYTHONWARNINGS"
+    }
     env.update(FL_HOME=str(home), PYTHONPATH=f"{REPO / 'plugins'}:{REPO}")
-    return subprocess.run([sys.executable, "-c", CODE.format(configure=configure)], env=env,
-                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-c", CODE.format(configure=configure)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
 
 
 def test_gitwildmatch_deprecation_is_filtered_at_its_source_only(tmp_path: Path) -> None:

@@ -77,8 +77,13 @@ def test_overrides_are_validated() -> None:
 
 def _cancer(**data: object) -> dict:
     return {
-        "datasets": {"cancer": {"path": "data/raw/cancer.csv", "label_column": "diagnosis",
-                                "client_column": "site"}},
+        "datasets": {
+            "cancer": {
+                "path": "data/raw/cancer.csv",
+                "label_column": "diagnosis",
+                "client_column": "site",
+            }
+        },
         "data": {"dataset": "cancer", **data},
         "partition": {"scheme": "natural"},
     }
@@ -110,10 +115,12 @@ def test_default_names_and_image_data_stay_unscaled() -> None:
 
 
 def test_derived_names_follow_a_dataset_override_explicit_names_stay() -> None:
-    derived = with_overrides(from_dict(_cancer()), {"data.dataset": "digits",
-                                                    "partition.scheme": "iid"})
-    explicit = from_dict({**_cancer(), "campaign": {"name": "mine"},
-                          "tracking": {"registered_model": "fl-mine"}})
+    derived = with_overrides(
+        from_dict(_cancer()), {"data.dataset": "digits", "partition.scheme": "iid"}
+    )
+    explicit = from_dict(
+        {**_cancer(), "campaign": {"name": "mine"}, "tracking": {"registered_model": "fl-mine"}}
+    )
 
     assert derived.tracking.registered_model == "fl-digits-mlp"
     assert with_overrides(explicit, {"model.name": "logreg"}).campaign.name == "mine"

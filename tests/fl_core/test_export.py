@@ -244,8 +244,14 @@ def test_edge_model_of_a_scaled_spec_takes_raw_features(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        vector = train_centralized(spec, raw_train, y, settings=TrainSettings(
-            batch_size=64, lr=0.1, momentum=0.9), epochs=5, seed=0)
+        vector = train_centralized(
+            spec,
+            raw_train,
+            y,
+            settings=TrainSettings(batch_size=64, lr=0.1, momentum=0.9),
+            epochs=5,
+            seed=0,
+        )
     finally:
         torch.set_num_threads(threads)
 

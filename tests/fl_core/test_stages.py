@@ -13,20 +13,45 @@ from fl_core import stages
 def _write_outputs(root: Path, *, federated: float, majority: float, rejected: int) -> None:
     for sub in ("models", "metrics", "data/clients"):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    (root / "models/campaign.json").write_text(json.dumps({
-        "campaign_id": "cancer-mlp-x", "rounds": 30, "stop_reason": "rounds done (30)",
-        "model_sha256": "ab" * 32, "registered": {"registered_model": "fl-cancer-mlp",
-                                                 "version": "1"},
-        "deployed": {"alias": "challenger", "reason": "accuracy 0.6161 is no better than "
-                     "predicting the majority class (0.6161)"}}))
-    (root / "metrics/eval.json").write_text(json.dumps({
-        "federated_test_accuracy": federated, "baseline_test_accuracy": 0.96,
-        "accuracy_gap_points": 100 * (0.96 - federated), "majority_class_accuracy": majority}))
-    (root / "metrics/train.json").write_text(json.dumps({
-        "bytes_up_total": 1, "bytes_down_total": 1, "updates_rejected_total": rejected,
-        "updates_accepted_total": 300 - rejected}))
-    (root / "data/clients/manifest.json").write_text(json.dumps({
-        "num_clients": 4, "scheme": "natural", "dataset": "cancer"}))
+    (root / "models/campaign.json").write_text(
+        json.dumps(
+            {
+                "campaign_id": "cancer-mlp-x",
+                "rounds": 30,
+                "stop_reason": "rounds done (30)",
+                "model_sha256": "ab" * 32,
+                "registered": {"registered_model": "fl-cancer-mlp", "version": "1"},
+                "deployed": {
+                    "alias": "challenger",
+                    "reason": "accuracy 0.6161 is no better than "
+                    "predicting the majority class (0.6161)",
+                },
+            }
+        )
+    )
+    (root / "metrics/eval.json").write_text(
+        json.dumps(
+            {
+                "federated_test_accuracy": federated,
+                "baseline_test_accuracy": 0.96,
+                "accuracy_gap_points": 100 * (0.96 - federated),
+                "majority_class_accuracy": majority,
+            }
+        )
+    )
+    (root / "metrics/train.json").write_text(
+        json.dumps(
+            {
+                "bytes_up_total": 1,
+                "bytes_down_total": 1,
+                "updates_rejected_total": rejected,
+                "updates_accepted_total": 300 - rejected,
+            }
+        )
+    )
+    (root / "data/clients/manifest.json").write_text(
+        json.dumps({"num_clients": 4, "scheme": "natural", "dataset": "cancer"})
+    )
 
 
 def test_majority_rate_run_is_called_what_it_is(tmp_path: Path) -> None:

@@ -23,11 +23,20 @@ from tests.conftest import tiny_config
 def _campaign(cfg: Config, data: Path, home: Path, cid: str) -> Any:
     uri = f"sqlite:///{home / 'mlflow.db'}"
     tracking = tr.start_campaign_run(
-        uri=uri, experiment="tests", campaign_id=cid, params=cfg.flat(),
+        uri=uri,
+        experiment="tests",
+        campaign_id=cid,
+        params=cfg.flat(),
         artifact_root=home / "mlartifacts",
     )
-    return run_campaign(cfg, data_dir=data, store=LocalStore(home / "artifacts"),
-                        tracking=tracking, campaign_id=cid, progress=False), uri
+    return run_campaign(
+        cfg,
+        data_dir=data,
+        store=LocalStore(home / "artifacts"),
+        tracking=tracking,
+        campaign_id=cid,
+        progress=False,
+    ), uri
 
 
 def _client(uri: str) -> Any:
@@ -39,8 +48,7 @@ def _client(uri: str) -> Any:
 def test_gate_keeps_a_model_below_min_accuracy_as_challenger_with_the_reason(
     tiny_data: Path, tmp_path: Path
 ) -> None:
-    cfg = tiny_config(deploy={"min_accuracy": 0.999},
-                      tracking={"registered_model": "fl-gate"})
+    cfg = tiny_config(deploy={"min_accuracy": 0.999}, tracking={"registered_model": "fl-gate"})
 
     result, uri = _campaign(cfg, tiny_data, tmp_path, "gate-1")
 
@@ -56,8 +64,7 @@ def test_gate_keeps_a_model_below_min_accuracy_as_challenger_with_the_reason(
 def test_gate_refuses_a_model_no_better_than_the_majority_class() -> None:
     reasons = tr.gate_failures(0.62, majority=0.62, min_accuracy=0.5, beat_majority=True)
 
-    assert reasons == ["accuracy 0.6200 is no better than predicting the majority class "
-                       "(0.6200)"]
+    assert reasons == ["accuracy 0.6200 is no better than predicting the majority class (0.6200)"]
     assert tr.gate_failures(0.9, majority=0.62, min_accuracy=0.5, beat_majority=True) == []
 
 

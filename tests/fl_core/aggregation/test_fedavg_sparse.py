@@ -89,3 +89,34 @@ def test_bad_sparse_updates_are_rejected_and_change_nothing() -> None:
     assert agg.count == 0 and agg.total_weight == 0
     with pytest.raises(ValueError, match="no update"):
         agg.result()
+
+
+def test_sparse_updates_reach_the_first_and_last_coordinate() -> None:
+    agg = FedAvg(5)
+    agg.add_sparse(np.array([0, 4]), np.array([2.0, -1.0], dtype=np.float32), weight=1)
+    agg.add_sparse(np.array([4, 0], dtype=np.uint8), np.array([3.0, 4.0]), weight=3)
+
+    np.testing.assert_array_equal(agg.result(), [14 / 4, 0, 0, 0, 8 / 4])
+
+
+@pytest.mark.parametrize("indices", [[3, 3], [1, 3, 3], [0, 0, 2], [2, 4, 4, 4]])
+def test_sorted_duplicate_indices_are_rejected_too(indices: list[int]) -> None:
+    agg = FedAvg(5)
+
+    with pytest.raises(ValueError, match=r"^indices must be distinct; got duplicates$"):
+        agg.add_sparse(np.array(indices), np.ones(len(indices), dtype=np.float32), weight=1)
+    assert agg.count == 0
+
+
+def test_out_of_range_errors_report_the_index_as_sent() -> None:
+    agg = FedAvg(5)
+    huge = 2**63 + 1  # wraps to a negative int64
+
+    with pytest.raises(ValueError, match=rf"^indices must lie in \[0, 5\), got {huge}$"):
+        agg.add_sparse(np.array([1, huge], dtype=np.uint64), np.ones(2), weight=1)
+    with pytest.raises(ValueError, match=r"^indices must lie in \[0, 5\), got 5$"):
+        agg.add_sparse(np.array([5], dtype=np.uint32), np.ones(1), weight=1)
+    with pytest.raises(ValueError, match=r"^indices must lie in \[0, 5\), got -1\.\.2$"):
+        agg.add_sparse(np.array([2, -1]), np.ones(2), weight=1)
+    with pytest.raises(ValueError, match=r"^no update was aggregated$"):
+        agg.result()

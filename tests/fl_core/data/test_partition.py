@@ -342,8 +342,13 @@ def test_natural_partition_of_colliding_ids_loses_no_rows(tmp_path) -> None:
         f"{rng.normal():.4f},{rng.normal():.4f},{i % 2},{s}" for i, s in enumerate(sites)
     ]
     path.write_text("\n".join(rows) + "\n")
-    cfg = from_dict({"data": {"dataset": "file", "path": str(path), "client_column": "site"},
-                     "partition": {"scheme": "natural"}, "campaign": {"clients_per_round": 2}})
+    cfg = from_dict(
+        {
+            "data": {"dataset": "file", "path": str(path), "client_column": "site"},
+            "partition": {"scheme": "natural"},
+            "campaign": {"clients_per_round": 2},
+        }
+    )
     paths = stages.Paths(tmp_path)
 
     stages.prepare(cfg, paths)

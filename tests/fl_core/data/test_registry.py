@@ -30,8 +30,19 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_init_dataset_registers_links_and_selects_it(project: Path) -> None:
     before = (project / "params.yaml").read_text()
 
-    out = CliRunner().invoke(app, ["init-dataset", "clinics", "--file", "mine.csv",
-                                   "--label", "diagnosis", "--client-column", "site"])
+    out = CliRunner().invoke(
+        app,
+        [
+            "init-dataset",
+            "clinics",
+            "--file",
+            "mine.csv",
+            "--label",
+            "diagnosis",
+            "--client-column",
+            "site",
+        ],
+    )
 
     assert out.exit_code == 0, out.output
     link = project / "data/raw/clinics.csv"
@@ -51,8 +62,10 @@ def test_init_dataset_registers_links_and_selects_it(project: Path) -> None:
     [
         (["--file", "missing.csv"], "missing.csv not found"),
         (["--file", "mine.csv", "--label", "target"], "label column 'target'"),
-        (["--file", "mine.csv", "--label", "diagnosis", "--client-column", "clinic"],
-         "client column 'clinic'"),
+        (
+            ["--file", "mine.csv", "--label", "diagnosis", "--client-column", "clinic"],
+            "client column 'clinic'",
+        ),
     ],
 )
 def test_init_dataset_refuses_bad_input_and_changes_nothing(
@@ -68,9 +81,24 @@ def test_init_dataset_refuses_bad_input_and_changes_nothing(
 
 
 def test_check_names_a_missing_file_and_missing_columns(project: Path) -> None:
-    assert CliRunner().invoke(app, ["init-dataset", "clinics", "--file", "mine.csv",
-                                    "--label", "diagnosis", "--client-column", "site"]
-                              ).exit_code == 0
+    assert (
+        CliRunner()
+        .invoke(
+            app,
+            [
+                "init-dataset",
+                "clinics",
+                "--file",
+                "mine.csv",
+                "--label",
+                "diagnosis",
+                "--client-column",
+                "site",
+            ],
+        )
+        .exit_code
+        == 0
+    )
     (project / "mine.csv").write_text("f0,label\n1,0\n")
 
     columns = CliRunner().invoke(app, ["check"])
@@ -84,8 +112,12 @@ def test_check_names_a_missing_file_and_missing_columns(project: Path) -> None:
 
 
 def test_prepare_of_a_missing_file_is_one_line_not_a_traceback(project: Path) -> None:
-    params = (project / "params.yaml").read_text().replace(
-        "dataset: mnist5k", "dataset: file").replace("path: null", "path: nowhere.csv", 1)
+    params = (
+        (project / "params.yaml")
+        .read_text()
+        .replace("dataset: mnist5k", "dataset: file")
+        .replace("path: null", "path: nowhere.csv", 1)
+    )
     (project / "params.yaml").write_text(params)
 
     out = CliRunner().invoke(app, ["prepare"])

@@ -10,8 +10,10 @@ from fl_core.data.scaling import FeatureMoments, client_moments, combine
 
 def test_combined_client_moments_equal_the_pooled_mean_and_std() -> None:
     rng = np.random.default_rng(0)
-    clients = [rng.normal(loc, scale, (n, 3)) for loc, scale, n in
-               [(0.0, 1.0, 40), (100.0, 5.0, 7), (-3.0, 0.1, 120)]]
+    clients = [
+        rng.normal(loc, scale, (n, 3))
+        for loc, scale, n in [(0.0, 1.0, 40), (100.0, 5.0, 7), (-3.0, 0.1, 120)]
+    ]
 
     scaling = combine(client_moments(x) for x in clients)
 

@@ -313,18 +313,29 @@ def test_write_report_round_trips(tmp_path: Path) -> None:
 
 
 def _manifest(*label_counts: dict[str, int]) -> dict:
-    return {"clients": [
-        {"client_id": f"client_{i}", "file": f"client_{i}.parquet",
-         "num_examples": sum(c.values()), "label_counts": c}
-        for i, c in enumerate(label_counts)
-    ]}
+    return {
+        "clients": [
+            {
+                "client_id": f"client_{i}",
+                "file": f"client_{i}.parquet",
+                "num_examples": sum(c.values()),
+                "label_counts": c,
+            }
+            for i, c in enumerate(label_counts)
+        ]
+    }
 
 
 def test_single_class_dataset_fails_unless_allowed(tmp_path: Path) -> None:
     from fl_core.data.validation import check_classes
 
-    kwargs = dict(num_classes=1, num_train_rows=20, clients_dir=tmp_path,
-                  train_file=tmp_path / "train.parquet", min_classes_per_client=1)
+    kwargs = dict(
+        num_classes=1,
+        num_train_rows=20,
+        clients_dir=tmp_path,
+        train_file=tmp_path / "train.parquet",
+        min_classes_per_client=1,
+    )
     manifest = _manifest({"0": 10}, {"0": 10})
 
     failed = check_classes(manifest, allow_single_class=False, **kwargs)
@@ -338,9 +349,14 @@ def test_single_class_client_fails_when_config_asks_for_two(tmp_path: Path) -> N
     from fl_core.data.validation import check_classes
 
     reports = check_classes(
-        _manifest({"0": 5, "1": 5}, {"1": 10}), num_classes=2, num_train_rows=20,
-        clients_dir=tmp_path, train_file=tmp_path / "t.parquet", allow_single_class=False,
-        min_classes_per_client=2)
+        _manifest({"0": 5, "1": 5}, {"1": 10}),
+        num_classes=2,
+        num_train_rows=20,
+        clients_dir=tmp_path,
+        train_file=tmp_path / "t.parquet",
+        allow_single_class=False,
+        min_classes_per_client=2,
+    )
 
     assert [Path(r.file).name for r in reports] == ["client_1.parquet"]
     assert "client_1 holds 1 class" in reports[0].failures[0].detail
@@ -350,7 +366,13 @@ def test_rows_missing_from_the_clients_fail(tmp_path: Path) -> None:
     from fl_core.data.validation import check_classes
 
     reports = check_classes(
-        _manifest({"0": 5, "1": 5}), num_classes=2, num_train_rows=30, clients_dir=tmp_path,
-        train_file=tmp_path / "t.parquet", allow_single_class=False, min_classes_per_client=1)
+        _manifest({"0": 5, "1": 5}),
+        num_classes=2,
+        num_train_rows=30,
+        clients_dir=tmp_path,
+        train_file=tmp_path / "t.parquet",
+        allow_single_class=False,
+        min_classes_per_client=1,
+    )
 
     assert reports[0].failures[0].expectation == "expect_every_row_assigned"

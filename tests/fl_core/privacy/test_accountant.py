@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
-from fl_core.privacy.accountant import PrivacyAccountant, compute_epsilon
+from fl_core.privacy.accountant import (
+    PrivacyAccountant,
+    calibrate_noise_multiplier,
+    compute_epsilon,
+    epsilon_of_history,
+)
 
 
 @pytest.mark.parametrize(
@@ -173,3 +179,51 @@ def test_accountant_arguments_are_validated(kwargs: dict, key: str) -> None:
 
     with pytest.raises(ValueError, match=f"^{key}"):
         PrivacyAccountant(**args)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"noise_multiplier": 0.0}, r"^noise_multiplier: 0.0 must be a finite number > 0$"),
+        ({"noise_multiplier": True}, r"^noise_multiplier: True must be a finite number > 0$"),
+        ({"noise_multiplier": float("inf")}, r"^noise_multiplier: inf must be a finite number"),
+        ({"sampling_rate": 0.0}, r"^sampling_rate: 0.0 must be in \(0, 1\]$"),
+        ({"sampling_rate": 1.5}, r"^sampling_rate: 1.5 must be in \(0, 1\]$"),
+        ({"sampling_rate": float("nan")}, r"^sampling_rate: nan must be in \(0, 1\]$"),
+        ({"delta": 1.0}, r"^delta: 1.0 must be in \(0, 1\)$"),
+        ({"delta": 0.0}, r"^delta: 0.0 must be in \(0, 1\)$"),
+        ({"delta": True}, r"^delta: True must be in \(0, 1\)$"),
+        ({"steps": -1}, r"^steps: -1 must be an integer >= 0$"),
+        ({"steps": 2.0}, r"^steps: 2.0 must be an integer >= 0$"),
+        ({"steps": True}, r"^steps: True must be an integer >= 0$"),
+        ({"kind": "gdp"}, r"^kind: 'gdp' is not allowed; allowed values: 'rdp', 'prv'$"),
+    ],
+)
+def test_compute_epsilon_names_a_bad_argument(kwargs: dict[str, object], message: str) -> None:
+    args: dict[str, object] = {
+        "noise_multiplier": 1.0,
+        "sampling_rate": 0.1,
+        "steps": 10,
+        "delta": 1e-5,
+        **kwargs,
+    }
+    with pytest.raises(ValueError, match=message):
+        compute_epsilon(**args)  # type: ignore[arg-type]
+
+
+def test_no_steps_spend_nothing_and_full_participation_is_allowed() -> None:
+    assert compute_epsilon(noise_multiplier=1.0, sampling_rate=0.1, steps=0, delta=1e-5) == 0.0
+    full = compute_epsilon(noise_multiplier=1.0, sampling_rate=1.0, steps=1, delta=1e-5)
+    assert 0.0 < full < math.inf
+    assert epsilon_of_history([(1.0, 0.1, 0), (1.0, 1.0, 1)], delta=1e-5, kind="rdp") == full
+
+
+def test_calibration_names_a_bad_steps_count() -> None:
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match=rf"^steps: {bad!r} must be an integer >= 1$"):
+            calibrate_noise_multiplier(
+                target_epsilon=1.0,
+                delta=1e-5,
+                sampling_rate=0.1,
+                steps=bad,  # type: ignore[arg-type]
+            )
