@@ -567,12 +567,14 @@ def test_campaign_with_remote_agents_completes_on_the_stack(
     running_stack: stack.Settings, api: AirflowAPI, tmp_path: Path
 ) -> None:
     import numpy as np
+    import sqlalchemy as sa
 
     from fl_core import wire
     from fl_core.campaigns import config_from_form, ensure_data
     from fl_core.config import load_params
     from fl_core.coordinator import protocol
     from fl_core.coordinator.api import Coordinator
+    from fl_core.coordinator.db import ClientRow
     from fl_core.coordinator.settings import CoordinatorSettings
     from fl_core.data.io import read_json, read_table, write_table
 
@@ -619,8 +621,11 @@ def test_campaign_with_remote_agents_completes_on_the_stack(
         alive_to_the_end = [p.poll() is None for p in procs]
     finally:
         _stop_agents(procs)
-        keys = {c.client_id: c.public_key for c in registry.clients()}
-        registry.close()
+    # The public key each client enrolled with, as the stack's registry holds it.
+    with registry.session() as session:
+        rows = session.scalars(sa.select(ClientRow).where(ClientRow.client_id.in_(clients)))
+        keys = {row.client_id: row.public_key for row in rows}
+    registry.close()
 
     assert [r["state"] for r in runs] == ["success", "success"], runs
     assert runs[1]["triggered_by"] == "operator"  # round 2 chained under the scheduler
