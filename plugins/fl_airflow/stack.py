@@ -1088,8 +1088,14 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "status":
         print(describe(cfg))
     else:
+        import re
+
         masked = {
-            k: ("***" if any(w in k for w in ("PASSWORD", "SECRET", "KEY")) else v)
+            k: (
+                "***"
+                if any(w in k for w in ("PASSWORD", "SECRET", "KEY"))
+                else re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", v)  # passwords in URLs
+            )
             for k, v in service_env(cfg).items()
         }
         for key, value in sorted(masked.items()):
