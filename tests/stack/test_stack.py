@@ -42,7 +42,7 @@ from tests.stack.client import AirflowAPI, wait_campaign
 
 pytestmark = pytest.mark.slow
 
-FORM = {
+FORM: dict[str, Any] = {
     "dataset": "digits",
     "model": "mlp",
     "rounds": 2,
@@ -499,7 +499,7 @@ def test_serving_refuses_a_version_whose_code_is_not_this_project(
 # Last in the module: its campaign registers into the same model and may take the champion
 # alias, which the monitoring/retraining and serving tests above must not see.
 
-REMOTE_FORM = {**FORM, "clients": "remote", "client_batch_size": 4}
+REMOTE_FORM: dict[str, Any] = {**FORM, "clients": "remote", "client_batch_size": 4}
 NUM_AGENTS = 4
 
 
@@ -623,8 +623,8 @@ def test_campaign_with_remote_agents_completes_on_the_stack(
         _stop_agents(procs)
     # The public key each client enrolled with, as the stack's registry holds it.
     with registry.session() as session:
-        rows = session.scalars(sa.select(ClientRow).where(ClientRow.client_id.in_(clients)))
-        keys = {row.client_id: row.public_key for row in rows}
+        enrolled = session.scalars(sa.select(ClientRow).where(ClientRow.client_id.in_(clients)))
+        keys = {row.client_id: row.public_key for row in enrolled}
     registry.close()
 
     assert [r["state"] for r in runs] == ["success", "success"], runs
