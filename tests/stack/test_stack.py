@@ -12,7 +12,12 @@ Campaigns are triggered through Airflow's REST API and run by the real scheduler
 3. the schedules: ``federated_monitoring`` on its cron (every minute in the test's
    params.yaml) finds the champion degraded on shuffled-label evaluation data and triggers
    ``federated_retraining``, whose warm-started campaign runs to a registered version;
-4. serving following the champion alias, and refusing a version whose code was altered.
+4. serving following the champion alias, and refusing a version whose code was altered;
+5. a campaign with remote agents: four ``fl client run`` processes, each holding only its own
+   partition, enrolled with ``fl clients enroll`` against the stack's registry, talking to the
+   stack's coordinator service over its URL; ``wait_for_updates`` defers to the triggerer;
+   every stored update carries a signature that verifies with its device's enrolled key.
+   Last, because its model may take the champion alias the tests before it rely on.
 
 Wall time on the shared 2-core machine (load average 13-17 from other work): about 25
 minutes for the module (stack start 1-3 min; an undisturbed campaign 3.5-5.5 min; the
