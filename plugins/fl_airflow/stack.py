@@ -259,6 +259,10 @@ def service_env(cfg: Settings) -> dict[str, str]:
         "MLFLOW_TRACKING_URI": cfg.url("mlflow"),
         "MLFLOW_TRACKING_USERNAME": s["MLFLOW_ADMIN_USER"],
         "MLFLOW_TRACKING_PASSWORD": s["MLFLOW_ADMIN_PASSWORD"],
+        # The client registry, shared by the coordinator service (and the one the API server
+        # mounts at /fl) with the remote-mode round steps on the workers and the
+        # wait_for_updates trigger in the triggerer: one registry, one artifact store.
+        "FL_COORDINATOR_DB_URL": cfg.pg_url(s["COORDINATOR_DB"]),
         # Airflow 3: PostgreSQL metadata, Celery on Redis, one JWT secret for all parts.
         "AIRFLOW_HOME": str(airflow_home),
         "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
@@ -426,23 +430,23 @@ def services(cfg: Settings) -> list[Service]:
         )
     )
     # --- coordinator (issue 11: fl_core.coordinator, `fl coordinator serve`) -------------
-    # Started only when that package imports; its client registry on PostgreSQL. Plain HTTP
-    # on loopback here (compose: TLS). The remote-agent campaign on the stack is not wired
-    # into the stack test yet, and `up` does not wait for it (no health URL yet).
+    # Started only when that package imports. It shares the registry (FL_COORDINATOR_DB_URL,
+    # PostgreSQL) and the artifact store (S3) with the DAG's tasks through service_env.
+    # Plain HTTP on loopback here (compose: TLS on 8443).
     if importlib.util.find_spec("fl_core.coordinator") is not None:
         out.append(
             Service(
                 "coordinator",
-                [
-                    str(Path(sys.executable).with_name("fl")),
+                _py(
+                    "fl_core.cli",
                     "coordinator",
                     "serve",
                     "--host",
                     HOST,
                     "--port",
                     str(cfg.ports["coordinator"]),
-                ],
-                env={"FL_COORDINATOR_DB_URL": cfg.pg_url(s["COORDINATOR_DB"])},
+                ),
+                health=cfg.url("coordinator") + "/v1/health",
             )
         )
     return out
@@ -1096,8 +1100,14 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "status":
         print(describe(cfg))
     else:
+        import re
+
         masked = {
-            k: ("***" if any(w in k for w in ("PASSWORD", "SECRET", "KEY")) else v)
+            k: (
+                "***"
+                if any(w in k for w in ("PASSWORD", "SECRET", "KEY"))
+                else re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", v)  # passwords in URLs
+            )
             for k, v in service_env(cfg).items()
         }
         for key, value in sorted(masked.items()):

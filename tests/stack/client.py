@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -78,7 +79,7 @@ class AirflowAPI:
         return list(out["dag_runs"])
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
-        quoted = urllib.request.quote(run_id, safe="")
+        quoted = urllib.parse.quote(run_id, safe="")
         out = self._request(
             "GET", f"/api/v2/dags/{dag_id}/dagRuns/{quoted}/taskInstances?limit=100"
         )
@@ -88,7 +89,7 @@ class AirflowAPI:
         """A task's XCom value (JSON-decoded when the API returns it as text)."""
         import ast
 
-        quoted = urllib.request.quote(run_id, safe="")
+        quoted = urllib.parse.quote(run_id, safe="")
         out = self._request(
             "GET",
             f"/api/v2/dags/{dag_id}/dagRuns/{quoted}/taskInstances/{task_id}/xcomEntries/{key}",
@@ -103,7 +104,7 @@ class AirflowAPI:
 
     def wait_run(self, dag_id: str, run_id: str, timeout_s: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
-        quoted = urllib.request.quote(run_id, safe="")
+        quoted = urllib.parse.quote(run_id, safe="")
         while time.monotonic() < deadline:
             run = self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{quoted}")
             if run["state"] in TERMINAL:

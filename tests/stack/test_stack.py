@@ -12,7 +12,12 @@ Campaigns are triggered through Airflow's REST API and run by the real scheduler
 3. the schedules: ``federated_monitoring`` on its cron (every minute in the test's
    params.yaml) finds the champion degraded on shuffled-label evaluation data and triggers
    ``federated_retraining``, whose warm-started campaign runs to a registered version;
-4. serving following the champion alias, and refusing a version whose code was altered.
+4. serving following the champion alias, and refusing a version whose code was altered;
+5. a campaign with remote agents: four ``fl client run`` processes, each holding only its own
+   partition, enrolled with ``fl clients enroll`` against the stack's registry, talking to the
+   stack's coordinator service over its URL; ``wait_for_updates`` defers to the triggerer;
+   every stored update carries a signature that verifies with its device's enrolled key.
+   Last, because its model may take the champion alias the tests before it rely on.
 
 Wall time on the shared 2-core machine (load average 13-17 from other work): about 25
 minutes for the module (stack start 1-3 min; an undisturbed campaign 3.5-5.5 min; the
@@ -22,9 +27,13 @@ serving ~1 min).
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,7 +47,7 @@ from tests.stack.client import AirflowAPI, wait_campaign
 
 pytestmark = pytest.mark.slow
 
-FORM = {
+FORM: dict[str, Any] = {
     "dataset": "digits",
     "model": "mlp",
     "rounds": 2,
@@ -496,3 +505,194 @@ def test_serving_refuses_a_version_whose_code_is_not_this_project(
     assert status["version"] == served  # the checked version keeps answering
     assert any("serving.py differs" in r for r in status["refused"][tampered])
     assert after == before
+
+
+# --------------------------------------------------------------------------- remote agents
+# Last in the module: its campaign registers into the same model and may take the champion
+# alias, which the monitoring/retraining and serving tests above must not see.
+
+REMOTE_FORM: dict[str, Any] = {**FORM, "clients": "remote", "client_batch_size": 4}
+NUM_AGENTS = 4
+
+
+def _enroll(cfg: stack.Settings, client: str) -> str:
+    """``fl clients enroll CLIENT`` as the operator runs it: registry access only."""
+    env = stack.service_env(cfg)
+    out = subprocess.run(
+        [sys.executable, "-m", "fl_core.cli", "clients", "enroll", client, "--ttl", "900"],
+        env={
+            "PATH": os.environ["PATH"],
+            "PYTHONPATH": env["PYTHONPATH"],
+            "FL_HOME": env["FL_HOME"],
+            "FL_COORDINATOR_DB_URL": env["FL_COORDINATOR_DB_URL"],
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip().splitlines()[-1]
+
+
+def _start_agent(
+    cfg: stack.Settings, device: Path, token: str, log: Path
+) -> subprocess.Popen[bytes]:
+    """``fl client run`` in its own folder with its own partition and held-out rows; its
+    environment holds no store, registry or MLflow credentials."""
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(device),
+        "PYTHONPATH": stack.service_env(cfg)["PYTHONPATH"],
+        "FL_HOME": str(device / ".fl"),
+        "GIT_PYTHON_REFRESH": "quiet",
+        "NO_PROXY": "*",
+    }
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "fl_core.cli", "client", "run",
+             "--coordinator", cfg.url("coordinator"), "--enroll-token", token,
+             "--data", str(device / "local.parquet"),
+             "--eval-data", str(device / "heldout.parquet"), "--holdout", "0",
+             "--home", str(device / "home"), "--wait", "5"],
+            env=env, cwd=device, stdin=subprocess.DEVNULL, stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+
+def _stop_agents(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Stop the agents this test started (their own process groups), killing stragglers."""
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+def test_campaign_with_remote_agents_completes_on_the_stack(
+    running_stack: stack.Settings, api: AirflowAPI, tmp_path: Path
+) -> None:
+    import numpy as np
+    import sqlalchemy as sa
+
+    from fl_core import wire
+    from fl_core.campaigns import config_from_form, ensure_data
+    from fl_core.config import load_params
+    from fl_core.coordinator import protocol
+    from fl_core.coordinator.api import Coordinator
+    from fl_core.coordinator.db import ClientRow
+    from fl_core.coordinator.settings import CoordinatorSettings
+    from fl_core.data.io import read_json, read_table, write_table
+
+    cfg = running_stack
+    env = stack.service_env(cfg)
+    started = time.perf_counter()
+    cid = "stack-remote"
+    # The partitions the campaign's open_round prepares (same params, same FL_HOME); each
+    # device gets only its own file, copied out, and a shard of held-out rows.
+    campaign_cfg = config_from_form(load_params(cfg.params_root / "params.yaml"), REMOTE_FORM)
+    data_dir = ensure_data(campaign_cfg, project_root=cfg.params_root, home=cfg.home)
+    entries = read_json(data_dir / "clients" / "manifest.json")["clients"][:NUM_AGENTS]
+    clients = [e["client_id"] for e in entries]
+    x_test, y_test = read_table(data_dir / "prepared" / "test.parquet")
+    registry = Coordinator(
+        CoordinatorSettings(db_url=env["FL_COORDINATOR_DB_URL"], store_url=env["FL_ARTIFACT_STORE"])
+    )
+    procs: list[subprocess.Popen[bytes]] = []
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    try:
+        for i, entry in enumerate(entries):
+            device = tmp_path / "devices" / entry["client_id"]
+            device.mkdir(parents=True)
+            x, y = read_table(data_dir / "clients" / entry["file"])
+            write_table(device / "local.parquet", x, y)
+            rows = np.arange(i, len(y_test), NUM_AGENTS)
+            write_table(device / "heldout.parquet", x_test[rows], y_test[rows])
+            token = _enroll(cfg, entry["client_id"])
+            procs.append(_start_agent(cfg, device, token, logs / f"{entry['client_id']}.log"))
+
+        def all_live() -> bool:
+            dead = [c for c, p in zip(clients, procs, strict=True) if p.poll() is not None]
+            assert not dead, "agents exited early:\n" + "\n".join(
+                (logs / f"{c}.log").read_text()[-2000:] for c in dead
+            )
+            return sorted(c.client_id for c in registry.live_clients()) == clients
+
+        _wait(all_live, 300, f"{NUM_AGENTS} agents enrolled and heartbeating", 1.0)
+        agents_ready_s = round(time.perf_counter() - started, 1)
+
+        api.trigger("federated_training", {**REMOTE_FORM, "campaign_id": cid})
+        runs = wait_campaign(api, cid, REMOTE_FORM["rounds"], CAMPAIGN_TIMEOUT_S)
+        alive_to_the_end = [p.poll() is None for p in procs]
+    finally:
+        _stop_agents(procs)
+    # The public key each client enrolled with, as the stack's registry holds it.
+    with registry.session() as session:
+        enrolled = session.scalars(sa.select(ClientRow).where(ClientRow.client_id.in_(clients)))
+        keys = {row.client_id: row.public_key for row in enrolled}
+    registry.close()
+
+    assert [r["state"] for r in runs] == ["success", "success"], runs
+    assert runs[1]["triggered_by"] == "operator"  # round 2 chained under the scheduler
+    assert all(alive_to_the_end), "an agent died during the campaign"
+    # wait_for_updates deferred: its result is the RemoteUpdatesTrigger's event, which only
+    # the triggerer produces (a poking sensor returns nothing).
+    for run in runs:
+        event = api.xcom("federated_training", run["dag_run_id"], "wait_for_updates")
+        assert event["received"] == event["tasks"] == NUM_AGENTS, event
+    objects = campaign_objects(cfg, cid)
+    campaign = json.loads(objects["campaign.json"])
+    assert campaign["config"]["campaign"]["clients"] == "remote"
+    assert json.loads(objects["status.json"])["last_round"] == 2
+    # Every round counted exactly the enrolled agents' updates, each signed with the key the
+    # device generated and enrolled: the stored signature verifies over the stored bytes.
+    client = s3(cfg)
+    bucket = cfg.secrets["ARTIFACT_BUCKET"]
+    prefix = f"campaigns-store/campaigns/{cid}/"
+    for rnd in (1, 2):
+        collected = json.loads(objects[f"rounds/{rnd:04d}/collected.json"])
+        assert sorted(collected["received"]) == clients and collected["missing"] == []
+        validation = json.loads(objects[f"rounds/{rnd:04d}/validation.json"])
+        assert sorted(a["client"] for a in validation["accepted"]) == clients
+        metrics = json.loads(objects[f"rounds/{rnd:04d}/metrics.json"])
+        assert metrics["fed_num_clients"] == NUM_AGENTS  # the devices' own evaluation
+        for name in clients:
+            key = f"rounds/{rnd:04d}/updates/{name}.flw"
+            data = client.get_object(Bucket=bucket, Key=prefix + key)["Body"].read()
+            record = json.loads(objects[key + ".sig.json"])
+            identity = json.loads(
+                (tmp_path / "devices" / name / "home" / "identity.json").read_text()
+            )
+            assert record["client"] == name
+            assert record["public_key"] == identity["public_key"] == keys[name]
+            assert record["sha256"] == hashlib.sha256(data).hexdigest()
+            signed = protocol.update_message(
+                campaign=cid, rnd=rnd, client_id=name, message_sha256=record["sha256"]
+            )
+            assert protocol.verify(record["public_key"], signed, record["signature"])
+            header, _ = wire.decode(data)
+            assert (header.client, header.campaign, header.round) == (name, cid, rnd)
+    # The final model version is registered in the stack's MLflow server.
+    with mlflow_env(cfg) as mlflow_client:
+        versions = mlflow_client.search_model_versions(f"name = '{MODEL_NAME}'")
+        mine = [v for v in versions if v.tags.get("fl.campaign_id") == cid]
+        assert campaign["tracking"]["uri"] == cfg.url("mlflow")
+        history = mlflow_client.get_metric_history(campaign["tracking"]["run_id"], "test_accuracy")
+    assert len(mine) == 1
+    assert sorted(m.step for m in history) == [1, 2]
+    RESULTS["remote"] = {
+        "campaign_id": cid,
+        "agents": NUM_AGENTS,
+        "version": mine[0].version,
+        "agents_ready_seconds": agents_ready_s,
+        "round_seconds": round_seconds(runs),
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+    print(f"\ncampaign with remote agents: {RESULTS['remote']}")
