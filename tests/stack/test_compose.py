@@ -162,3 +162,19 @@ def test_scoped_credentials_and_auth_doors(
     assert not re.search(
         r"pip install (?!torch==|-r requirements\.lock|--no-deps -e \.)", dockerfile
     )
+
+
+def test_one_client_registry_for_every_service_that_touches_remote_rounds(
+    rendered: tuple[dict[str, Any], dict[str, str]],
+) -> None:
+    """The coordinator service, the API server (which mounts the coordinator), the workers
+    (remote-round tasks) and the triggerer (the wait for updates) read and write the same
+    registry: one without it would fall back to a private SQLite file and never see the
+    enrolled devices or their uploads."""
+    config, values = rendered
+    services = config["services"]
+    users = ["coordinator", "airflow-api", "airflow-scheduler", "airflow-triggerer"]
+    users += [n for n in services if n.startswith("airflow-worker")]
+    urls = {n: services[n]["environment"].get("FL_COORDINATOR_DB_URL") for n in users}
+    assert len(set(urls.values())) == 1, urls
+    assert next(iter(urls.values())).endswith(f"@postgres:5432/{values['COORDINATOR_DB']}")
