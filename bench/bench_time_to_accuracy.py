@@ -361,8 +361,11 @@ def main(argv: list[str] | None = None) -> int:
             f"bench-{NAME}",
             params={"quick": args.quick, "seeds": list(seeds), "target": target},
             runs=[
-                (f"{k}-s{s}", {"arm": k, "seed": s, **settings[k]},
-                 {m: float(v) for m, v in r.items() if isinstance(v, int | float)})
+                (
+                    f"{k}-s{s}",
+                    {"arm": k, "seed": s, **settings[k]},
+                    {m: float(v) for m, v in r.items() if isinstance(v, int | float)},
+                )
                 for k, v in runs.items()
                 for s, r in v.items()
             ],  # fmt: skip
