@@ -98,7 +98,7 @@ def test_results_must_match_what_was_declared_before_the_runs(
 
 
 def test_check_runs_refuses_a_missing_or_an_undeclared_run(common: ModuleType) -> None:
-    runs = {"a": {1: {}, 2: {}}, "b": {1: {}, 2: {}}}
+    runs: dict[str, dict[int, dict[str, float]]] = {"a": {1: {}, 2: {}}, "b": {1: {}, 2: {}}}
     common.check_runs(["a", "b"], [1, 2], runs)
 
     with pytest.raises(ValueError, match=r"declared but not run: \[\('b', 3\)\]"):
