@@ -46,10 +46,14 @@ __all__ = [
     "RESULTS",
     "TUNING_SEEDS",
     "Stat",
+    "check_runs",
     "code_version",
     "log_mlflow",
+    "preregister",
     "prepare_data",
     "render_docs",
+    "result_path",
+    "run_parallel",
     "stat",
     "write_results",
 ]
@@ -129,18 +133,84 @@ def code_version() -> dict[str, Any]:
     }
 
 
+def result_path(name: str, *, quick: bool) -> Path:
+    """``<RESULTS>/<name>.json`` (``<name>_quick.json`` for a smoke run)."""
+    return RESULTS / f"{name}{'_quick' if quick else ''}.json"
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def preregister(
+    name: str, *, configurations: dict[str, Any], seeds: Sequence[int], quick: bool, **declared: Any
+) -> Path:
+    """Write the declaration of a benchmark before any campaign runs.
+
+    The result file first holds only ``status: declared``, the configurations, the seeds
+    and whatever else is ``declared`` (goals, tuning grid, fixed settings).
+    :func:`write_results` later refuses results whose configurations or seeds differ from
+    this declaration, so what is reported is what was declared.
+    """
+    if not configurations:
+        raise ValueError("configurations: declare at least one")
+    if not seeds:
+        raise ValueError("seeds: declare at least one reporting seed")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = result_path(name, quick=quick)
+    doc = {
+        "benchmark": name,
+        "status": "declared",
+        "quick": quick,
+        "declared": _now(),
+        "code": code_version(),
+        "configurations": configurations,
+        "seeds": list(seeds),
+        **declared,
+    }
+    path.write_text(json.dumps(doc, indent=1, sort_keys=True, default=_jsonable) + "\n")
+    return path
+
+
+def check_runs(
+    configurations: Iterable[str], seeds: Iterable[int], runs: dict[str, dict[int, Any]]
+) -> None:
+    """Raise ``ValueError`` unless ``runs`` (configuration -> seed -> result) holds exactly
+    one result for every declared configuration and seed, and nothing else."""
+    want = {(c, int(s)) for c in configurations for s in seeds}
+    have = {(c, int(s)) for c, by_seed in runs.items() for s in by_seed}
+    if missing := sorted(want - have):
+        raise ValueError(f"runs: declared but not run: {missing[:5]}")
+    if extra := sorted(have - want):
+        raise ValueError(f"runs: run but not declared: {extra[:5]}")
+
+
 def write_results(name: str, payload: dict[str, Any], *, quick: bool) -> Path:
     """Write a benchmark's results (configurations, seeds, rows, provenance) as JSON.
 
     ``quick`` results go to ``<name>_quick.json`` and are never rendered as headline
-    numbers.
+    numbers. When :func:`preregister` wrote a declaration, the payload's
+    ``configurations`` and ``seeds`` must equal it (``ValueError`` otherwise) and its
+    time stamp is kept as ``declared``.
     """
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}{'_quick' if quick else ''}.json"
+    path = result_path(name, quick=quick)
+    declared: dict[str, Any] = {}
+    if path.exists():
+        prior = json.loads(path.read_text())
+        if prior.get("status") == "declared":
+            declared = prior
+    if declared:
+        for key in ("configurations", "seeds"):
+            mine = json.loads(json.dumps(payload.get(key), default=_jsonable, sort_keys=True))
+            if mine != declared.get(key):
+                raise ValueError(f"{key}: the results differ from the declaration in {path}")
     doc = {
         "benchmark": name,
+        "status": "done",
         "quick": quick,
-        "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "declared": declared.get("declared"),
+        "written": _now(),
         "code": code_version(),
         "python": sys.version.split()[0],
         **payload,
@@ -155,6 +225,30 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, tuple | set):
         return list(obj)
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+# --------------------------------------------------------------------------- workers
+
+
+def run_parallel(fn: Any, jobs: Sequence[tuple[Any, ...]], *, workers: int) -> Iterable[Any]:
+    """Yield ``fn(*job)`` for every job as each finishes, in ``workers`` spawned processes
+    (torch and BLAS single-threaded in each, so two workers use two cores); ``workers`` 1
+    runs in this process."""
+    import os
+
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    if workers <= 1:
+        for job in jobs:
+            yield fn(*job)
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(fn, *job) for job in jobs]
+        for fut in as_completed(futures):
+            yield fut.result()
 
 
 # --------------------------------------------------------------------------- MLflow
@@ -221,10 +315,15 @@ def _section(doc: dict[str, Any]) -> list[str]:
     commit = (code.get("commit") or "unknown")[:12]
     dirty = " (local changes)" if code.get("dirty") else ""
     lines += [
-        f"Command: `{doc.get('command', '')}`; written {doc['written']} at commit "
-        f"`{commit}`{dirty}; reporting seeds {doc.get('seeds')}.",
+        f"Command: `{doc.get('command', '')}`; declared {doc.get('declared') or 'n/a'}, "
+        f"written {doc['written']} at commit `{commit}`{dirty}; reporting seeds "
+        f"{doc.get('seeds')}.",
         "",
     ]
+    for note in doc.get("notes", []):
+        lines.append(f"- {note}")
+    if doc.get("notes"):
+        lines.append("")
     columns: list[str] = doc.get("columns", [])
     rows: list[dict[str, Any]] = doc.get("rows", [])
     if columns and rows:
@@ -268,12 +367,19 @@ def render_docs(results: Path = RESULTS, out: Path = DOCS) -> Path:
     ]
     if not full:
         lines += ["No full benchmark results yet (only quick smoke runs below).", ""]
-    for path in full:
-        lines += _section(json.loads(path.read_text()))
-    if quick:
+    docs = [json.loads(p.read_text()) for p in full]
+    for doc in docs:
+        if doc.get("status") != "declared":
+            lines += _section(doc)
+    pending = [d["benchmark"] for d in docs if d.get("status") == "declared"]
+    if pending:
+        lines += [f"Declared, no results yet: {', '.join(pending)}.", ""]
+    quick_docs = [json.loads(p.read_text()) for p in quick]
+    quick_docs = [d for d in quick_docs if d.get("status") != "declared"]
+    if quick_docs:
         lines += ["# Quick smoke runs (not headline numbers)", ""]
-        for path in quick:
-            lines += _section(json.loads(path.read_text()))
+        for doc in quick_docs:
+            lines += _section(doc)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines).rstrip() + "\n")
     return out

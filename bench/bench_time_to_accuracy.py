@@ -1,499 +1,385 @@
 """Time to accuracy on the simulated clock: synchronous FedAvg against FedBuff, random
 against adaptive (Oort) selection, under heterogeneous device and link speeds.
 
-The campaign is ``params.yaml`` (MNIST 5k, Dirichlet(0.5) over 20 clients, MLP, 3 local
-epochs, FedAvgM with server momentum 0.7) with the benchmark's settings pinned on top (see
-:func:`base_overrides`):
+Pre-registered: the arms, the tuning grids, the tuning rule, the seeds and the goal below
+are declared before anything runs (written to the result file first). Tuning uses
+``bench._common.TUNING_SEEDS`` only; the reported rows use ``REPORTING_SEEDS`` only.
 
-* ``simulation.enabled``: each client gets a device/link profile drawn from the seed with
-  shares cellular_slow 0.3, cellular_fast 0.4, wifi 0.3 and jitter 0.3
-  (``fl_core.selection.PROFILES``: the slow profile is 5x slower per example than Wi-Fi and
-  has a 20x slower uplink, 1 against 20 Mbit/s); always available, no dropouts, no
-  deadline. Simulated time of a client = download + local training + upload (the MLP's
-  159k float32 parameters, ~0.64 MB each way).
-* target: ``--target`` test accuracy (default 0.90; the same MLP reaches ~0.93 after 20
-  synchronous rounds). Every run has ``campaign.target_accuracy`` set, so it stops at the
-  first round (server step) whose test accuracy is >= the target, and a round cap.
-* runs (``RUNS``):
+* Campaign: ``params.yaml`` (MNIST 5k, Dirichlet(0.5) over 20 clients, MLP, 3 local epochs,
+  FedAvgM with server momentum 0.7) with :data:`FIXED` on top. Simulation: each client
+  gets a device/link profile drawn from the seed (cellular_slow 0.3, cellular_fast 0.4,
+  wifi 0.3, jitter 0.3); a selected client drops out of a round with probability 0.1.
+  Every arm stops at the first server step whose test accuracy is >= :data:`TARGET`, or at
+  its cap (:data:`SYNC_CAP` rounds, :data:`FEDBUFF_CAP` steps).
+* Every arm has the product's straggler features: over-selection (``selection.overselect``:
+  a synchronous round selects ceil(k / 0.9) clients and closes at the k-th arrival), and
+  the synchronous grid includes a round deadline (``simulation.deadline_s``).
+* Arms: ``sync`` (synchronous FedAvg, random selection), ``fedbuff`` (FedBuff, staleness
+  weight 1/sqrt(1+s), updates staler than 10 versions dropped), and both with Oort
+  selection (``sync+oort``, ``fedbuff+oort``, which take their base arm's tuned setting).
+* Tuning, the same budget for both base arms: 4 settings each (:data:`SYNC_GRID`: clients
+  per round x deadline; :data:`FEDBUFF_GRID`: buffer K x concurrency), each run on the 2
+  tuning seeds; the setting with the lowest mean simulated time to target is kept (a miss
+  counts as infinite; ties go to the first declared).
 
-  - ``sync``: synchronous FedAvg, 10 random clients per round; a round closes when its
-    slowest client delivers;
-  - ``sync+oort``: the same with Oort selection (utility from loss, speed, availability);
-  - ``fedbuff``: FedBuff (``asynchronous.enabled``), buffer K = 10 (each server step
-    averages as many updates as a synchronous round), concurrency 15 (clients training at
-    once; 5 of the 20 stay idle, so selection still matters), staleness weight
-    1 / sqrt(1 + s), updates staler than 10 versions dropped; random selection of the idle
-    clients; a round is one server step on the K earliest arrivals;
-  - ``fedbuff+oort``: the same with Oort selection.
+A row: simulated seconds and rounds to the target, final accuracy and the speed-up against
+``sync`` on the same seed, mean ± sample std over the reporting seeds (over the seeds that
+reached the target; the row says how many did). Goal declared: FedBuff's mean speed-up
+against the tuned synchronous baseline is >= 2.5, with every seed reaching the target.
+Figures: ``.fl/bench/results/time_to_accuracy.json`` and ``docs/benchmarks.md`` (generated
+by ``python bench/_common.py docs``); none are quoted here.
 
-  Every run uses the same server optimizer (``server.momentum`` 0.7, lr 1, as
-  ``params.yaml``). K and the concurrency were chosen from this sweep (FedBuff, random
-  selection, 5 seeds, median / worst speed-up against ``sync``): K=5, C=10: 2.74x / 0.68x
-  (noisy 5-update steps, one seed needed 90 steps); K=5, C=20: never reached 0.90 in 200
-  steps (the slow clients' updates always arrive more than 10 versions stale and are
-  dropped, and the model drifts to chance accuracy); K=8, C=12: 2.86x / 2.21x; K=10, C=15:
-  3.71x / 2.46x; K=10, C=20: 5.14x / 2.61x (but then every idle client is always
-  selected, so Oort changes nothing). With server momentum 0 for every run, sync needs
-  108 s instead of 67 s (median) and FedBuff K=5, C=10 gets 4.96x / 3.74x.
+CPU budget: 16 tuning + 12 reporting campaigns, sized for about 15 minutes on the 2 shared
+cores (2 worker processes, ``nice -n 10``). ``--quick`` (target 0.8, small caps, 2 settings
+per grid, 1 tuning and 2 reporting seeds; ``time_to_accuracy_quick.json``) is a smoke run::
 
-For each run: simulated seconds to the target (``sim_time_s`` of the first round whose
-``test_accuracy`` >= target), rounds to the target, final accuracy (at the stop), and the
-speed-up against ``sync`` of the same seed. Several seeds (``--seeds``; a seed also draws
-the device profiles and the cohorts) are run and the speed-ups summarized by their median.
-Goal checked: FedBuff reaches the target in at most 1/2.5 of synchronous FedAvg's simulated
-time (speed-up >= 2.5).
-
-Outputs under ``.fl/bench/time_to_accuracy/``: ``time_to_accuracy.csv``,
-``time_to_accuracy.json`` (settings, per-round accuracy and simulated time of every run),
-``accuracy_vs_time.png``. Logged to MLflow (``fl_core.tracking.default_tracking_uri(.fl)``,
-experiment ``bench-time-to-accuracy``): one parent run with the summary and the files, one
-child run per run with ``test_accuracy`` and ``sim_time_s`` per round.
-
-Usage (from the repository root, in the project's venv)::
-
-    python bench/bench_time_to_accuracy.py --quick   # sync vs fedbuff, one seed, < 1 min
-    python bench/bench_time_to_accuracy.py           # 4 runs x 5 seeds, ~5 min
+    nice -n 10 python bench/bench_time_to_accuracy.py [--quick] [--workers 2] [--no-mlflow]
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import csv
-import json
 import logging
-import multiprocessing as mp
-import os
-import shutil
+import math
 import statistics
 import sys
+import tempfile
 import time
-import uuid
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import code_version  # noqa: E402  (shared bench scaffolding; scripts run as files)
 
-OUT = ROOT / ".fl" / "bench" / "time_to_accuracy"
-EXPERIMENT = "bench-time-to-accuracy"
+from _common import (  # noqa: E402  (bench scripts run as files)
+    BENCH_HOME,
+    REPORTING_SEEDS,
+    TUNING_SEEDS,
+    check_runs,
+    log_mlflow,
+    prepare_data,
+    preregister,
+    run_parallel,
+    stat,
+    write_results,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+NAME = "time_to_accuracy"
+TARGET = 0.90
+SYNC_CAP = 40
+FEDBUFF_CAP = 120
 GOAL_SPEEDUP = 2.5
 
-SYNC_CLIENTS = 10
-BUFFER_SIZE = 10
-CONCURRENCY = 15
-SERVER_MOMENTUM = 0.7  # params.yaml's FedAvgM, the same for every run
-STALENESS_EXPONENT = 0.5
-MAX_STALENESS = 10
-SYNC_ROUND_CAP = 60
-FEDBUFF_ROUND_CAP = 200
+FIXED: dict[str, Any] = {
+    "data.dataset": "mnist5k",
+    "partition.scheme": "dirichlet",
+    "partition.num_clients": 20,
+    "partition.alpha": 0.5,
+    "model.name": "mlp",
+    "privacy.level": "off",
+    "privacy.client_dp_sgd": False,
+    "communication.uplink_codec": "dense_fp32",
+    "communication.downlink_codec": "dense_fp32",
+    "communication.downlink_delta_codec": None,
+    "communication.policy": "fixed",
+    "attack.kind": "none",
+    "attack.fraction": 0.0,
+    "selection.overselect": True,
+    "simulation.enabled": True,
+    "simulation.cellular_slow": 0.3,
+    "simulation.cellular_fast": 0.4,
+    "simulation.wifi": 0.3,
+    "simulation.jitter": 0.3,
+    "simulation.base_availability": 1.0,
+    "simulation.diurnal_amplitude": 0.0,
+    "simulation.dropout_rate": 0.1,
+    "simulation.deadline_s": None,
+    "asynchronous.enabled": False,
+    "asynchronous.staleness_exponent": 0.5,
+    "asynchronous.max_staleness": 10,
+    "campaign.fraction": None,
+    "campaign.plateau_patience": None,
+    "server.strategy": "fedavg",
+    "server.optimizer": "sgd",
+    "server.lr": 1.0,
+    "server.momentum": 0.7,
+}
+"""Every campaign's settings over ``params.yaml``."""
 
-# name -> overrides on top of base_overrides
-RUNS: dict[str, dict[str, Any]] = {
+ARMS: dict[str, dict[str, Any]] = {
     "sync": {"selection.strategy": "random"},
     "sync+oort": {"selection.strategy": "oort"},
     "fedbuff": {"selection.strategy": "random", "asynchronous.enabled": True},
     "fedbuff+oort": {"selection.strategy": "oort", "asynchronous.enabled": True},
 }
-QUICK_RUNS = ("sync", "fedbuff")
+"""The reported arms; ``+oort`` arms use their base arm's tuned setting."""
+
+SYNC_GRID: tuple[dict[str, Any], ...] = tuple(
+    {"campaign.clients_per_round": k, "simulation.deadline_s": d}
+    for k in (10, 15)
+    for d in (None, 6.0)
+)
+FEDBUFF_GRID: tuple[dict[str, Any], ...] = tuple(
+    {"asynchronous.buffer_size": k, "asynchronous.concurrency": c}
+    for k, c in ((5, 10), (8, 12), (10, 15), (10, 20))
+)
+
+QUICK: dict[str, Any] = {"target": 0.80, "sync_cap": 8, "fedbuff_cap": 20}
 
 
-@dataclass
-class RunResult:
-    run: str
-    seed: int
-    overrides: dict[str, Any]
-    reached: bool = False
-    time_to_target_s: float | None = None
-    rounds_to_target: int | None = None
-    rounds: int = 0
-    final_accuracy: float | None = None
-    best_accuracy: float | None = None
-    sim_time_s: float | None = None
-    stop_reason: str = ""
-    accuracy: list[float] = field(default_factory=list)
-    times: list[float] = field(default_factory=list)
-    seconds: float = 0.0
-    error: str | None = None
-
-
-def base_overrides(seed: int, target: float) -> dict[str, Any]:
-    """The benchmark's fixed settings, pinned over ``params.yaml``."""
-    return {
-        "data.dataset": "mnist5k",
-        "partition.scheme": "dirichlet",
-        "partition.num_clients": 20,
-        "partition.alpha": 0.5,
-        "model.name": "mlp",
-        "privacy.level": "off",
-        "privacy.client_dp_sgd": False,
-        "communication.uplink_codec": "dense_fp32",
-        "communication.downlink_codec": "dense_fp32",
-        "communication.downlink_delta_codec": None,
-        "communication.policy": "fixed",
-        "attack.kind": "none",
-        "attack.fraction": 0.0,
-        "selection.overselect": False,
-        "simulation.enabled": True,
-        "simulation.cellular_slow": 0.3,
-        "simulation.cellular_fast": 0.4,
-        "simulation.wifi": 0.3,
-        "simulation.jitter": 0.3,
-        "simulation.base_availability": 1.0,
-        "simulation.diurnal_amplitude": 0.0,
-        "simulation.dropout_rate": 0.0,
-        "simulation.deadline_s": None,
-        "asynchronous.enabled": False,
-        "asynchronous.buffer_size": BUFFER_SIZE,
-        "asynchronous.concurrency": CONCURRENCY,
-        "asynchronous.staleness_exponent": STALENESS_EXPONENT,
-        "asynchronous.max_staleness": MAX_STALENESS,
-        "campaign.clients_per_round": SYNC_CLIENTS,
-        "campaign.fraction": None,
-        "campaign.target_accuracy": target,
-        "campaign.plateau_patience": None,
-        "campaign.seed": seed,
-        "server.strategy": "fedavg",
-        "server.optimizer": "sgd",
-        "server.lr": 1.0,
-        "server.momentum": SERVER_MOMENTUM,
-    }
-
-
-def run_overrides(name: str, seed: int, target: float, extra: dict[str, Any]) -> dict[str, Any]:
-    """A run's overrides; ``extra`` (from the command line) applies to every run."""
-    out = {**base_overrides(seed, target), **RUNS[name], **extra}
-    out["campaign.rounds"] = FEDBUFF_ROUND_CAP if out["asynchronous.enabled"] else SYNC_ROUND_CAP
+def overrides(
+    arm: str, setting: dict[str, Any], *, seed: int, target: float, caps: tuple[int, int]
+) -> dict[str, Any]:
+    """One campaign's settings: fixed, the arm, its (tuned or candidate) setting."""
+    out = {**FIXED, **ARMS[arm], **setting}
+    out["campaign.rounds"] = caps[1] if out["asynchronous.enabled"] else caps[0]
+    out["campaign.target_accuracy"] = target
+    out["campaign.seed"] = seed
     return out
 
 
-# --------------------------------------------------------------------------- workers
-
-
-def prepare_data(root: Path) -> Path:
-    """Prepare and partition the benchmark's data once under ``root``; returns data_dir."""
-    from fl_core import stages
-    from fl_core.config import load_params, with_overrides
-
-    cfg = with_overrides(load_params(ROOT / "params.yaml"), base_overrides(42, 0.9))
-    paths = stages.Paths(root)
-    stages.prepare(cfg, paths)
-    stages.partition(cfg, paths)
-    return paths.data
-
-
-def run_one(name: str, seed: int, target: float, overrides: dict[str, Any], data_dir: str,
-            store_dir: str, keep_store: bool) -> RunResult:
-    """One campaign (runs in a worker process)."""
+def run_one(key: str, seed: int, cfg_overrides: dict[str, Any], data_dir: str, target: float
+            ) -> tuple[str, int, dict[str, Any]]:  # fmt: skip
+    """One campaign in a throw-away store (in a worker process)."""
     logging.basicConfig(level=logging.ERROR, force=True)
     from fl_core.config import load_params, with_overrides
     from fl_core.engine import run_campaign
     from fl_core.store import LocalStore
 
-    res = RunResult(run=name, seed=seed, overrides=overrides)
-    start = time.perf_counter()
-    store_path = Path(store_dir)
-    try:
-        cfg = with_overrides(load_params(ROOT / "params.yaml"), overrides)
-        out = run_campaign(cfg, data_dir=data_dir, store=LocalStore(store_path),
-                           progress=False, deploy=False)
-        res.accuracy = [float(h["test_accuracy"]) for h in out.history]
-        res.times = [float(h["sim_time_s"]) for h in out.history]
-        res.rounds = out.rounds
-        res.final_accuracy = float(out.final_accuracy)
-        res.best_accuracy = float(out.best_accuracy)
-        res.sim_time_s = res.times[-1] if res.times else None
-        res.stop_reason = out.stop_reason
-        hit = next((i for i, a in enumerate(res.accuracy) if a >= target), None)
-        if hit is not None:
-            res.reached = True
-            res.rounds_to_target = hit + 1
-            res.time_to_target_s = res.times[hit]
-    except Exception as exc:  # a failing run is reported, the others go on
-        res.error = f"{type(exc).__name__}: {exc}"
-    finally:
-        if not keep_store:
-            shutil.rmtree(store_path, ignore_errors=True)
-    res.seconds = time.perf_counter() - start
-    return res
+    cfg = with_overrides(load_params(ROOT / "params.yaml"), cfg_overrides)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(dir=BENCH_HOME, prefix="store-") as tmp:
+        out = run_campaign(cfg, data_dir=data_dir, store=LocalStore(tmp), progress=False,
+                           deploy=False)  # fmt: skip
+    acc = [float(h["test_accuracy"]) for h in out.history]
+    times = [float(h["sim_time_s"]) for h in out.history]
+    hit = next((i for i, a in enumerate(acc) if a >= target), None)
+    return (
+        key,
+        seed,
+        {
+            "reached": hit is not None,
+            "time_to_target_s": None if hit is None else times[hit],
+            "rounds_to_target": None if hit is None else hit + 1,
+            "rounds": int(out.rounds),
+            "final_accuracy": float(out.final_accuracy),
+            "sim_time_s": times[-1] if times else None,
+            "seconds": time.perf_counter() - started,
+        },
+    )
 
 
-def run_all(jobs: list[tuple[str, int]], target: float, extra: dict[str, Any], *,
-            data_dir: Path, workers: int, keep_stores: bool) -> list[RunResult]:
-    results: list[RunResult] = []
-    start = time.perf_counter()
-    ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures: list[Future[RunResult]] = []
-        for name, seed in jobs:
-            store = OUT / "stores" / f"{name.replace('+', '_')}-s{seed}-{uuid.uuid4().hex[:6]}"
-            futures.append(pool.submit(run_one, name, seed, target,
-                                       run_overrides(name, seed, target, extra), str(data_dir),
-                                       str(store), keep_stores))
-        for done, fut in enumerate(as_completed(futures), start=1):
-            r = fut.result()
-            results.append(r)
-            what = f"ERROR {r.error}" if r.error else (
-                f"target at {r.time_to_target_s:.0f} sim-s, round {r.rounds_to_target}"
-                if r.reached else f"target NOT reached in {r.rounds} rounds")
-            print(f"[{done:2d}/{len(jobs)} {time.perf_counter() - start:5.0f}s] "
-                  f"{r.run:<13} seed {r.seed}: {what}  ({r.seconds:.0f}s)",
-                  file=sys.stderr, flush=True)
-    with contextlib.suppress(OSError):
-        (OUT / "stores").rmdir()  # only when empty (not with --keep-stores)
-    order = {(n, s): i for i, (n, s) in enumerate(jobs)}
-    return sorted(results, key=lambda r: order[(r.run, r.seed)])
+def execute(
+    plan: dict[str, tuple[dict[str, Any], tuple[int, ...]]],
+    *,
+    data_dir: Path,
+    target: float,
+    workers: int,
+) -> dict[str, dict[int, dict[str, Any]]]:
+    """Run ``plan`` (key -> (overrides without seed, seeds)); results by key and seed."""
+    jobs = [
+        (key, s, {**cfg, "campaign.seed": s}, str(data_dir), target)
+        for key, (cfg, seeds) in plan.items()
+        for s in seeds
+    ]
+    runs: dict[str, dict[int, dict[str, Any]]] = {k: {} for k in plan}
+    started = time.perf_counter()
+    for done, (key, seed, res) in enumerate(run_parallel(run_one, jobs, workers=workers), 1):
+        runs[key][seed] = res
+        what = (
+            f"target at {res['time_to_target_s']:.0f} sim-s, round {res['rounds_to_target']}"
+            if res["reached"]
+            else f"target not reached in {res['rounds']} rounds"
+        )
+        print(
+            f"[{done:2d}/{len(jobs)} {time.perf_counter() - started:5.0f}s] {key:<40} seed "
+            f"{seed}: {what} ({res['seconds']:.0f}s)",
+            flush=True,
+        )
+    return runs
 
 
-# --------------------------------------------------------------------------- reporting
+def tuning_score(by_seed: dict[int, dict[str, Any]]) -> float:
+    """Mean simulated time to target over the tuning seeds; a miss counts as infinite."""
+    times = [r["time_to_target_s"] for r in by_seed.values()]
+    return math.inf if any(t is None for t in times) else statistics.fmean(times)
 
 
-def speedups(results: list[RunResult]) -> dict[tuple[str, int], float | None]:
-    """Per (run, seed): sync's time to target over this run's (None if either missed)."""
-    sync = {r.seed: r.time_to_target_s for r in results if r.run == "sync"}
-    out: dict[tuple[str, int], float | None] = {}
-    for r in results:
-        base, own = sync.get(r.seed), r.time_to_target_s
-        out[(r.run, r.seed)] = base / own if base is not None and own is not None and own > 0 \
-            else None
-    return out
+def pick(grid: tuple[dict[str, Any], ...], scores: list[float]) -> int:
+    """Index of the lowest score; ties (and all-infinite) go to the first declared."""
+    return min(range(len(grid)), key=lambda i: (scores[i], i))
 
 
-def num(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+def summarize(runs: dict[str, dict[int, dict[str, Any]]], settings: dict[str, str]
+              ) -> list[dict[str, Any]]:  # fmt: skip
+    """One row per arm, mean ± std over the seeds that reached the target; speed-ups
+    paired by seed against ``sync``."""
+    sync = runs["sync"]
+    rows = []
+    for arm, by_seed in runs.items():
+        seeds = sorted(by_seed)
+        hit = [s for s in seeds if by_seed[s]["reached"]]
+        paired = [s for s in hit if sync[s]["reached"]]
+
+        def over(values: list[float]) -> Any:
+            return stat(values) if values else "-"
+
+        rows.append(
+            {
+                "arm": arm,
+                "setting": settings[arm],
+                "reached": f"{len(hit)}/{len(seeds)}",
+                "sim s to target": over([by_seed[s]["time_to_target_s"] for s in hit]),
+                "rounds to target": over([by_seed[s]["rounds_to_target"] for s in hit]),
+                "final accuracy": stat(by_seed[s]["final_accuracy"] for s in seeds),
+                "speed-up vs sync": over(
+                    [sync[s]["time_to_target_s"] / by_seed[s]["time_to_target_s"] for s in paired]
+                ),
+            }
+        )
+    return rows
 
 
-def table_text(results: list[RunResult], ups: dict[tuple[str, int], float | None]) -> str:
-    head = (f"{'run':<13} {'seed':>4} {'sim s to target':>15} {'rounds to target':>16} "
-            f"{'final acc':>9} {'rounds run':>10} {'sim s run':>9} {'speed-up':>8}")
-    lines = [head, "-" * len(head)]
-    for r in results:
-        if r.error:
-            lines.append(f"{r.run:<13} {r.seed:>4} ERROR {r.error}")
-            continue
-        up = ups.get((r.run, r.seed))
-        lines.append(
-            f"{r.run:<13} {r.seed:>4} {num(r.time_to_target_s, '.1f'):>15} "
-            f"{num(r.rounds_to_target, 'd'):>16} {num(r.final_accuracy, '.4f'):>9} "
-            f"{r.rounds:>10} {num(r.sim_time_s, '.1f'):>9} "
-            f"{(num(up, '.2f') + 'x') if up is not None else '-':>8}")
-    return "\n".join(lines)
-
-
-def summary_text(results: list[RunResult], ups: dict[tuple[str, int], float | None],
-                 runs: list[str]) -> tuple[list[str], dict[str, Any]]:
-    lines = []
-    summary: dict[str, Any] = {}
-    for name in runs:
-        rs = [r for r in results if r.run == name]
-        times = [r.time_to_target_s for r in rs if r.time_to_target_s is not None]
-        vals = [u for u in (ups.get((name, r.seed)) for r in rs) if u is not None]
-        med = statistics.median(vals) if vals else None
-        summary[name] = {"median_time_to_target_s": statistics.median(times) if times else None,
-                         "reached": f"{len(times)}/{len(rs)}", "speedups": vals,
-                         "median_speedup": med}
-        lines.append(f"{name:<13} reached {len(times)}/{len(rs)}; median sim s to target "
-                     f"{num(summary[name]['median_time_to_target_s'], '.1f')}; speed-up vs "
-                     f"sync: median {num(med, '.2f')}x "
-                     f"(per seed {', '.join(f'{u:.2f}x' for u in vals) or '-'})")
-    fb = summary.get("fedbuff", {}).get("speedups") or []
-    met_all = bool(fb) and all(u >= GOAL_SPEEDUP for u in fb) and len(fb) == len(
-        [r for r in results if r.run == "fedbuff"])
-    med = summary.get("fedbuff", {}).get("median_speedup")
-    summary["goal_met_every_seed"] = met_all
-    summary["goal_met_median"] = med is not None and med >= GOAL_SPEEDUP
-    if "fedbuff" in summary and "sync" in summary:
-        lines.append(f"goal: FedBuff reaches the target in <= 1/{GOAL_SPEEDUP} of sync FedAvg's "
-                     f"simulated time (speed-up >= {GOAL_SPEEDUP}x): median "
-                     f"{'MET' if summary['goal_met_median'] else 'NOT MET'}, every seed "
-                     f"{'MET' if met_all else 'NOT MET'}")
-    return lines, summary
-
-
-def plot(results: list[RunResult], target: float, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    colors = {"sync": "tab:blue", "sync+oort": "tab:cyan", "fedbuff": "tab:red",
-              "fedbuff+oort": "tab:orange"}
-    seeds = sorted({r.seed for r in results})
-    styles: list[Any] = ["-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1))]
-    fig, ax = plt.subplots(figsize=(9, 5))
-    for r in results:
-        if not r.accuracy:
-            continue
-        ax.plot(r.times, r.accuracy, color=colors.get(r.run, "k"), lw=1.3,
-                ls=styles[seeds.index(r.seed) % len(styles)], marker=".", ms=3,
-                label=f"{r.run} (seed {r.seed})")
-        if r.time_to_target_s is not None:
-            ax.plot([r.time_to_target_s], [r.accuracy[(r.rounds_to_target or 1) - 1]],
-                    marker="o", color=colors.get(r.run, "k"), ms=6)
-    ax.axhline(target, color="k", ls="--", lw=0.8, label=f"target {target:.2f}")
-    ax.set(xlabel="simulated time (s)", ylabel="test accuracy",
-           title="MNIST 5k, 20 clients (30% slow / 40% fast cellular / 30% Wi-Fi)")
-    ax.set_ylim(max(0.0, min((min(r.accuracy) for r in results if r.accuracy),
-                             default=0.0) - 0.02), 1.0)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="lower right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def write_outputs(results: list[RunResult], ups: dict[tuple[str, int], float | None],
-                  meta: dict[str, Any], out: Path) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    csv_path = out / "time_to_accuracy.csv"
-    json_path = out / "time_to_accuracy.json"
-    png_path = out / "accuracy_vs_time.png"
-    fields = ["run", "seed", "reached", "time_to_target_s", "rounds_to_target",
-              "final_accuracy", "best_accuracy", "rounds", "sim_time_s", "speedup_vs_sync",
-              "stop_reason", "error"]
-    with csv_path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
-        writer.writeheader()
-        for r in results:
-            row = {k: v for k, v in asdict(r).items() if k in fields}
-            row["speedup_vs_sync"] = ups.get((r.run, r.seed))
-            writer.writerow(row)
-    payload = {**meta, "results": [{**asdict(r), "speedup_vs_sync": ups.get((r.run, r.seed))}
-                                   for r in results]}
-    json_path.write_text(json.dumps(payload, indent=2))
-    plot(results, meta["target_accuracy"], png_path)
-    return [csv_path, json_path, png_path]
-
-
-def log_mlflow(results: list[RunResult], ups: dict[tuple[str, int], float | None],
-               meta: dict[str, Any], summary: dict[str, Any], files: list[Path]) -> str:
-    """One parent run (summary metrics, files), one child run per campaign."""
-    from mlflow.entities import Metric, Param, RunTag
-    from mlflow.tracking import MlflowClient
-
-    from fl_core import tracking as tr
-
-    uri = tr.default_tracking_uri(ROOT / ".fl")
-    exp_id = tr.ensure_experiment(uri, EXPERIMENT, artifact_root=ROOT / ".fl" / "mlartifacts")
-    client = MlflowClient(tracking_uri=uri)
-    parent = client.create_run(exp_id, run_name=f"tta-{time.strftime('%Y%m%dT%H%M%S')}",
-                               tags={"bench": "time_to_accuracy"})
-    pid = parent.info.run_id
-    params = {k: v for k, v in meta.items() if not isinstance(v, dict | list)}
-    client.log_batch(pid, params=[Param(k, str(v)[:500]) for k, v in sorted(params.items())])
-    ts = int(time.time() * 1000)
-    metrics = []
-    for name, s in summary.items():
-        if not isinstance(s, dict):
-            continue
-        key = name.replace("+", "_")
-        if s["median_time_to_target_s"] is not None:
-            metrics.append(Metric(f"{key}.median_time_to_target_s",
-                                  float(s["median_time_to_target_s"]), ts, 0))
-        if s["median_speedup"] is not None:
-            metrics.append(Metric(f"{key}.median_speedup", float(s["median_speedup"]), ts, 0))
-    if metrics:
-        client.log_batch(pid, metrics=metrics)
-    client.set_tag(pid, "goal_met_median", str(summary.get("goal_met_median")))
-    for path in files:
-        client.log_artifact(pid, str(path))
-    for r in results:
-        child = client.create_run(exp_id, run_name=f"{r.run}/seed{r.seed}",
-                                  tags={"mlflow.parentRunId": pid, "run": r.run})
-        cid = child.info.run_id
-        client.log_batch(cid, params=[Param(k, str(v)) for k, v in sorted(r.overrides.items())],
-                         tags=[RunTag("error", r.error or ""), RunTag("stop_reason",
-                                                                       r.stop_reason[:500])])
-        series = [Metric("test_accuracy", a, ts, i + 1) for i, a in enumerate(r.accuracy)]
-        series += [Metric("sim_time_s", t, ts, i + 1) for i, t in enumerate(r.times)]
-        extra = {"time_to_target_s": r.time_to_target_s, "rounds_to_target": r.rounds_to_target,
-                 "final_accuracy": r.final_accuracy,
-                 "speedup_vs_sync": ups.get((r.run, r.seed)), "seconds": r.seconds}
-        series += [Metric(k, float(v), ts, 0) for k, v in extra.items() if v is not None]
-        for i in range(0, len(series), 500):
-            client.log_batch(cid, metrics=series[i:i + 500])
-        client.set_terminated(cid, "FAILED" if r.error else "FINISHED")
-    client.set_terminated(pid)
-    return pid
-
-
-# --------------------------------------------------------------------------- main
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help=f"runs {', '.join(QUICK_RUNS)}, first seed only")
-    parser.add_argument("--target", type=float, default=0.90, help="target test accuracy")
-    parser.add_argument("--seeds", default="42,43,44,45,46", help="comma-separated campaign seeds")
-    parser.add_argument("--runs", default=None, help=f"subset of {', '.join(RUNS)}")
-    parser.add_argument("--buffer-size", type=int, default=BUFFER_SIZE, help="FedBuff K")
-    parser.add_argument("--concurrency", type=int, default=CONCURRENCY,
-                        help="FedBuff: clients training at once")
-    parser.add_argument("--server-momentum", type=float, default=SERVER_MOMENTUM,
-                        help="server.momentum of every run")
-    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
-    parser.add_argument("--out", type=Path, default=OUT)
-    parser.add_argument("--keep-stores", action="store_true")
-    parser.add_argument("--no-mlflow", action="store_true")
-    args = parser.parse_args()
-
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    runs = list(QUICK_RUNS) if args.quick else list(RUNS)
-    if args.quick:
-        seeds = seeds[:1]
-    if args.runs:
-        runs = [r.strip() for r in args.runs.split(",") if r.strip()]
-        bad = [r for r in runs if r not in RUNS]
-        if bad:
-            raise SystemExit(f"unknown run {bad[0]!r}; allowed: {', '.join(RUNS)}")
-    if "sync" not in runs:
-        runs.insert(0, "sync")  # the reference of every speed-up
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, "1")  # the workers share the cores
-
-    start = time.perf_counter()
-    data_dir = prepare_data(OUT)
-    jobs = [(name, seed) for seed in seeds for name in runs]
-    print(f"{len(jobs)} campaigns (target {args.target}, seeds {seeds}), {args.workers} "
-          f"workers", file=sys.stderr, flush=True)
-    extra = {"asynchronous.buffer_size": args.buffer_size,
-             "asynchronous.concurrency": args.concurrency,
-             "server.momentum": args.server_momentum}
-    results = run_all(jobs, args.target, extra, data_dir=data_dir, workers=args.workers,
-                      keep_stores=args.keep_stores)
-    wall = time.perf_counter() - start
-    ups = speedups(results)
-
-    meta: dict[str, Any] = {
-        "target_accuracy": args.target, "seeds": seeds, "runs": runs,
-        "profile_mix": "cellular_slow 0.3, cellular_fast 0.4, wifi 0.3, jitter 0.3",
-        "sync_clients_per_round": SYNC_CLIENTS, "buffer_size": args.buffer_size,
-        "concurrency": args.concurrency, "server_momentum": args.server_momentum,
-        "staleness_exponent": STALENESS_EXPONENT,
-        "max_staleness": MAX_STALENESS, "sync_round_cap": SYNC_ROUND_CAP,
-        "fedbuff_round_cap": FEDBUFF_ROUND_CAP, "quick": args.quick, "wall_seconds": wall,
-        **code_version(),
+def goal(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    row = next(r for r in rows if r["arm"] == "fedbuff")
+    up = row["speed-up vs sync"]
+    every = row["reached"].split("/")[0] == row["reached"].split("/")[1]
+    sync_every = next(r for r in rows if r["arm"] == "sync")["reached"]
+    holds = every and not isinstance(up, str) and up.mean >= GOAL_SPEEDUP
+    return {
+        "goal": f"FedBuff's mean speed-up vs the tuned synchronous baseline >= {GOAL_SPEEDUP:g}x, "
+        "every seed reaching the target",
+        "holds": bool(holds),
+        "evidence": f"speed-up {up if isinstance(up, str) else format(up, '.2f')}x; FedBuff "
+        f"reached {row['reached']}, sync {sync_every}",
     }
-    print()
-    print(f"time to {args.target:.2f} test accuracy on the simulated clock "
-          f"(MNIST 5k Dir(0.5), 20 clients; {meta['profile_mix']})")
-    print(table_text(results, ups))
-    print()
-    lines, summary = summary_text(results, ups, runs)
-    print("\n".join(lines))
-    meta["summary"] = summary
-    files = write_outputs(results, ups, meta, args.out)
-    print(f"\nwall time {wall / 60:.1f} min; wrote {', '.join(str(p) for p in files)}")
+
+
+def setting_text(setting: dict[str, Any]) -> str:
+    return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in setting.items())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run (see the docstring)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--no-mlflow", action="store_true")
+    args = parser.parse_args(argv)
+    target = QUICK["target"] if args.quick else TARGET
+    caps = (QUICK["sync_cap"], QUICK["fedbuff_cap"]) if args.quick else (SYNC_CAP, FEDBUFF_CAP)
+    sync_grid = SYNC_GRID[::3] if args.quick else SYNC_GRID
+    fedbuff_grid = FEDBUFF_GRID[::3] if args.quick else FEDBUFF_GRID
+    tuning_seeds = TUNING_SEEDS[:1] if args.quick else TUNING_SEEDS
+    seeds = REPORTING_SEEDS[:2] if args.quick else REPORTING_SEEDS
+    grids = {"sync": sync_grid, "fedbuff": fedbuff_grid}
+    decl: dict[str, Any] = {
+        "title": "Time to accuracy: synchronous FedAvg vs FedBuff on the simulated clock",
+        "question": f"How much simulated time does each arm need to reach {target:.0%} test "
+        "accuracy, each with its best setting found on the tuning seeds?",
+        "target_accuracy": target,
+        "caps": {"sync_rounds": caps[0], "fedbuff_steps": caps[1]},
+        "fixed": FIXED,
+        "tuning": {
+            "seeds": list(tuning_seeds),
+            "grids": grids,
+            "rule": "lowest mean simulated time to target over the tuning seeds (miss = inf)",
+        },
+        "goals_declared": [f"FedBuff mean speed-up vs tuned sync >= {GOAL_SPEEDUP:g}x"],
+    }
+    configs = {arm: {**ARMS[arm], "setting": "tuned (base arm's)"} for arm in ARMS}
+    preregister(NAME, configurations=configs, seeds=seeds, quick=args.quick, **decl)
+    data_dir = prepare_data(
+        _cfg(overrides("sync", {}, seed=0, target=target, caps=caps)),
+        BENCH_HOME / (f"{NAME}_quick" if args.quick else NAME),
+    )
+    started = time.perf_counter()
+
+    # 1. Tuning, tuning seeds only.
+    plan = {
+        f"tune {arm} {setting_text(s)}": (
+            overrides(arm, s, seed=0, target=target, caps=caps),
+            tuple(tuning_seeds),
+        )
+        for arm, grid in grids.items()
+        for s in grid
+    }
+    tuning = execute(plan, data_dir=data_dir, target=target, workers=args.workers)
+    tuned: dict[str, dict[str, Any]] = {}
+    notes = []
+    for arm, grid in grids.items():
+        scores = [tuning_score(tuning[f"tune {arm} {setting_text(s)}"]) for s in grid]
+        tuned[arm] = grid[pick(grid, scores)]
+        notes.append(
+            f"tuning {arm} (seeds {list(tuning_seeds)}, mean sim s to target): "
+            + "; ".join(f"{setting_text(s)}: {sc:.0f}" for s, sc in zip(grid, scores, strict=True))
+            + f" -> kept {setting_text(tuned[arm])}"
+        )
+        print(notes[-1], flush=True)
+
+    # 2. Reporting seeds, the tuned settings.
+    settings = {arm: tuned[arm.split("+")[0]] for arm in ARMS}
+    plan = {
+        arm: (overrides(arm, settings[arm], seed=0, target=target, caps=caps), tuple(seeds))
+        for arm in ARMS
+    }
+    runs = execute(plan, data_dir=data_dir, target=target, workers=args.workers)
+    check_runs(configs, seeds, runs)
+    rows = summarize(runs, {a: setting_text(s) for a, s in settings.items()})
+    verdict = goal(rows)
+    for row in rows:
+        print(" | ".join(str(v) if isinstance(v, str) else f"{v:.3g}" for v in row.values()))
+    print(f"goal {verdict['goal']}: {'holds' if verdict['holds'] else 'does not hold'} "
+          f"({verdict['evidence']})")  # fmt: skip
+    command = "nice -n 10 python bench/bench_time_to_accuracy.py" + (
+        " --quick" if args.quick else ""
+    )
+    path = write_results(
+        NAME,
+        {
+            **decl,
+            "command": command,
+            "seeds": list(seeds),
+            "configurations": configs,
+            "tuned": settings,
+            "tuning_runs": {k: {str(s): r for s, r in v.items()} for k, v in tuning.items()},
+            "notes": [
+                "every arm: over-selection on, 10% dropouts; sync's grid includes a deadline",
+                "speed-up = sync's sim time to target / the arm's, same seed",
+                *notes,
+            ],
+            "columns": list(rows[0]),
+            "rows": rows,
+            "runs": {k: {str(s): r for s, r in v.items()} for k, v in runs.items()},
+            "goals": [verdict],
+            "wall_seconds": time.perf_counter() - started,
+        },
+        quick=args.quick,
+    )
+    print(f"results: {path}")
     if not args.no_mlflow:
-        run_id = log_mlflow(results, ups, meta, summary, files)
-        print(f"MLflow: experiment {EXPERIMENT!r}, run {run_id}")
+        run_id = log_mlflow(
+            f"bench-{NAME}",
+            params={"quick": args.quick, "seeds": list(seeds), "target": target},
+            runs=[
+                (
+                    f"{k}-s{s}",
+                    {"arm": k, "seed": s, **settings[k]},
+                    {m: float(v) for m, v in r.items() if isinstance(v, int | float)},
+                )
+                for k, v in runs.items()
+                for s, r in v.items()
+            ],  # fmt: skip
+            files=[path],
+        )
+        print(f"MLflow run {run_id}")
+    return 0
+
+
+def _cfg(cfg_overrides: dict[str, Any]) -> Any:
+    from fl_core.config import load_params, with_overrides
+
+    return with_overrides(load_params(ROOT / "params.yaml"), cfg_overrides)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
