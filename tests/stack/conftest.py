@@ -10,6 +10,7 @@ what to install; under ``CI=true`` that is a failure instead.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -80,11 +81,28 @@ def claim_redis_db(host: str, port: int) -> str:
     for db in random.sample(list(TEST_REDIS_DBS), len(TEST_REDIS_DBS)):
         reply = _redis(host, port, f"SELECT {db}", "DBSIZE")
         if not reply.endswith(b":0\r\n"):
-            continue
+            if not _claim_is_stale(_redis(host, port, f"SELECT {db}", "GET fl-stack-test-claim")):
+                continue
+            # A killed session's leftovers (its pid is gone on this machine): take it back.
+            _redis(host, port, f"SELECT {db}", "FLUSHDB")
         reply = _redis(host, port, f"SELECT {db}", f"SET fl-stack-test-claim {claim} NX")
         if reply.endswith(b"+OK\r\n"):
             return str(db)
     raise RuntimeError(f"no free Redis DB among {list(TEST_REDIS_DBS)} on {host}:{port}")
+
+
+def _claim_is_stale(reply: bytes) -> bool:
+    """Whether a DB's claim names a test session whose process no longer runs here."""
+    match = re.search(rb"fl-stack-test-claim-(\d+)", reply)
+    if match is None:
+        return False  # not ours (or unclaimed but in use): never flushed
+    try:
+        os.kill(int(match.group(1)), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def write_test_env_file(path: Path, suffix: str, redis_db: str) -> dict[str, str]:
