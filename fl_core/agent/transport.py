@@ -188,6 +188,7 @@ class CoordinatorClient:
     ) -> httpx.Response:
         last: Exception | None = None
         busy_waited = 0.0
+        resigned = False
         attempt = 0
         pause = 0.0
         while attempt < self.retry.attempts:
@@ -212,6 +213,19 @@ class CoordinatorClient:
                 continue
             if response.status_code in ok:
                 return response
+            if (
+                response.status_code == 401
+                and signed
+                and not resigned
+                and _reason(response).startswith(protocol.STALE_TIMESTAMP_REASON)
+            ):
+                # Read too late after signing (a queue at an overloaded coordinator): the
+                # next pass signs it again with a fresh timestamp and nonce. Once only.
+                resigned = True
+                last = Refused(response.status_code, _reason(response))
+                logger.info("%s %s: %s; signing it again", method, path, last)
+                pause = 0.0
+                continue
             if response.status_code not in RETRY_STATUSES:
                 raise Refused(response.status_code, _reason(response))
             last = Refused(response.status_code, _reason(response))

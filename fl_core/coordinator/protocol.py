@@ -61,6 +61,10 @@ CLIENT_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 """Client ids are file-name safe, so ``update_key(..., client)`` is one unique file."""
 _NONCE = re.compile(r"[0-9a-f]{32}")
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+# The 401 reason of a request read too long after it was signed (or from a skewed clock):
+# the agent signs it again, once, with a fresh timestamp (a queue at an overloaded
+# coordinator can age a request past the window; a skewed clock fails again).
+STALE_TIMESTAMP_REASON = "request timestamp is more than"
 
 
 def check_client_id(client_id: str) -> str:

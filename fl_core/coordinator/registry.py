@@ -197,7 +197,9 @@ def authenticate(
     """
     now = time.time()
     if not math.isfinite(timestamp) or abs(now - timestamp) > skew_s:
-        raise ProtocolError(401, f"request timestamp is more than {skew_s:.0f} s from server time")
+        raise ProtocolError(
+            401, f"{protocol.STALE_TIMESTAMP_REASON} {skew_s:.0f} s from server time"
+        )
     row = session.execute(_key_query(), {"client_id": client_id}).first()
     if row is None or row.public_key is None:
         raise ProtocolError(401, "unknown client")

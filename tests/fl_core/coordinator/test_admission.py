@@ -265,3 +265,63 @@ def test_admission_limits_come_from_the_environment_and_are_checked(
         CoordinatorSettings.local("/tmp/x", max_queued_uploads=-1)
     with pytest.raises(ValueError, match="busy_retry_after_s"):
         CoordinatorSettings.local("/tmp/x", busy_retry_after_s=0)
+
+
+class LateClient(CoordinatorClient):
+    """An agent whose first ``late`` signed requests reach the coordinator an hour after they
+    were signed (as behind a long queue at an overloaded coordinator, or a skewed clock)."""
+
+    def __init__(self, *args: object, late: int, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.late = late
+        self.sent = 0
+
+    def _build(self, method: str, path: str, **kw: object) -> httpx.Request:
+        request = super()._build(method, path, **kw)  # type: ignore[arg-type]
+        self.sent += 1
+        if kw["signed"] and self.late > 0:
+            self.late -= 1
+            assert self.identity is not None
+            request.headers.update(
+                protocol.sign_request(
+                    self.identity.key,
+                    client_id=self.identity.client_id,
+                    method=method,
+                    path=request.url.path,
+                    query=request.url.query.decode(),
+                    body_sha256=hashlib.sha256(kw["content"]).hexdigest(),  # type: ignore[arg-type]
+                    timestamp=time.time() - 3600,
+                )
+            )
+        return request
+
+
+def test_an_upload_read_after_its_signature_aged_is_signed_again_once_and_accepted(
+    one_slot: OneSlot, tls: TLSFiles
+) -> None:
+    coord, server, _ = one_slot
+    a = enroll(coord, server, tls, "dev-a")
+    layout = publish(coord, ["dev-a"])
+    data = update_bytes(CID, 1, "dev-a", layout)
+    with LateClient(server.url, ca=tls.ca, identity=a, late=1) as client:
+        client.upload_update(PATH, data, signature=update_signature(a, data))
+        assert client.sent == 2  # refused once (401, stale timestamp), then signed again
+    (stored,) = coord.received_updates(CID, 1)
+    assert stored.client_id == "dev-a"
+    assert coord.store.get_bytes(update_key(CID, 1, "dev-a")) == data
+
+
+def test_a_client_whose_clock_is_off_is_refused_after_one_fresh_signature(
+    one_slot: OneSlot, tls: TLSFiles
+) -> None:
+    from fl_core.agent.transport import Refused
+
+    coord, server, _ = one_slot
+    a = enroll(coord, server, tls, "dev-a")
+    layout = publish(coord, ["dev-a"])
+    data = update_bytes(CID, 1, "dev-a", layout)
+    with LateClient(server.url, ca=tls.ca, identity=a, late=10) as client:
+        with pytest.raises(Refused, match="401: request timestamp is more than"):
+            client.upload_update(PATH, data, signature=update_signature(a, data))
+        assert client.sent == 2  # not retried for ever: a skewed clock stays skewed
+    assert coord.received_updates(CID, 1) == []
