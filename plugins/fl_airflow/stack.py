@@ -989,8 +989,13 @@ def up(cfg: Settings, *, timeout_s: float = 300.0) -> list[dict[str, Any]]:
         )
     cfg.state.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **service_env(cfg)}
-    for key in [k for k in env if k.startswith("AIRFLOW__") and k not in service_env(cfg)]:
-        env.pop(key)  # a caller's embedded-Airflow settings must not leak in
+    for key in [
+        k for k in env if k.startswith(("AIRFLOW__", "MLFLOW_")) and k not in service_env(cfg)
+    ]:
+        # A caller's embedded-Airflow settings and MLflow URIs must not leak in: e.g.
+        # MLFLOW_REGISTRY_URI, which mlflow.set_registry_uri exports in the calling process,
+        # sent serving to another registry, where it never found a champion.
+        env.pop(key)
     Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
     records: list[dict[str, Any]] = []
     try:

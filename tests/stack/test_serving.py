@@ -44,9 +44,12 @@ def _log_version(uri: str, vector: np.ndarray, spec: Any, tmp: Path, code: Path)
     weights.write_bytes(encode_model("serving-test", 1, lay, vector))
     spec_file = tmp / "spec.json"
     spec_file.write_text(json.dumps(spec.to_json()))
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    with mlflow.start_run():
+    from fl_core.tracking import _fluent_uri
+
+    # _fluent_uri restores MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI afterwards: left set,
+    # they were inherited by the next test's stack services (its serving then read this
+    # SQLite registry and never found a champion).
+    with _fluent_uri(uri), mlflow.start_run():
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(REPO / "fl_core" / "mlflow_model_code.py"),
