@@ -97,20 +97,6 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _group_members(pgid: int) -> list[int]:
-    members = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(proc.name))
-    return members
-
-
 def test_serving_switches_versions_and_refuses_foreign_code(tmp_path: Path) -> None:
     """Each alias move is answered by the new version as soon as serving.json says ready;
     a version whose bundled code differs from this project's is refused and the previous
@@ -207,6 +193,8 @@ def test_serving_switches_versions_and_refuses_foreign_code(tmp_path: Path) -> N
         watcher.send_signal(signal.SIGTERM)
         watcher.wait(timeout=60)
     # The server it started (the mlflow CLI and its uvicorn) is gone with it, port freed.
-    assert _group_members(server_pid) == []
+    from fl_airflow.stack import _group_alive
+
+    assert not _group_alive(server_pid)
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)  # noqa: S310
