@@ -197,8 +197,11 @@ class LocalStore(ArtifactStore):
 
     def _write_temp(self, path: Path, data: bytes) -> str:
         """A complete temporary file holding ``data`` next to ``path``; its name."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:  # the folder usually exists: no mkdir call on the common path
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)

@@ -122,6 +122,7 @@ __all__ = [
     "encoded_size",
     "message_sizes",
     "read_header",
+    "readdressed",
 ]
 
 
@@ -538,6 +539,28 @@ def encode_model_for_client(
             logger.debug("delta for version %d is not exact; sending the whole model", header.round)
             return full
     return candidate
+
+
+def readdressed(message: bytes, client: str) -> tuple[bytes, memoryview]:
+    """``message``, a model message this process encoded, addressed to ``client``: the new
+    framing and header, and a view of the unchanged payload.
+
+    ``prefix + payload`` is byte for byte what :func:`encode_model_for_client` returns for
+    the same header with ``client`` when the codecs are deterministic (not
+    ``codec.stochastic``: a stochastic codec draws from :func:`default_rng`, which the client
+    seeds). The coordinator encodes a round's model once and readdresses it to each
+    client, instead of encoding (and holding) one copy per download.
+    """
+    if not isinstance(client, str) or not client:
+        raise ValueError("client: a non-empty client id is required")
+    (head_len,) = struct.unpack(">I", message[4:8])
+    head = json.loads(message[8 : 8 + head_len])
+    if head.get("kind") != "model":
+        raise ValueError("message: only a model message can be readdressed")
+    head["client"] = client
+    new_head = json.dumps(head, sort_keys=True, allow_nan=False).encode()
+    prefix = MAGIC + struct.pack(">I", len(new_head)) + new_head
+    return prefix, memoryview(message)[8 + head_len :]
 
 
 def decode_model_for_client(

@@ -30,7 +30,7 @@ from fl_core.coordinator import protocol
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CoordinatorClient", "Refused", "RetryPolicy", "Unreachable"]
+__all__ = ["TURN_MIN_BYTES", "CoordinatorClient", "Refused", "RetryPolicy", "Unreachable"]
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 BUSY_STATUSES = frozenset({429, 503})
@@ -78,6 +78,10 @@ class RetryPolicy:
         return min(self.cap_s, retry_after_s * (1.0 + rand()))
 
 
+TURN_MIN_BYTES = 64 << 10
+"""Updates this large ask for an upload turn first (a refused smaller body costs little)."""
+
+
 def retry_after_s(response: httpx.Response) -> float | None:
     """The ``Retry-After`` of a busy answer (429 / 503) in seconds, or None (absent, an
     HTTP date, or not a non-negative number)."""
@@ -103,6 +107,8 @@ class CoordinatorClient:
         PEM file of the CA that signed the coordinator's certificate (None: system CAs).
     identity
         The enrolled identity (None until enrollment).
+    turn_min_bytes
+        Updates of at least this many bytes ask for an upload turn first.
     """
 
     def __init__(
@@ -113,9 +119,11 @@ class CoordinatorClient:
         identity: Identity | None = None,
         retry: RetryPolicy | None = None,
         timeout_s: float = 30.0,
+        turn_min_bytes: int = TURN_MIN_BYTES,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.identity = identity
+        self.turn_min_bytes = turn_min_bytes
         self.retry = retry or RetryPolicy()
         verify: ssl.SSLContext | bool = True
         if ca is not None:
@@ -283,10 +291,23 @@ class CoordinatorClient:
         response = self._send("GET", url, params={"known_version": known_version})
         return response.content, time.perf_counter() - start
 
+    def upload_turn(self, url: str) -> float:
+        """Wait for an upload turn for the update at ``url`` (busy answers are waited out);
+        the seconds it is held (0 from a coordinator without turns: 404)."""
+        response = self._send("POST", f"{url}/turn", ok=(200, 404))
+        return float(response.json()["turn_s"]) if response.status_code == 200 else 0.0
+
     def upload_update(
         self, url: str, data: bytes, *, signature: str
     ) -> tuple[dict[str, Any], float]:
-        """Upload a signed update; 201 stored, 200 already stored (a resumed retry)."""
+        """Upload a signed update; 201 stored, 200 already stored (a resumed retry).
+
+        An update of at least ``turn_min_bytes`` first asks for an upload turn
+        (``POST <url>/turn``, waiting out busy answers there), so that a busy coordinator
+        refuses a request of a few hundred bytes, not the whole body; the seconds returned
+        are the ``PUT``'s alone."""
+        if len(data) >= self.turn_min_bytes:
+            self.upload_turn(url)
         start = time.perf_counter()
         response = self._send(
             "PUT",

@@ -96,7 +96,7 @@ def decode_indices(payload: bytes, n: int, k: int) -> tuple[np.ndarray, int]:
         )
         if bits[n:].any():
             raise WireError("non-zero padding bits after the index bitmap")
-        idx = np.flatnonzero(bits[:n]).astype(np.int64)
+        idx = np.flatnonzero(bits[:n].view(bool)).astype(np.int64)  # 0/1 bytes: bool's fast path
         if idx.size != k:
             raise WireError(f"index bitmap marks {idx.size} entries, the codec keeps {k}")
     else:

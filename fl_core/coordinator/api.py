@@ -37,6 +37,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from fl_core import wire
+from fl_core.codec import parse_codec
 from fl_core.coordinator import protocol, registry
 from fl_core.coordinator.db import (
     ClientRow,
@@ -554,6 +555,7 @@ class Coordinator:
             "deadline": rnd_row.deadline,
             "model_url": f"{protocol.API_PREFIX}/models/{task.campaign}/{task.round}",
             "upload_url": f"{protocol.API_PREFIX}/updates/{task.campaign}/{task.round}",
+            "turn_url": f"{protocol.API_PREFIX}/updates/{task.campaign}/{task.round}/turn",
             **(
                 {
                     "edges": camp["edges"],
@@ -575,6 +577,19 @@ class Coordinator:
     ) -> bytes:
         """The round's global model for one client, whole or as a delta from the version it
         holds (the task's downlink codecs), exactly as the in-process transport encodes it."""
+        prefix, payload = self.model_message_parts(
+            client_id, campaign, rnd, known_version=known_version
+        )
+        return prefix + bytes(payload)
+
+    def model_message_parts(
+        self, client_id: str, campaign: str, rnd: int, *, known_version: int | None
+    ) -> tuple[bytes, memoryview]:
+        """:meth:`model_message` as its framing and header, and its payload. With
+        deterministic downlink codecs the payload is shared: the message is encoded once per
+        (model, known version, codecs) and readdressed to each client
+        (:func:`fl_core.wire.readdressed`), so concurrent downloads hold one copy of the
+        model, not one each."""
         from fl_core.rounds.layout import model_key
 
         with self.session() as s:
@@ -584,30 +599,53 @@ class Coordinator:
                 raise ProtocolError(
                     403, f"client {client_id!r} has no task in {campaign} round {rnd}"
                 )
-        layout = self._campaign(campaign)["layout"]
-        model = self._global_model(rnd_row.model_key)
-        known_model = None
+        known_key = None
         if known_version is not None:
             known_key = model_key(campaign, known_version)
-            if 0 <= known_version < rnd_row.base_version and self.store.exists(known_key):
-                known_model = self._global_model(known_key)
-            else:
-                known_version = None
+            if not (0 <= known_version < rnd_row.base_version and self.store.exists(known_key)):
+                known_version, known_key = None, None
+        codec = str(task.task.get("downlink_codec") or "dense_fp32")
+        delta_codec = task.task.get("downlink_delta_codec")
+        args = (campaign, rnd, rnd_row.base_version, rnd_row.model_key, known_version, known_key)
+        if parse_codec(codec).stochastic or (
+            known_key is not None and delta_codec and parse_codec(delta_codec).stochastic
+        ):  # the payload depends on the client (its rng): one encoding each
+            data = self._encode_model(client_id, codec, delta_codec, *args)
+            return data, memoryview(b"")
+        template = self._model_template(codec, delta_codec, *args)
+        return wire.readdressed(template, client_id)
+
+    @functools.lru_cache(maxsize=8)  # noqa: B019 - one coordinator per process
+    def _model_template(self, codec: str, delta_codec: str | None, *args: Any) -> bytes:
+        return self._encode_model("-", codec, delta_codec, *args)
+
+    def _encode_model(
+        self,
+        client_id: str,
+        codec: str,
+        delta_codec: str | None,
+        campaign: str,
+        rnd: int,
+        base_version: int,
+        key: str,
+        known_version: int | None,
+        known_key: str | None,
+    ) -> bytes:
         header = wire.Header(
             kind="model",
             campaign=campaign,
             round=rnd,
-            base_version=rnd_row.base_version,
+            base_version=base_version,
             client=client_id,
-            codec=str(task.task.get("downlink_codec") or "dense_fp32"),
-            layout=layout,
+            codec=codec,
+            layout=self._campaign(campaign)["layout"],
         )
         return wire.encode_model_for_client(
             header,
-            model,
+            self._global_model(key),
             known_version=known_version,
-            known_model=known_model,
-            delta_codec=task.task.get("downlink_delta_codec"),
+            known_model=None if known_key is None else self._global_model(known_key),
+            delta_codec=delta_codec,
         )
 
     def check_upload_allowed(self, client_id: str, campaign: str, rnd: int) -> int:

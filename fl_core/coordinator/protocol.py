@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import re
 import secrets
@@ -110,8 +111,10 @@ def public_key_b64(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
     return base64.b64encode(raw).decode()
 
 
+@functools.lru_cache(maxsize=4096)
 def load_public_key(b64: str) -> Ed25519PublicKey:
-    """Parse a base64 raw Ed25519 public key; ``ValueError`` if malformed."""
+    """Parse a base64 raw Ed25519 public key; ``ValueError`` if malformed. Parsed keys are
+    cached (immutable objects; every request of a client verifies with the same key)."""
     try:
         raw = base64.b64decode(b64, validate=True)
     except (binascii.Error, ValueError):

@@ -122,6 +122,14 @@ class UploadOut(BaseModel):
     )
 
 
+class TurnOut(BaseModel):
+    client_id: str
+    turn_s: float = Field(
+        description="seconds the turn is held: the PUT must start within them (0 if stored)"
+    )
+    stored: bool = Field(description="true when this task's update is already stored")
+
+
 class HealthOut(BaseModel):
     status: str
     api: str

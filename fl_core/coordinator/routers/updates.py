@@ -1,10 +1,12 @@
-"""``PUT /v1/updates/{campaign}/{round}``: one signed update, streamed with a size cap.
+"""``PUT /v1/updates/{campaign}/{round}``: one signed update, streamed with a size cap;
+``POST /v1/updates/{campaign}/{round}/turn``: an upload turn, asked for before a large one.
 
 Admission first (:mod:`fl_core.coordinator.admission`): beyond ``max_concurrent_uploads``
-in flight plus ``max_queued_uploads`` waiting, 503 with ``Retry-After`` at once, before
-any other work. Then, before the body is read, in one registry session: request signature
-(401), revoked (403), replay (409), selected in an open round (403 / 410); declared length
-within the cap (413). While streaming: hashed chunk by chunk, cut off at the cap (413;
+in flight plus ``max_queued_uploads`` waiting (turns granted count), 503 with
+``Retry-After`` at once, before any other work; a client holding a turn is admitted.
+Then, before the body is read, in one registry session: request signature (401), revoked
+(403), replay (409), selected in an open round (403 / 410); declared length within the
+cap (413). While streaming: hashed chunk by chunk, cut off at the cap (413;
 never buffered whole). After: body digest equals the signed one (401), then
 :meth:`~fl_core.coordinator.api.Coordinator.accept_update` in a worker thread (401 / 409 /
 400 / 403 / 410), so the event loop keeps reading the other uploads meanwhile.
@@ -25,9 +27,11 @@ from fl_core.coordinator.admission import UploadAdmission
 from fl_core.coordinator.api import Coordinator, ReceivedUpdate
 from fl_core.coordinator.deps import authenticated_upload, get_coordinator
 from fl_core.coordinator.registry import ProtocolError, UploadContext
-from fl_core.coordinator.schemas import CAMPAIGN_PATTERN, UploadOut
+from fl_core.coordinator.schemas import CAMPAIGN_PATTERN, TurnOut, UploadOut
 
 router = APIRouter(prefix="/updates", tags=["updates"])
+
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 
 @router.put("/{campaign}/{rnd}", response_model=UploadOut, status_code=201)
@@ -38,8 +42,10 @@ async def upload_update(
     coord: Coordinator = Depends(get_coordinator),
 ) -> JSONResponse:
     admission: UploadAdmission = request.app.state.upload_admission
-    with admission.admit():  # bounded memory: slots + queue at most, 503 beyond
+    claimed = request.headers.get(protocol.H_CLIENT)  # a turn is looked up before auth
+    with admission.admit(claimed) as spend_turn:  # bounded memory: slots + queue, 503 beyond
         client_id, ctx, cap = await authenticated_upload(request, coord, campaign, rnd)
+        spend_turn()
         signature = request.headers.get(protocol.H_UPDATE_SIGNATURE)
         if not signature:
             raise ProtocolError(401, f"missing {protocol.H_UPDATE_SIGNATURE} header")
@@ -52,6 +58,29 @@ async def upload_update(
         client_id=client_id, key=rec.key, sha256=rec.sha256, size=rec.size, stored=fresh
     )
     return JSONResponse(out.model_dump(), status_code=201 if fresh else 200)
+
+
+@router.post("/{campaign}/{rnd}/turn", response_model=TurnOut)
+async def upload_turn(
+    request: Request,
+    campaign: str = Path(pattern=CAMPAIGN_PATTERN),
+    rnd: int = Path(ge=1, le=10**6),
+    coord: Coordinator = Depends(get_coordinator),
+) -> TurnOut:
+    """A place among the uploads admitted, held for the caller's next ``PUT`` (signed, empty
+    body); 503 + ``Retry-After`` when none is free, before authentication. The same checks
+    as the upload's headers: 401, 403 (revoked / not selected), 409 (nonce), 410 (closed)."""
+    admission: UploadAdmission = request.app.state.upload_admission
+    admission.check_room(request.headers.get(protocol.H_CLIENT, ""))
+    async for chunk in request.stream():  # at most one chunk read
+        if chunk:
+            raise ProtocolError(400, "a turn request has no body")
+    if request.headers.get(protocol.H_CONTENT_SHA256) != EMPTY_SHA256:
+        raise ProtocolError(401, "body does not match the signed sha256")
+    client_id, ctx, _ = await authenticated_upload(request, coord, campaign, rnd)
+    if ctx.update_stored:  # nothing to wait for: the PUT will be an idempotent retry
+        return TurnOut(client_id=client_id, turn_s=0.0, stored=True)
+    return TurnOut(client_id=client_id, turn_s=admission.grant_turn(client_id), stored=False)
 
 
 async def _receive(

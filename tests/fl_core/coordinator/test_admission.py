@@ -4,7 +4,9 @@ and its retry is accepted; nothing acknowledged is lost."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import math
 import socket
 import ssl
 import threading
@@ -17,9 +19,15 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fl_core.agent.identity import Identity
-from fl_core.agent.transport import CoordinatorClient, RetryPolicy, retry_after_s
+from fl_core.agent.transport import CoordinatorClient, Refused, RetryPolicy, retry_after_s
 from fl_core.coordinator import protocol
-from fl_core.coordinator.admission import MAX_RETRY_AFTER_S, Busy, UploadAdmission
+from fl_core.coordinator.admission import (
+    MAX_RETRY_AFTER_S,
+    RATE_SAMPLES,
+    TURN_S,
+    Busy,
+    UploadAdmission,
+)
 from fl_core.coordinator.api import Coordinator
 from fl_core.coordinator.app import create_app
 from fl_core.coordinator.settings import ENV_LIMITS, CoordinatorSettings
@@ -203,31 +211,93 @@ def test_busy_answers_do_not_use_up_attempts_but_are_bounded(
     assert [u.client_id for u in coord.received_updates(CID, 1)] == ["dev-a"]
 
 
-def test_refused_clients_are_booked_one_after_another_at_the_upload_rate() -> None:
+def _held_uploads(adm: UploadAdmission, now: list[float], holds: list[float], gap: float) -> None:
+    """Uploads through ``adm``'s slots one after another: each holds its slot ``hold``
+    seconds of the fake clock, ``gap`` seconds apart."""
+
+    async def run() -> None:
+        for hold in holds:
+            with adm.admit():
+                async with adm.slot():
+                    now[0] += hold
+            now[0] += gap
+
+    asyncio.run(run())
+
+
+def _refusals(adm: UploadAdmission, count: int) -> list[int]:
+    """Fill every place, then the Retry-After of ``count`` refused uploads."""
+    held = [adm.admit() for _ in range(adm.slots + adm.queue)]
+    for h in held:
+        h.__enter__()
+    waits = []
+    for _ in range(count):
+        with pytest.raises(Busy) as busy, adm.admit():
+            pass
+        waits.append(busy.value.retry_after_s)
+    for h in held:
+        h.__exit__(None, None, None)
+    return waits
+
+
+def test_refused_clients_are_booked_one_after_another_at_the_service_rate() -> None:
     now = [1000.0]
     adm = UploadAdmission(slots=2, queue=0, retry_after_s=1, clock=lambda: now[0])
+    assert adm.rate() == 16.0 * adm.slots  # optimistic until uploads have held the slots
 
-    def refusals(count: int) -> list[int]:
-        held = [adm.admit() for _ in range(adm.slots)]
-        for h in held:
-            h.__enter__()
-        waits = []
-        for _ in range(count):
-            with pytest.raises(Busy) as busy, adm.admit():
-                pass
-            waits.append(busy.value.retry_after_s)
-        for h in held:
-            h.__exit__(None, None, None)
-        return waits
+    # 8 uploads, each 0.5 s in its slot, arriving 10 s apart (0.1 a second): the rate is
+    # what two slots can do (2 / 0.5 = 4 a second), not how fast uploads arrived
+    _held_uploads(adm, now, [0.5] * 8, gap=10.0)
+    assert adm.rate() == pytest.approx(4.0)
 
-    waits = refusals(40)
-    assert waits == sorted(waits)  # later refusals come back later ...
-    assert waits[0] == 1 and waits[-1] > waits[0]
-    assert max(waits) <= MAX_RETRY_AFTER_S
+    waits = _refusals(adm, 40)
+    # the k-th refused is booked behind the 2 admitted and the k - 1 refused before it,
+    # one every 1 / 4 s, and told that delay / 1.5 (it waits U(1, 2) x the value)
+    booked = [2 / 4 + (k + 1) / 4 for k in range(40)]
+    assert waits == [max(1, math.floor(b / 1.5)) for b in booked]
+    assert waits[-1] == 7 and max(waits) <= MAX_RETRY_AFTER_S
     assert adm.refused == 40 and adm.admitted == 0
 
     now[0] += 3600  # long after every booked turn: the shortest wait again
-    assert refusals(1) == [1]
+    assert _refusals(adm, 1) == [1]
+
+
+def test_the_rate_follows_the_last_uploads_hold_times() -> None:
+    now = [0.0]
+    adm = UploadAdmission(slots=4, queue=0, retry_after_s=1, clock=lambda: now[0])
+    _held_uploads(adm, now, [0.02] * RATE_SAMPLES, gap=0.0)
+    assert adm.rate() == pytest.approx(4 / 0.02)
+    _held_uploads(adm, now, [0.2] * RATE_SAMPLES, gap=0.0)  # the coordinator slowed down
+    assert adm.rate() == pytest.approx(4 / 0.2)
+
+
+def test_a_turn_holds_a_place_until_used_or_expired() -> None:
+    now = [0.0]
+    adm = UploadAdmission(slots=1, queue=1, retry_after_s=1, clock=lambda: now[0])
+    assert adm.grant_turn("a") == TURN_S
+    assert adm.grant_turn("b") == TURN_S
+    with pytest.raises(Busy, match="no upload turn free"):
+        adm.grant_turn("c")  # both places held by turns, though nothing is uploading
+    with pytest.raises(Busy, match="upload refused"), adm.admit("c"):
+        pass
+    assert adm.grant_turn("a") == TURN_S  # a holder may renew
+
+    with adm.admit("a") as spend:  # a holder is admitted without the check ...
+        assert adm.admitted == 1
+        assert not adm.has_turn("a")  # ... and a second request cannot use it meanwhile
+        with pytest.raises(Busy), adm.admit("a"):
+            pass
+        spend()  # authenticated: the turn is spent
+    assert adm.admitted == 0 and not adm.has_turn("a")
+    assert adm.occupied == 1  # b's turn
+
+    with pytest.raises(RuntimeError), adm.admit("b"):  # failed before authentication
+        raise RuntimeError("bad signature")
+    assert adm.has_turn("b")  # given back
+
+    now[0] += TURN_S + 1  # b never came: its place is free again
+    assert adm.occupied == 0
+    assert adm.grant_turn("c") == TURN_S
 
 
 def test_retry_after_is_read_only_from_busy_answers() -> None:
@@ -325,3 +395,95 @@ def test_a_client_whose_clock_is_off_is_refused_after_one_fresh_signature(
             client.upload_update(PATH, data, signature=update_signature(a, data))
         assert client.sent == 2  # not retried for ever: a skewed clock stays skewed
     assert coord.received_updates(CID, 1) == []
+
+
+def test_a_large_update_waits_for_a_turn_and_sends_its_body_once(
+    one_slot: OneSlot, tls: TLSFiles
+) -> None:
+    coord, server, adm = one_slot
+    a = enroll(coord, server, tls, "dev-a")
+    b = enroll(coord, server, tls, "dev-b")
+    layout = publish(coord, ["dev-a", "dev-b"])
+    data_a = update_bytes(CID, 1, "dev-a", layout)
+    data_b = update_bytes(CID, 1, "dev-b", layout, scale=0.02)
+    slow = SlowUpload(server, tls, a, data_a)
+    wait_until(lambda: adm.admitted == 1, "the slow upload to hold the only slot")
+
+    sent: list[tuple[str, str, int]] = []
+    result: dict[str, object] = {}
+
+    def agent_upload() -> None:  # every update counts as large here
+        with CoordinatorClient(server.url, ca=tls.ca, identity=b, turn_min_bytes=0) as client:
+            client._http.event_hooks["response"].append(  # noqa: SLF001 - observe the wire
+                lambda r: sent.append((r.request.method, r.request.url.path, r.status_code))
+            )
+            result["out"], _ = client.upload_update(
+                PATH, data_b, signature=update_signature(b, data_b)
+            )
+
+    worker = threading.Thread(target=agent_upload)
+    worker.start()
+    wait_until(lambda: adm.refused >= 2, "the agent's turn to be refused twice")
+    assert slow.finish() == 201
+    worker.join(timeout=60)
+
+    assert not worker.is_alive()
+    turns = [s for s in sent if s[1] == PATH + "/turn"]
+    assert [s[2] for s in turns[:-1]] == [503] * (len(turns) - 1) and turns[-1][2] == 200
+    assert [s for s in sent if s[0] == "PUT"] == [("PUT", PATH, 201)]  # the body went once
+    assert sent[-1][0] == "PUT"
+    assert coord.store.get_bytes(update_key(CID, 1, "dev-b")) == data_b
+    assert adm.admitted == 0 and adm.occupied == 0
+
+
+def test_a_turn_is_kept_for_its_holder_and_a_forged_request_cannot_spend_it(
+    one_slot: OneSlot, tls: TLSFiles
+) -> None:
+    coord, server, adm = one_slot
+    a = enroll(coord, server, tls, "dev-a")
+    b = enroll(coord, server, tls, "dev-b")
+    layout = publish(coord, ["dev-a", "dev-b"])
+    data_a = update_bytes(CID, 1, "dev-a", layout)
+    data_b = update_bytes(CID, 1, "dev-b", layout, scale=0.02)
+    with CoordinatorClient(server.url, ca=tls.ca, identity=b) as client_b:
+        assert client_b.upload_turn(PATH) == TURN_S
+    assert adm.has_turn("dev-b") and adm.occupied == 1
+
+    verify = ssl.create_default_context(cafile=str(tls.ca))
+    with httpx.Client(verify=verify, timeout=30) as http:
+        # the only place is b's: a's upload and a's turn are refused before any work
+        refused = http.put(server.url + PATH, content=data_a, headers=upload_headers(a, data_a))
+        assert refused.status_code == 503 and "Retry-After" in refused.headers
+        # someone naming dev-b without b's key: 401, and b keeps its turn
+        mallory = Identity("dev-b", server.url, Ed25519PrivateKey.generate())
+        forged = http.put(
+            server.url + PATH, content=data_b, headers=upload_headers(mallory, data_b)
+        )
+        assert forged.status_code == 401
+    assert adm.has_turn("dev-b")
+    with CoordinatorClient(server.url, ca=tls.ca, identity=b) as client_b:
+        out, _ = client_b.upload_update(PATH, data_b, signature=update_signature(b, data_b))
+    assert out["stored"] is True and adm.occupied == 0
+    with CoordinatorClient(server.url, ca=tls.ca, identity=a) as client_a:
+        assert client_a.upload_turn(PATH) == TURN_S  # the place is free again
+    assert [u.client_id for u in coord.received_updates(CID, 1)] == ["dev-b"]
+
+
+def test_a_turn_request_is_checked_like_the_upload(one_slot: OneSlot, tls: TLSFiles) -> None:
+    coord, server, adm = one_slot
+    a = enroll(coord, server, tls, "dev-a")
+    outsider = enroll(coord, server, tls, "dev-x")
+    publish(coord, ["dev-a"])
+    client = CoordinatorClient(server.url, ca=tls.ca, identity=outsider)
+    with client, pytest.raises(Refused) as not_selected:
+        client.upload_turn(PATH)
+    assert not_selected.value.status == 403
+    verify = ssl.create_default_context(cafile=str(tls.ca))
+    headers = protocol.sign_request(
+        a.key, client_id="dev-a", method="POST", path=PATH + "/turn",
+        body_sha256=hashlib.sha256(b"x").hexdigest(),
+    )  # fmt: skip
+    with httpx.Client(verify=verify, timeout=30) as http:
+        with_body = http.post(server.url + PATH + "/turn", content=b"x", headers=headers)
+    assert with_body.status_code == 400 and "no body" in with_body.json()["detail"]
+    assert adm.occupied == 0  # neither got a turn

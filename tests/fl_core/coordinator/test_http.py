@@ -467,6 +467,46 @@ def test_model_download_with_etag_and_delta_from_known_version(
     assert first.content == full and cached.status_code == 304 and cached.content == b""
 
 
+@pytest.mark.parametrize("downlink", ["dense_fp32", "q8"])
+def test_each_client_gets_its_own_header_and_deterministic_codecs_share_one_payload(
+    coord: Coordinator, server: ServerThread, tls: TLSFiles, layout, downlink: str
+) -> None:
+    from tests.fl_core.coordinator.harness import put_model
+
+    clients = {name: enroll(coord, server, tls, name) for name in ("a", "b")}
+    v0 = wire.decode(coord.store.get_bytes(f"campaigns/{CID}/models/v0000.flw"))[1]
+    v1 = v0.copy()
+    v1[:3] += 1.0
+    put_model(coord.store, CID, 1, layout, v1)
+    coord.publish_round(
+        CID, 2, base_version=1, deadline_s=60,
+        tasks={c: task_dict(seed=i, downlink_codec=downlink) for i, c in enumerate(clients)},
+    )  # fmt: skip
+
+    for known in (None, 0):
+        parts = {c: coord.model_message_parts(c, CID, 2, known_version=known) for c in clients}
+        for name, (prefix, payload) in parts.items():
+            header = wire.Header(kind="model", campaign=CID, round=2, base_version=1,
+                                 client=name, codec=downlink, layout=layout)  # fmt: skip
+            expected = wire.encode_model_for_client(
+                header, v1, known_version=known, known_model=None if known is None else v0,
+                delta_codec="topk:0.5",
+            )  # fmt: skip
+            assert prefix + bytes(payload) == expected  # what the in-process transport sends
+            assert wire.read_header(expected).client == name
+            downloaded, _ = clients[name].download_model(
+                f"/v1/models/{CID}/2", known_version=known
+            )
+            assert downloaded == expected
+        (_, pay_a), (_, pay_b) = parts["a"], parts["b"]
+        if downlink == "dense_fp32":  # one encoding serves every client
+            assert pay_a.obj is pay_b.obj and len(pay_a) > 0
+        elif known is None:  # q8 rounds with an rng seeded by the client: no sharing
+            vec_a = wire.decode(parts["a"][0] + bytes(pay_a))[1]
+            vec_b = wire.decode(parts["b"][0] + bytes(pay_b))[1]
+            assert not np.array_equal(vec_a, vec_b)
+
+
 def test_model_download_of_a_round_without_a_task_is_403(
     coord: Coordinator, server: ServerThread, tls: TLSFiles, layout
 ) -> None:
