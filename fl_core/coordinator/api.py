@@ -339,6 +339,17 @@ class Coordinator:
                 raise ValueError(f"{campaign} round {rnd} was already published with other tasks")
         return self.round_status(campaign, rnd)
 
+    def publication_marker(self) -> tuple[int, float | None]:
+        """A value that changes whenever a round (with its tasks) or a monitoring check is
+        published: waiting long-polls re-query their tasks only when it changes."""
+        with self.session() as s:
+            count, latest = s.execute(
+                sa.select(sa.func.count(), sa.func.max(RoundRow.published_at)).select_from(
+                    RoundRow
+                )
+            ).one()
+        return int(count), latest
+
     def publish_manifest(
         self, campaign: str, manifest: Mapping[str, Any], *, deadline_s: float
     ) -> RoundStatus:

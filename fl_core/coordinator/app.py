@@ -46,6 +46,7 @@ def create_app(
         "See docs/protocol.md.",
     )
     app.state.coordinator = coord
+    app.state.publications = tasks.Publications(coord)
     app.state.upload_admission = UploadAdmission(
         slots=coord.settings.max_concurrent_uploads,
         queue=coord.settings.max_queued_uploads,

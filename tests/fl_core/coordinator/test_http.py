@@ -425,6 +425,45 @@ def test_long_poll_returns_the_task_published_while_waiting(
     assert task["model_url"] == f"/v1/models/{CID}/1" and task["codec"] == "dense_fp32"
 
 
+def test_waiting_clients_share_one_registry_poll_and_wake_on_another_process_publishing(
+    coord: Coordinator, server: ServerThread, tls: TLSFiles, layout
+) -> None:
+    import sqlalchemy as sa
+
+    names = [f"w{i}" for i in range(12)]
+    clients = [enroll(coord, server, tls, name) for name in names]
+    statements: list[str] = []
+    sa.event.listen(
+        coord.engine, "before_cursor_execute", lambda *args: statements.append(args[2])
+    )
+    got: dict[str, object] = {}
+
+    def wait(client: CoordinatorClient) -> None:
+        assert client.identity is not None
+        got[client.identity.client_id] = client.next_task(wait_s=10)
+
+    threads = [threading.Thread(target=wait, args=(c,)) for c in clients]
+    for t in threads:
+        t.start()
+    time.sleep(3.0)  # all waiting: 6 poll intervals
+    dag_process = Coordinator(coord.settings)  # the DAG's dispatch: its own engine
+    dag_process.publish_round(
+        CID, 1, base_version=0, tasks={n: task_dict(seed=i) for i, n in enumerate(names)},
+        deadline_s=60,
+    )  # fmt: skip
+    dag_process.close()
+    for t in threads:
+        t.join(timeout=30)
+
+    assert sorted(got) == sorted(names) and all(got[n] is not None for n in names)
+    lookups = [q for q in statements if "FROM tasks" in q]
+    markers = [q for q in statements if "count(*)" in q and "FROM rounds" in q]
+    # each waiter looked before waiting, once when the poller started and once when the
+    # round appeared; polling each for itself every 0.5 s would be >= 12 x 6 lookups
+    assert len(lookups) <= 3 * len(names)
+    assert 3 <= len(markers) <= 12  # one poll per interval for all of them
+
+
 def test_a_client_only_sees_its_own_task_and_not_after_uploading(
     coord: Coordinator, server: ServerThread, tls: TLSFiles, layout
 ) -> None:
