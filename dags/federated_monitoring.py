@@ -11,12 +11,18 @@ webhook in `FL_ALERT_WEBHOOK_URL` or the `fl_alert_webhook` connection) and trig
 `federated_retraining` with the reason — at most once per `monitoring.cooldown_hours`.
 When healthy it triggers nothing.
 
-With `clients: remote` (form field; `simulated` is the default) no central labelled data
-is needed: `publish_check` sends the champion and the bin edges of its training data's
-reference histograms (summed from counts its training clients reported) to every live
-edge client; each evaluates it on its fresh local data and reports accuracy, example count
-and per-feature bin counts (never rows); `wait_for_reports` (deferrable) waits for them;
-`check_champion` aggregates weighted accuracy and PSI per feature with the same thresholds.
+`clients` (form field) picks how: `auto` (the default, also when a run's conf does not
+set it) checks the champion the way it was trained, i.e. `campaign.clients` of the campaign
+that produced it (its `fl.campaign_id` tag); `simulated` or `remote` force a mode.
+
+With `clients: remote` no central labelled data is needed: `publish_check` sends the
+champion and the bin edges of its training data's reference histograms (summed from counts
+its training clients reported) to every live edge client; each evaluates it on its fresh
+local data and reports accuracy, example count and per-feature bin counts (never rows);
+`wait_for_reports` (deferrable) waits for them; `check_champion` aggregates weighted
+accuracy and PSI per feature with the same thresholds. When no client reported by the
+deadline the check is *inconclusive* (no evidence): the report says so,
+`alert_inconclusive` raises an alert, and nothing is retrained.
 See docs/protocol.md, "Federated monitoring".
 """
 
@@ -61,10 +67,11 @@ def _schedule() -> str:
             description="Registered model to watch; default params.yaml",
         ),
         "clients": Param(
-            "simulated",
-            enum=["simulated", "remote"],
-            description="simulated: evaluate centrally on eval_path; remote: the live edge "
-            "clients check the champion on their own fresh data",
+            "auto",
+            enum=["auto", "simulated", "remote"],
+            description="auto: as the champion was trained (its campaign's clients); "
+            "simulated: evaluate centrally on eval_path; remote: the live edge clients check "
+            "the champion on their own fresh data",
         ),
         "deadline_s": Param(
             600,
@@ -102,17 +109,18 @@ def federated_monitoring() -> None:
         )
         print(
             f"champion v{report.get('version')}: accuracy {report.get('accuracy')}, "
-            f"reference {report.get('reference_accuracy')}, healthy={report['healthy']}, "
+            f"reference {report.get('reference_accuracy')}, verdict={report.get('verdict')}, "
             f"reasons={report['reasons']}"
         )
         return report
 
     @task.branch
     def decide(report: dict[str, Any]) -> str | None:
-        """Alert and retrain when degraded (once per cooldown); nothing when healthy."""
+        """Alert and retrain when degraded (once per cooldown); alert only when the check is
+        inconclusive (no evidence); nothing when healthy."""
         import time
 
-        from fl_airflow.monitoring import cooldown_hours
+        from fl_airflow.monitoring import cooldown_hours, next_task
 
         from fl_core.operations import decide_retraining
 
@@ -124,12 +132,20 @@ def federated_monitoring() -> None:
         )
         get_current_context()["ti"].xcom_push(key="decision", value=decision)
         print(f"decision: {decision}")
-        if decision["trigger"]:
-            return "alert"
-        return "alert_suppressed" if not report["healthy"] else None
+        return next_task(report, decision)
 
     @task
     def alert(report: dict[str, Any]) -> bool:
+        from fl_airflow.hooks.alert import AlertHook
+
+        from fl_core.operations import alert_payload
+
+        decision = get_current_context()["ti"].xcom_pull(task_ids="decide", key="decision")
+        return AlertHook().send(alert_payload(report, decision))
+
+    @task
+    def alert_inconclusive(report: dict[str, Any]) -> bool:
+        """No evidence (no client reported): alert, retrain nothing."""
         from fl_airflow.hooks.alert import AlertHook
 
         from fl_core.operations import alert_payload
@@ -160,7 +176,7 @@ def federated_monitoring() -> None:
             "registered_model": "{{ ti.xcom_pull(task_ids='check_champion')['model'] }}",
         },
     )
-    branch >> [sent, alert_suppressed(report)]
+    branch >> [sent, alert_suppressed(report), alert_inconclusive(report)]
     sent >> retrain
 
 

@@ -50,6 +50,44 @@ def champion(tracking_uri: str, model_name: str) -> tuple[np.ndarray, dict[str, 
         return None
 
 
+def champion_clients(store: ArtifactStore, tracking_uri: str, model_name: str) -> str | None:
+    """How the champion was trained: ``campaign.clients`` (``"simulated"`` or ``"remote"``)
+    of the campaign named by its ``fl.campaign_id`` version tag, read from that campaign's
+    record in ``store``. None when there is no champion or its campaign is not in ``store``.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from fl_core.rounds.state import CampaignNotFound, load_campaign
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        version = client.get_model_version_by_alias(model_name, "champion")
+    except MlflowException as exc:
+        logger.info("no champion of %s (%s)", model_name, exc)
+        return None
+    cid = version.tags.get("fl.campaign_id")
+    if not cid:
+        return None
+    try:
+        rec = load_campaign(store, cid)
+    except CampaignNotFound:
+        logger.warning("champion %s v%s: campaign %s not in the store", model_name,
+                       version.version, cid)  # fmt: skip
+        return None
+    # The frozen config as the campaign ran it; a record without the field predates remote
+    # clients: simulated (the config default).
+    return str(((rec.get("config") or {}).get("campaign") or {}).get("clients") or "simulated")
+
+
+def verdict(report: dict[str, Any]) -> str:
+    """``"healthy"``, ``"degraded"`` or ``"inconclusive"`` (``healthy`` is None: no evidence,
+    e.g. no client reported on a remote check)."""
+    if report.get("healthy") is None:
+        return "inconclusive"
+    return "healthy" if report["healthy"] else "degraded"
+
+
 def check_champion(
     cfg: Config,
     *,
@@ -95,7 +133,7 @@ def check_champion(
     reasons: list[str] = []
     if not report.success:
         reasons.append(f"evaluation data failed validation ({len(report.failures)} failures)")
-        out.update(healthy=False, reasons=reasons, accuracy=None, drift=None)
+        out.update(healthy=False, verdict="degraded", reasons=reasons, accuracy=None, drift=None)
         return out
     import mlflow
 
@@ -112,16 +150,32 @@ def check_champion(
         max_accuracy_drop=cfg.monitoring.max_accuracy_drop,
         max_drift=cfg.monitoring.max_drift,
     )
-    out.update(healthy=health.healthy, reasons=list(health.reasons), accuracy=accuracy, drift=drift)
+    out.update(
+        healthy=health.healthy,
+        verdict="healthy" if health.healthy else "degraded",
+        reasons=list(health.reasons),
+        accuracy=accuracy,
+        drift=drift,
+    )
     return out
 
 
 def decide_retraining(
     store: ArtifactStore, report: dict[str, Any], *, now_s: float, cooldown_hours: float
 ) -> dict[str, Any]:
-    """Trigger retraining for a degraded model, at most once per cooldown (state in store)."""
+    """Trigger retraining for a degraded model, at most once per cooldown (state in store).
+
+    An inconclusive check (no evidence, :func:`verdict`) triggers nothing and leaves the
+    cooldown alone; the decision says ``"inconclusive": True`` so the DAG alerts on it.
+    """
     from fl_core.monitoring import Cooldown
 
+    if verdict(report) == "inconclusive":
+        return {
+            "trigger": False,
+            "inconclusive": True,
+            "reason": "inconclusive: " + "; ".join(report.get("reasons") or ["no evidence"]),
+        }
     if report["healthy"]:
         return {"trigger": False, "reason": "healthy"}
     cooldown = Cooldown(cooldown_s=cooldown_hours * 3600.0)
@@ -140,10 +194,13 @@ def decide_retraining(
 
 
 def alert_payload(report: dict[str, Any], decision: dict[str, Any]) -> dict[str, Any]:
+    inconclusive = verdict(report) == "inconclusive"
+    event = "federated_monitoring_inconclusive" if inconclusive else "federated_model_degraded"
     return {
-        "event": "federated_model_degraded",
+        "event": event,
         "model": report.get("model"),
         "version": report.get("version"),
+        "verdict": verdict(report),
         "reasons": report.get("reasons"),
         "accuracy": report.get("accuracy"),
         "reference_accuracy": report.get("reference_accuracy"),

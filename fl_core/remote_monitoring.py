@@ -188,7 +188,12 @@ def collect_check(
     The report has the keys of the central check (``model``, ``version``, ``accuracy``,
     ``reference_accuracy``, ``drift``, ``healthy``, ``reasons``) plus ``federated``: clients
     reported, examples, accuracy spread, clients missing or with invalid data, and each
-    client's accuracy, examples and mean PSI. Raises ``RuntimeError`` when no client reported.
+    client's accuracy, examples and mean PSI.
+
+    When no client reported on the champion's version by the deadline there is no evidence
+    either way: the report is *inconclusive* (``healthy`` None, ``verdict``
+    ``"inconclusive"``, a ``no_evidence`` reason naming the tasks and the clients missing),
+    never healthy and never degraded; the DAG alerts on it and triggers no retraining.
     """
     rec = store.get_json(L.monitoring_check_key(check_id))
     coord = remote.coordinator(store)
@@ -201,11 +206,6 @@ def collect_check(
         ]
     finally:
         coord.close()
-    if not reports:
-        raise RuntimeError(
-            f"no client reported on monitoring check {check_id} "
-            f"({status.num_tasks} tasks, stragglers {sorted(status.stragglers)})"
-        )
     valid = [r for r in reports if r.data_valid and r.num_examples > 0 and r.counts]
     invalid = sorted(r.client_id for r in reports if not r.data_valid)
     ref = [np.asarray(c, dtype=np.int64) for c in rec["reference_counts"]]
@@ -225,10 +225,32 @@ def collect_check(
         "reference_num_examples": rec["reference_num_examples"],
     }
     reasons: list[str] = []
+    if not reports:
+        reason = (
+            f"no_evidence: no client reported on check {check_id} of version {rec['version']} "
+            f"before its deadline ({status.num_tasks} tasks, missing {federated['missing']})"
+        )
+        logger.warning("check %s inconclusive: %s", check_id, reason)
+        out.update(
+            healthy=None,
+            verdict="inconclusive",
+            reasons=[reason],
+            accuracy=None,
+            drift=None,
+            federated={**federated, "num_clients": 0, "num_examples": 0},
+        )
+        return out
     if invalid:
         reasons.append(f"fresh data of {len(invalid)} client(s) failed validation: {invalid}")
     if not valid:
-        out.update(healthy=False, reasons=reasons, accuracy=None, drift=None, federated=federated)
+        out.update(
+            healthy=False,
+            verdict="degraded",
+            reasons=reasons,
+            accuracy=None,
+            drift=None,
+            federated=federated,
+        )
         return out
     weights = np.asarray([r.num_examples for r in valid], dtype=np.float64)
     accs = np.asarray([r.metrics["accuracy"] for r in valid], dtype=np.float64)
@@ -277,8 +299,10 @@ def collect_check(
         max_accuracy_drop=max_accuracy_drop,
         max_drift=max_drift,
     )
+    healthy = health.healthy and not reasons
     out.update(
-        healthy=health.healthy and not reasons,
+        healthy=healthy,
+        verdict="healthy" if healthy else "degraded",
         reasons=reasons + list(health.reasons),
         accuracy=accuracy,
         drift=drift,

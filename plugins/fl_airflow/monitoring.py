@@ -1,16 +1,23 @@
 """Glue for the monitoring DAG: which champion, which evaluation data, which thresholds.
 
-``clients: simulated`` (default): the champion is evaluated centrally on ``eval_path``.
+``clients: simulated``: the champion is evaluated centrally on ``eval_path``.
 ``clients: remote``: the live edge clients check it on their own fresh data
 (:mod:`fl_core.remote_monitoring`): :func:`publish` sends the check, the
-``wait_for_reports`` sensor waits, :func:`check` aggregates their reports."""
+``wait_for_reports`` sensor waits, :func:`check` aggregates their reports.
+``clients: auto`` (default, or not set): the mode the champion was trained in
+(:func:`clients_mode`)."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from fl_airflow.hooks.artifact_store import fl_home, project_root
+
+logger = logging.getLogger(__name__)
+
+MODES = ("auto", "simulated", "remote")
 
 
 def _config() -> Any:
@@ -23,16 +30,50 @@ def cooldown_hours() -> float:
     return float(_config().monitoring.cooldown_hours)
 
 
-def is_remote(params: dict[str, Any]) -> bool:
-    mode = params.get("clients") or "simulated"
-    if mode not in ("simulated", "remote"):
-        raise ValueError(f"clients must be 'simulated' or 'remote', got {mode!r}")
-    return bool(mode == "remote")
+def _requested(params: dict[str, Any]) -> str:
+    mode = params.get("clients") or "auto"
+    if mode not in MODES:
+        raise ValueError(f"clients must be one of {MODES}, got {mode!r}")
+    return str(mode)
+
+
+def clients_mode(store: Any, params: dict[str, Any]) -> str:
+    """``"simulated"`` or ``"remote"``: ``clients`` of the run's conf when it names one, else
+    the champion's training mode (``campaign.clients`` of the campaign that produced it, via
+    its ``fl.campaign_id`` tag), so a champion trained by remote devices is checked by them.
+    With no champion, or its campaign not in the store: simulated (as before)."""
+    mode = _requested(params)
+    if mode != "auto":
+        return mode
+    from fl_core.config import with_overrides
+    from fl_core.operations import champion_clients
+    from fl_core.tracking import default_tracking_uri
+
+    cfg = _config()
+    if params.get("registered_model"):
+        cfg = with_overrides(cfg, {"tracking.registered_model": params["registered_model"]})
+    name = cfg.tracking.registered_model
+    trained = champion_clients(store, default_tracking_uri(fl_home()), name)
+    logger.info("clients: auto -> %s (champion of %s trained with clients: %s)",
+                trained or "simulated", name, trained)  # fmt: skip
+    return trained or "simulated"
+
+
+def next_task(report: dict[str, Any], decision: dict[str, Any]) -> str | None:
+    """The ``decide`` branch: ``alert`` (then retraining) when the decision triggers,
+    ``alert_inconclusive`` when the check found no evidence, ``alert_suppressed`` when
+    degraded within the cooldown, nothing when healthy."""
+    if decision["trigger"]:
+        return "alert"
+    if decision.get("inconclusive"):
+        return "alert_inconclusive"
+    return "alert_suppressed" if not report["healthy"] else None
 
 
 def publish(store: Any, params: dict[str, Any], *, run_id: str) -> dict[str, Any] | None:
-    """Remote mode: publish a check of the champion to the live clients (None otherwise)."""
-    if not is_remote(params):
+    """Remote mode (:func:`clients_mode`): publish a check of the champion to the live
+    clients. None in simulated mode: then :func:`check` evaluates centrally."""
+    if clients_mode(store, params) != "remote":
         return None
     import math
 
@@ -73,8 +114,9 @@ def check(
 ) -> dict[str, Any]:
     """Run the health check of the champion on the latest evaluation data (remote mode: from
     the clients' reports on the check ``published``); the report is saved in the artifact
-    store under ``monitoring/reports/``."""
-    if is_remote(params):
+    store under ``monitoring/reports/``. The mode is the one :func:`publish` chose: remote
+    when it ``published`` a check."""
+    if published or _requested(params) == "remote":
         from fl_core.operations import write_report
         from fl_core.remote_monitoring import collect_check
 
@@ -114,5 +156,6 @@ def check(
         reference_path=data / "prepared" / "train.parquet",
         meta=read_json(data / "prepared" / "meta.json"),
     )
+    report.setdefault("mode", "simulated")
     report["report_key"] = write_report(store, run_id, report)
     return report

@@ -68,6 +68,13 @@ print(json.dumps({
              for d in bag.dags.values()},
     "heavy": [m for m in ("torch", "mlflow", "great_expectations", "sklearn") if m in sys.modules],
     "seconds": elapsed,
+    "monitoring": {
+        "decide": sorted(bag.dags["federated_monitoring"].get_task("decide").downstream_task_ids),
+        "retrain_after": sorted(
+            bag.dags["federated_monitoring"].get_task("trigger_retraining").upstream_task_ids
+        ),
+        "clients": bag.dags["federated_monitoring"].params.get_param("clients").value,
+    },
 }))
 """
     out = _run(["-c", code, str(REPO / "dags")], _env(tmp_path), timeout=300)
@@ -81,6 +88,13 @@ print(json.dumps({
         assert dag["retries"] and dag["retries"] >= 1, f"{dag_id} has no retries"
         assert dag["catchup"] is False and dag["tz"] is not None
     assert info["heavy"] == [], f"parsing imported {info['heavy']}"
+    # Monitoring: an inconclusive check alerts on its own branch, never into retraining; the
+    # mode follows the champion unless a run's conf sets it.
+    assert info["monitoring"] == {
+        "decide": ["alert", "alert_inconclusive", "alert_suppressed"],
+        "retrain_after": ["alert"],
+        "clients": "auto",
+    }
 
 
 @pytest.fixture(scope="module")
