@@ -139,8 +139,8 @@ def publish_check(
             status = coord.round_status(check_id, CHECK_ROUND)
         except KeyError:
             live = [c.client_id for c in coord.live_clients()]
-            if not live:
-                raise RuntimeError("no live clients to check the champion on") from None
+            if not live:  # published empty: closes at once, and the check is inconclusive
+                logger.warning("check %s: no live client to check the champion on", check_id)
             status = coord.publish_round(
                 check_id,
                 CHECK_ROUND,
@@ -229,6 +229,9 @@ def collect_check(
         reason = (
             f"no_evidence: no client reported on check {check_id} of version {rec['version']} "
             f"before its deadline ({status.num_tasks} tasks, missing {federated['missing']})"
+            if status.num_tasks
+            else f"no_evidence: no live client (no heartbeat within the live window) when "
+            f"check {check_id} of version {rec['version']} was published"
         )
         logger.warning("check %s inconclusive: %s", check_id, reason)
         out.update(

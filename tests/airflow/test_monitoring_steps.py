@@ -175,3 +175,23 @@ def test_a_check_no_client_reported_on_is_inconclusive_and_alerts_without_retrai
     assert next_task(report, decision) == "alert_inconclusive"
     assert payload["event"] == "federated_monitoring_inconclusive"
     assert payload["retraining_triggered"] is False and payload["reasons"] == [reason]
+
+
+def test_a_check_with_no_live_client_is_inconclusive_at_once(home: Path) -> None:
+    from fl_airflow.monitoring import check
+
+    from fl_core.remote_monitoring import check_progress
+    from fl_core.store import LocalStore
+
+    store = LocalStore(home / "artifacts")
+    run_id = "scheduled__2026-12-02T18:00:00+00:00"
+    published = _silent_check(store, run_id, [])  # publish found no live client
+    progress = check_progress(store, published["check_id"])
+    assert progress["done"] and progress["received"] == 0  # nothing to wait for
+
+    report = check(store, {"registered_model": MODEL, "clients": "remote"}, run_id=run_id,
+                   published=published)  # fmt: skip
+
+    assert report["verdict"] == "inconclusive" and report["healthy"] is None
+    [reason] = report["reasons"]
+    assert reason.startswith("no_evidence: no live client")
