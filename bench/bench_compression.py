@@ -41,8 +41,8 @@ from _common import (  # noqa: E402  (bench scripts run as files)
     REPORTING_SEEDS,
     check_runs,
     log_mlflow,
-    preregister,
     prepare_data,
+    preregister,
     stat,
     write_results,
 )
@@ -224,9 +224,11 @@ def main(argv: list[str] | None = None) -> int:
         f"goal {verdict['goal']}: {'holds' if verdict['holds'] else 'does not hold'} "
         f"({verdict['evidence']})"
     )
-    command = "nice -n 10 python bench/bench_compression.py" + (
-        " --quick" if args.quick else ""
-    ) + (f" --rounds {args.rounds}" if args.rounds is not None else "")
+    command = (
+        "nice -n 10 python bench/bench_compression.py"
+        + (" --quick" if args.quick else "")
+        + (f" --rounds {args.rounds}" if args.rounds is not None else "")
+    )
     path = write_results(
         NAME,
         {
