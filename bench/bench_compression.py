@@ -39,8 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402  (bench scripts run as files)
     BENCH_HOME,
     REPORTING_SEEDS,
+    check_runs,
     log_mlflow,
     prepare_data,
+    preregister,
     stat,
     write_results,
 )
@@ -163,8 +165,35 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds is not None:
         overrides["campaign.rounds"] = args.rounds
     base = with_overrides(load_params(args.params), overrides)
+    configs = {k: v[1] for k, v in CONFIGURATIONS.items()}
+    decl: dict[str, Any] = {
+        "title": "Compression: accuracy vs uplink bytes per codec",
+        "question": "What does each uplink codec cost in accuracy, at equal rounds?",
+        "overrides": overrides,
+        "campaign": {
+            "dataset": base.data.dataset,
+            "clients": base.partition.num_clients,
+            "rounds": base.campaign.rounds,
+            "clients_per_round": base.campaign.clients_per_round,
+            "local_epochs": base.client.local_epochs,
+        },
+        "goals_declared": [
+            f">= {GOAL_RATIO:g}x less uplink than dense fp32 with <= {GOAL_LOSS_POINTS:g} "
+            "point lost (mean over seeds)"
+        ],
+        "notes": [
+            f"{base.data.dataset}, {base.partition.num_clients} clients, "
+            f"{base.campaign.clients_per_round} per round, {base.campaign.rounds} rounds, "
+            f"{base.client.local_epochs} local epochs (params.yaml unless --quick/--rounds); "
+            "simulated links, every round run",
+            "no search: the arms differ only in their codec (or the adaptive policy)",
+            "ratio and loss paired with dense fp32 on the same seed",
+        ],
+    }
+    preregister(NAME, configurations=configs, seeds=REPORTING_SEEDS, quick=args.quick, **decl)
     data_dir = prepare_data(base, BENCH_HOME / (f"{NAME}_quick" if args.quick else NAME))
     runs: dict[str, dict[int, dict[str, Any]]] = {}
+    wall = time.perf_counter()
     for key, (label, arm) in CONFIGURATIONS.items():
         runs[key] = {}
         for seed in REPORTING_SEEDS:
@@ -175,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"uplink {runs[key][seed]['bytes_up']:,} B ({time.perf_counter() - started:.0f}s)",
                 flush=True,
             )
+    check_runs(configs, REPORTING_SEEDS, runs)
     rows = summarize(runs)
     columns = [
         "configuration",
@@ -194,20 +224,23 @@ def main(argv: list[str] | None = None) -> int:
         f"goal {verdict['goal']}: {'holds' if verdict['holds'] else 'does not hold'} "
         f"({verdict['evidence']})"
     )
-    command = "python bench/bench_compression.py" + (" --quick" if args.quick else "")
+    command = (
+        "nice -n 10 python bench/bench_compression.py"
+        + (" --quick" if args.quick else "")
+        + (f" --rounds {args.rounds}" if args.rounds is not None else "")
+    )
     path = write_results(
         NAME,
         {
-            "title": "Compression: accuracy vs uplink bytes per codec",
-            "question": "What does each uplink codec cost in accuracy, at equal rounds?",
+            **decl,
             "command": command,
             "seeds": list(REPORTING_SEEDS),
-            "overrides": overrides,
-            "configurations": {k: v[1] for k, v in CONFIGURATIONS.items()},
+            "configurations": configs,
             "columns": columns,
             "rows": rows,
             "runs": {k: {str(s): r for s, r in v.items()} for k, v in runs.items()},
             "goals": [verdict],
+            "wall_seconds": time.perf_counter() - wall,
         },
         quick=args.quick,
     )

@@ -181,4 +181,7 @@ def test_privacy_rows_are_over_seeds_and_noise_draws_paired_with_the_same_seeds_
     assert rows[1]["runs (seeds x draws)"] == "2 x 2"
     assert loss.n == 4 and round(loss.mean, 6) == 2.5  # (2 + 4 + 1 + 3) / 4, paired by seed
     assert pu.goal(rows)["holds"]
-    assert set(pu.configurations(pu.BenchSettings())) == {"nodp", "eps8"}
+    declared = pu.configurations(pu.BenchSettings())
+    assert set(declared) == {"nodp", "eps1", "eps2", "eps4", "eps8"}  # the trade-off curve
+    assert declared["nodp"]["noise_draws"] == 1
+    assert all(declared[k]["noise_draws"] == pu.NOISE_DRAWS for k in declared if k != "nodp")
