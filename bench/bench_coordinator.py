@@ -453,6 +453,7 @@ def _write(args: argparse.Namespace, table: list[dict[str, Any]], load: float) -
          "evidence": f"peak RSS MB by N: {rss}; growth {growth}"},
     ]  # fmt: skip
     clients = " ".join(str(n) for n in args.clients)
+    nice = f"nice -n {os.nice(0)} " if os.nice(0) else ""  # as it was run
     path = write_results(
         "coordinator",
         {
@@ -462,7 +463,7 @@ def _write(args: argparse.Namespace, table: list[dict[str, Any]], load: float) -
             f"in the same run? (2 shared CPUs; 1-minute load average {load:.1f} at the start: "
             "absolute figures are noisy, the ratio is what is compared. Each simulated device "
             "has its own HTTP client and connection, as real devices do.)",
-            "command": f"nice -n 10 python bench/bench_coordinator.py --clients {clients} "
+            "command": f"{nice}python bench/bench_coordinator.py --clients {clients} "
             f"--codecs {' '.join(args.codecs)}",
             "seeds": "n/a (one run per row)",
             "columns": list(table[0]) if table else [],
