@@ -157,12 +157,13 @@ class UploadAdmission:
 
     @property
     def occupied(self) -> int:
-        """Places taken: uploads admitted plus turns granted and not yet used or expired."""
+        """Places taken: uploads admitted plus turns granted and not yet used or expired
+        (a turn whose request is being admitted is counted once, as that upload)."""
         now = self._clock()
         for client in [c for c, (expires, used) in self._turns.items() if expires < now]:
             if not self._turns[client][1]:
                 del self._turns[client]
-        return self._admitted + len(self._turns)
+        return self._admitted + sum(1 for _, used in self._turns.values() if not used)
 
     def grant_turn(self, client_id: str) -> float:
         """Hold a place for ``client_id``'s next upload for ``TURN_S`` seconds (returned);

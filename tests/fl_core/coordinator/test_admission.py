@@ -283,7 +283,7 @@ def test_a_turn_holds_a_place_until_used_or_expired() -> None:
     assert adm.grant_turn("a") == TURN_S  # a holder may renew
 
     with adm.admit("a") as spend:  # a holder is admitted without the check ...
-        assert adm.admitted == 1
+        assert adm.admitted == 1 and adm.occupied == 2  # a's upload (its turn) and b's turn
         assert not adm.has_turn("a")  # ... and a second request cannot use it meanwhile
         with pytest.raises(Busy), adm.admit("a"):
             pass
