@@ -305,3 +305,137 @@ def test_fedbuff_applies_staleness_weights_to_the_stored_updates(
         np.testing.assert_allclose(stored, total / weights, rtol=1e-5, atol=1e-7)
 
     assert stale_seen >= 2  # the round trip exercised stale updates
+
+
+# --------------------------------------------------------------------------- FLTrust root update
+
+
+def test_fltrust_aggregate_uses_the_servers_root_training_with_the_campaign_settings(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """FLTrust (Cao et al., NDSS 2021): the server trains the round's model on its root rows
+    as a client would (the campaign's client settings, a seed derived from the campaign's
+    seed and the round); each stored update is rescaled to that root update's norm and
+    weighted by ReLU(cos(g_i, g_0)). Settings that differ from every training default make a
+    root update trained with other settings, another model or another seed visible."""
+    from fl_core.client import TrainSettings, local_train
+    from fl_core.rounds import layout as L
+    from fl_core.rounds import state
+    from fl_core.seeding import derive_seed
+
+    client = {"local_epochs": 2, "batch_size": 16, "lr": 0.08, "momentum": 0.6}
+    assert TrainSettings() != TrainSettings(**client)
+    cfg = tiny_config(
+        server={"strategy": "fltrust", "root_dataset_size": 40},
+        client=client,
+        campaign={"rounds": 2, "clients_per_round": 4},
+    )
+    store = LocalStore(tmp_path)
+    result = run_campaign(cfg, data_dir=tiny_data, store=store, progress=False)
+    cid = result.campaign_id
+    rec = state.load_campaign(store, cid)
+    x, y = state.test_table(rec)
+    rows = pipeline.root_rows(len(y), cfg)
+
+    for rnd in (1, 2):
+        _, model = decode_independently(store.get_bytes(L.model_key(cid, rnd - 1)))
+        root = local_train(
+            state.spec(rec),
+            model.astype(np.float32),
+            x[rows],
+            y[rows],
+            settings=TrainSettings(**client),
+            seed=derive_seed(cfg.campaign.seed, rnd, "root"),
+        ).delta.astype(np.float64)
+        updates = [v for _, v in accepted_updates(store, cid, rnd)]
+        norms = np.array([np.linalg.norm(v) for v in updates])
+        cos = np.array([v @ root for v in updates]) / (norms * np.linalg.norm(root))
+        trust = np.maximum(cos, 0.0)
+        expected = (
+            sum(
+                t * np.linalg.norm(root) / n * v
+                for t, n, v in zip(trust, norms, updates, strict=True)
+            )
+            / trust.sum()
+        )
+        stored = store.get_arrays(pipeline.round_key(cid, rnd, "aggregate.npz"))["update"]
+
+        assert trust.sum() > 0
+        np.testing.assert_allclose(stored, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_fedbuff_drops_updates_staler_than_the_limit_and_records_what_it_applied(
+    unequal_data: Path, tmp_path: Path
+) -> None:
+    """With ``max_staleness`` 1 an update two or more versions stale weighs nothing (not even
+    in the denominator); the round record lists every update in arrival order with its
+    staleness and weight, and counts the dropped ones. The exponent (1, not the default 0.5)
+    is the campaign's."""
+    exponent, limit = 1.0, 1
+    cfg = tiny_config(
+        partition={"scheme": "quantity", "sigma": 1.5, "seed": 3},
+        asynchronous={
+            "enabled": True,
+            "buffer_size": 2,
+            "concurrency": 5,
+            "max_staleness": limit,
+            "staleness_exponent": exponent,
+        },
+        simulation={"enabled": True, "cellular_slow": 0.5, "wifi": 0.5},
+        campaign={"rounds": 6},
+    )
+    store = LocalStore(tmp_path)
+    result = run_campaign(cfg, data_dir=unequal_data, store=store, progress=False)
+    cid = result.campaign_id
+
+    dropped_seen = kept_stale_seen = 0
+    for rnd in range(1, result.rounds + 1):
+        updates = accepted_updates(store, cid, rnd)
+        stored = store.get_arrays(pipeline.round_key(cid, rnd, "aggregate.npz"))["update"]
+        record = store.get_json(pipeline.round_key(cid, rnd, "aggregate.json"))
+        total = np.zeros(stored.shape, dtype=np.float64)
+        weights, applied, dropped = 0.0, [], 0
+        for item, vector in updates:
+            staleness = rnd - int(item["source_round"])
+            n = float(item["num_examples"])
+            factor = 0.0 if staleness > limit else (1.0 + staleness) ** -exponent
+            applied.append(
+                {
+                    "client": item["client"],
+                    "source_round": int(item["source_round"]),
+                    "staleness": staleness,
+                    "weight": n,
+                    "staleness_weight": pytest.approx(factor),
+                }
+            )
+            if factor:
+                total += n * factor * vector
+                weights += n
+                kept_stale_seen += staleness > 0
+            else:
+                dropped += 1
+        dropped_seen += dropped
+
+        assert stored.dtype == np.float32
+        np.testing.assert_allclose(stored, total / weights, rtol=1e-5, atol=1e-7)
+        assert record["round"] == rnd and record["strategy"] == "fedbuff"
+        assert record["applied"] == applied
+        assert record["num_too_stale"] == dropped
+        assert record["num_aggregated"] == len(updates) - dropped
+        assert record["total_examples"] == sum(int(i["num_examples"]) for i, _ in updates)
+        assert record["max_staleness_seen"] == max(int(i["staleness"]) for i, _ in updates)
+        assert record["update_norm"] == pytest.approx(float(np.linalg.norm(stored)), rel=1e-5)
+
+    assert dropped_seen >= 1 and kept_stale_seen >= 1  # both cases happened
+
+
+def test_fltrust_root_set_is_drawn_without_replacement_from_the_campaign_seed() -> None:
+    whole = pipeline.root_rows(50, tiny_config(server={"root_dataset_size": 500}))
+    part = pipeline.root_rows(400, tiny_config(server={"root_dataset_size": 300}))
+    other_seed = pipeline.root_rows(
+        400, tiny_config(server={"root_dataset_size": 300}, campaign={"seed": 8})
+    )
+
+    assert whole.tolist() == list(range(50))  # capped at the table, each row once
+    assert len(set(part.tolist())) == 300 and part.tolist() == sorted(part.tolist())
+    assert part.tolist() != other_seed.tolist()

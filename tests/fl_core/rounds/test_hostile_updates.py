@@ -125,6 +125,41 @@ def test_an_update_replaced_after_validation_is_rejected_at_aggregate(
     assert np.isfinite(metrics["test_loss"])
 
 
+@pytest.mark.parametrize(
+    "sections",
+    [
+        {"asynchronous": {"enabled": True, "buffer_size": 3, "concurrency": 6}},
+        {
+            "privacy": {
+                "level": "custom",
+                "delta": 1e-3,
+                "noise_multiplier": 1.0,
+                "clipping_norm": 0.05,
+            }
+        },
+    ],
+    ids=["fedbuff", "central_dp"],
+)
+def test_every_aggregation_path_records_an_update_replaced_after_validation(
+    tiny_data: Path, tmp_path: Path, sections: dict[str, Any]
+) -> None:
+    store, cid = _start(tiny_data, tmp_path, **sections)
+    _run(store, cid, 1, upto="validate_updates")
+    validated = steps.validate_updates(store, cid, 1)
+    victim = validated["accepted"][0]["client"]
+    nan = np.full(load_model(store, cid, 0).shape, np.nan, dtype=np.float32)
+    _rewrite(store, cid, victim, vector=nan)
+
+    info = steps.aggregate(store, cid, 1)
+
+    assert info["rejected_at_read"] == [
+        {"client": victim, "reason": "accepted update changed after validation (sha256 mismatch)"}
+    ]
+    assert info["num_aggregated"] == validated["num_accepted"] - 1
+    arrays = store.get_arrays(L.round_key(cid, 1, L.AGGREGATE_ARRAYS))
+    assert all(np.all(np.isfinite(a)) for a in arrays.values())
+
+
 def test_an_update_deleted_after_collect_or_after_validation_is_a_rejection(
     tiny_data: Path, tmp_path: Path
 ) -> None:
