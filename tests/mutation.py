@@ -462,6 +462,10 @@ def _module_of(mutant: str) -> str:
 def _mutmut(work: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["GIT_PYTHON_REFRESH"] = "quiet"
+    # mutmut forks each mutant's worker from a process that already ran torch: an OpenMP
+    # thread team in the parent leaves the child waiting forever at its first parallel op
+    # (seen in gdb: gomp_team_barrier_wait_end), with no CPU time for mutmut's limit to stop.
+    env["OMP_NUM_THREADS"] = "1"
     mutmut = shutil.which("mutmut") or str(Path(sys.executable).with_name("mutmut"))
     return subprocess.run(
         [mutmut, *args], cwd=work, env=env, text=True, capture_output=True, check=False

@@ -230,6 +230,32 @@ def test_dp_budget_refusal_writes_nothing_for_the_refused_round(
     assert pipeline.privacy_budget(store, cid, 3)["epsilon_after_round"] <= target
 
 
+def test_dp_noise_is_fresh_each_round_and_secret_to_each_campaign(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """The noise comes from the campaign's secret seed and the round: two campaigns with the
+    same configuration (the same clipped sums) release different noise, and a round's noise
+    is independent of the previous round's (noise repeated across rounds, or derivable from
+    the public configuration, could be subtracted from the releases)."""
+    cfg, _ = _dp_config()
+    noise: dict[str, list[np.ndarray]] = {}
+    sums: dict[str, np.ndarray] = {}
+    for name in ("a", "b"):
+        store = LocalStore(tmp_path / name)
+        cid = pipeline.start_campaign(store, cfg, data_dir=tiny_data, campaign_id="same")
+        noise[name] = []
+        for rnd in (1, 2):
+            run_round(store, cid, rnd)
+            arrays = store.get_arrays(pipeline.round_key(cid, rnd, "aggregate.npz"))
+            release = store.get_arrays(pipeline.round_key(cid, rnd, "privatized.npz"))["update"]
+            noise[name].append(release - arrays["sum"] / (0.5 * 6))
+        sums[name] = store.get_arrays(pipeline.round_key(cid, 1, "aggregate.npz"))["sum"]
+
+    np.testing.assert_array_equal(sums["a"], sums["b"])  # same data, same clipped sum
+    for first, second in ((noise["a"][0], noise["b"][0]), (noise["a"][0], noise["a"][1])):
+        assert abs(np.corrcoef(first, second)[0, 1]) < 0.15  # ~2,400 draws: |r| ~ 0.02
+
+
 # --------------------------------------------------------------------------- error feedback
 
 

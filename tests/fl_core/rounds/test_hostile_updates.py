@@ -15,12 +15,14 @@ import pytest
 
 from fl_core import pipeline as steps
 from fl_core import rounds, wire
+from fl_core.models import Layout
 from fl_core.rounds import layout as L
 from fl_core.rounds import records as R
 from fl_core.rounds.campaign import check_campaign_id
 from fl_core.rounds.select import CampaignEnded
 from fl_core.rounds.server_update import NonFiniteModel
 from fl_core.rounds.state import load_model
+from fl_core.rounds.validate import METRIC_BOUNDS, check_update
 from fl_core.store import LocalStore
 from tests.conftest import tiny_config
 
@@ -239,3 +241,125 @@ def test_an_ended_campaign_refuses_another_round(tiny_data: Path, tmp_path: Path
         steps.select_clients(store, cid, 3)
     assert not status.proceed and status.last_round == 2
     assert not store.exists(R.Cohort.key(cid, 3))
+
+
+# --------------------------------------------------------------- check_update, one update
+
+SMALL = Layout(("w",), ((8,),))
+TASK: dict[str, Any] = {
+    "cid": "c",
+    "rnd": 2,
+    "client": "k",
+    "base_version": 1,
+    "layout": SMALL,
+    "codec": "dense_fp32",
+    "max_norm": 1.0,
+    "max_examples": 10,
+}
+
+
+def _update(
+    vector: np.ndarray | None = None, *, metrics: dict[str, float] | None = None, **header: Any
+) -> bytes:
+    fields: dict[str, Any] = {
+        "kind": "update",
+        "campaign": "c",
+        "round": 2,
+        "base_version": 1,
+        "client": "k",
+        "codec": "dense_fp32",
+        "layout": SMALL,
+        "num_examples": 10,
+        "metrics": metrics or {},
+        **header,
+    }
+    values = np.full(8, 0.25, np.float32) if vector is None else vector
+    return wire.encode(wire.Header(**fields), values)
+
+
+def test_an_accepted_update_is_recorded_with_what_later_steps_read() -> None:
+    metrics = {
+        "train_loss": 0.5,
+        "duration_s": 3.0,
+        "dp_sgd_epsilon": 1.5,
+        "bytes_down": 400.0,
+        "uplink_mbps": 2.0,
+        "latency_s": 0.1,
+    }
+    data = _update(metrics=metrics, num_examples=7)
+
+    reason, item = check_update(data, **TASK)
+
+    assert reason is None and item is not None
+    assert item == R.AcceptedUpdate(
+        client="k",
+        source_round=2,
+        staleness=0,
+        num_examples=7,
+        weight=7.0,
+        norm=pytest.approx(float(np.linalg.norm(np.full(8, 0.25)))),
+        train_loss=0.5,
+        duration_s=3.0,
+        bytes=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        metrics={"dp_sgd_epsilon": 1.5, "bytes_down": 400.0, "uplink_mbps": 2.0},
+    )
+    _, bare = check_update(_update(), **TASK)
+    assert bare is not None and np.isnan(bare.train_loss) and np.isnan(bare.duration_s)
+    assert bare.metrics == {}
+
+
+@pytest.mark.parametrize(("name", "bounds"), sorted(METRIC_BOUNDS.items()))
+def test_a_header_metric_is_accepted_within_its_bounds_inclusive_and_refused_outside(
+    name: str, bounds: tuple[float, float]
+) -> None:
+    lo, hi = bounds
+    for value in (lo, hi):
+        assert check_update(_update(metrics={name: value}), **TASK)[0] is None, value
+    for value in (lo - 1e-3, hi * 1.001):
+        reason, item = check_update(_update(metrics={name: value}), **TASK)
+        assert item is None
+        assert reason == (
+            f"header metric {name}={value!r} is not a finite number in [{lo:g}, {hi:g}]"
+        )
+
+
+def test_a_metric_without_declared_bounds_is_bounded_by_1e12() -> None:
+    for value in (-1e12, 1e12):
+        assert check_update(_update(metrics={"custom": value}), **TASK)[0] is None
+    reason, _ = check_update(_update(metrics={"custom": -1.5e12}), **TASK)
+    assert (
+        reason == "header metric custom=-1500000000000.0 is not a finite number in [-1e+12, 1e+12]"
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (_update(kind="model"), "kind is 'model', expected 'update'"),
+        (_update(campaign="d"), "header names another campaign, round or client"),
+        (_update(round=3), "header names another campaign, round or client"),
+        (_update(client="j"), "header names another campaign, round or client"),
+        (_update(base_version=0), "stale: computed on version 0, round uses 1"),
+        (_update(num_examples=0), "num_examples must be an integer >= 1, got 0"),
+        (
+            _update(num_examples=11),
+            "num_examples 11 exceeds the 10 examples the server knows this client holds",
+        ),
+        (
+            _update(np.full(8, 0.5, np.float32)),
+            "update norm 1.414 exceeds server.max_update_norm 1",
+        ),
+    ],
+    ids=["kind", "campaign", "round", "client", "stale", "zero", "too_many", "norm"],
+)
+def test_check_update_names_why_an_update_is_refused(data: bytes, reason: str) -> None:
+    assert check_update(data, **TASK) == (reason, None)
+
+
+def test_boundaries_that_are_accepted() -> None:
+    at_cap = np.zeros(8, np.float32)
+    at_cap[0] = 1.0  # norm exactly max_norm
+    for data in (_update(at_cap), _update(num_examples=10), _update(num_examples=1)):
+        reason, item = check_update(data, **TASK)
+        assert reason is None and item is not None
