@@ -314,7 +314,25 @@ _STREAM_LABEL = (
 _TIE_2_63 = "u >= rate vs u > rate differ only when the 63-bit uniform equals the rate exactly"
 _FLOAT_PRODUCTS = "num_examples * (loss or 0.0) is a Python float: np.array infers float64"
 _SHARES_DTYPE = "integer shares become int64 instead of float64: shares / shares.sum() is the same"
+_RA = "fl_core.rounds.aggregate."
+_VERIFIED_BYTES = (
+    "the bytes were decoded with this layout at validation and are verified against that "
+    "sha256 before decoding here: decoding them without expected_layout gives the same vector"
+)
+_EMPTY_SCORES = (
+    "outlier_scores {} or None: next_round reads `info.outlier_scores or {}`, nothing else "
+    "reads it"
+)
+_ROOT_LABEL = (
+    "another fixed label (or none) for the root set's generator, still seeded by the "
+    "campaign's seed: another sample, as random and as fixed for the campaign"
+)
+_REPLACE_FALSY = "numpy's choice treats replace=None like replace=False (a falsy flag)"
 _EQUIVALENT_SPEC: list[tuple[str, tuple[int, ...], str]] = [
+    (_RA + "x__aggregate_fedbuff", (14, 16), _VERIFIED_BYTES),
+    (_RA + "x__aggregate_fedbuff", (69, 79), _EMPTY_SCORES),
+    (_RA + "x_root_rows", (14, 16, 17, 18), _ROOT_LABEL),
+    (_RA + "x_root_rows", (9,), _REPLACE_FALSY),
     (_W + "x_encode_model_for_client", (90, 91, 92, 93, 94, 95), _LOG),
     (_W + "x_encode_model_for_client", (28, 30, 31, 32), _MODEL_NAME),
     (_W + "x_encode_model_for_client", (23,), _BOTH_OR_NEITHER),

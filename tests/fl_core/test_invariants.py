@@ -256,6 +256,50 @@ def test_dp_noise_is_fresh_each_round_and_secret_to_each_campaign(
         assert abs(np.corrcoef(first, second)[0, 1]) < 0.15  # ~2,400 draws: |r| ~ 0.02
 
 
+def test_adaptive_clipping_clips_each_round_at_the_norm_the_previous_round_released(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """Andrew et al. (NeurIPS 2021): round r clips at the norm round r - 1's private quantile
+    step produced (round 1 at the configured one), its pre-noise sum is the sum of the
+    updates clipped at that norm, and its noise is z_update x that norm / m, with
+    z_update^-2 + (2 sigma_b)^-2 = z^-2 (sigma_b = max(m / 20, z) = z here)."""
+    cfg = tiny_config(
+        privacy={
+            "level": "custom",
+            "delta": DELTA,
+            "noise_multiplier": Z,
+            "clipping_norm": CLIP,
+            "adaptive_clipping": True,
+            "clip_lr": 0.5,
+        },
+        campaign={"rounds": 3, "clients_per_round": 3},
+    )
+    store = LocalStore(tmp_path)
+    result = run_campaign(cfg, data_dir=tiny_data, store=store, progress=False)
+    cid = result.campaign_id
+    m = 0.5 * 6
+    z_update = (Z**-2 - (2 * Z) ** -2) ** -0.5
+
+    used, released = [], [CLIP]
+    for rnd in (1, 2, 3):
+        agg = store.get_json(pipeline.round_key(cid, rnd, "aggregate.json"))
+        priv = store.get_json(pipeline.round_key(cid, rnd, "privacy.json"))
+        stored_sum = store.get_arrays(pipeline.round_key(cid, rnd, "aggregate.npz"))["sum"]
+        norm = agg["clipping_norm"]
+        expected = sum(
+            (clip(v, norm) for _, v in accepted_updates(store, cid, rnd)),
+            np.zeros_like(stored_sum),
+        )
+
+        assert norm == released[-1] == priv["clipping_norm"]
+        np.testing.assert_allclose(stored_sum, expected, rtol=1e-5, atol=1e-8)
+        assert priv["noise_std"] == pytest.approx(z_update * norm / m)
+        used.append(norm)
+        released.append(priv["next_clipping_norm"])
+
+    assert len(set(used)) == 3  # the norm moved every round
+
+
 # --------------------------------------------------------------------------- error feedback
 
 
