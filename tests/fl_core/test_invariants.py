@@ -294,6 +294,17 @@ def test_adaptive_clipping_clips_each_round_at_the_norm_the_previous_round_relea
         assert norm == released[-1] == priv["clipping_norm"]
         np.testing.assert_allclose(stored_sum, expected, rtol=1e-5, atol=1e-8)
         assert priv["noise_std"] == pytest.approx(z_update * norm / m)
+        # the accountant composes the whole mechanism's z once per round
+        spent = compute_epsilon(noise_multiplier=Z, sampling_rate=0.5, steps=rnd, delta=DELTA)
+        assert priv["epsilon"] == pytest.approx(spent)
+        assert (priv["round"], priv["enabled"], priv["mode"]) == (rnd, True, "central")
+        assert (priv["delta"], priv["noise_multiplier"], priv["target_epsilon"]) == (
+            DELTA,
+            Z,
+            pytest.approx(
+                compute_epsilon(noise_multiplier=Z, sampling_rate=0.5, steps=3, delta=DELTA)
+            ),
+        )
         used.append(norm)
         released.append(priv["next_clipping_norm"])
 
