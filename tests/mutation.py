@@ -327,9 +327,12 @@ _ROOT_LABEL = (
     "another fixed label (or none) for the root set's generator, still seeded by the "
     "campaign's seed: another sample, as random and as fixed for the campaign"
 )
+_FLOAT_LIST = "CentralDP.norms is a list of Python floats: np.asarray makes it float64 anyway"
 _REPLACE_FALSY = "numpy's choice treats replace=None like replace=False (a falsy flag)"
 _EQUIVALENT_SPEC: list[tuple[str, tuple[int, ...], str]] = [
     (_RA + "x__aggregate_fedbuff", (14, 16), _VERIFIED_BYTES),
+    (_RA + "x__aggregate_central_dp", (24, 26), _VERIFIED_BYTES),
+    (_RA + "x__aggregate_central_dp", (41, 43), _FLOAT_LIST),
     (_RA + "x__aggregate_fedbuff", (69, 79), _EMPTY_SCORES),
     (_RA + "x_root_rows", (14, 16, 17, 18), _ROOT_LABEL),
     (_RA + "x_root_rows", (9,), _REPLACE_FALSY),

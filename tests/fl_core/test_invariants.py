@@ -286,10 +286,15 @@ def test_adaptive_clipping_clips_each_round_at_the_norm_the_previous_round_relea
         priv = store.get_json(pipeline.round_key(cid, rnd, "privacy.json"))
         stored_sum = store.get_arrays(pipeline.round_key(cid, rnd, "aggregate.npz"))["sum"]
         norm = agg["clipping_norm"]
-        expected = sum(
-            (clip(v, norm) for _, v in accepted_updates(store, cid, rnd)),
-            np.zeros_like(stored_sum),
-        )
+        updates = accepted_updates(store, cid, rnd)
+        expected = sum((clip(v, norm) for _, v in updates), np.zeros_like(stored_sum))
+        raw_norms = [float(np.linalg.norm(v)) for _, v in updates]
+
+        assert (agg["round"], agg["strategy"]) == (rnd, "dp_clipped_sum")
+        assert agg["num_aggregated"] == len(updates)
+        assert agg["total_examples"] == sum(int(item["num_examples"]) for item, _ in updates)
+        assert agg["num_clipped"] == sum(n > norm for n in raw_norms)
+        assert agg["update_norm"] == pytest.approx(float(np.linalg.norm(stored_sum)), rel=1e-5)
 
         assert norm == released[-1] == priv["clipping_norm"]
         np.testing.assert_allclose(stored_sum, expected, rtol=1e-5, atol=1e-8)
