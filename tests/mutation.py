@@ -14,6 +14,7 @@ Usage::
     python -m tests.mutation codec wire      # some groups
     python -m tests.mutation --max-children 1 codec
     python -m tests.mutation --survivors-only codec   # after adding tests: re-test survivors
+    python -m tests.mutation --only 'fl_core.rounds.validate*' rounds  # one module first
 
 Not part of ``make test``: a full run takes hours on two cores.
 """
@@ -320,8 +321,7 @@ _VERIFIED_BYTES = (
     "sha256 before decoding here: decoding them without expected_layout gives the same vector"
 )
 _EMPTY_SCORES = (
-    "outlier_scores {} or None: next_round reads `info.outlier_scores or {}`, nothing else "
-    "reads it"
+    "outlier_scores {} or None: next_round reads `info.outlier_scores or {}`, nothing else reads it"
 )
 _ROOT_LABEL = (
     "another fixed label (or none) for the root set's generator, still seeded by the "
@@ -519,15 +519,20 @@ _KILLED = {1, 3, 36, -24, 24, 152, 255}
 """mutmut's exit codes of a killed or timed-out mutant (``mutmut.stats``)."""
 
 
-def _reset_survivors(work: Path) -> int:
-    """Refresh the work folder's tests from the checkout and mark every survivor not judged
-    equivalent (and every mutant whose worker hung or crashed) untested, so the next
-    ``mutmut run`` tests only those against the current tests."""
+def _refresh_tests(work: Path) -> None:
+    """Copy the checkout's tests into a work folder (mutmut keeps every earlier verdict)."""
     for dest in (work / "tests", work / "mutants" / "tests"):
         shutil.rmtree(dest, ignore_errors=True)
         shutil.copytree(
             ROOT / "tests", dest, ignore=shutil.ignore_patterns("__pycache__", ".hypothesis")
         )
+
+
+def _reset_survivors(work: Path) -> int:
+    """Refresh the work folder's tests from the checkout and mark every survivor not judged
+    equivalent (and every mutant whose worker hung or crashed) untested, so the next
+    ``mutmut run`` tests only those against the current tests."""
+    _refresh_tests(work)
     count = 0
     for meta in (work / "mutants").rglob("*.py.meta"):
         data = json.loads(meta.read_text())
@@ -542,23 +547,34 @@ def _reset_survivors(work: Path) -> int:
 
 
 def run_group(
-    name: str, group: Group, out: Path, max_children: int, *, survivors_only: bool = False
+    name: str,
+    group: Group,
+    out: Path,
+    max_children: int,
+    *,
+    survivors_only: bool = False,
+    only: tuple[str, ...] = (),
 ) -> dict[str, object]:
     """Run mutmut for one group; returns (and writes) its per-module summary.
 
     ``survivors_only`` reuses the group's work folder from the last run (kept under
     ``$FL_HOME/mutation/work-<group>``) and tests only its survivors against the current
     tests; the other verdicts stand (tests were only added, the mutated code is the same).
+    ``only`` (mutant name patterns, e.g. ``fl_core.rounds.validate*``) reuses the work
+    folder with the current tests and (re-)tests just the matching mutants: a partial run
+    can then spend its time on one module first.
     """
     work = out / f"work-{name}"  # one per group: groups may run in parallel
+    if (survivors_only or only) and not (work / "mutants").is_dir():
+        raise SystemExit(f"no earlier run of group {name} in {work}; run it first")
     if survivors_only:
-        if not (work / "mutants").is_dir():
-            raise SystemExit(f"no earlier run of group {name} in {work}; run it first")
         print(f">> mutation group {name}: {_reset_survivors(work)} survivors to re-test")
+    elif only:
+        _refresh_tests(work)
     else:
         _prepare(work, group)
     print(f">> mutation group {name}: {', '.join(group.modules)}", flush=True)
-    run = _mutmut(work, "run", "--max-children", str(max_children))
+    run = _mutmut(work, "run", "--max-children", str(max_children), *only)
     (out / f"{name}.log").write_text(run.stdout[-20000:] + run.stderr[-20000:])
     return summarize(name, work, out, run.returncode)
 
@@ -657,6 +673,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="re-test only the last run's survivors against the current tests",
     )
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="(re-)test only the mutants matching PATTERN in the last run's work folder",
+    )
     args = parser.parse_args(argv)
     unknown = sorted(set(args.groups) - set(GROUPS))
     if unknown:
@@ -669,7 +692,12 @@ def main(argv: list[str] | None = None) -> int:
     skip = args.report_only or args.snapshot
     for name in [] if skip else args.groups or list(GROUPS):
         summary = run_group(
-            name, GROUPS[name], out, args.max_children, survivors_only=args.survivors_only
+            name,
+            GROUPS[name],
+            out,
+            args.max_children,
+            survivors_only=args.survivors_only,
+            only=tuple(args.only),
         )
         modules: dict[str, dict[str, object]] = summary["modules"]  # type: ignore[assignment]
         for module, info in modules.items():
