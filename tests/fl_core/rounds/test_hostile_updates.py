@@ -154,6 +154,7 @@ def test_every_aggregation_path_records_an_update_replaced_after_validation(
 
     info = steps.aggregate(store, cid, 1)
 
+    assert steps.validate_updates(store, cid, 1) == validated  # a retry keeps its verdict
     assert info["rejected_at_read"] == [
         {"client": victim, "reason": "accepted update changed after validation (sha256 mismatch)"}
     ]
