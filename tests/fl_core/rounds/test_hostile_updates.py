@@ -220,6 +220,24 @@ def test_a_step_whose_input_record_is_missing_names_the_step_to_run(
     assert not store.exists(R.Validation.key(cid, 1))
 
 
+def test_each_checking_step_names_itself_and_the_step_to_run_first(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    store, cid = _start(tiny_data, tmp_path)
+    _run(store, cid, 1, upto="dispatch")
+
+    with pytest.raises(R.MissingRecord) as info:
+        steps.validate_updates(store, cid, 1)
+    assert str(info.value) == (
+        "round 1: validate_updates needs the collect record (collected.json); run collect first"
+    )
+    with pytest.raises(R.MissingRecord) as info:
+        steps.privatize(store, cid, 1)
+    assert str(info.value) == (
+        "round 1: privatize needs the aggregate record (aggregate.json); run aggregate first"
+    )
+
+
 @pytest.mark.parametrize("bad", ["a/clients/client_0000", "x" * 300, "../up", " lead", "a..b"])
 def test_invalid_campaign_ids_are_refused_before_any_write(
     tiny_data: Path, tmp_path: Path, bad: str
