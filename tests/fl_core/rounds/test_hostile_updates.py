@@ -18,6 +18,7 @@ from fl_core import rounds, wire
 from fl_core.models import Layout
 from fl_core.rounds import layout as L
 from fl_core.rounds import records as R
+from fl_core.rounds import state
 from fl_core.rounds.campaign import check_campaign_id
 from fl_core.rounds.select import CampaignEnded
 from fl_core.rounds.server_update import NonFiniteModel
@@ -178,6 +179,27 @@ def test_an_update_deleted_after_collect_or_after_validation_is_a_rejection(
     assert info["rejected_at_read"][0]["client"] == "client_0004"
     assert "missing" in info["rejected_at_read"][0]["reason"]
     assert info["num_aggregated"] == 4
+
+
+def test_oversized_or_unreadable_stored_updates_are_rejected_and_the_bytes_counted(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    store, cid = _start(tiny_data, tmp_path, server={"norm_outlier_factor": None})
+    _run(store, cid, 1, upto="collect")
+    limit = state.max_update_bytes(state.model_layout(state.load_campaign(store, cid)))
+    store.put_bytes(L.update_key(cid, 1, "client_0001"), b"\0" * (limit + 1))
+    store.put_bytes(L.update_key(cid, 1, "client_0002"), b"nonsense")
+
+    validation = steps.validate_updates(store, cid, 1)
+
+    reasons = _reasons(validation)
+    assert reasons["client_0001"] == f"update of {limit + 1} bytes exceeds the {limit}-byte limit"
+    assert "FLW1" in reasons["client_0002"] or "magic" in reasons["client_0002"]
+    assert validation["num_rejected"] == 2 and validation["num_accepted"] == 4
+    read = [f"client_{i:04d}" for i in (0, 2, 3, 4, 5)]  # the oversized one is never read
+    assert validation["bytes_up"] == sum(
+        len(store.get_bytes(L.update_key(cid, 1, c))) for c in read
+    )
 
 
 @pytest.mark.parametrize("metric", [float("nan"), float("inf"), -1.0])
