@@ -258,6 +258,15 @@ def test_each_checking_step_names_itself_and_the_step_to_run_first(
     assert str(info.value) == (
         "round 1: privatize needs the aggregate record (aggregate.json); run aggregate first"
     )
+    _run(store, cid, 1, upto="validate_updates")
+    (Path(store.root) / L.round_key(cid, 1, L.MANIFEST)).unlink()  # the tasks' record lost
+    with pytest.raises(R.MissingRecord, match="^round 1: aggregate needs the dispatch record"):
+        steps.aggregate(store, cid, 1)
+    (Path(store.root) / L.round_key(cid, 1, L.VALIDATION)).unlink()
+    with pytest.raises(
+        R.MissingRecord, match="^round 1: validate_updates needs the dispatch record"
+    ):
+        steps.validate_updates(store, cid, 1)
 
 
 @pytest.mark.parametrize("bad", ["a/clients/client_0000", "x" * 300, "../up", " lead", "a..b"])
