@@ -300,6 +300,23 @@ def test_custom_explicit_noise_carries_every_setting() -> None:
     assert rp.make_clipper() is None
 
 
+def test_a_budget_of_exactly_what_the_rounds_spend_allows_every_round() -> None:
+    """Explicit noise without a target: the budget is what the planned rounds spend, and
+    the accountant refuses none of them (the last one lands exactly on the budget)."""
+    for kind in ("rdp", "prv"):
+        s = PrivacySettings(level="custom", delta=1e-3, noise_multiplier=2.0, accountant=kind)
+        rp = resolve(s, num_clients=100, sampling_rate=0.1, rounds=3)
+        acct = rp.make_accountant()
+        assert acct.kind == kind and rp.epsilon is not None
+
+        for r in (1, 2, 3):
+            assert not acct.would_exceed(rp.epsilon), (kind, r)
+            acct.step(r)
+
+        assert acct.epsilon() == rp.epsilon
+        assert acct.would_exceed(rp.epsilon)
+
+
 def test_local_mode_accounts_a_client_in_every_round() -> None:
     s = PrivacySettings(level="custom", mode="local", delta=1e-3, noise_multiplier=3.0)
 
@@ -349,6 +366,8 @@ def test_adaptive_clipping_uses_the_given_count_noise() -> None:
     clipper = rp.make_clipper()
     assert clipper is not None
     assert clipper.current_norm == 0.4
+    assert (clipper.target_quantile, clipper.learning_rate) == (0.7, 0.3)
+    assert (clipper.count_stddev, clipper.expected_cohort_size) == (5.0, pytest.approx(10.0))
     default = resolve(PrivacySettings(**{**vars(s), "clip_count_stddev": None}), **SMALL)
     assert default.clip_count_stddev == pytest.approx(0.1 * 100 / 20)  # m / 20 > z = 0.3
     with pytest.raises(ValueError) as info:
@@ -370,6 +389,10 @@ def test_from_dict_names_unknown_and_missing_keys() -> None:
 
     assert str(info.value) == "privacy: unknown keys ['extra'], missing keys ['level']"
     assert ResolvedPrivacy.from_dict({**raw, "level": "off"}) == rp
+    with pytest.raises(ValueError, match=r"^privacy: unknown keys \[\], missing keys \['level'\]$"):
+        ResolvedPrivacy.from_dict(raw)
+    with pytest.raises(ValueError, match=r"^privacy: unknown keys \['extra'\], missing keys \[\]$"):
+        ResolvedPrivacy.from_dict({**raw, "level": "off", "extra": 1})
 
 
 S = PrivacySettings
