@@ -343,14 +343,37 @@ def test_an_explicit_noise_over_budget_runs_the_rounds_the_budget_allows() -> No
 
         assert rp.rounds_within_budget == allowed
         assert rp.epsilon == target and rp.expected_epsilon == pytest.approx(eps[7])
-    exact = PrivacySettings(level="custom", epsilon=eps[7], delta=delta, noise_multiplier=z)
-    assert resolve(exact, num_clients=100, sampling_rate=0.1, rounds=8).rounds_within_budget == 8
+    for allowed in (3, 8):  # a budget of exactly what k rounds spend allows k rounds
+        exact = PrivacySettings(
+            level="custom", epsilon=eps[allowed - 1], delta=delta, noise_multiplier=z
+        )
+        within = resolve(exact, num_clients=100, sampling_rate=0.1, rounds=8).rounds_within_budget
+        assert within == allowed
     single = PrivacySettings(level="custom", epsilon=eps[0] / 2, delta=delta, noise_multiplier=z)
     with pytest.raises(ValueError) as info:
         resolve(single, num_clients=100, sampling_rate=0.1, rounds=8)
     assert str(info.value).startswith(
         f"privacy.noise_multiplier: 1 spends more than epsilon {eps[0] / 2:g} in a single round"
     )
+
+
+def test_the_rounds_a_prv_budget_allows_are_counted_with_prv() -> None:
+    z, delta, q = 1.0, 1e-3, 0.1
+    prv = [
+        compute_epsilon(noise_multiplier=z, sampling_rate=q, steps=k, delta=delta, kind="prv")
+        for k in (1, 2, 3, 4)
+    ]
+    target = (prv[1] + prv[2]) / 2  # PRV allows 2 rounds ...
+    rdp = compute_epsilon(noise_multiplier=z, sampling_rate=q, steps=2, delta=delta)
+    assert rdp > target  # ... RDP, looser, would allow only 1
+    s = PrivacySettings(
+        level="custom", epsilon=target, delta=delta, noise_multiplier=z, accountant="prv"
+    )
+
+    rp = resolve(s, num_clients=100, sampling_rate=q, rounds=4)
+
+    assert rp.rounds_within_budget == 2
+    assert rp.expected_epsilon == prv[3]
 
 
 def test_adaptive_clipping_uses_the_given_count_noise() -> None:
