@@ -329,7 +329,21 @@ _ROOT_LABEL = (
 )
 _FLOAT_LIST = "CentralDP.norms is a list of Python floats: np.asarray makes it float64 anyway"
 _REPLACE_FALSY = "numpy's choice treats replace=None like replace=False (a falsy flag)"
+_RP = "fl_core.privacy.settings.xǁResolvedPrivacyǁ"
+_ENABLED_IMPLIES = (
+    "resolve() sets noise_multiplier, update_noise_multiplier and delta exactly when privacy "
+    "is enabled (and a ResolvedPrivacy is only built by resolve or from its to_dict): the "
+    "extra None checks cannot change the branch"
+)
+_STDDEV_IFF_ADAPTIVE = (
+    "resolve() sets clip_count_stddev exactly when adaptive clipping is on, and refuses "
+    "adaptive clipping with level 'off': the and/or variants take the same branch"
+)
 _EQUIVALENT_SPEC: list[tuple[str, tuple[int, ...], str]] = [
+    (_P + "accountant.xǁPrivacyAccountantǁstep", (9, 10, 11, 12, 13, 14), _LOG),
+    (_RP + "make_accountant", (1, 2), _ENABLED_IMPLIES),
+    (_RP + "noise_std", (1,), _ENABLED_IMPLIES),
+    (_RP + "make_clipper", (1, 3), _STDDEV_IFF_ADAPTIVE),
     (_RA + "x__aggregate_fedbuff", (14, 16), _VERIFIED_BYTES),
     (_RA + "x__aggregate_central_dp", (24, 26), _VERIFIED_BYTES),
     (_RA + "x__aggregate_central_dp", (41, 43), _FLOAT_LIST),

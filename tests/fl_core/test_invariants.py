@@ -525,3 +525,33 @@ def test_fltrust_root_set_is_drawn_without_replacement_from_the_campaign_seed() 
     assert whole.tolist() == list(range(50))  # capped at the table, each row once
     assert len(set(part.tolist())) == 300 and part.tolist() == sorted(part.tolist())
     assert part.tolist() != other_seed.tolist()
+
+
+def test_a_fedbuff_round_whose_every_update_is_too_stale_leaves_the_model_unchanged(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """Found by mutation testing: with every buffered update staler than ``max_staleness``
+    the aggregate step crashed ("no update is buffered") and the campaign stopped."""
+    from fl_core.rounds import layout as L
+
+    cfg = tiny_config(
+        asynchronous={"enabled": True, "buffer_size": 1, "concurrency": 5, "max_staleness": 0},
+        simulation={"enabled": True, "cellular_slow": 0.5, "wifi": 0.5},
+        campaign={"rounds": 6},
+    )
+    store = LocalStore(tmp_path)
+    result = run_campaign(cfg, data_dir=tiny_data, store=store, progress=False)
+    cid = result.campaign_id
+
+    empty = []
+    for rnd in range(1, result.rounds + 1):
+        record = store.get_json(pipeline.round_key(cid, rnd, "aggregate.json"))
+        if record["num_aggregated"] == 0:
+            stored = store.get_arrays(pipeline.round_key(cid, rnd, "aggregate.npz"))["update"]
+            assert record["num_too_stale"] == len(record["applied"]) >= 1
+            assert not stored.any() and record["update_norm"] == 0.0
+            _, before = decode_independently(store.get_bytes(L.model_key(cid, rnd - 1)))
+            _, after = decode_independently(store.get_bytes(L.model_key(cid, rnd)))
+            np.testing.assert_array_equal(after, before)  # server momentum 0: no step
+            empty.append(rnd)
+    assert result.rounds == 6 and empty  # the campaign ran on through such a round
