@@ -229,6 +229,20 @@ def test_calibration_names_its_arguments_and_an_unreachable_target() -> None:
     )
 
 
+def test_calibration_uses_the_accountants_own_orders_and_precision() -> None:
+    """Calibrated with Opacus's default orders (which stop at 63) this one-step budget would
+    get a larger noise than it needs; a PRV campaign is calibrated with PRV."""
+    z = calibrate_noise_multiplier(target_epsilon=0.18, delta=DELTA, sampling_rate=1.0, steps=1)
+    spent = compute_epsilon(noise_multiplier=z, sampling_rate=1.0, steps=1, delta=DELTA)
+    assert 0.18 - 0.01 <= spent <= 0.18
+
+    z = calibrate_noise_multiplier(
+        target_epsilon=2.0, delta=DELTA, sampling_rate=Q, steps=2, kind="prv"
+    )
+    spent = compute_epsilon(noise_multiplier=z, sampling_rate=Q, steps=2, delta=DELTA, kind="prv")
+    assert 2.0 - 0.05 <= spent <= 2.0
+
+
 def test_calibration_meets_the_target_within_its_tolerance() -> None:
     z = calibrate_noise_multiplier(target_epsilon=2.0, delta=DELTA, sampling_rate=Q, steps=5)
     spent = compute_epsilon(noise_multiplier=z, sampling_rate=Q, steps=5, delta=DELTA)
