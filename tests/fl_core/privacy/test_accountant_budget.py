@@ -393,6 +393,15 @@ def test_the_rounds_a_prv_budget_allows_are_counted_with_prv() -> None:
     assert rp.expected_epsilon == prv[3]
 
 
+def test_a_prv_campaign_is_calibrated_with_prv() -> None:
+    s = PrivacySettings(level="custom", epsilon=2.0, delta=1e-3, accountant="prv")
+
+    rp = resolve(s, num_clients=100, sampling_rate=0.1, rounds=2)
+
+    assert rp.noise_calibrated and rp.accountant == "prv"
+    assert 2.0 - 0.01 <= rp.expected_epsilon <= 2.0  # RDP's larger noise would spend less
+
+
 def test_adaptive_clipping_uses_the_given_count_noise() -> None:
     s = PrivacySettings(
         level="custom", delta=1e-3, noise_multiplier=0.3, adaptive_clipping=True,
@@ -561,6 +570,12 @@ S = PrivacySettings
             "campaign.rounds: True is not allowed; allowed values: an integer >= 1",
         ),
         (S(), {"rounds": 2.0}, "campaign.rounds: 2.0 is not allowed"),
+        (
+            S(level="custom", epsilon=1e-3, delta=1e-5),
+            {"num_clients": 1000, "sampling_rate": 0.05, "rounds": 30},
+            "privacy.epsilon: 0.001 cannot be met: target_epsilon: 0.001 is too small for 30 "
+            "steps at sampling rate 0.05 and delta 1e-05 (",
+        ),
     ],
 )
 def test_a_refusal_names_the_key_the_value_and_what_is_allowed(
