@@ -369,8 +369,9 @@ def test_an_explicit_noise_over_budget_runs_the_rounds_the_budget_allows() -> No
     single = PrivacySettings(level="custom", epsilon=eps[0] / 2, delta=delta, noise_multiplier=z)
     with pytest.raises(ValueError) as info:
         resolve(single, num_clients=100, sampling_rate=0.1, rounds=8)
-    assert str(info.value).startswith(
-        f"privacy.noise_multiplier: 1 spends more than epsilon {eps[0] / 2:g} in a single round"
+    assert str(info.value) == (
+        f"privacy.noise_multiplier: 1 spends more than epsilon {eps[0] / 2:g} in a single "
+        "round; allowed values: a larger noise multiplier (or null to calibrate)"
     )
 
 
