@@ -341,6 +341,7 @@ _STDDEV_IFF_ADAPTIVE = (
 )
 _EQUIVALENT_SPEC: list[tuple[str, tuple[int, ...], str]] = [
     (_P + "accountant.xǁPrivacyAccountantǁstep", (9, 10, 11, 12, 13, 14), _LOG),
+    (_P + "settings.x_resolve", tuple(range(129, 143)), _LOG),
     (_RP + "make_accountant", (1, 2), _ENABLED_IMPLIES),
     (_RP + "noise_std", (1,), _ENABLED_IMPLIES),
     (_RP + "make_clipper", (1, 3), _STDDEV_IFF_ADAPTIVE),
