@@ -330,6 +330,11 @@ _ROOT_LABEL = (
 _FLOAT_LIST = "CentralDP.norms is a list of Python floats: np.asarray makes it float64 anyway"
 _REPLACE_FALSY = "numpy's choice treats replace=None like replace=False (a falsy flag)"
 _RP = "fl_core.privacy.settings.xǁResolvedPrivacyǁ"
+_BOOL_DELTA = (
+    "True == 1 lies outside (0, 1) and a non-finite value fails the bound check too: the "
+    "and/or variant refuses the same values (unlike a rate, where 1 is allowed)"
+)
+_PRV_DEFAULT = "Opacus's PRVAccountant.get_epsilon defaults to eps_error=0.01, PRV_EPS_ERROR"
 _ENABLED_IMPLIES = (
     "resolve() sets noise_multiplier, update_noise_multiplier and delta exactly when privacy "
     "is enabled (and a ResolvedPrivacy is only built by resolve or from its to_dict): the "
@@ -341,7 +346,9 @@ _STDDEV_IFF_ADAPTIVE = (
 )
 _EQUIVALENT_SPEC: list[tuple[str, tuple[int, ...], str]] = [
     (_P + "accountant.xǁPrivacyAccountantǁstep", (9, 10, 11, 12, 13, 14), _LOG),
-    (_P + "settings.x_resolve", tuple(range(129, 143)), _LOG),
+    (_P + "settings.x_resolve", (*range(129, 143), 198, 200), _LOG),
+    (_P + "accountant.x__check_delta", (2,), _BOOL_DELTA),
+    (_P + "accountant.x_epsilon_of_history", (33,), _PRV_DEFAULT),
     (_RP + "make_accountant", (1, 2), _ENABLED_IMPLIES),
     (_RP + "noise_std", (1,), _ENABLED_IMPLIES),
     (_RP + "make_clipper", (1, 3), _STDDEV_IFF_ADAPTIVE),

@@ -8,6 +8,7 @@ group ``accountant`` runs besides them (``tests/mutation.py``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from typing import Any
@@ -121,6 +122,15 @@ def test_would_exceed_looks_one_round_ahead_without_recording_it() -> None:
     assert acct.steps == 1 and acct.history == [(Z, Q, 1)]
     with pytest.raises(ValueError, match="^target_epsilon: 0 must be a finite number > 0$"):
         acct.would_exceed(0)
+
+
+def test_a_boolean_is_not_a_rate_or_a_delta() -> None:
+    for key, message in (
+        ("sampling_rate", r"must be in \(0, 1\]$"),
+        ("delta", r"must be in \(0, 1\)$"),
+    ):
+        with pytest.raises(ValueError, match=f"^{key}: True {message}"):
+            _acct(**{key: True})
 
 
 def test_step_names_a_bad_round() -> None:
@@ -315,6 +325,8 @@ def test_custom_explicit_noise_carries_every_setting() -> None:
         2.0, 0.1, 1e-3, "rdp",
     )  # fmt: skip
     assert rp.make_clipper() is None
+    without_dp_sgd = resolve(dataclasses.replace(s, client_dp_sgd=False), **SMALL)
+    assert without_dp_sgd.dp_sgd_delta is None
 
 
 def test_a_budget_of_exactly_what_the_rounds_spend_allows_every_round() -> None:
