@@ -334,6 +334,10 @@ _BOOL_DELTA = (
     "True == 1 lies outside (0, 1) and a non-finite value fails the bound check too: the "
     "and/or variant refuses the same values (unlike a rate, where 1 is allowed)"
 )
+_PRV_KWARGS = (
+    "PRVAccountant.get_epsilon takes **kwargs: a misspelt eps_error, or RDP's alphas, are "
+    "ignored and its default eps_error is 0.01, PRV_EPS_ERROR's value"
+)
 _PRV_DEFAULT = "Opacus's PRVAccountant.get_epsilon defaults to eps_error=0.01, PRV_EPS_ERROR"
 _ENABLED_IMPLIES = (
     "resolve() sets noise_multiplier, update_noise_multiplier and delta exactly when privacy "
@@ -349,6 +353,7 @@ _EQUIVALENT_SPEC: list[tuple[str, tuple[int, ...], str]] = [
     (_P + "settings.x_resolve", (*range(129, 143), 198, 200), _LOG),
     (_P + "accountant.x__check_delta", (2,), _BOOL_DELTA),
     (_P + "accountant.x_epsilon_of_history", (33,), _PRV_DEFAULT),
+    (_P + "accountant.x_calibrate_noise_multiplier", (31, 38, 39), _PRV_KWARGS),
     (_RP + "make_accountant", (1, 2), _ENABLED_IMPLIES),
     (_RP + "noise_std", (1,), _ENABLED_IMPLIES),
     (_RP + "make_clipper", (1, 3), _STDDEV_IFF_ADAPTIVE),
