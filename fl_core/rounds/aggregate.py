@@ -183,7 +183,7 @@ def _aggregate_fedbuff(
 ) -> dict[str, Any]:
     """FedBuff (Nguyen et al., AISTATS 2022): sum of w_i s(staleness_i) u_i over the sum
     of the sample weights w_i, so stale updates also shrink the step (not only their share);
-    updates staler than ``max_staleness`` are dropped."""
+    updates staler than ``max_staleness`` are dropped (all of them: an all-zero update)."""
     from fl_core.aggregation.fedbuff import FedBuffBuffer, staleness_weight
 
     a = cfg.asynchronous
@@ -214,7 +214,11 @@ def _aggregate_fedbuff(
                 ),
             }
         )
-    mean = buffer.flush().astype(np.float32)
+    if buffer.count:
+        mean = buffer.flush().astype(np.float32)
+    else:  # every update was staler than max_staleness: this round moves the model by nothing
+        logger.warning("round %d: all %d updates were too stale; empty update", rnd, len(updates))
+        mean = np.zeros(lay.num_params, dtype=np.float32)
     store.put_arrays(arrays_key, {"update": mean})
     record = R.AggregateInfo(
         round=rnd,

@@ -230,6 +230,92 @@ def test_dp_budget_refusal_writes_nothing_for_the_refused_round(
     assert pipeline.privacy_budget(store, cid, 3)["epsilon_after_round"] <= target
 
 
+def test_dp_noise_is_fresh_each_round_and_secret_to_each_campaign(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """The noise comes from the campaign's secret seed and the round: two campaigns with the
+    same configuration (the same clipped sums) release different noise, and a round's noise
+    is independent of the previous round's (noise repeated across rounds, or derivable from
+    the public configuration, could be subtracted from the releases)."""
+    cfg, _ = _dp_config()
+    noise: dict[str, list[np.ndarray]] = {}
+    sums: dict[str, np.ndarray] = {}
+    for name in ("a", "b"):
+        store = LocalStore(tmp_path / name)
+        cid = pipeline.start_campaign(store, cfg, data_dir=tiny_data, campaign_id="same")
+        noise[name] = []
+        for rnd in (1, 2):
+            run_round(store, cid, rnd)
+            arrays = store.get_arrays(pipeline.round_key(cid, rnd, "aggregate.npz"))
+            release = store.get_arrays(pipeline.round_key(cid, rnd, "privatized.npz"))["update"]
+            noise[name].append(release - arrays["sum"] / (0.5 * 6))
+        sums[name] = store.get_arrays(pipeline.round_key(cid, 1, "aggregate.npz"))["sum"]
+
+    np.testing.assert_array_equal(sums["a"], sums["b"])  # same data, same clipped sum
+    for first, second in ((noise["a"][0], noise["b"][0]), (noise["a"][0], noise["a"][1])):
+        assert abs(np.corrcoef(first, second)[0, 1]) < 0.15  # ~2,400 draws: |r| ~ 0.02
+
+
+def test_adaptive_clipping_clips_each_round_at_the_norm_the_previous_round_released(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """Andrew et al. (NeurIPS 2021): round r clips at the norm round r - 1's private quantile
+    step produced (round 1 at the configured one), its pre-noise sum is the sum of the
+    updates clipped at that norm, and its noise is z_update x that norm / m, with
+    z_update^-2 + (2 sigma_b)^-2 = z^-2 (sigma_b = max(m / 20, z) = z here)."""
+    cfg = tiny_config(
+        privacy={
+            "level": "custom",
+            "delta": DELTA,
+            "noise_multiplier": Z,
+            "clipping_norm": CLIP,
+            "adaptive_clipping": True,
+            "clip_lr": 0.5,
+        },
+        campaign={"rounds": 3, "clients_per_round": 3},
+    )
+    store = LocalStore(tmp_path)
+    result = run_campaign(cfg, data_dir=tiny_data, store=store, progress=False)
+    cid = result.campaign_id
+    m = 0.5 * 6
+    z_update = (Z**-2 - (2 * Z) ** -2) ** -0.5
+
+    used, released = [], [CLIP]
+    for rnd in (1, 2, 3):
+        agg = store.get_json(pipeline.round_key(cid, rnd, "aggregate.json"))
+        priv = store.get_json(pipeline.round_key(cid, rnd, "privacy.json"))
+        stored_sum = store.get_arrays(pipeline.round_key(cid, rnd, "aggregate.npz"))["sum"]
+        norm = agg["clipping_norm"]
+        updates = accepted_updates(store, cid, rnd)
+        expected = sum((clip(v, norm) for _, v in updates), np.zeros_like(stored_sum))
+        raw_norms = [float(np.linalg.norm(v)) for _, v in updates]
+
+        assert (agg["round"], agg["strategy"]) == (rnd, "dp_clipped_sum")
+        assert agg["num_aggregated"] == len(updates)
+        assert agg["total_examples"] == sum(int(item["num_examples"]) for item, _ in updates)
+        assert agg["num_clipped"] == sum(n > norm for n in raw_norms)
+        assert agg["update_norm"] == pytest.approx(float(np.linalg.norm(stored_sum)), rel=1e-5)
+
+        assert norm == released[-1] == priv["clipping_norm"]
+        np.testing.assert_allclose(stored_sum, expected, rtol=1e-5, atol=1e-8)
+        assert priv["noise_std"] == pytest.approx(z_update * norm / m)
+        # the accountant composes the whole mechanism's z once per round
+        spent = compute_epsilon(noise_multiplier=Z, sampling_rate=0.5, steps=rnd, delta=DELTA)
+        assert priv["epsilon"] == pytest.approx(spent)
+        assert (priv["round"], priv["enabled"], priv["mode"]) == (rnd, True, "central")
+        assert (priv["delta"], priv["noise_multiplier"], priv["target_epsilon"]) == (
+            DELTA,
+            Z,
+            pytest.approx(
+                compute_epsilon(noise_multiplier=Z, sampling_rate=0.5, steps=3, delta=DELTA)
+            ),
+        )
+        used.append(norm)
+        released.append(priv["next_clipping_norm"])
+
+    assert len(set(used)) == 3  # the norm moved every round
+
+
 # --------------------------------------------------------------------------- error feedback
 
 
@@ -305,3 +391,167 @@ def test_fedbuff_applies_staleness_weights_to_the_stored_updates(
         np.testing.assert_allclose(stored, total / weights, rtol=1e-5, atol=1e-7)
 
     assert stale_seen >= 2  # the round trip exercised stale updates
+
+
+# --------------------------------------------------------------------------- FLTrust root update
+
+
+def test_fltrust_aggregate_uses_the_servers_root_training_with_the_campaign_settings(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """FLTrust (Cao et al., NDSS 2021): the server trains the round's model on its root rows
+    as a client would (the campaign's client settings, a seed derived from the campaign's
+    seed and the round); each stored update is rescaled to that root update's norm and
+    weighted by ReLU(cos(g_i, g_0)). Settings that differ from every training default make a
+    root update trained with other settings, another model or another seed visible."""
+    from fl_core.client import TrainSettings, local_train
+    from fl_core.rounds import layout as L
+    from fl_core.rounds import state
+    from fl_core.seeding import derive_seed
+
+    client = {"local_epochs": 2, "batch_size": 16, "lr": 0.08, "momentum": 0.6}
+    assert TrainSettings() != TrainSettings(**client)
+    cfg = tiny_config(
+        server={"strategy": "fltrust", "root_dataset_size": 40},
+        client=client,
+        campaign={"rounds": 2, "clients_per_round": 4},
+    )
+    store = LocalStore(tmp_path)
+    result = run_campaign(cfg, data_dir=tiny_data, store=store, progress=False)
+    cid = result.campaign_id
+    rec = state.load_campaign(store, cid)
+    x, y = state.test_table(rec)
+    rows = pipeline.root_rows(len(y), cfg)
+
+    for rnd in (1, 2):
+        _, model = decode_independently(store.get_bytes(L.model_key(cid, rnd - 1)))
+        root = local_train(
+            state.spec(rec),
+            model.astype(np.float32),
+            x[rows],
+            y[rows],
+            settings=TrainSettings(**client),
+            seed=derive_seed(cfg.campaign.seed, rnd, "root"),
+        ).delta.astype(np.float64)
+        updates = [v for _, v in accepted_updates(store, cid, rnd)]
+        norms = np.array([np.linalg.norm(v) for v in updates])
+        cos = np.array([v @ root for v in updates]) / (norms * np.linalg.norm(root))
+        trust = np.maximum(cos, 0.0)
+        expected = (
+            sum(
+                t * np.linalg.norm(root) / n * v
+                for t, n, v in zip(trust, norms, updates, strict=True)
+            )
+            / trust.sum()
+        )
+        stored = store.get_arrays(pipeline.round_key(cid, rnd, "aggregate.npz"))["update"]
+
+        assert trust.sum() > 0
+        np.testing.assert_allclose(stored, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_fedbuff_drops_updates_staler_than_the_limit_and_records_what_it_applied(
+    unequal_data: Path, tmp_path: Path
+) -> None:
+    """With ``max_staleness`` 1 an update two or more versions stale weighs nothing (not even
+    in the denominator); the round record lists every update in arrival order with its
+    staleness and weight, and counts the dropped ones. The exponent (1, not the default 0.5)
+    is the campaign's."""
+    exponent, limit = 1.0, 1
+    cfg = tiny_config(
+        partition={"scheme": "quantity", "sigma": 1.5, "seed": 3},
+        asynchronous={
+            "enabled": True,
+            "buffer_size": 2,
+            "concurrency": 5,
+            "max_staleness": limit,
+            "staleness_exponent": exponent,
+        },
+        simulation={"enabled": True, "cellular_slow": 0.5, "wifi": 0.5},
+        campaign={"rounds": 6},
+    )
+    store = LocalStore(tmp_path)
+    result = run_campaign(cfg, data_dir=unequal_data, store=store, progress=False)
+    cid = result.campaign_id
+
+    dropped_seen = kept_stale_seen = 0
+    for rnd in range(1, result.rounds + 1):
+        updates = accepted_updates(store, cid, rnd)
+        stored = store.get_arrays(pipeline.round_key(cid, rnd, "aggregate.npz"))["update"]
+        record = store.get_json(pipeline.round_key(cid, rnd, "aggregate.json"))
+        total = np.zeros(stored.shape, dtype=np.float64)
+        weights, applied, dropped = 0.0, [], 0
+        for item, vector in updates:
+            staleness = rnd - int(item["source_round"])
+            n = float(item["num_examples"])
+            factor = 0.0 if staleness > limit else (1.0 + staleness) ** -exponent
+            applied.append(
+                {
+                    "client": item["client"],
+                    "source_round": int(item["source_round"]),
+                    "staleness": staleness,
+                    "weight": n,
+                    "staleness_weight": pytest.approx(factor),
+                }
+            )
+            if factor:
+                total += n * factor * vector
+                weights += n
+                kept_stale_seen += staleness > 0
+            else:
+                dropped += 1
+        dropped_seen += dropped
+
+        assert stored.dtype == np.float32
+        np.testing.assert_allclose(stored, total / weights, rtol=1e-5, atol=1e-7)
+        assert record["round"] == rnd and record["strategy"] == "fedbuff"
+        assert record["applied"] == applied
+        assert record["num_too_stale"] == dropped
+        assert record["num_aggregated"] == len(updates) - dropped
+        assert record["total_examples"] == sum(int(i["num_examples"]) for i, _ in updates)
+        assert record["max_staleness_seen"] == max(int(i["staleness"]) for i, _ in updates)
+        assert record["update_norm"] == pytest.approx(float(np.linalg.norm(stored)), rel=1e-5)
+
+    assert dropped_seen >= 1 and kept_stale_seen >= 1  # both cases happened
+
+
+def test_fltrust_root_set_is_drawn_without_replacement_from_the_campaign_seed() -> None:
+    whole = pipeline.root_rows(50, tiny_config(server={"root_dataset_size": 500}))
+    part = pipeline.root_rows(400, tiny_config(server={"root_dataset_size": 300}))
+    other_seed = pipeline.root_rows(
+        400, tiny_config(server={"root_dataset_size": 300}, campaign={"seed": 8})
+    )
+
+    assert whole.tolist() == list(range(50))  # capped at the table, each row once
+    assert len(set(part.tolist())) == 300 and part.tolist() == sorted(part.tolist())
+    assert part.tolist() != other_seed.tolist()
+
+
+def test_a_fedbuff_round_whose_every_update_is_too_stale_leaves_the_model_unchanged(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """Found by mutation testing: with every buffered update staler than ``max_staleness``
+    the aggregate step crashed ("no update is buffered") and the campaign stopped."""
+    from fl_core.rounds import layout as L
+
+    cfg = tiny_config(
+        asynchronous={"enabled": True, "buffer_size": 1, "concurrency": 5, "max_staleness": 0},
+        simulation={"enabled": True, "cellular_slow": 0.5, "wifi": 0.5},
+        campaign={"rounds": 6},
+    )
+    store = LocalStore(tmp_path)
+    result = run_campaign(cfg, data_dir=tiny_data, store=store, progress=False)
+    cid = result.campaign_id
+
+    empty = []
+    for rnd in range(1, result.rounds + 1):
+        record = store.get_json(pipeline.round_key(cid, rnd, "aggregate.json"))
+        if record["num_aggregated"] == 0:
+            stored = store.get_arrays(pipeline.round_key(cid, rnd, "aggregate.npz"))["update"]
+            assert record["num_too_stale"] == len(record["applied"]) >= 1
+            assert not stored.any() and record["update_norm"] == 0.0
+            _, before = decode_independently(store.get_bytes(L.model_key(cid, rnd - 1)))
+            _, after = decode_independently(store.get_bytes(L.model_key(cid, rnd)))
+            np.testing.assert_array_equal(after, before)  # server momentum 0: no step
+            empty.append(rnd)
+    assert result.rounds == 6 and empty  # the campaign ran on through such a round

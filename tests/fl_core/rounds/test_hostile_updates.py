@@ -15,12 +15,15 @@ import pytest
 
 from fl_core import pipeline as steps
 from fl_core import rounds, wire
+from fl_core.models import Layout
 from fl_core.rounds import layout as L
 from fl_core.rounds import records as R
+from fl_core.rounds import state
 from fl_core.rounds.campaign import check_campaign_id
 from fl_core.rounds.select import CampaignEnded
 from fl_core.rounds.server_update import NonFiniteModel
 from fl_core.rounds.state import load_model
+from fl_core.rounds.validate import METRIC_BOUNDS, check_update
 from fl_core.store import LocalStore
 from tests.conftest import tiny_config
 
@@ -125,6 +128,42 @@ def test_an_update_replaced_after_validation_is_rejected_at_aggregate(
     assert np.isfinite(metrics["test_loss"])
 
 
+@pytest.mark.parametrize(
+    "sections",
+    [
+        {"asynchronous": {"enabled": True, "buffer_size": 3, "concurrency": 6}},
+        {
+            "privacy": {
+                "level": "custom",
+                "delta": 1e-3,
+                "noise_multiplier": 1.0,
+                "clipping_norm": 0.05,
+            }
+        },
+    ],
+    ids=["fedbuff", "central_dp"],
+)
+def test_every_aggregation_path_records_an_update_replaced_after_validation(
+    tiny_data: Path, tmp_path: Path, sections: dict[str, Any]
+) -> None:
+    store, cid = _start(tiny_data, tmp_path, **sections)
+    _run(store, cid, 1, upto="validate_updates")
+    validated = steps.validate_updates(store, cid, 1)
+    victim = validated["accepted"][0]["client"]
+    nan = np.full(load_model(store, cid, 0).shape, np.nan, dtype=np.float32)
+    _rewrite(store, cid, victim, vector=nan)
+
+    info = steps.aggregate(store, cid, 1)
+
+    assert steps.validate_updates(store, cid, 1) == validated  # a retry keeps its verdict
+    assert info["rejected_at_read"] == [
+        {"client": victim, "reason": "accepted update changed after validation (sha256 mismatch)"}
+    ]
+    assert info["num_aggregated"] == validated["num_accepted"] - 1
+    arrays = store.get_arrays(L.round_key(cid, 1, L.AGGREGATE_ARRAYS))
+    assert all(np.all(np.isfinite(a)) for a in arrays.values())
+
+
 def test_an_update_deleted_after_collect_or_after_validation_is_a_rejection(
     tiny_data: Path, tmp_path: Path
 ) -> None:
@@ -140,6 +179,27 @@ def test_an_update_deleted_after_collect_or_after_validation_is_a_rejection(
     assert info["rejected_at_read"][0]["client"] == "client_0004"
     assert "missing" in info["rejected_at_read"][0]["reason"]
     assert info["num_aggregated"] == 4
+
+
+def test_oversized_or_unreadable_stored_updates_are_rejected_and_the_bytes_counted(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    store, cid = _start(tiny_data, tmp_path, server={"norm_outlier_factor": None})
+    _run(store, cid, 1, upto="collect")
+    limit = state.max_update_bytes(state.model_layout(state.load_campaign(store, cid)))
+    store.put_bytes(L.update_key(cid, 1, "client_0001"), b"\0" * (limit + 1))
+    store.put_bytes(L.update_key(cid, 1, "client_0002"), b"nonsense")
+
+    validation = steps.validate_updates(store, cid, 1)
+
+    reasons = _reasons(validation)
+    assert reasons["client_0001"] == f"update of {limit + 1} bytes exceeds the {limit}-byte limit"
+    assert "FLW1" in reasons["client_0002"] or "magic" in reasons["client_0002"]
+    assert validation["num_rejected"] == 2 and validation["num_accepted"] == 4
+    read = [f"client_{i:04d}" for i in (0, 2, 3, 4, 5)]  # the oversized one is never read
+    assert validation["bytes_up"] == sum(
+        len(store.get_bytes(L.update_key(cid, 1, c))) for c in read
+    )
 
 
 @pytest.mark.parametrize("metric", [float("nan"), float("inf"), -1.0])
@@ -182,6 +242,33 @@ def test_a_step_whose_input_record_is_missing_names_the_step_to_run(
     assert not store.exists(R.Validation.key(cid, 1))
 
 
+def test_each_checking_step_names_itself_and_the_step_to_run_first(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    store, cid = _start(tiny_data, tmp_path)
+    _run(store, cid, 1, upto="dispatch")
+
+    with pytest.raises(R.MissingRecord) as info:
+        steps.validate_updates(store, cid, 1)
+    assert str(info.value) == (
+        "round 1: validate_updates needs the collect record (collected.json); run collect first"
+    )
+    with pytest.raises(R.MissingRecord) as info:
+        steps.privatize(store, cid, 1)
+    assert str(info.value) == (
+        "round 1: privatize needs the aggregate record (aggregate.json); run aggregate first"
+    )
+    _run(store, cid, 1, upto="validate_updates")
+    (Path(store.root) / L.round_key(cid, 1, L.MANIFEST)).unlink()  # the tasks' record lost
+    with pytest.raises(R.MissingRecord, match="^round 1: aggregate needs the dispatch record"):
+        steps.aggregate(store, cid, 1)
+    (Path(store.root) / L.round_key(cid, 1, L.VALIDATION)).unlink()
+    with pytest.raises(
+        R.MissingRecord, match="^round 1: validate_updates needs the dispatch record"
+    ):
+        steps.validate_updates(store, cid, 1)
+
+
 @pytest.mark.parametrize("bad", ["a/clients/client_0000", "x" * 300, "../up", " lead", "a..b"])
 def test_invalid_campaign_ids_are_refused_before_any_write(
     tiny_data: Path, tmp_path: Path, bad: str
@@ -204,3 +291,125 @@ def test_an_ended_campaign_refuses_another_round(tiny_data: Path, tmp_path: Path
         steps.select_clients(store, cid, 3)
     assert not status.proceed and status.last_round == 2
     assert not store.exists(R.Cohort.key(cid, 3))
+
+
+# --------------------------------------------------------------- check_update, one update
+
+SMALL = Layout(("w",), ((8,),))
+TASK: dict[str, Any] = {
+    "cid": "c",
+    "rnd": 2,
+    "client": "k",
+    "base_version": 1,
+    "layout": SMALL,
+    "codec": "dense_fp32",
+    "max_norm": 1.0,
+    "max_examples": 10,
+}
+
+
+def _update(
+    vector: np.ndarray | None = None, *, metrics: dict[str, float] | None = None, **header: Any
+) -> bytes:
+    fields: dict[str, Any] = {
+        "kind": "update",
+        "campaign": "c",
+        "round": 2,
+        "base_version": 1,
+        "client": "k",
+        "codec": "dense_fp32",
+        "layout": SMALL,
+        "num_examples": 10,
+        "metrics": metrics or {},
+        **header,
+    }
+    values = np.full(8, 0.25, np.float32) if vector is None else vector
+    return wire.encode(wire.Header(**fields), values)
+
+
+def test_an_accepted_update_is_recorded_with_what_later_steps_read() -> None:
+    metrics = {
+        "train_loss": 0.5,
+        "duration_s": 3.0,
+        "dp_sgd_epsilon": 1.5,
+        "bytes_down": 400.0,
+        "uplink_mbps": 2.0,
+        "latency_s": 0.1,
+    }
+    data = _update(metrics=metrics, num_examples=7)
+
+    reason, item = check_update(data, **TASK)
+
+    assert reason is None and item is not None
+    assert item == R.AcceptedUpdate(
+        client="k",
+        source_round=2,
+        staleness=0,
+        num_examples=7,
+        weight=7.0,
+        norm=pytest.approx(float(np.linalg.norm(np.full(8, 0.25)))),
+        train_loss=0.5,
+        duration_s=3.0,
+        bytes=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        metrics={"dp_sgd_epsilon": 1.5, "bytes_down": 400.0, "uplink_mbps": 2.0},
+    )
+    _, bare = check_update(_update(), **TASK)
+    assert bare is not None and np.isnan(bare.train_loss) and np.isnan(bare.duration_s)
+    assert bare.metrics == {}
+
+
+@pytest.mark.parametrize(("name", "bounds"), sorted(METRIC_BOUNDS.items()))
+def test_a_header_metric_is_accepted_within_its_bounds_inclusive_and_refused_outside(
+    name: str, bounds: tuple[float, float]
+) -> None:
+    lo, hi = bounds
+    for value in (lo, hi):
+        assert check_update(_update(metrics={name: value}), **TASK)[0] is None, value
+    for value in (lo - 1e-3, hi * 1.001):
+        reason, item = check_update(_update(metrics={name: value}), **TASK)
+        assert item is None
+        assert reason == (
+            f"header metric {name}={value!r} is not a finite number in [{lo:g}, {hi:g}]"
+        )
+
+
+def test_a_metric_without_declared_bounds_is_bounded_by_1e12() -> None:
+    for value in (-1e12, 1e12):
+        assert check_update(_update(metrics={"custom": value}), **TASK)[0] is None
+    reason, _ = check_update(_update(metrics={"custom": -1.5e12}), **TASK)
+    assert (
+        reason == "header metric custom=-1500000000000.0 is not a finite number in [-1e+12, 1e+12]"
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (_update(kind="model"), "kind is 'model', expected 'update'"),
+        (_update(campaign="d"), "header names another campaign, round or client"),
+        (_update(round=3), "header names another campaign, round or client"),
+        (_update(client="j"), "header names another campaign, round or client"),
+        (_update(base_version=0), "stale: computed on version 0, round uses 1"),
+        (_update(num_examples=0), "num_examples must be an integer >= 1, got 0"),
+        (
+            _update(num_examples=11),
+            "num_examples 11 exceeds the 10 examples the server knows this client holds",
+        ),
+        (
+            _update(np.full(8, 0.5, np.float32)),
+            "update norm 1.414 exceeds server.max_update_norm 1",
+        ),
+    ],
+    ids=["kind", "campaign", "round", "client", "stale", "zero", "too_many", "norm"],
+)
+def test_check_update_names_why_an_update_is_refused(data: bytes, reason: str) -> None:
+    assert check_update(data, **TASK) == (reason, None)
+
+
+def test_boundaries_that_are_accepted() -> None:
+    at_cap = np.zeros(8, np.float32)
+    at_cap[0] = 1.0  # norm exactly max_norm
+    for data in (_update(at_cap), _update(num_examples=10), _update(num_examples=1)):
+        reason, item = check_update(data, **TASK)
+        assert reason is None and item is not None
