@@ -32,13 +32,12 @@ def champion(tracking_uri: str, model_name: str) -> tuple[np.ndarray, dict[str, 
     from mlflow.tracking import MlflowClient
 
     from fl_core import wire
+    from fl_core.tracking import _fluent_uri
 
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     try:
         version = client.get_model_version_by_alias(model_name, "champion")
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, _fluent_uri(tracking_uri):
             local = mlflow.artifacts.download_artifacts(
                 artifact_uri=f"models:/{model_name}/{version.version}", dst_path=tmp
             )
@@ -135,13 +134,12 @@ def check_champion(
         reasons.append(f"evaluation data failed validation ({len(report.failures)} failures)")
         out.update(healthy=False, verdict="degraded", reasons=reasons, accuracy=None, drift=None)
         return out
-    import mlflow
+    from fl_core.tracking import _fluent_uri
 
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
     x, y = read_table(eval_path)
     x_ref, y_ref = read_table(reference_path)
-    accuracy = model_accuracy(f"models:/{name}/{champion.version}", x, y)
+    with _fluent_uri(tracking_uri):  # restores MLFLOW_*_URI: later processes are not redirected
+        accuracy = model_accuracy(f"models:/{name}/{champion.version}", x, y)
     drift = drift_statistic(x_ref, x, reference_y=y_ref, current_y=y)
     health = check_health(
         accuracy=accuracy,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +24,19 @@ MODEL = "fl-mon-steps"
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    import os
+
     home = tmp_path / "home"
     monkeypatch.setenv("FL_HOME", str(home))
     for var in ("FL_COORDINATOR_DB_URL", "FL_ARTIFACT_STORE", "MLFLOW_TRACKING_URI",
                 "MLFLOW_REGISTRY_URI"):  # fmt: skip
         monkeypatch.delenv(var, raising=False)
-    return home
+    yield home
+    # the steps leave no MLflow URI in the environment (a later process, e.g. a model
+    # server, would otherwise read this test's registry)
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert "MLFLOW_REGISTRY_URI" not in os.environ
 
 
 def _champion(store: Any, uri: str, name: str, campaign_id: str, root: Path) -> None:
