@@ -192,32 +192,28 @@ class UploadAdmission:
         authenticated) holds a free turn: the upload then takes the turn's place. Yields
         ``authenticated()``, to call once the request is authenticated: the turn is
         spent then; if the request fails before, the turn is given back."""
-        if client_id is not None and self.has_turn(client_id):
-            expires, _ = self._turns[client_id]
-            self._turns[client_id] = (expires, True)
-            spent = False
-
-            def authenticated() -> None:
-                nonlocal spent
-                if not spent:
-                    spent = True
-                    self._turns.pop(client_id, None)
-
-            self._admitted += 1
-            try:
-                yield authenticated
-            finally:
-                self._admitted -= 1
-                if not spent and client_id in self._turns:
-                    self._turns[client_id] = (expires, False)
-            return
-        if self.occupied >= self.slots + self.queue:
+        holder = client_id if client_id is not None and self.has_turn(client_id) else None
+        expires = 0.0
+        if holder is not None:
+            expires, _ = self._turns[holder]
+            self._turns[holder] = (expires, True)  # one request at a time on a turn
+        elif self.occupied >= self.slots + self.queue:
             raise self._refuse("upload refused")
+        spent = False
+
+        def authenticated() -> None:
+            nonlocal spent
+            if holder is not None and not spent:
+                spent = True
+                self._turns.pop(holder, None)
+
         self._admitted += 1
         try:
-            yield lambda: None
+            yield authenticated
         finally:
             self._admitted -= 1
+            if holder is not None and not spent and holder in self._turns:
+                self._turns[holder] = (expires, False)  # given back
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
