@@ -139,15 +139,23 @@ def publish(coord: Coordinator, clients: list[str]) -> Layout:
     return layout
 
 
-def test_upload_beyond_the_limit_gets_503_with_retry_after_and_the_retry_is_accepted(
-    one_slot: OneSlot, tls: TLSFiles
-) -> None:
-    coord, server, adm = one_slot
+def two_devices(
+    coord: Coordinator, server: ServerThread, tls: TLSFiles
+) -> tuple[Identity, Identity, bytes, bytes]:
+    """dev-a and dev-b enrolled and selected in round 1, and an update of each."""
     a = enroll(coord, server, tls, "dev-a")
     b = enroll(coord, server, tls, "dev-b")
     layout = publish(coord, ["dev-a", "dev-b"])
     data_a = update_bytes(CID, 1, "dev-a", layout)
     data_b = update_bytes(CID, 1, "dev-b", layout, scale=0.02)
+    return a, b, data_a, data_b
+
+
+def test_upload_beyond_the_limit_gets_503_with_retry_after_and_the_retry_is_accepted(
+    one_slot: OneSlot, tls: TLSFiles
+) -> None:
+    coord, server, adm = one_slot
+    a, b, data_a, data_b = two_devices(coord, server, tls)
 
     slow = SlowUpload(server, tls, a, data_a)
     wait_until(lambda: adm.admitted == 1, "the slow upload to hold the only slot")
@@ -192,11 +200,7 @@ def test_busy_answers_do_not_use_up_attempts_but_are_bounded(
     from fl_core.agent.transport import Unreachable
 
     coord, server, adm = one_slot
-    a = enroll(coord, server, tls, "dev-a")
-    b = enroll(coord, server, tls, "dev-b")
-    layout = publish(coord, ["dev-a", "dev-b"])
-    data_a = update_bytes(CID, 1, "dev-a", layout)
-    data_b = update_bytes(CID, 1, "dev-b", layout)
+    a, b, data_a, data_b = two_devices(coord, server, tls)
     slow = SlowUpload(server, tls, a, data_a)
     wait_until(lambda: adm.admitted == 1, "the slow upload to hold the only slot")
 
@@ -401,11 +405,7 @@ def test_a_large_update_waits_for_a_turn_and_sends_its_body_once(
     one_slot: OneSlot, tls: TLSFiles
 ) -> None:
     coord, server, adm = one_slot
-    a = enroll(coord, server, tls, "dev-a")
-    b = enroll(coord, server, tls, "dev-b")
-    layout = publish(coord, ["dev-a", "dev-b"])
-    data_a = update_bytes(CID, 1, "dev-a", layout)
-    data_b = update_bytes(CID, 1, "dev-b", layout, scale=0.02)
+    a, b, data_a, data_b = two_devices(coord, server, tls)
     slow = SlowUpload(server, tls, a, data_a)
     wait_until(lambda: adm.admitted == 1, "the slow upload to hold the only slot")
 
@@ -440,11 +440,7 @@ def test_a_turn_is_kept_for_its_holder_and_a_forged_request_cannot_spend_it(
     one_slot: OneSlot, tls: TLSFiles
 ) -> None:
     coord, server, adm = one_slot
-    a = enroll(coord, server, tls, "dev-a")
-    b = enroll(coord, server, tls, "dev-b")
-    layout = publish(coord, ["dev-a", "dev-b"])
-    data_a = update_bytes(CID, 1, "dev-a", layout)
-    data_b = update_bytes(CID, 1, "dev-b", layout, scale=0.02)
+    a, b, data_a, data_b = two_devices(coord, server, tls)
     with CoordinatorClient(server.url, ca=tls.ca, identity=b) as client_b:
         assert client_b.upload_turn(PATH) == TURN_S
     assert adm.has_turn("dev-b") and adm.occupied == 1
