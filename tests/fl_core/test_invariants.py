@@ -355,24 +355,40 @@ def test_error_feedback_residual_is_the_raw_update_minus_what_the_server_decodes
 # --------------------------------------------------------------------------- FedBuff staleness
 
 
-def test_fedbuff_applies_staleness_weights_to_the_stored_updates(
-    unequal_data: Path, tmp_path: Path
-) -> None:
-    exponent = 0.5
+def _fedbuff_campaign(
+    data_dir: Path,
+    tmp_path: Path,
+    *,
+    concurrency: int,
+    max_staleness: int,
+    exponent: float,
+    rounds: int,
+) -> tuple[LocalStore, Any]:
+    """A FedBuff campaign (buffer 2) of quantity-skewed clients on mixed links, so updates
+    arrive with different staleness; its store and result."""
     cfg = tiny_config(
         partition={"scheme": "quantity", "sigma": 1.5, "seed": 3},
         asynchronous={
             "enabled": True,
             "buffer_size": 2,
-            "concurrency": 4,
-            "max_staleness": 5,
+            "concurrency": concurrency,
+            "max_staleness": max_staleness,
             "staleness_exponent": exponent,
         },
         simulation={"enabled": True, "cellular_slow": 0.5, "wifi": 0.5},
-        campaign={"rounds": 5},
+        campaign={"rounds": rounds},
     )
     store = LocalStore(tmp_path)
-    result = run_campaign(cfg, data_dir=unequal_data, store=store, progress=False)
+    return store, run_campaign(cfg, data_dir=data_dir, store=store, progress=False)
+
+
+def test_fedbuff_applies_staleness_weights_to_the_stored_updates(
+    unequal_data: Path, tmp_path: Path
+) -> None:
+    exponent = 0.5
+    store, result = _fedbuff_campaign(
+        unequal_data, tmp_path, concurrency=4, max_staleness=5, exponent=exponent, rounds=5
+    )
     cid = result.campaign_id
 
     stale_seen = 0
@@ -458,20 +474,9 @@ def test_fedbuff_drops_updates_staler_than_the_limit_and_records_what_it_applied
     staleness and weight, and counts the dropped ones. The exponent (1, not the default 0.5)
     is the campaign's."""
     exponent, limit = 1.0, 1
-    cfg = tiny_config(
-        partition={"scheme": "quantity", "sigma": 1.5, "seed": 3},
-        asynchronous={
-            "enabled": True,
-            "buffer_size": 2,
-            "concurrency": 5,
-            "max_staleness": limit,
-            "staleness_exponent": exponent,
-        },
-        simulation={"enabled": True, "cellular_slow": 0.5, "wifi": 0.5},
-        campaign={"rounds": 6},
+    store, result = _fedbuff_campaign(
+        unequal_data, tmp_path, concurrency=5, max_staleness=limit, exponent=exponent, rounds=6
     )
-    store = LocalStore(tmp_path)
-    result = run_campaign(cfg, data_dir=unequal_data, store=store, progress=False)
     cid = result.campaign_id
 
     dropped_seen = kept_stale_seen = 0
