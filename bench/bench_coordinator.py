@@ -271,14 +271,25 @@ async def _prepare_clients(
     return latencies, failed
 
 
+def enroll_clients(coord: Any, n: int) -> dict[str, Any]:
+    """``n`` clients enrolled in ``coord``'s registry: client id -> its Ed25519 key."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from fl_core.coordinator import registry
+
+    key_of = {f"c{i:05d}": Ed25519PrivateKey.generate() for i in range(n)}
+    with coord.session() as s:
+        for client, key in key_of.items():
+            token = registry.create_enrollment_token(s, client, ttl_s=600)
+            registry.enroll(s, token=token, public_key=protocol.public_key_b64(key))
+    return key_of
+
+
 def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values) * 1000, q)) if values else float("nan")
 
 
 def run_one(n: int, codec: str) -> list[dict[str, Any]]:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    from fl_core.coordinator import registry
     from fl_core.coordinator.api import Coordinator
     from fl_core.coordinator.settings import CoordinatorSettings
     from fl_core.models import ModelSpec, init_vector
@@ -296,13 +307,8 @@ def run_one(n: int, codec: str) -> list[dict[str, Any]]:
         header = wire.Header(kind="model", campaign=CID, round=0, base_version=0,
                              client="server", codec="dense_fp32", layout=layout)  # fmt: skip
         coord.store.put_bytes(model_key(CID, 0), wire.encode(header, vector))
-        clients = [f"c{i:05d}" for i in range(n)]
-        key_of: dict[str, Any] = {}
-        with coord.session() as s:
-            for c in clients:
-                key_of[c] = Ed25519PrivateKey.generate()
-                token = registry.create_enrollment_token(s, c, ttl_s=600)
-                registry.enroll(s, token=token, public_key=protocol.public_key_b64(key_of[c]))
+        key_of = enroll_clients(coord, n)
+        clients = list(key_of)
         task = {
             "local_epochs": 1, "batch_size": 32, "lr": 0.1, "momentum": 0.0,
             "weight_decay": 0.0, "prox_mu": 0.0, "codec": codec, "error_feedback": False,

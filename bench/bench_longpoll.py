@@ -29,9 +29,6 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def main() -> None:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    from fl_core.coordinator import protocol, registry
     from fl_core.coordinator.api import Coordinator
     from fl_core.coordinator.settings import CoordinatorSettings
 
@@ -42,11 +39,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-longpoll-") as tmp:
         home = Path(tmp)
         coord = Coordinator(CoordinatorSettings.local(home))
-        keys = {f"c{i:05d}": Ed25519PrivateKey.generate() for i in range(args.clients)}
-        with coord.session() as s:
-            for client, key in keys.items():
-                token = registry.create_enrollment_token(s, client, ttl_s=600)
-                registry.enroll(s, token=token, public_key=protocol.public_key_b64(key))
+        keys = bc.enroll_clients(coord, args.clients)
         coord.close()
         server = bc.Server("coordinator", home)
         try:
