@@ -131,6 +131,10 @@ class UpdateRow(Base):
     stored: Mapped[bool] = mapped_column(sa.Boolean, default=False)
     accepted_at: Mapped[float | None] = mapped_column(sa.Float)
     arrival_seq: Mapped[int | None] = mapped_column(sa.Integer)
+    signature: Mapped[str | None] = mapped_column(sa.String(128))
+    """The client's Ed25519 update signature (base64), verified before the claim."""
+    public_key: Mapped[str | None] = mapped_column(sa.String(128))
+    """The public key it verified with (the client's key when it uploaded)."""
 
     __table_args__ = (
         sa.Index("ix_updates_campaign_arrival_seq", "campaign", "arrival_seq", unique=True),

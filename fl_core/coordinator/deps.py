@@ -46,8 +46,11 @@ async def _authenticate(
     coord: Coordinator,
     body_sha256: str,
     then: Callable[[Any, str], Any] | None = None,
+    *,
+    core: bool = False,
 ) -> Any:
-    """The client id (or ``then(session, client_id)``, run in the same session)."""
+    """The client id (or ``then(session, client_id)``, run in the same session; with
+    ``core`` the session is a Core connection, for the upload's hot path)."""
     h = request.headers
     client_id = h.get(protocol.H_CLIENT)
     signature = h.get(protocol.H_SIGNATURE)
@@ -72,7 +75,7 @@ async def _authenticate(
     )
 
     def check() -> Any:
-        with coord.session() as s:
+        with coord.connection() if core else coord.session() as s:
             client = registry.authenticate(
                 s,
                 client_id=client_id,
@@ -119,5 +122,7 @@ async def authenticated_upload(
         ctx = registry.upload_context(s, campaign, rnd, client)
         return client, ctx, coord.update_cap(campaign)
 
-    found: tuple[str, UploadContext, int] = await _authenticate(request, coord, declared, context)
+    found: tuple[str, UploadContext, int] = await _authenticate(
+        request, coord, declared, context, core=True
+    )
     return found

@@ -183,7 +183,7 @@ def list_clients(session: Session) -> list[ClientInfo]:
 
 
 def authenticate(
-    session: Session,
+    session: Session | sa.Connection,
     *,
     client_id: str,
     message: bytes,
@@ -290,24 +290,26 @@ def next_task(session: Session, client_id: str) -> tuple[TaskRow, RoundRow] | No
 
 
 def record_straggler(
-    session: Session, campaign: str, rnd: int, client_id: str, reason: str
+    session: Session | sa.Connection, campaign: str, rnd: int, client_id: str, reason: str
 ) -> None:
-    if session.get(StragglerRow, (campaign, rnd, client_id)) is None:
-        session.add(
-            StragglerRow(
-                campaign=campaign,
-                round=rnd,
-                client_id=client_id,
-                reason=reason,
-                recorded_at=time.time(),
-            )
-        )
-        try:
-            session.commit()
-        except IntegrityError:
-            session.rollback()
+    """Record ``client_id`` as a straggler of the round (the first reason stays)."""
+    key = {"campaign": campaign, "round": rnd, "client_id": client_id}
+    table = cast(sa.Table, StragglerRow.__table__)
+    exists = session.execute(
+        sa.select(table.c.client_id).where(*(table.c[k] == v for k, v in key.items()))
+    ).first()
+    if exists is not None:
+        return
+    try:
+        session.execute(sa.insert(table), {**key, "reason": reason, "recorded_at": time.time()})
+        session.commit()
+    except IntegrityError:
+        session.rollback()
 
 
+# The per-request paths (authentication, upload) take a Core ``sa.Connection`` (the
+# coordinator's hot path: no ORM unit of work, about half the cost per statement) or a
+# Session alike: they only execute statements, commit and roll back.
 # The statements of the per-request paths (authentication, upload) are built once, on the
 # tables rather than the ORM classes, with bound parameters: building a statement and the
 # ORM execution path cost several times more than SQLite's lookup itself.
@@ -415,7 +417,9 @@ class UploadContext:
     update_stored: bool
 
 
-def upload_context(session: Session, campaign: str, rnd: int, client_id: str) -> UploadContext:
+def upload_context(
+    session: Session | sa.Connection, campaign: str, rnd: int, client_id: str
+) -> UploadContext:
     """The round, the client's task and key and any accepted update, or a refusal: 403 when
     the client was not selected, 410 (recorded as straggler) when the round is closed."""
     found = session.execute(
@@ -438,8 +442,29 @@ def upload_context(session: Session, campaign: str, rnd: int, client_id: str) ->
     return ctx
 
 
+@functools.cache
+def _round_open_query() -> sa.Select[Any, Any]:
+    return sa.select(_rounds.deadline, _rounds.closed_at).where(
+        _rounds.campaign == sa.bindparam("campaign"), _rounds.round == sa.bindparam("round")
+    )
+
+
+def check_round_open(
+    session: Session | sa.Connection, campaign: str, rnd: int, client_id: str
+) -> None:
+    """410 (recorded as straggler) when the round closed or its deadline passed, e.g. while
+    the client's body streamed after :func:`upload_context` found it open (one light query:
+    the task, key and claim were read then)."""
+    found = session.execute(_round_open_query(), {"campaign": campaign, "round": rnd}).first()
+    if found is None:
+        raise ProtocolError(403, f"{campaign} round {rnd} was not published")
+    if found.closed_at is not None or time.time() > found.deadline:
+        record_straggler(session, campaign, rnd, client_id, "upload after the round closed")
+        raise ProtocolError(410, f"round {rnd} of {campaign} is closed; the update is too late")
+
+
 def claim_update(
-    session: Session,
+    session: Session | sa.Connection,
     *,
     campaign: str,
     rnd: int,
@@ -447,9 +472,13 @@ def claim_update(
     key: str,
     sha256: str,
     size: int,
+    signature: str | None = None,
+    public_key: str | None = None,
 ) -> tuple[bool, float]:
     """Claim the task's one update slot for the message with digest ``sha256``; returns
-    (still to be stored, arrival time).
+    (still to be stored, arrival time). ``signature`` (the verified update signature) and
+    ``public_key`` (the key it verified with) are recorded with the claim, so an accepted
+    update is attributable from the moment it is claimed.
 
     The primary key (campaign, round, client) makes the claim atomic across processes: only
     a claimant of these bytes writes the store. A claim by the same bytes (an idempotent
@@ -468,6 +497,8 @@ def claim_update(
                 "size": size,
                 "received_at": now,
                 "stored": False,
+                "signature": signature,
+                "public_key": public_key,
             },
         )
         session.commit()
@@ -482,7 +513,7 @@ def claim_update(
     raise ProtocolError(409, "a different update for this task was already accepted")
 
 
-def mark_stored(session: Session, campaign: str, rnd: int, client_id: str) -> None:
+def mark_stored(session: Session | sa.Connection, campaign: str, rnd: int, client_id: str) -> None:
     """The update's bytes are in the store: it is accepted now, and takes the campaign's
     next arrival number (``arrival_seq``, the order FedBuff applies updates in) and the
     time (``accepted_at``). A second call (an idempotent retry) changes nothing.

@@ -228,13 +228,20 @@ def test_accepted_update_is_stored_verbatim_with_its_signature(
     key = update_key(CID, 1, "a")
     assert out["stored"] is True and out["key"] == key
     assert coord.store.get_bytes(key) == data
-    sig = coord.store.get_json(signature_key(CID, 1, "a"))
     message = protocol.update_message(
         campaign=CID, rnd=1, client_id="a", message_sha256=hashlib.sha256(data).hexdigest()
     )
+    sig = coord.update_signature(CID, 1, "a")  # in the registry from the claim on
+    assert sig is not None and sig["sha256"] == hashlib.sha256(data).hexdigest()
     assert protocol.verify(sig["public_key"], message, sig["signature"])
+    assert sig["public_key"] == protocol.public_key_b64(client.identity.key)
+    assert not coord.store.exists(signature_key(CID, 1, "a"))  # not one more file per upload
     assert coord.round_status(CID, 1).received == ["a"]
     assert [u.client_id for u in coord.received_updates(CID, 1)] == ["a"]
+
+    coord.close_round(CID, 1)  # closing writes it beside the update, for the registry-less
+    assert coord.store.get_json(signature_key(CID, 1, "a")) == sig
+    assert coord.update_signature(CID, 1, "nobody") is None
 
 
 def test_identical_retry_is_accepted_but_a_different_second_upload_is_409(
