@@ -7,8 +7,9 @@ the clients are asyncio + httpx in this process, one connection each. The model 
 default MLP of ``params.yaml`` (MNIST 784 -> 200 -> 10, 159,010 parameters); updates are
 real wire messages (``dense_fp32`` and ``topk:0.1+q8`` by default), signed as the agent
 signs them. Printed per (N, codec, endpoint): uploads/s over the upload phase, upload p50 /
-p99 latency, the server's peak RSS during the upload phase (``VmHWM``, reset after the
-heartbeat/task/download phase, whose own latency and peak are in the last column),
+p99 latency, the server's peak RSS during the upload phase (``VmHWM`` of a coordinator
+process started after the heartbeat/task/download phase, as after a restart: the registry
+and store persist; that phase's own latency and peak are in the last column),
 rejected uploads (final non-2xx) and lost updates (acknowledged but not in the store).
 A coordinator upload of at least ``TURN_MIN_BYTES`` asks for an upload turn first, as
 the agent does (its latency includes that). Busy answers (503 + ``Retry-After`` from the
@@ -112,10 +113,6 @@ class Server:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
         return float("nan")
-
-    def reset_peak(self) -> None:
-        """Start a new peak-RSS window (Linux: ``5`` to ``/proc/<pid>/clear_refs``)."""
-        Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -323,7 +320,11 @@ def run_one(n: int, codec: str) -> list[dict[str, Any]]:
         try:
             prep, failed = asyncio.run(_prepare_clients(server.url, clients, key_of))
             rss_prep = server.peak_rss_mb()
-            server.reset_peak()  # the upload phase's own peak
+            # The upload phase on a freshly started coordinator (registry and store persist,
+            # as across a restart): its peak RSS is the uploads' own, not what the heap kept
+            # from a thousand long-polls and model downloads (that peak is rss_prep).
+            server.stop()
+            server = Server("coordinator", home)
             jobs = []
             for c in clients:
                 data = updates[c]
