@@ -151,6 +151,13 @@ def serve(
         help="Uploads waiting for a slot; beyond, 503 + Retry-After (default 128, or "
         "$FL_COORDINATOR_MAX_QUEUED_UPLOADS).",
     ),
+    max_queued_small_uploads: int | None = typer.Option(
+        None,
+        min=0,
+        help="Small uploads (<= 64 KiB) that may wait on their own beyond that: the server "
+        "reads a refused one's body anyway (default 1024, or "
+        "$FL_COORDINATOR_MAX_QUEUED_SMALL_UPLOADS; 0 counts them like the others).",
+    ),
     limit_concurrency: int | None = typer.Option(
         None,
         min=1,
@@ -162,8 +169,9 @@ def serve(
     """Run the coordinator (HTTPS with --tls-cert/--tls-key; plain HTTP only on loopback).
 
     Memory is bounded by the upload admission limit: at most --max-concurrent-uploads
-    bodies in flight and --max-queued-uploads waiting; further uploads get 503 with
-    Retry-After, which agents honour."""
+    bodies in flight and --max-queued-uploads waiting (plus up to
+    --max-queued-small-uploads small ones, whose bodies the server reads anyway); further
+    uploads get 503 with Retry-After, which agents honour."""
     import uvicorn
 
     from fl_core.coordinator.app import create_app
@@ -181,6 +189,7 @@ def serve(
         for name, value in (
             ("max_concurrent_uploads", max_concurrent_uploads),
             ("max_queued_uploads", max_queued_uploads),
+            ("max_queued_small_uploads", max_queued_small_uploads),
         )
         if value is not None
     }

@@ -50,6 +50,7 @@ def create_app(
     app.state.upload_admission = UploadAdmission(
         slots=coord.settings.max_concurrent_uploads,
         queue=coord.settings.max_queued_uploads,
+        small_queue=coord.settings.max_queued_small_uploads,
         retry_after_s=coord.settings.busy_retry_after_s,
     )
 

@@ -21,6 +21,7 @@ ENV_DB_URL = "FL_COORDINATOR_DB_URL"
 ENV_LIMITS = {
     "max_concurrent_uploads": "FL_COORDINATOR_MAX_CONCURRENT_UPLOADS",
     "max_queued_uploads": "FL_COORDINATOR_MAX_QUEUED_UPLOADS",
+    "max_queued_small_uploads": "FL_COORDINATOR_MAX_QUEUED_SMALL_UPLOADS",
 }
 """Settings that may also come from the environment (integers)."""
 
@@ -62,6 +63,12 @@ class CoordinatorSettings:
         refused at once with 503 and ``Retry-After: busy_retry_after_s``, so the coordinator's
         memory is bounded whatever the number of clients (see
         :mod:`fl_core.coordinator.admission`).
+    max_queued_small_uploads
+        Small uploads (a declared length of at most 64 KiB) allowed to wait on their own,
+        beyond ``max_queued_uploads``: the server buffers such a body whether it queues the
+        upload or refuses it (a client sends its whole body before reading the answer), so
+        refusing it saves no memory and only makes it come back. 0: small uploads are
+        counted like the others.
     busy_retry_after_s
         The ``Retry-After`` (whole seconds) of that 503.
     """
@@ -76,6 +83,7 @@ class CoordinatorSettings:
     poll_interval_s: float = 0.5
     max_concurrent_uploads: int = 8
     max_queued_uploads: int = 128
+    max_queued_small_uploads: int = 1024
     busy_retry_after_s: int = 1
 
     def __post_init__(self) -> None:
@@ -90,6 +98,10 @@ class CoordinatorSettings:
             )
         if self.max_queued_uploads < 0:
             raise ValueError(f"max_queued_uploads must be >= 0, got {self.max_queued_uploads}")
+        if self.max_queued_small_uploads < 0:
+            raise ValueError(
+                f"max_queued_small_uploads must be >= 0, got {self.max_queued_small_uploads}"
+            )
         if self.busy_retry_after_s < 1:
             raise ValueError(f"busy_retry_after_s must be >= 1, got {self.busy_retry_after_s}")
         if self.poll_interval_s <= 0:

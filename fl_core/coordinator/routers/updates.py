@@ -3,7 +3,9 @@
 
 Admission first (:mod:`fl_core.coordinator.admission`): beyond ``max_concurrent_uploads``
 in flight plus ``max_queued_uploads`` waiting (turns granted count), 503 with
-``Retry-After`` at once, before any other work; a client holding a turn is admitted.
+``Retry-After`` at once, before any other work; a client holding a turn is admitted, and
+a small upload (at most 64 KiB declared) while fewer than ``max_queued_small_uploads``
+small ones are admitted.
 Then, before the body is read, in one registry session: request signature (401), revoked
 (403), replay (409), selected in an open round (403 / 410); declared length within the
 cap (413). While streaming: hashed chunk by chunk, cut off at the cap (413;
@@ -43,15 +45,17 @@ async def upload_update(
 ) -> JSONResponse:
     admission: UploadAdmission = request.app.state.upload_admission
     claimed = request.headers.get(protocol.H_CLIENT)  # a turn is looked up before auth
-    with admission.admit(claimed) as spend_turn:  # bounded memory: slots + queue, 503 beyond
+    length = request.headers.get("content-length")
+    declared = int(length) if length is not None and length.isdigit() else None
+    # bounded memory: slots + queue (+ the small uploads' own allowance), 503 beyond
+    with admission.admit(claimed, length=declared) as spend_turn:
         client_id, ctx, cap = await authenticated_upload(request, coord, campaign, rnd)
         spend_turn()
         signature = request.headers.get(protocol.H_UPDATE_SIGNATURE)
         if not signature:
             raise ProtocolError(401, f"missing {protocol.H_UPDATE_SIGNATURE} header")
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > cap:
-            raise ProtocolError(413, f"update of {length} bytes exceeds the limit of {cap}")
+        if declared is not None and declared > cap:
+            raise ProtocolError(413, f"update of {declared} bytes exceeds the limit of {cap}")
         async with admission.slot():  # a few bodies read at a time; the queue waits unread
             fresh, rec = await _receive(request, coord, client_id, campaign, rnd, ctx, cap)
     out = UploadOut(

@@ -5,6 +5,7 @@ and its retry is accepted; nothing acknowledged is lost."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import math
 import socket
@@ -51,9 +52,15 @@ OneSlot = tuple[Coordinator, ServerThread, UploadAdmission]
 
 @pytest.fixture
 def one_slot(tmp_path: Path, tls: TLSFiles) -> Iterator[OneSlot]:
-    """A coordinator that reads one upload at a time and queues none, and its admission."""
+    """A coordinator that reads one upload at a time and queues none (small ones neither),
+    and its admission."""
     coord = Coordinator(
-        CoordinatorSettings.local(tmp_path / "home", max_concurrent_uploads=1, max_queued_uploads=0)
+        CoordinatorSettings.local(
+            tmp_path / "home",
+            max_concurrent_uploads=1,
+            max_queued_uploads=0,
+            max_queued_small_uploads=0,
+        )
     )
     app = create_app(coordinator=coord)
     server = ServerThread(coord, tls).start(app)
@@ -194,6 +201,51 @@ def test_upload_beyond_the_limit_gets_503_with_retry_after_and_the_retry_is_acce
     assert adm.admitted == 0
 
 
+def test_a_small_upload_waits_for_the_slot_on_its_own_allowance_instead_of_a_503(
+    tmp_path: Path, tls: TLSFiles
+) -> None:
+    coord = Coordinator(
+        CoordinatorSettings.local(
+            tmp_path / "home",
+            max_concurrent_uploads=1,
+            max_queued_uploads=0,
+            max_queued_small_uploads=1,
+        )
+    )
+    app = create_app(coordinator=coord)
+    server = ServerThread(coord, tls).start(app)
+    adm = app.state.upload_admission
+    try:
+        ids = [enroll(coord, server, tls, f"dev-{c}") for c in "abc"]
+        layout = publish(coord, [i.client_id for i in ids])
+        data = [update_bytes(CID, 1, i.client_id, layout) for i in ids]
+        slow = SlowUpload(server, tls, ids[0], data[0])  # small: the allowance's one place
+        wait_until(lambda: adm.admitted == 1, "the slow upload to hold the only slot")
+        statuses: dict[str, int] = {}
+        verify = ssl.create_default_context(cafile=str(tls.ca))
+
+        def put(i: int) -> None:
+            with httpx.Client(verify=verify, timeout=60) as http:
+                r = http.put(
+                    server.url + PATH, content=data[i], headers=upload_headers(ids[i], data[i])
+                )
+                statuses[ids[i].client_id] = r.status_code
+
+        waiting = threading.Thread(target=put, args=(1,))
+        waiting.start()  # the one place of slots + queue: admitted, waits for the slot
+        wait_until(lambda: adm.admitted == 2, "the second upload to be admitted")
+        put(2)  # both kinds of place taken: refused at once
+        assert statuses == {"dev-c": 503}
+        assert slow.finish() == 201
+        waiting.join(timeout=60)
+        assert statuses == {"dev-c": 503, "dev-b": 201}
+        assert sorted(u.client_id for u in coord.received_updates(CID, 1)) == ["dev-a", "dev-b"]
+        assert adm.admitted == 0 and adm.refused == 1
+    finally:
+        server.stop()
+        coord.close()
+
+
 def test_busy_answers_do_not_use_up_attempts_but_are_bounded(
     one_slot: OneSlot, tls: TLSFiles
 ) -> None:
@@ -304,6 +356,47 @@ def test_a_turn_holds_a_place_until_used_or_expired() -> None:
     assert adm.grant_turn("c") == TURN_S
 
 
+def test_small_uploads_wait_on_their_own_allowance_and_large_ones_are_still_bounded() -> None:
+    from fl_core.coordinator.admission import SMALL_UPLOAD_BYTES, Busy
+
+    now = [0.0]
+    adm = UploadAdmission(slots=1, queue=0, small_queue=2, retry_after_s=1, clock=lambda: now[0])
+    with adm.admit("a", length=SMALL_UPLOAD_BYTES + 1):  # large: takes the only place
+        with adm.admit("b", length=SMALL_UPLOAD_BYTES), adm.admit("c", length=10):
+            assert adm.admitted == 3 and adm.occupied == 1  # small ones take no large place
+            with pytest.raises(Busy), adm.admit("d", length=10):  # allowance used up
+                pass
+            with pytest.raises(Busy), adm.admit("e", length=None):  # unknown length: large
+                pass
+            with pytest.raises(Busy):
+                adm.grant_turn("f")  # turns are places of the large kind
+        with adm.admit("d", length=10):  # the small places were given back
+            assert adm.admitted == 2
+    assert adm.admitted == 0 and adm.refused == 3
+    # without the allowance a small upload is counted like the others
+    plain = UploadAdmission(slots=1, queue=0, retry_after_s=1, clock=lambda: now[0])
+    with plain.admit("a", length=10), pytest.raises(Busy), plain.admit("b", length=10):
+        pass
+
+
+def test_the_booked_retry_counts_the_small_uploads_waiting() -> None:
+    from fl_core.coordinator.admission import Busy
+
+    now = [0.0]
+    adm = UploadAdmission(slots=1, queue=0, small_queue=3, retry_after_s=1, clock=lambda: now[0])
+    for _ in range(2):  # a measured service rate: 0.5 s per upload
+        adm._holds.append(0.5)  # noqa: SLF001
+    with contextlib.ExitStack() as held:
+        held.enter_context(adm.admit("a", length=10**6))
+        for c in "bcd":
+            held.enter_context(adm.admit(c, length=10))
+        with pytest.raises(Busy) as refused, adm.admit("e", length=10**6):
+            pass
+    # 4 uploads ahead at 2 a second, then its own: booked 2.5 s out, sent as 2.5 / 1.5
+    assert refused.value.retry_after_s == 1
+    assert adm._booked_until == pytest.approx(2.5)  # noqa: SLF001
+
+
 def test_retry_after_is_read_only_from_busy_answers() -> None:
     def answer(status: int, value: str | None) -> httpx.Response:
         return httpx.Response(status, headers={} if value is None else {"Retry-After": value})
@@ -331,6 +424,12 @@ def test_admission_limits_come_from_the_environment_and_are_checked(
     settings = CoordinatorSettings.from_env()
     assert (settings.max_concurrent_uploads, settings.max_queued_uploads) == (3, 0)
     assert CoordinatorSettings.from_env(max_queued_uploads=5).max_queued_uploads == 5
+
+    monkeypatch.setenv(ENV_LIMITS["max_queued_small_uploads"], "7")
+    assert CoordinatorSettings.from_env().max_queued_small_uploads == 7
+    assert CoordinatorSettings.local("/tmp/x").max_queued_small_uploads == 1024  # the default
+    with pytest.raises(ValueError, match="max_queued_small_uploads"):
+        CoordinatorSettings.local("/tmp/x", max_queued_small_uploads=-1)
 
     monkeypatch.setenv(ENV_LIMITS["max_queued_uploads"], "many")
     with pytest.raises(ValueError, match="FL_COORDINATOR_MAX_QUEUED_UPLOADS"):
