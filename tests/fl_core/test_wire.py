@@ -528,3 +528,47 @@ def test_a_legitimate_sparse_update_decodes_without_an_expected_layout() -> None
     _, vector = wire.decode(data)
 
     assert vector.size == n and np.count_nonzero(vector) == 1000
+
+
+@pytest.mark.parametrize("delta", [False, True], ids=["whole", "delta"])
+@pytest.mark.parametrize("codec", ["dense_fp32", "fp16", "topk:0.1+fp16"])
+def test_a_readdressed_model_is_byte_for_byte_the_client_s_own_encoding(
+    codec: str, delta: bool
+) -> None:
+    known = _vector(seed=3)
+    model = known.copy()
+    model[::100] += np.float32(0.5)  # a sparse change: the delta candidate can win
+    kw: dict[str, object] = (
+        {"known_version": 4, "known_model": known, "delta_codec": "topk:0.05"} if delta else {}
+    )
+    template = wire.encode_model_for_client(_model_header(codec=codec), model, **kw)  # type: ignore[arg-type]
+
+    prefix, payload = wire.readdressed(template, "client_0042")
+
+    own = wire.encode_model_for_client(
+        _model_header(codec=codec, client="client_0042"),
+        model,
+        **kw,  # type: ignore[arg-type]
+    )
+    assert prefix + bytes(payload) == own
+    assert payload.obj is template  # the payload is shared, not copied
+    header, out = wire.decode_model_for_client(
+        own, known_version=4 if delta else None, known_model=known if delta else None
+    )
+    assert header.client == "client_0042" and (header.delta_from == 4) == delta
+    np.testing.assert_array_equal(out, wire.decode_model_for_client(
+        template, known_version=4 if delta else None, known_model=known if delta else None
+    )[1])  # fmt: skip
+
+
+def test_only_a_model_message_is_readdressed_and_only_to_a_named_client() -> None:
+    update = wire.encode(_header(), np.zeros(LAYOUT.num_params, dtype=np.float32))
+    with pytest.raises(ValueError, match="only a model message"):
+        wire.readdressed(update, "client_0042")
+    model = wire.encode(_model_header(), _vector())
+    for bad in ("", None, 7):
+        with pytest.raises(ValueError, match="non-empty client id"):
+            wire.readdressed(model, bad)  # type: ignore[arg-type]
+    prefix, payload = wire.readdressed(model, "x")
+    header = wire.read_header(prefix + bytes(payload))
+    assert header.client == "x" and header.kind == "model" and header.round == 5
