@@ -348,7 +348,27 @@ _STDDEV_IFF_ADAPTIVE = (
     "resolve() sets clip_count_stddev exactly when adaptive clipping is on, and refuses "
     "adaptive clipping with level 'off': the and/or variants take the same branch"
 )
+_PROMOTED = (
+    "numpy promotes the array and the float64 noise to float64 before the float32 cast: "
+    "any real input gives the same values as converting it to float64 first"
+)
+_RESHAPE_NONE = (
+    "reshape(None) keeps the shape; every later use (size, isfinite, the sum of the "
+    "comparison) runs over all entries: the same count"
+)
+_ASTYPE_NONE = "astype(None) is astype(float64): the same centred sum"
+_ZERO_DRAW = (
+    "with count_stddev 0 the draw N(0, 0) is exactly 0.0: the same fraction (the generator "
+    "advances one draw, which changes which secret values later draws take, not their law)"
+)
+_NEG_RESHAPE = "numpy's reshape treats any negative size as 'infer' (-2 behaves as -1)"
+_CLIP = "fl_core.privacy.clipping.xǁAdaptiveClipperǁnoisy_fraction_below"
 _EQUIVALENT_SPEC: list[tuple[str, tuple[int, ...], str]] = [
+    (_P + "noise.x_add_gaussian_noise", (10, 12), _PROMOTED),
+    (_CLIP, (2,), _RESHAPE_NONE),
+    (_CLIP, (20,), _ASTYPE_NONE),
+    (_CLIP, (25, 32), _ZERO_DRAW),
+    (_CLIP, (8,), _NEG_RESHAPE),
     (_P + "accountant.xǁPrivacyAccountantǁstep", (9, 10, 11, 12, 13, 14), _LOG),
     (_P + "settings.x_resolve", (*range(129, 143), 198, 200), _LOG),
     (_P + "accountant.x__check_delta", (2,), _BOOL_DELTA),

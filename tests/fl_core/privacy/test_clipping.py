@@ -41,6 +41,9 @@ def test_clipping_keeps_direction_and_leaves_small_updates_alone() -> None:
 def test_clipping_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="^clipping_norm"):
         clip_by_l2(np.ones(3), 0.0)
+    for bad in (math.nan, math.inf, True):  # no bound at all, or a bool taken for 1
+        with pytest.raises(ValueError, match="^clipping_norm"):
+            clip_by_l2(np.ones(3), bad)
     with pytest.raises(ValueError, match="^update"):
         clip_by_l2(np.array([1.0, np.nan]), 1.0)
 
@@ -99,3 +102,28 @@ def _normal_ppf(p: float) -> float:
     from scipy.stats import norm
 
     return float(norm.ppf(p))
+
+
+def test_the_clip_does_not_depend_on_the_dtype_the_update_arrives_in() -> None:
+    # updates arrive as float32 from the wire: clipped in float64, rounded once at the end
+    x = np.random.default_rng(5).normal(size=4000)
+    for norm in (0.5, 3.0, 1e-3):
+        from32, n32 = clip_by_l2(x.astype(np.float32), norm)
+        from64, n64 = clip_by_l2(x.astype(np.float32).astype(np.float64), norm)
+        assert n32 == n64
+        np.testing.assert_array_equal(from32, from64)
+
+
+def test_adaptive_clipping_compares_each_norm_exactly_with_the_current_norm() -> None:
+    # float32(0.1) = 0.100000001...: above a current norm of exactly 0.1, so not "below"
+    clipper = AdaptiveClipper(initial_norm=0.1, count_stddev=0.0, expected_cohort_size=2)
+    rng = np.random.default_rng(0)
+    below = clipper.noisy_fraction_below(np.array([0.1, 0.05], dtype=np.float32), rng)
+    assert below == 0.5  # one of two
+    assert clipper.noisy_fraction_below([0.1, 0.05], rng) == 1.0  # float64: both
+
+
+def test_any_positive_count_noise_is_added() -> None:
+    clipper = AdaptiveClipper(initial_norm=1.0, count_stddev=0.5, expected_cohort_size=4)
+    draws = {clipper.noisy_fraction_below([0.5, 2.0], np.random.default_rng(s)) for s in range(5)}
+    assert len(draws) == 5 and 0.5 not in draws  # noisy, not the exact fraction

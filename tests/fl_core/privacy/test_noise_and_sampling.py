@@ -88,3 +88,19 @@ def test_poisson_cohort_is_deterministic_sorted_and_may_be_empty() -> None:
 def test_poisson_rate_is_validated(rate: float) -> None:
     with pytest.raises(ValueError, match="^rate"):
         poisson_cohort(["a"], rate=rate, rng=np.random.default_rng(0))
+
+
+def test_an_expected_cohort_below_one_client_is_allowed() -> None:
+    # q N < 1 (a small fleet sampled at a low rate): the std grows, nothing is refused
+    assert gaussian_noise_std(
+        noise_multiplier=1.0, clipping_norm=2.0, expected_cohort_size=0.5
+    ) == pytest.approx(4.0)
+
+
+def test_the_mean_is_taken_in_float64_and_rounded_once() -> None:
+    s = np.random.default_rng(0).normal(size=1000).astype(np.float32)
+    out = noisy_mean(
+        s, noise_multiplier=0.0, clipping_norm=1.0, expected_cohort_size=3.3,
+        rng=np.random.default_rng(1),
+    )  # fmt: skip
+    np.testing.assert_array_equal(out, (s.astype(np.float64) / 3.3).astype(np.float32))
