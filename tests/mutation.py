@@ -365,6 +365,8 @@ _NEG_RESHAPE = "numpy's reshape treats any negative size as 'infer' (-2 behaves 
 _CLIP = "fl_core.privacy.clipping.xǁAdaptiveClipperǁnoisy_fraction_below"
 _EQUIVALENT_SPEC: list[tuple[str, tuple[int, ...], str]] = [
     (_P + "noise.x_add_gaussian_noise", (10, 12), _PROMOTED),
+    (_W + "x_readdressed", (13, 50), _HEADER_LENGTH),
+    (_W + "x_readdressed", (35, 36, 38, 39, 40, 41), _JSON_DUMPS),
     (_CLIP, (2,), _RESHAPE_NONE),
     (_CLIP, (20,), _ASTYPE_NONE),
     (_CLIP, (25, 32), _ZERO_DRAW),

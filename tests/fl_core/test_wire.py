@@ -563,11 +563,11 @@ def test_a_readdressed_model_is_byte_for_byte_the_client_s_own_encoding(
 
 def test_only_a_model_message_is_readdressed_and_only_to_a_named_client() -> None:
     update = wire.encode(_header(), np.zeros(LAYOUT.num_params, dtype=np.float32))
-    with pytest.raises(ValueError, match="only a model message"):
+    with pytest.raises(ValueError, match="^message: only a model message can be readdressed$"):
         wire.readdressed(update, "client_0042")
     model = wire.encode(_model_header(), _vector())
     for bad in ("", None, 7):
-        with pytest.raises(ValueError, match="non-empty client id"):
+        with pytest.raises(ValueError, match="^client: a non-empty client id is required$"):
             wire.readdressed(model, bad)  # type: ignore[arg-type]
     prefix, payload = wire.readdressed(model, "x")
     header = wire.read_header(prefix + bytes(payload))
