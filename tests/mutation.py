@@ -348,6 +348,17 @@ _STDDEV_IFF_ADAPTIVE = (
     "resolve() sets clip_count_stddev exactly when adaptive clipping is on, and refuses "
     "adaptive clipping with level 'off': the and/or variants take the same branch"
 )
+_RPV = "fl_core.rounds.privatize."
+_INFO_LOG = (
+    "arguments of an info log call (the round's epsilon line): logging reports formatting "
+    "errors itself, nothing else"
+)
+_SECRET_LABEL = (
+    "another label of the campaign's secret seed and the round (None, missing or renamed): "
+    "the noise stays fresh each round, secret to the campaign and distinct from the other "
+    "stream (test_..._count_noise_is_fresh_each_round_and_secret_to_each_campaign and "
+    "test_dp_noise_is_fresh_each_round_... kill the seed and round mutants)"
+)
 _PROMOTED = (
     "numpy promotes the array and the float64 noise to float64 before the float32 cast: "
     "any real input gives the same values as converting it to float64 first"
@@ -365,6 +376,8 @@ _NEG_RESHAPE = "numpy's reshape treats any negative size as 'infer' (-2 behaves 
 _CLIP = "fl_core.privacy.clipping.xǁAdaptiveClipperǁnoisy_fraction_below"
 _EQUIVALENT_SPEC: list[tuple[str, tuple[int, ...], str]] = [
     (_P + "noise.x_add_gaussian_noise", (10, 12), _PROMOTED),
+    (_RPV + "x_privatize", tuple(range(208, 220)), _INFO_LOG),
+    (_RPV + "x_privatize", (72, 75, 78, 79, 106, 109, 112, 113), _SECRET_LABEL),
     (_W + "x_readdressed", (13, 50), _HEADER_LENGTH),
     (_W + "x_readdressed", (35, 36, 38, 39, 40, 41), _JSON_DUMPS),
     (_CLIP, (2,), _RESHAPE_NONE),

@@ -256,6 +256,49 @@ def test_dp_noise_is_fresh_each_round_and_secret_to_each_campaign(
         assert abs(np.corrcoef(first, second)[0, 1]) < 0.15  # ~2,400 draws: |r| ~ 0.02
 
 
+def test_the_adaptive_clipping_count_noise_is_fresh_each_round_and_secret_to_each_campaign(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """The clipper's private quantile step adds Gaussian noise to the count of updates at or
+    below the norm (Andrew et al. 2021). Like the release noise it must come from the
+    campaign's secret seed and the round: a count noise derivable from the configuration, or
+    repeated across rounds, could be subtracted to learn how many clients were below the
+    norm. Recovered here exactly from the recorded norms: the step is
+    ``next = norm * exp(-lr * (b - target))`` with ``b = (centred + noise) / m + 1/2``."""
+    from fl_core.rounds import state
+
+    cfg = tiny_config(
+        privacy={
+            "level": "custom",
+            "delta": DELTA,
+            "noise_multiplier": Z,
+            "clipping_norm": CLIP,
+            "adaptive_clipping": True,
+            "clip_lr": 0.5,
+        },
+        campaign={"rounds": 2, "clients_per_round": 3},
+    )
+    noise: dict[str, list[float]] = {}
+    for name in ("a", "b"):
+        store = LocalStore(tmp_path / name)
+        cid = pipeline.start_campaign(store, cfg, data_dir=tiny_data, campaign_id="same")
+        rp = state.privacy(state.load_campaign(store, cid))
+        noise[name] = []
+        for rnd in (1, 2):
+            run_round(store, cid, rnd)
+            norm = store.get_json(pipeline.round_key(cid, rnd, "aggregate.json"))["clipping_norm"]
+            released = store.get_json(pipeline.round_key(cid, rnd, "privacy.json"))
+            norms = store.get_arrays(pipeline.round_key(cid, rnd, "aggregate.npz"))["norms"]
+            centred = float(np.sum(norms <= norm)) - 0.5 * norms.size
+            b = rp.target_quantile - math.log(released["next_clipping_norm"] / norm) / rp.clip_lr
+            noise[name].append((b - 0.5) * rp.expected_cohort_size - centred)
+
+    (a1, a2), (b1, b2) = noise["a"], noise["b"]
+    assert abs(a1 - b1) > 1e-6  # secret to each campaign (same data, same norms)
+    assert abs(a1 - a2) > 1e-6 and abs(b1 - b2) > 1e-6  # fresh each round
+    assert min(abs(x) for x in (a1, a2, b1, b2)) > 1e-9  # the count is noised at all
+
+
 def test_adaptive_clipping_clips_each_round_at_the_norm_the_previous_round_released(
     tiny_data: Path, tmp_path: Path
 ) -> None:
