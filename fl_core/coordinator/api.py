@@ -735,7 +735,7 @@ class Coordinator:
         (401); same task already taken by other bytes (409); wire checks against the
         campaign's layout and the task's codec, header fields against the task, finite
         values and metrics (400); then the round is checked open again and the task's
-        update slot claimed (one transaction), and the signature record and the bytes go
+        update slot claimed with the signature record (one transaction), and the bytes go
         to the store. ``sha256`` is the digest of ``data`` when the caller already computed
         it; ``context`` is the upload context when the caller already read it (the HTTP
         app reads it with the authentication, before streaming the body).
