@@ -114,6 +114,7 @@ GROUPS: dict[str, Group] = {
             "tests/fl_core/test_pipeline_privacy_codecs.py",
             "tests/fl_core/test_pipeline_robust_async.py",
             "tests/fl_core/rounds/test_hostile_updates.py",
+            "tests/test_gaps.py::test_norm_outliers_are_not_rejected_under_central_dp",
         ),
     ),
     "selection": Group(
@@ -348,7 +349,12 @@ _STDDEV_IFF_ADAPTIVE = (
     "resolve() sets clip_count_stddev exactly when adaptive clipping is on, and refuses "
     "adaptive clipping with level 'off': the and/or variants take the same branch"
 )
+_RV = "fl_core.rounds.validate."
 _RPV = "fl_core.rounds.privatize."
+_WARNING_LOG = (
+    "arguments of the warning logged for a rejected update (the rejection itself is in the "
+    "validation record): logging reports formatting errors itself, nothing else"
+)
 _INFO_LOG = (
     "arguments of an info log call (the round's epsilon line): logging reports formatting "
     "errors itself, nothing else"
@@ -377,6 +383,7 @@ _CLIP = "fl_core.privacy.clipping.xǁAdaptiveClipperǁnoisy_fraction_below"
 _EQUIVALENT_SPEC: list[tuple[str, tuple[int, ...], str]] = [
     (_P + "noise.x_add_gaussian_noise", (10, 12), _PROMOTED),
     (_RPV + "x_privatize", tuple(range(208, 220)), _INFO_LOG),
+    (_RV + "x_validate_updates", (161, 162, 163, 164, 165, 166, 167, 168), _WARNING_LOG),
     (_RPV + "x_privatize", (72, 75, 78, 79, 106, 109, 112, 113), _SECRET_LABEL),
     (_W + "x_readdressed", (13, 50), _HEADER_LENGTH),
     (_W + "x_readdressed", (35, 36, 38, 39, 40, 41), _JSON_DUMPS),

@@ -413,3 +413,90 @@ def test_boundaries_that_are_accepted() -> None:
     for data in (_update(at_cap), _update(num_examples=10), _update(num_examples=1)):
         reason, item = check_update(data, **TASK)
         assert reason is None and item is not None
+
+
+# --------------------------------------------------------------- validate_updates, a round
+
+
+def _set_metrics(store: LocalStore, cid: str, client: str, metrics: dict[str, float]) -> None:
+    """Replace ``client``'s header metrics as a whole (round 1)."""
+    key = L.update_key(cid, 1, client)
+    data = store.get_bytes(key)
+    (head_len,) = struct.unpack(">I", data[4:8])
+    header = json.loads(data[8 : 8 + head_len])
+    header["metrics"] = metrics
+    head = json.dumps(header).encode()
+    store.put_bytes(key, data[:4] + struct.pack(">I", len(head)) + head + data[8 + head_len :])
+
+
+def test_the_validation_record_names_its_round_and_sums_the_downloads_clients_reported(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    store, cid = _start(tiny_data, tmp_path)
+    _run(store, cid, 1, upto="collect")
+    clients = sorted(store.get_json(L.round_key(cid, 1, L.COLLECTED))["received"])
+    a, b, c = clients[:3]
+    _set_metrics(store, cid, a, {"train_loss": 0.5, "bytes_down": 1234.0})
+    _set_metrics(store, cid, b, {"train_loss": 0.5, "bytes_down": 5678.0})
+    _set_metrics(store, cid, c, {"train_loss": 0.5})  # reported none: counts 0
+    _run(store, cid, 1, upto="validate_updates")
+
+    record = store.get_json(L.round_key(cid, 1, L.VALIDATION))
+    expected = sum(
+        int(wire.read_header(store.get_bytes(L.update_key(cid, 1, x))).metrics.get("bytes_down", 0))
+        for x in (a["client"] for a in record["accepted"])
+    )
+    assert record["round"] == 1 and record["num_accepted"] == len(clients)
+    assert record["bytes_down"] == expected and expected >= 1234 + 5678
+
+
+def test_an_update_in_another_layout_of_the_same_size_is_rejected(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    store, cid = _start(tiny_data, tmp_path)
+    _run(store, cid, 1, upto="collect")
+    client = sorted(store.get_json(L.round_key(cid, 1, L.COLLECTED))["received"])[0]
+    data = store.get_bytes(L.update_key(cid, 1, client))
+    lay = wire.read_header(data).layout
+    turned = Layout(lay.names, tuple(tuple(reversed(s)) for s in lay.shapes))
+    assert turned != lay and turned.num_params == lay.num_params
+    _rewrite(store, cid, client, layout=turned.to_json())
+    _run(store, cid, 1, upto="validate_updates")
+
+    reasons = _reasons(store.get_json(L.round_key(cid, 1, L.VALIDATION)))
+    assert list(reasons) == [client] and "layout" in reasons[client]
+
+
+def test_a_norm_outlier_among_three_accepted_updates_is_rejected(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    store = LocalStore(tmp_path / "store")
+    cfg = tiny_config(
+        campaign={"clients_per_round": 3, "rounds": 1},
+        server={"norm_outlier_factor": 3.0, "momentum": 0.0},
+    )
+    cid = steps.start_campaign(store, cfg, data_dir=tiny_data, campaign_id="three")
+    _run(store, cid, 1, upto="collect")
+    received = sorted(store.get_json(L.round_key(cid, 1, L.COLLECTED))["received"])
+    assert len(received) == 3  # the smallest cohort the check runs on
+    boosted = received[0]
+    _, vector = wire.decode(store.get_bytes(L.update_key(cid, 1, boosted)))
+    _rewrite(store, cid, boosted, vector=vector * 100.0)
+    _run(store, cid, 1, upto="validate_updates")
+
+    reasons = _reasons(store.get_json(L.round_key(cid, 1, L.VALIDATION)))
+    assert list(reasons) == [boosted] and "norm outlier" in reasons[boosted]
+
+
+@pytest.mark.parametrize("value", [1e12 + 0.5, -1e12 - 0.5])
+def test_a_metric_without_its_own_bounds_is_bounded_at_1e12(value: float) -> None:
+    reason, item = check_update(_update(metrics={"custom_score": value}), **TASK)
+    assert item is None and reason is not None and "custom_score" in reason
+    for inside in (1e12, -1e12):
+        assert check_update(_update(metrics={"custom_score": inside}), **TASK)[0] is None
+
+
+def test_check_update_refuses_another_layout_of_the_same_size() -> None:
+    other = Layout(("w",), ((2, 4),))
+    reason, item = check_update(_update(layout=other), **TASK)
+    assert item is None and reason is not None and "layout" in reason
