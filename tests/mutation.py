@@ -383,7 +383,7 @@ _CLIP = "fl_core.privacy.clipping.xǁAdaptiveClipperǁnoisy_fraction_below"
 _EQUIVALENT_SPEC: list[tuple[str, tuple[int, ...], str]] = [
     (_P + "noise.x_add_gaussian_noise", (10, 12), _PROMOTED),
     (_RPV + "x_privatize", tuple(range(208, 220)), _INFO_LOG),
-    (_RV + "x_validate_updates", (161, 162, 163, 164, 165, 166, 167, 168), _WARNING_LOG),
+    (_RV + "x_validate_updates", tuple(range(159, 173)), _WARNING_LOG),
     (_RPV + "x_privatize", (72, 75, 78, 79, 106, 109, 112, 113), _SECRET_LABEL),
     (_W + "x_readdressed", (13, 50), _HEADER_LENGTH),
     (_W + "x_readdressed", (35, 36, 38, 39, 40, 41), _JSON_DUMPS),
