@@ -464,7 +464,9 @@ class Coordinator:
             if row.closed_at is None:
                 row.closed_at = time.time()
                 s.commit()
-            stored = {u.client_id for u in self._stored(s, campaign, rnd)}
+            rows = self._stored(s, campaign, rnd)
+            stored = {u.client_id for u in rows}
+            records = [self._signature_record(u) for u in rows]  # read before the commits
             tasks = s.scalars(
                 sa.select(TaskRow.client_id).where(
                     TaskRow.campaign == campaign, TaskRow.round == rnd
@@ -473,7 +475,6 @@ class Coordinator:
             for client in tasks:
                 if client not in stored:
                     registry.record_straggler(s, campaign, rnd, client, reason)
-            records = [self._signature_record(u) for u in self._stored(s, campaign, rnd)]
         self._write_signatures(records)
         return self.round_status(campaign, rnd)
 

@@ -307,12 +307,11 @@ def record_straggler(
         session.rollback()
 
 
-# The per-request paths (authentication, upload) take a Core ``sa.Connection`` (the
-# coordinator's hot path: no ORM unit of work, about half the cost per statement) or a
-# Session alike: they only execute statements, commit and roll back.
 # The statements of the per-request paths (authentication, upload) are built once, on the
 # tables rather than the ORM classes, with bound parameters: building a statement and the
-# ORM execution path cost several times more than SQLite's lookup itself.
+# ORM execution path cost several times more than SQLite's lookup itself. These paths take
+# a Core ``sa.Connection`` (the coordinator's hot path: no ORM unit of work, about half the
+# cost per statement) or a Session alike: they only execute statements, commit and roll back.
 _clients = ClientRow.__table__.c
 _nonces = cast(sa.Table, NonceRow.__table__)
 _rounds = RoundRow.__table__.c
@@ -436,10 +435,23 @@ def upload_context(
         update_sha256=found.sha256,
         update_stored=bool(found.stored),
     )
-    if ctx.closed or time.time() > ctx.deadline:
+    _refuse_if_closed(session, campaign, rnd, client_id, closed=ctx.closed, deadline=ctx.deadline)
+    return ctx
+
+
+def _refuse_if_closed(
+    session: Session | sa.Connection,
+    campaign: str,
+    rnd: int,
+    client_id: str,
+    *,
+    closed: bool,
+    deadline: float,
+) -> None:
+    """410, the client recorded as straggler, when the round closed or its deadline passed."""
+    if closed or time.time() > deadline:
         record_straggler(session, campaign, rnd, client_id, "upload after the round closed")
         raise ProtocolError(410, f"round {rnd} of {campaign} is closed; the update is too late")
-    return ctx
 
 
 @functools.cache
@@ -458,9 +470,10 @@ def check_round_open(
     found = session.execute(_round_open_query(), {"campaign": campaign, "round": rnd}).first()
     if found is None:
         raise ProtocolError(403, f"{campaign} round {rnd} was not published")
-    if found.closed_at is not None or time.time() > found.deadline:
-        record_straggler(session, campaign, rnd, client_id, "upload after the round closed")
-        raise ProtocolError(410, f"round {rnd} of {campaign} is closed; the update is too late")
+    _refuse_if_closed(
+        session, campaign, rnd, client_id, closed=found.closed_at is not None,
+        deadline=found.deadline,
+    )  # fmt: skip
 
 
 def claim_update(
