@@ -256,6 +256,21 @@ def test_dp_noise_is_fresh_each_round_and_secret_to_each_campaign(
         assert abs(np.corrcoef(first, second)[0, 1]) < 0.15  # ~2,400 draws: |r| ~ 0.02
 
 
+def _adaptive_config(*, rounds: int) -> Any:
+    """Central DP with adaptive clipping (learning rate 0.5), 3 clients a round."""
+    return tiny_config(
+        privacy={
+            "level": "custom",
+            "delta": DELTA,
+            "noise_multiplier": Z,
+            "clipping_norm": CLIP,
+            "adaptive_clipping": True,
+            "clip_lr": 0.5,
+        },
+        campaign={"rounds": rounds, "clients_per_round": 3},
+    )
+
+
 def test_the_adaptive_clipping_count_noise_is_fresh_each_round_and_secret_to_each_campaign(
     tiny_data: Path, tmp_path: Path
 ) -> None:
@@ -267,17 +282,7 @@ def test_the_adaptive_clipping_count_noise_is_fresh_each_round_and_secret_to_eac
     ``next = norm * exp(-lr * (b - target))`` with ``b = (centred + noise) / m + 1/2``."""
     from fl_core.rounds import state
 
-    cfg = tiny_config(
-        privacy={
-            "level": "custom",
-            "delta": DELTA,
-            "noise_multiplier": Z,
-            "clipping_norm": CLIP,
-            "adaptive_clipping": True,
-            "clip_lr": 0.5,
-        },
-        campaign={"rounds": 2, "clients_per_round": 3},
-    )
+    cfg = _adaptive_config(rounds=2)
     noise: dict[str, list[float]] = {}
     for name in ("a", "b"):
         store = LocalStore(tmp_path / name)
@@ -306,17 +311,7 @@ def test_adaptive_clipping_clips_each_round_at_the_norm_the_previous_round_relea
     step produced (round 1 at the configured one), its pre-noise sum is the sum of the
     updates clipped at that norm, and its noise is z_update x that norm / m, with
     z_update^-2 + (2 sigma_b)^-2 = z^-2 (sigma_b = max(m / 20, z) = z here)."""
-    cfg = tiny_config(
-        privacy={
-            "level": "custom",
-            "delta": DELTA,
-            "noise_multiplier": Z,
-            "clipping_norm": CLIP,
-            "adaptive_clipping": True,
-            "clip_lr": 0.5,
-        },
-        campaign={"rounds": 3, "clients_per_round": 3},
-    )
+    cfg = _adaptive_config(rounds=3)
     store = LocalStore(tmp_path)
     result = run_campaign(cfg, data_dir=tiny_data, store=store, progress=False)
     cid = result.campaign_id

@@ -50,23 +50,32 @@ PATH = f"/v1/updates/{CID}/1"
 OneSlot = tuple[Coordinator, ServerThread, UploadAdmission]
 
 
-@pytest.fixture
-def one_slot(tmp_path: Path, tls: TLSFiles) -> Iterator[OneSlot]:
-    """A coordinator that reads one upload at a time and queues none (small ones neither),
-    and its admission."""
+@contextlib.contextmanager
+def one_slot_server(tmp_path: Path, tls: TLSFiles, *, small_queue: int) -> Iterator[OneSlot]:
+    """A coordinator that reads one upload at a time and queues none (small ones: at most
+    ``small_queue`` on their own allowance), and its admission."""
     coord = Coordinator(
         CoordinatorSettings.local(
             tmp_path / "home",
             max_concurrent_uploads=1,
             max_queued_uploads=0,
-            max_queued_small_uploads=0,
+            max_queued_small_uploads=small_queue,
         )
     )
     app = create_app(coordinator=coord)
     server = ServerThread(coord, tls).start(app)
-    yield coord, server, app.state.upload_admission
-    server.stop()
-    coord.close()
+    try:
+        yield coord, server, app.state.upload_admission
+    finally:
+        server.stop()
+        coord.close()
+
+
+@pytest.fixture
+def one_slot(tmp_path: Path, tls: TLSFiles) -> Iterator[OneSlot]:
+    """:func:`one_slot_server` with no allowance for small uploads either."""
+    with one_slot_server(tmp_path, tls, small_queue=0) as served:
+        yield served
 
 
 def enroll(coord: Coordinator, server: ServerThread, tls: TLSFiles, name: str) -> Identity:
@@ -204,18 +213,7 @@ def test_upload_beyond_the_limit_gets_503_with_retry_after_and_the_retry_is_acce
 def test_a_small_upload_waits_for_the_slot_on_its_own_allowance_instead_of_a_503(
     tmp_path: Path, tls: TLSFiles
 ) -> None:
-    coord = Coordinator(
-        CoordinatorSettings.local(
-            tmp_path / "home",
-            max_concurrent_uploads=1,
-            max_queued_uploads=0,
-            max_queued_small_uploads=1,
-        )
-    )
-    app = create_app(coordinator=coord)
-    server = ServerThread(coord, tls).start(app)
-    adm = app.state.upload_admission
-    try:
+    with one_slot_server(tmp_path, tls, small_queue=1) as (coord, server, adm):
         ids = [enroll(coord, server, tls, f"dev-{c}") for c in "abc"]
         layout = publish(coord, [i.client_id for i in ids])
         data = [update_bytes(CID, 1, i.client_id, layout) for i in ids]
@@ -241,9 +239,6 @@ def test_a_small_upload_waits_for_the_slot_on_its_own_allowance_instead_of_a_503
         assert statuses == {"dev-c": 503, "dev-b": 201}
         assert sorted(u.client_id for u in coord.received_updates(CID, 1)) == ["dev-a", "dev-b"]
         assert adm.admitted == 0 and adm.refused == 1
-    finally:
-        server.stop()
-        coord.close()
 
 
 def test_busy_answers_do_not_use_up_attempts_but_are_bounded(

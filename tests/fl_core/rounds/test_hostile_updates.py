@@ -49,10 +49,19 @@ def _run(store: LocalStore, cid: str, rnd: int, *, upto: str) -> None:
             return
 
 
-def _rewrite(store: LocalStore, cid: str, client: str, rnd: int = 1, **changes: Any) -> None:
+def _rewrite(
+    store: LocalStore,
+    cid: str,
+    client: str,
+    rnd: int = 1,
+    *,
+    all_metrics: dict[str, float] | None = None,
+    **changes: Any,
+) -> None:
     """Replace ``client``'s stored update by a forged message: the header fields in
-    ``changes`` (``metrics`` merged), and for ``vector`` a raw float32 payload. Built by
-    hand, as a hostile client would, not with our encoder (which refuses such values)."""
+    ``changes`` (``metrics`` merged; ``all_metrics`` replaces them as a whole), and for
+    ``vector`` a raw float32 payload. Built by hand, as a hostile client would, not with our
+    encoder (which refuses such values)."""
     key = L.update_key(cid, rnd, client)
     data = store.get_bytes(key)
     (head_len,) = struct.unpack(">I", data[4:8])
@@ -61,7 +70,8 @@ def _rewrite(store: LocalStore, cid: str, client: str, rnd: int = 1, **changes: 
     if "vector" in changes:
         payload = np.asarray(changes.pop("vector"), dtype="<f4").tobytes()
         header.update(payload_bytes=len(payload), sha256=hashlib.sha256(payload).hexdigest())
-    header["metrics"] = {**header.get("metrics", {}), **changes.pop("metrics", {})}
+    merged = {**header.get("metrics", {}), **changes.pop("metrics", {})}
+    header["metrics"] = merged if all_metrics is None else all_metrics
     header.update(changes)
     head = json.dumps(header).encode()  # allow_nan: NaN/Infinity as a hostile client sends
     store.put_bytes(key, data[:4] + struct.pack(">I", len(head)) + head + payload)
@@ -418,17 +428,6 @@ def test_boundaries_that_are_accepted() -> None:
 # --------------------------------------------------------------- validate_updates, a round
 
 
-def _set_metrics(store: LocalStore, cid: str, client: str, metrics: dict[str, float]) -> None:
-    """Replace ``client``'s header metrics as a whole (round 1)."""
-    key = L.update_key(cid, 1, client)
-    data = store.get_bytes(key)
-    (head_len,) = struct.unpack(">I", data[4:8])
-    header = json.loads(data[8 : 8 + head_len])
-    header["metrics"] = metrics
-    head = json.dumps(header).encode()
-    store.put_bytes(key, data[:4] + struct.pack(">I", len(head)) + head + data[8 + head_len :])
-
-
 def test_the_validation_record_names_its_round_and_sums_the_downloads_clients_reported(
     tiny_data: Path, tmp_path: Path
 ) -> None:
@@ -436,9 +435,9 @@ def test_the_validation_record_names_its_round_and_sums_the_downloads_clients_re
     _run(store, cid, 1, upto="collect")
     clients = sorted(store.get_json(L.round_key(cid, 1, L.COLLECTED))["received"])
     a, b, c = clients[:3]
-    _set_metrics(store, cid, a, {"train_loss": 0.5, "bytes_down": 1234.0})
-    _set_metrics(store, cid, b, {"train_loss": 0.5, "bytes_down": 5678.0})
-    _set_metrics(store, cid, c, {"train_loss": 0.5})  # reported none: counts 0
+    _rewrite(store, cid, a, all_metrics={"train_loss": 0.5, "bytes_down": 1234.0})
+    _rewrite(store, cid, b, all_metrics={"train_loss": 0.5, "bytes_down": 5678.0})
+    _rewrite(store, cid, c, all_metrics={"train_loss": 0.5})  # reported none: counts 0
     _run(store, cid, 1, upto="validate_updates")
 
     record = store.get_json(L.round_key(cid, 1, L.VALIDATION))
