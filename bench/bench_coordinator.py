@@ -54,19 +54,23 @@ CID = "bench"
 # --------------------------------------------------------------------------- servers
 
 
-def _serve(kind: str, port: int, home: str) -> None:
-    """Child process: the coordinator or the bare endpoint (no access log, one worker)."""
+def _serve(kind: str, port: int, home: str, max_reading: int | None = None) -> None:
+    """Child process: the coordinator as ``fl coordinator serve`` runs it (behind its read
+    gate), or the bare endpoint on plain uvicorn (no access log, one worker each)."""
     import uvicorn
 
     if kind == "coordinator":
+        from fl_core.coordinator import server
         from fl_core.coordinator.app import create_app
         from fl_core.coordinator.settings import CoordinatorSettings
 
         app = create_app(CoordinatorSettings.local(home))
         app.state.coordinator.engine  # noqa: B018 - migrate before serving
+        server.run(app, host=HOST, port=port, max_reading=max_reading, log_level="warning",
+                   access_log=False)  # fmt: skip
     else:
-        app = bare_app(Path(home) / "bare")
-    uvicorn.run(app, host=HOST, port=port, log_level="warning", access_log=False)
+        uvicorn.run(bare_app(Path(home) / "bare"), host=HOST, port=port, log_level="warning",
+                    access_log=False)  # fmt: skip
 
 
 def bare_app(root: Path) -> FastAPI:
@@ -90,11 +94,12 @@ def _free_port() -> int:
 
 
 class Server:
-    def __init__(self, kind: str, home: Path) -> None:
+    def __init__(self, kind: str, home: Path, max_reading: int | None = None) -> None:
         self.port = _free_port()
+        gate = ["--max-reading-connections", str(max_reading)] if max_reading else []
         self.proc = subprocess.Popen(
             [sys.executable, __file__, "--serve", kind, "--port", str(self.port), "--home",
-             str(home)],
+             str(home), *gate],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
         self.url = f"http://{HOST}:{self.port}"
@@ -286,7 +291,7 @@ def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values) * 1000, q)) if values else float("nan")
 
 
-def run_one(n: int, codec: str) -> list[dict[str, Any]]:
+def run_one(n: int, codec: str, max_reading: int | None = None) -> list[dict[str, Any]]:
     from fl_core.coordinator.api import Coordinator
     from fl_core.coordinator.settings import CoordinatorSettings
     from fl_core.models import ModelSpec, init_vector
@@ -316,7 +321,7 @@ def run_one(n: int, codec: str) -> list[dict[str, Any]]:
         updates = {c: _update(layout, c, codec, i) for i, c in enumerate(clients)}
         size = int(np.mean([len(u) for u in updates.values()]))
 
-        server = Server("coordinator", home)
+        server = Server("coordinator", home, max_reading)
         try:
             prep, failed = asyncio.run(_prepare_clients(server.url, clients, key_of))
             rss_prep = server.peak_rss_mb()
@@ -324,7 +329,7 @@ def run_one(n: int, codec: str) -> list[dict[str, Any]]:
             # as across a restart): its peak RSS is the uploads' own, not what the heap kept
             # from a thousand long-polls and model downloads (that peak is rss_prep).
             server.stop()
-            server = Server("coordinator", home)
+            server = Server("coordinator", home, max_reading)
             jobs = []
             for c in clients:
                 data = updates[c]
@@ -372,14 +377,19 @@ def main() -> None:
     parser.add_argument("--serve", choices=["coordinator", "bare"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--home", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--max-reading-connections", type=int, default=None, metavar="N",
+        help="serve the coordinator behind its read gate of N connections, as "
+        "`fl coordinator serve --max-reading-connections N` does (default: off)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.serve:
-        _serve(args.serve, args.port, args.home)
+        _serve(args.serve, args.port, args.home, args.max_reading_connections)
         return
     load = os.getloadavg()[0]
     print(
         f"cpus={os.cpu_count()} load={load:.1f}  one uvicorn worker per server, plain HTTP on "
-        f"{HOST}"
+        f"{HOST}; coordinator read gate: {args.max_reading_connections or 'off'}"
     )
     print(
         f"{'N':>5} {'codec':<12} {'endpoint':<11} {'update':>8} {'uploads/s':>10} "
@@ -389,7 +399,7 @@ def main() -> None:
     table: list[dict[str, Any]] = []
     for n in args.clients:
         for codec in args.codecs:
-            rows = run_one(n, codec)
+            rows = run_one(n, codec, args.max_reading_connections)
             for r in rows:
                 o: Outcome = r["out"]
                 lat = o.latencies or []
@@ -471,7 +481,12 @@ def _write(args: argparse.Namespace, table: list[dict[str, Any]], load: float) -
             "absolute figures are noisy, the ratio is what is compared. Each simulated device "
             "has its own HTTP client and connection, as real devices do.)",
             "command": f"{nice}python bench/bench_coordinator.py --clients {clients} "
-            f"--codecs {' '.join(args.codecs)}",
+            f"--codecs {' '.join(args.codecs)}"
+            + (
+                f" --max-reading-connections {args.max_reading_connections}"
+                if args.max_reading_connections
+                else ""
+            ),
             "seeds": "n/a (one run per row)",
             "columns": list(table[0]) if table else [],
             "rows": table,

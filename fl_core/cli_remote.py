@@ -164,6 +164,15 @@ def serve(
         help="uvicorn's cap on open connections + tasks; beyond it every request gets 503 "
         "(no Retry-After; the agent backs off). Default: none (uploads are bounded above).",
     ),
+    max_reading_connections: int | None = typer.Option(
+        None,
+        min=1,
+        envvar="FL_COORDINATOR_MAX_READING_CONNECTIONS",
+        help="Read at most this many connections at once; the others wait unread, in "
+        "arrival order, instead of each holding what uvicorn read of its request "
+        "(long-polls and idle connections hold no place). Default: off. See "
+        "docs/protocol.md.",
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run the coordinator (HTTPS with --tls-cert/--tls-key; plain HTTP only on loopback).
@@ -171,9 +180,9 @@ def serve(
     Memory is bounded by the upload admission limit: at most --max-concurrent-uploads
     bodies in flight and --max-queued-uploads waiting (plus up to
     --max-queued-small-uploads small ones, whose bodies the server reads anyway); further
-    uploads get 503 with Retry-After, which agents honour."""
-    import uvicorn
-
+    uploads get 503 with Retry-After, which agents honour. --max-reading-connections
+    additionally leaves requests unread while that many connections are being read."""
+    from fl_core.coordinator import server
     from fl_core.coordinator.app import create_app
     from fl_core.coordinator.settings import CoordinatorSettings
 
@@ -200,10 +209,11 @@ def serve(
         raise typer.Exit(2) from None
     app = create_app(settings)
     app.state.coordinator.engine  # noqa: B018 - migrate the registry before serving
-    uvicorn.run(
+    server.run(
         app,
         host=host,
         port=port,
+        max_reading=max_reading_connections,
         ssl_certfile=str(tls_cert) if tls_cert else None,
         ssl_keyfile=str(tls_key) if tls_key else None,
         log_level="debug" if verbose else "info",

@@ -67,7 +67,9 @@ async def _authenticate(
     message = protocol.request_message(
         method=request.method,
         path=app_path(request),
-        query=request.url.query,
+        query=request.scope["query_string"].decode(
+            errors="replace"
+        ),  # request.url costs 5 % of an upload
         body_sha256=body_sha256,
         timestamp=stamp,
         nonce=nonce,

@@ -1,0 +1,216 @@
+"""Serving the coordinator on its own: uvicorn, optionally with a read gate before the app.
+
+The upload admission (:mod:`fl_core.coordinator.admission`) bounds what the *app* holds. But
+uvicorn reads each connection's request as it arrives, up to its 64 KiB flow-control mark of
+body plus one socket read, before the app has seen the request, and keeps the unread body
+of a refused request until the connection's next request. With a thousand clients
+uploading at once, that is what grows the process.
+
+The read gate (``fl coordinator serve --max-reading-connections N``; off by default)
+bounds it where the bytes enter. At most N connections are read at a time. The others
+wait, paused, in arrival order; TCP flow control holds their senders back. Nothing is
+refused and nothing is dropped: a waiting client's request is read later.
+
+A new connection needs a place until the app has answered its first request (or, when
+the request has no body, until its headers are read: a task long-poll never holds a
+place). After that the connection is not gated again: a keep-alive client's later requests
+go straight to the app, whose upload admission bounds them, so an idle keep-alive
+connection never keeps a place and never waits behind idle ones. A connection let in that
+sends nothing for ``GRACE_S`` while others wait goes to the back of the line. So the gate
+bounds the herd of new connections: a fleet reconnecting after a coordinator restart, or
+devices that connect once per round.
+
+Limits, measured (docs/benchmarks.md): over plain HTTP a paused connection holds nothing
+of its request. Over TLS the TLS layer reads the socket below the protocol, one read (up
+to 256 KiB) per connection, so the gate bounds the requests being processed but not those
+bytes. It needs uvicorn's httptools protocol (``uvicorn[standard]``, in the lock). The
+Airflow-mounted app is served by Airflow's API server and is bounded by the upload
+admission alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ReadGate", "config", "gated_protocol", "run"]
+
+GRACE_S = 1.0
+"""How long a connection let in may stay silent while others wait, before it goes to the
+back of the line (a client that connects and sends nothing must not keep a place)."""
+
+
+class ReadGate:
+    """At most ``max_reading`` new connections are read at once; the rest wait unread, in
+    arrival order.
+
+    A connection asks for a place when it opens (:meth:`want`) and gives it back when its
+    first request is answered or has no body (:meth:`release`), or when it closes
+    (:meth:`forget`); :meth:`busy` says its first request began. The gate pauses and resumes
+    connections through their ``gate_pause`` / ``gate_resume`` methods. Everything runs on
+    the event loop's thread: no locks."""
+
+    def __init__(self, max_reading: int) -> None:
+        if isinstance(max_reading, bool) or not isinstance(max_reading, int) or max_reading < 1:
+            raise ValueError(f"max_reading must be an integer >= 1, got {max_reading!r}")
+        self.max_reading = max_reading
+        self._holders: dict[Any, int] = {}  # connection -> its grant number
+        self._silent: set[Any] = set()  # holders whose first request has not begun
+        self._waiting: OrderedDict[Any, None] = OrderedDict()
+        self.grants = 0
+        self.peak_reading = 0
+        self.waits = 0
+
+    @property
+    def reading(self) -> int:
+        return len(self._holders)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def want(self, conn: Any) -> None:
+        """``conn`` opened: read it now, or pause it until a place frees."""
+        if conn in self._holders or conn in self._waiting:
+            return
+        if len(self._holders) < self.max_reading:
+            self._grant(conn)
+            return
+        conn.gate_pause()
+        self._waiting[conn] = None
+        self.waits += 1
+
+    def busy(self, conn: Any) -> None:
+        """``conn``'s first request began."""
+        self._silent.discard(conn)
+
+    def release(self, conn: Any) -> None:
+        """``conn``'s first request is answered (or has no body): the place is free."""
+        if self._holders.pop(conn, None) is not None:
+            self._silent.discard(conn)
+            self._admit()
+
+    def forget(self, conn: Any) -> None:
+        """``conn`` closed."""
+        self._waiting.pop(conn, None)
+        self.release(conn)
+
+    def _grant(self, conn: Any) -> None:
+        self.grants += 1
+        self._holders[conn] = self.grants
+        self._silent.add(conn)
+        self.peak_reading = max(self.peak_reading, len(self._holders))
+        conn.loop.call_later(GRACE_S, self._still_silent, conn, self.grants)
+
+    def _still_silent(self, conn: Any, grant: int) -> None:
+        if conn in self._silent and self._holders.get(conn) == grant and self._waiting:
+            self.release(conn)  # to the back of the line
+            conn.gate_pause()
+            self._waiting[conn] = None
+
+    def _admit(self) -> None:
+        while self._waiting and len(self._holders) < self.max_reading:
+            conn, _ = self._waiting.popitem(last=False)
+            self._grant(conn)
+            conn.gate_resume()
+
+
+def gated_protocol(gate: ReadGate) -> type[asyncio.Protocol] | None:
+    """uvicorn's httptools protocol with ``gate`` in front of each connection's first
+    request (None without httptools)."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:  # pragma: no cover - httptools ships with uvicorn[standard]
+        return None
+
+    class GatedHttpToolsProtocol(HttpToolsProtocol):
+        read_gate = gate
+        _gated = True  # until its first request is answered
+
+        def gate_pause(self) -> None:
+            if not self.transport.is_closing():
+                self.transport.pause_reading()
+
+        def gate_resume(self) -> None:
+            if not self.transport.is_closing():
+                self.transport.resume_reading()
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self.read_gate.want(self)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.read_gate.forget(self)
+            super().connection_lost(exc)
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            if self._gated:
+                self.read_gate.busy(self)
+
+        def on_headers_complete(self) -> None:
+            super().on_headers_complete()
+            if self._gated and not _has_body(self.headers):
+                self._ungate()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if self._gated:
+                self._ungate()
+            if self.cycle is not None and self.cycle.response_complete:
+                # the unread body of a refused request: uvicorn would keep it until the
+                # connection's next request (58 MB for 1,000 idle connections, measured)
+                self.cycle.body = bytearray()
+
+        def _ungate(self) -> None:
+            self._gated = False
+            self.read_gate.release(self)
+
+    return GatedHttpToolsProtocol
+
+
+def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name == b"content-length":
+            return value.strip() not in (b"0", b"")
+        if name == b"transfer-encoding":
+            return True
+    return False
+
+
+def config(
+    app: Any,
+    *,
+    host: str,
+    port: int,
+    max_reading: int | None = None,
+    **uvicorn_options: Any,
+) -> Any:
+    """The ``uvicorn.Config`` serving ``app``, behind a :class:`ReadGate` of ``max_reading``
+    when given (kept on ``app.state.read_gate``)."""
+    import uvicorn
+
+    if max_reading is not None:
+        gate = ReadGate(max_reading)
+        protocol = gated_protocol(gate)
+        if protocol is None:  # pragma: no cover
+            logger.warning("httptools is not installed: connections are read without a gate")
+        else:
+            app.state.read_gate = gate
+            uvicorn_options["http"] = protocol
+            # uvloop starts reading *after* connection_made, undoing a pause made there
+            # (measured: 1,000 gated connections grew RSS as much as ungated ones); the
+            # asyncio loop keeps it
+            uvicorn_options["loop"] = "asyncio"
+    return uvicorn.Config(app, host=host, port=port, **uvicorn_options)
+
+
+def run(app: Any, **options: Any) -> None:
+    """Serve ``app`` until interrupted (``options`` as for :func:`config`)."""
+    import uvicorn
+
+    uvicorn.Server(config(app, **options)).run()

@@ -1,0 +1,159 @@
+"""The read gate of ``fl coordinator serve --max-reading-connections N``
+(:mod:`fl_core.coordinator.server`): at most N new connections are read and answered at
+once, the rest wait unread and are all served in the end; long-polls and silent
+connections hold no place.
+
+Services: uvicorn started here in a thread on 127.0.0.1 with the gated protocol, exactly as
+``server.run`` configures it (over TLS with a test CA for the first test; the gate works on
+the connection, whatever the app). The app is a small one that counts the requests it is
+handling at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI, Request
+
+from fl_core.coordinator import server
+from tests.fl_core.coordinator.harness import HOST, TLSFiles, free_port
+
+
+class Counting:
+    """An app whose ``PUT /upload`` reads the body slowly and counts the requests it is
+    handling at once, and whose ``GET /poll`` waits until released."""
+
+    def __init__(self) -> None:
+        self.app = FastAPI()
+        self.in_flight = 0
+        self.peak = 0
+        self.done = 0
+        self.release_polls: asyncio.Event | None = None
+
+        @self.app.put("/upload")
+        async def upload(request: Request) -> dict[str, int]:
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+            try:
+                size = 0
+                async for chunk in request.stream():
+                    size += len(chunk)
+                await asyncio.sleep(0.05)  # the work after the body: requests overlap
+                self.done += 1
+                return {"size": size}
+            finally:
+                self.in_flight -= 1
+
+        @self.app.get("/poll")
+        async def poll() -> dict[str, bool]:
+            if self.release_polls is None:
+                self.release_polls = asyncio.Event()
+            await asyncio.wait_for(self.release_polls.wait(), timeout=30)
+            return {"released": True}
+
+
+@contextmanager
+def gated(app: FastAPI, max_reading: int | None, tls: TLSFiles | None = None) -> Iterator[str]:
+    port = free_port()
+    options: dict[str, Any] = {"log_level": "warning", "lifespan": "off"}
+    if tls is not None:
+        options.update(ssl_certfile=str(tls.cert), ssl_keyfile=str(tls.key))
+    srv = uvicorn.Server(
+        server.config(app, host=HOST, port=port, max_reading=max_reading, **options)
+    )
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"{'https' if tls else 'http'}://{HOST}:{port}"
+    finally:
+        srv.should_exit = srv.force_exit = True
+        thread.join(timeout=20)
+
+
+async def _uploads(url: str, n: int, size: int, verify: Any = True) -> list[int]:
+    async def one(i: int) -> int:  # one new connection each, as devices after a restart
+        async with httpx.AsyncClient(base_url=url, timeout=60, verify=verify) as http:
+            r = await http.put("/upload", content=bytes([i % 256]) * size)
+            assert r.json() == {"size": size}
+            return r.status_code
+
+    return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+
+@pytest.mark.parametrize("max_reading", [2, None])
+def test_the_gate_bounds_the_connections_read_at_once_and_serves_every_one(
+    tls: TLSFiles, max_reading: int | None
+) -> None:
+    counting = Counting()
+    with gated(counting.app, max_reading, tls) as url:
+        verify = ssl.create_default_context(cafile=str(tls.ca))
+        statuses = asyncio.run(_uploads(url, 12, 200_000, verify))
+    assert statuses == [200] * 12  # none refused, none lost: the others waited
+    assert counting.done == 12
+    if max_reading is None:  # ungated, the same clients are all handled at once
+        assert counting.peak > 2
+    else:
+        assert counting.peak <= max_reading
+        gate: server.ReadGate = counting.app.state.read_gate
+        assert gate.waits >= 12 - max_reading - gate.peak_reading
+        assert gate.reading == 0 and gate.waiting == 0
+
+
+def test_long_polls_hold_no_place() -> None:
+    """Three long-polls on new connections with one place: an upload on a fourth still goes
+    through while they wait (a poll has no body: its place is freed once its headers are
+    read)."""
+    counting = Counting()
+
+    async def scenario(url: str) -> list[int]:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as a, \
+                httpx.AsyncClient(base_url=url, timeout=60) as b, \
+                httpx.AsyncClient(base_url=url, timeout=60) as c:  # fmt: skip
+            polls = [asyncio.create_task(h.get("/poll")) for h in (a, b, c)]
+            await asyncio.sleep(0.5)
+            assert not any(p.done() for p in polls)
+            statuses = await asyncio.wait_for(_uploads(url, 1, 1000), timeout=10)
+            assert not any(p.done() for p in polls)  # the upload passed while they waited
+            assert counting.release_polls is not None
+            counting.release_polls.set()
+            return statuses + [(await p).status_code for p in polls]
+
+    with gated(counting.app, 1) as url:
+        assert asyncio.run(scenario(url)) == [200] * 4
+
+
+def test_a_silent_connection_does_not_keep_its_place() -> None:
+    """A client that connects and sends nothing holds the only place; an upload behind it
+    is served after the grace period instead of waiting for ever."""
+    counting = Counting()
+    with gated(counting.app, 1) as url:
+        silent = socket.create_connection((HOST, int(url.rsplit(":", 1)[1])))
+        try:
+            time.sleep(0.2)
+            start = time.monotonic()
+            statuses = asyncio.run(asyncio.wait_for(_uploads(url, 1, 1000), timeout=20))
+            waited = time.monotonic() - start
+        finally:
+            silent.close()
+    assert statuses == [200]
+    assert waited >= server.GRACE_S * 0.5  # it did wait behind the silent one, then passed
+
+
+def test_the_gate_refuses_a_bad_size() -> None:
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(ValueError, match="max_reading"):
+            server.ReadGate(bad)  # type: ignore[arg-type]
