@@ -2,8 +2,10 @@
 upload of realistic updates, against a bare FastAPI endpoint that writes the same bytes with
 no authentication or checks, measured in the same run.
 
-Both servers run as their own uvicorn processes on 127.0.0.1 (plain HTTP, or ``--tls``);
-the clients are asyncio + httpx in this process, one connection each. The model is the
+Both servers run as their own uvicorn processes on 127.0.0.1 (plain HTTP, or HTTPS with a
+throwaway CA under ``--tls``); ``--max-reading-connections N`` serves the coordinator behind
+its read gate of N (default 64, 0: off), as ``fl coordinator serve`` does. The clients
+are asyncio + httpx in this process, one connection each. The model is the
 default MLP of ``params.yaml`` (MNIST 784 -> 200 -> 10, 159,010 parameters); updates are
 real wire messages (``dense_fp32`` and ``topk:0.1+q8`` by default), signed as the agent
 signs them. Printed per (N, codec, endpoint): uploads/s over the upload phase, upload p50 /
@@ -20,6 +22,7 @@ attempts) and counted in the ``busy`` column. The rows go to
 ``docs/benchmarks.md``)::
 
     python bench/bench_coordinator.py [--clients 100 1000] [--codecs dense_fp32 topk:0.1+q8]
+        [--max-reading-connections N] [--tls]
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from fastapi import FastAPI, Request
 from fl_core import wire
 from fl_core.agent.transport import TURN_MIN_BYTES, RetryPolicy, retry_after_s
 from fl_core.coordinator import protocol
+from fl_core.coordinator.server import DEFAULT_MAX_READING
 
 HOST = "127.0.0.1"
 CID = "bench"
@@ -54,11 +58,17 @@ CID = "bench"
 # --------------------------------------------------------------------------- servers
 
 
-def _serve(kind: str, port: int, home: str, max_reading: int | None = None) -> None:
+def _serve(
+    kind: str, port: int, home: str, max_reading: int | None = None, tls_dir: str | None = None
+) -> None:
     """Child process: the coordinator as ``fl coordinator serve`` runs it (behind its read
-    gate), or the bare endpoint on plain uvicorn (no access log, one worker each)."""
+    gate when ``max_reading``), or the bare endpoint on plain uvicorn (no access log, one
+    worker each; TLS with the certificate in ``tls_dir``)."""
     import uvicorn
 
+    tls = {}
+    if tls_dir:
+        tls = {"ssl_certfile": f"{tls_dir}/server.pem", "ssl_keyfile": f"{tls_dir}/server.key"}
     if kind == "coordinator":
         from fl_core.coordinator import server
         from fl_core.coordinator.app import create_app
@@ -67,10 +77,10 @@ def _serve(kind: str, port: int, home: str, max_reading: int | None = None) -> N
         app = create_app(CoordinatorSettings.local(home))
         app.state.coordinator.engine  # noqa: B018 - migrate before serving
         server.run(app, host=HOST, port=port, max_reading=max_reading, log_level="warning",
-                   access_log=False)  # fmt: skip
+                   access_log=False, **tls)  # fmt: skip
     else:
         uvicorn.run(bare_app(Path(home) / "bare"), host=HOST, port=port, log_level="warning",
-                    access_log=False)  # fmt: skip
+                    access_log=False, **tls)  # fmt: skip
 
 
 def bare_app(root: Path) -> FastAPI:
@@ -97,16 +107,17 @@ class Server:
     def __init__(self, kind: str, home: Path, max_reading: int | None = None) -> None:
         self.port = _free_port()
         gate = ["--max-reading-connections", str(max_reading)] if max_reading else []
+        tls = ["--tls-dir", str(TLS_DIR)] if TLS_DIR else []
         self.proc = subprocess.Popen(
             [sys.executable, __file__, "--serve", kind, "--port", str(self.port), "--home",
-             str(home), *gate],
+             str(home), *gate, *tls],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
-        self.url = f"http://{HOST}:{self.port}"
+        self.url = f"{'https' if TLS_DIR else 'http'}://{HOST}:{self.port}"
         deadline = time.monotonic() + 120
         while True:
             try:
-                httpx.get(self.url + "/docs", timeout=2)
+                httpx.get(self.url + "/docs", timeout=2, verify=_SSL)
                 return
             except httpx.TransportError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -183,6 +194,19 @@ BUSY_POLICY = RetryPolicy()
 
 
 _SSL = ssl.create_default_context()
+TLS_DIR: Path | None = None
+"""With ``--tls``: the test CA and the servers' certificate (both servers serve HTTPS)."""
+
+
+def _use_tls(folder: Path) -> None:
+    """A throwaway CA and server certificate for 127.0.0.1 (the tests' own builder)."""
+    global _SSL, TLS_DIR
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.fl_core.coordinator.harness import make_tls
+
+    files = make_tls(folder)  # folder/server.pem and folder/server.key, as _serve reads
+    _SSL = ssl.create_default_context(cafile=str(files.ca))
+    TLS_DIR = folder
 
 
 def _device_client(url: str) -> httpx.AsyncClient:
@@ -378,18 +402,24 @@ def main() -> None:
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--home", help=argparse.SUPPRESS)
     parser.add_argument(
-        "--max-reading-connections", type=int, default=None, metavar="N",
-        help="serve the coordinator behind its read gate of N connections, as "
-        "`fl coordinator serve --max-reading-connections N` does (default: off)",
+        "--max-reading-connections", type=int, default=DEFAULT_MAX_READING, metavar="N",
+        help="the coordinator's read gate, as `fl coordinator serve --max-reading-connections "
+        f"N` (default {DEFAULT_MAX_READING}, as there; 0: off)",
     )  # fmt: skip
+    parser.add_argument("--tls", action="store_true", help="both servers over HTTPS (a test CA)")
+    parser.add_argument("--tls-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        _serve(args.serve, args.port, args.home, args.max_reading_connections)
+        _serve(args.serve, args.port, args.home, args.max_reading_connections, args.tls_dir)
         return
+    tls_tmp = tempfile.TemporaryDirectory(prefix="bench-tls-")
+    if args.tls:
+        _use_tls(Path(tls_tmp.name))
     load = os.getloadavg()[0]
     print(
-        f"cpus={os.cpu_count()} load={load:.1f}  one uvicorn worker per server, plain HTTP on "
-        f"{HOST}; coordinator read gate: {args.max_reading_connections or 'off'}"
+        f"cpus={os.cpu_count()} load={load:.1f}  one uvicorn worker per server, "
+        f"{'HTTPS' if args.tls else 'plain HTTP'} on {HOST}; "
+        f"coordinator read gate: {args.max_reading_connections or 'off'}"
     )
     print(
         f"{'N':>5} {'codec':<12} {'endpoint':<11} {'update':>8} {'uploads/s':>10} "

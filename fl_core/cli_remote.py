@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from fl_core.coordinator.server import DEFAULT_MAX_READING
+
 if TYPE_CHECKING:
     from fl_core.coordinator.api import Coordinator
 
@@ -164,14 +166,13 @@ def serve(
         help="uvicorn's cap on open connections + tasks; beyond it every request gets 503 "
         "(no Retry-After; the agent backs off). Default: none (uploads are bounded above).",
     ),
-    max_reading_connections: int | None = typer.Option(
-        None,
-        min=1,
+    max_reading_connections: int = typer.Option(
+        DEFAULT_MAX_READING,
+        min=0,
         envvar="FL_COORDINATOR_MAX_READING_CONNECTIONS",
-        help="Read at most this many connections at once; the others wait unread, in "
-        "arrival order, instead of each holding what uvicorn read of its request "
-        "(long-polls and idle connections hold no place). Default: off. See "
-        "docs/protocol.md.",
+        help="New connections read and answered at once; the others wait unread, in arrival "
+        "order, instead of each holding what the server read of its request (long-polls "
+        "and idle keep-alive connections hold no place; 0: off). See docs/protocol.md.",
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
@@ -180,8 +181,8 @@ def serve(
     Memory is bounded by the upload admission limit: at most --max-concurrent-uploads
     bodies in flight and --max-queued-uploads waiting (plus up to
     --max-queued-small-uploads small ones, whose bodies the server reads anyway); further
-    uploads get 503 with Retry-After, which agents honour. --max-reading-connections
-    additionally leaves requests unread while that many connections are being read."""
+    uploads get 503 with Retry-After, which agents honour. Before that, at most
+    --max-reading-connections new connections are read at once; the others wait unread."""
     from fl_core.coordinator import server
     from fl_core.coordinator.app import create_app
     from fl_core.coordinator.settings import CoordinatorSettings

@@ -1,4 +1,4 @@
-"""Serving the coordinator on its own: uvicorn, optionally with a read gate before the app.
+"""Serving the coordinator on its own: uvicorn with a read gate before the app.
 
 The upload admission (:mod:`fl_core.coordinator.admission`) bounds what the *app* holds. But
 uvicorn reads each connection's request as it arrives, up to its 64 KiB flow-control mark of
@@ -6,10 +6,11 @@ body plus one socket read, before the app has seen the request, and keeps the un
 of a refused request until the connection's next request. With a thousand clients
 uploading at once, that is what grows the process.
 
-The read gate (``fl coordinator serve --max-reading-connections N``; off by default)
-bounds it where the bytes enter. At most N connections are read at a time. The others
-wait, paused, in arrival order; TCP flow control holds their senders back. Nothing is
-refused and nothing is dropped: a waiting client's request is read later.
+The read gate (``fl coordinator serve --max-reading-connections N``, default
+``DEFAULT_MAX_READING``, 0 turns it off) bounds it where the bytes enter. At most N
+connections are read at a time. The others wait, paused, in arrival order; TCP flow control
+holds their senders back. Nothing is refused and nothing is dropped: a waiting client's
+request is read later.
 
 A new connection needs a place until the app has answered its first request (or, when
 the request has no body, until its headers are read: a task long-poll never holds a
@@ -20,12 +21,12 @@ sends nothing for ``GRACE_S`` while others wait goes to the back of the line. So
 bounds the herd of new connections: a fleet reconnecting after a coordinator restart, or
 devices that connect once per round.
 
-Limits, measured (docs/benchmarks.md): over plain HTTP a paused connection holds nothing
-of its request. Over TLS the TLS layer reads the socket below the protocol, one read (up
-to 256 KiB) per connection, so the gate bounds the requests being processed but not those
-bytes. It needs uvicorn's httptools protocol (``uvicorn[standard]``, in the lock). The
-Airflow-mounted app is served by Airflow's API server and is bounded by the upload
-admission alone.
+Measured (``bench/bench_coordinator.py``, docs/benchmarks.md): over plain HTTP a paused
+connection holds nothing of its request. Over TLS the TLS layer reads the socket below the
+protocol; a paused connection's read buffer is set to zero so it stops too, and what
+arrived with the handshake stays buffered. It needs uvicorn's httptools protocol
+(``uvicorn[standard]``, in the lock). The Airflow-mounted app is served by Airflow's API
+server and is bounded by the upload admission alone.
 """
 
 from __future__ import annotations
@@ -37,7 +38,10 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ReadGate", "config", "gated_protocol", "run"]
+__all__ = ["DEFAULT_MAX_READING", "ReadGate", "config", "gated_protocol", "run"]
+
+DEFAULT_MAX_READING = 64
+"""``fl coordinator serve``'s gate: new connections read and answered at once (0: off)."""
 
 GRACE_S = 1.0
 """How long a connection let in may stay silent while others wait, before it goes to the
@@ -134,9 +138,17 @@ def gated_protocol(gate: ReadGate) -> type[asyncio.Protocol] | None:
         def gate_pause(self) -> None:
             if not self.transport.is_closing():
                 self.transport.pause_reading()
+                # over TLS, pausing stops only the decrypted data; a zero read buffer makes
+                # the TLS layer stop reading the socket too
+                limits = getattr(self.transport, "set_read_buffer_limits", None)
+                if limits is not None:
+                    limits(high=0)
 
         def gate_resume(self) -> None:
             if not self.transport.is_closing():
+                limits = getattr(self.transport, "set_read_buffer_limits", None)
+                if limits is not None:
+                    limits()  # the defaults
                 self.transport.resume_reading()
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -191,10 +203,10 @@ def config(
     **uvicorn_options: Any,
 ) -> Any:
     """The ``uvicorn.Config`` serving ``app``, behind a :class:`ReadGate` of ``max_reading``
-    when given (kept on ``app.state.read_gate``)."""
+    unless that is None or 0 (the gate is kept on ``app.state.read_gate``)."""
     import uvicorn
 
-    if max_reading is not None:
+    if max_reading:
         gate = ReadGate(max_reading)
         protocol = gated_protocol(gate)
         if protocol is None:  # pragma: no cover
@@ -202,10 +214,14 @@ def config(
         else:
             app.state.read_gate = gate
             uvicorn_options["http"] = protocol
-            # uvloop starts reading *after* connection_made, undoing a pause made there
-            # (measured: 1,000 gated connections grew RSS as much as ungated ones); the
-            # asyncio loop keeps it
-            uvicorn_options["loop"] = "asyncio"
+            if not uvicorn_options.get("ssl_certfile"):
+                # plain HTTP (loopback only): uvloop starts reading a TCP connection *after*
+                # connection_made, undoing a pause made there (measured: 1,000 gated
+                # connections grew RSS as much as ungated ones); asyncio's loop keeps it.
+                # Over TLS, connection_made comes after the handshake and the pause holds
+                # on uvloop, whose TLS needs far less memory than asyncio's (measured: 345
+                # against 472 MB for 1,000 uploads).
+                uvicorn_options["loop"] = "asyncio"
     return uvicorn.Config(app, host=host, port=port, **uvicorn_options)
 
 

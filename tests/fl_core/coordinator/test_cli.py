@@ -58,7 +58,7 @@ def test_enroll_serve_run_list_revoke(env: dict[str, str], tls: TLSFiles, tmp_pa
     server = subprocess.Popen(
         [sys.executable, "-m", "fl_core.cli", "coordinator", "serve", "--host", "127.0.0.1",
          "--port", str(port), "--tls-cert", str(tls.cert), "--tls-key", str(tls.key),
-         "--max-reading-connections", "2"],  # the read gate on the real agent's traffic
+         "--max-reading-connections", "2"],  # a tight read gate on real agents
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
