@@ -106,7 +106,7 @@ def _free_port() -> int:
 class Server:
     def __init__(self, kind: str, home: Path, max_reading: int | None = None) -> None:
         self.port = _free_port()
-        gate = ["--max-reading-connections", str(max_reading)] if max_reading else []
+        gate = [] if max_reading is None else ["--max-reading-connections", str(max_reading)]
         tls = ["--tls-dir", str(TLS_DIR)] if TLS_DIR else []
         self.proc = subprocess.Popen(
             [sys.executable, __file__, "--serve", kind, "--port", str(self.port), "--home",
