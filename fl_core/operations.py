@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,12 +18,17 @@ from typing import Any
 import numpy as np
 
 from fl_core.config import Config
-from fl_core.rounds.layout import MONITORING_COOLDOWN, monitoring_report_key
+from fl_core.rounds.layout import (
+    MONITORING_COOLDOWN,
+    MONITORING_INCONCLUSIVE,
+    monitoring_report_key,
+)
 from fl_core.store import ArtifactStore
 
 logger = logging.getLogger(__name__)
 
 COOLDOWN_KEY = MONITORING_COOLDOWN
+INCONCLUSIVE_KEY = MONITORING_INCONCLUSIVE
 
 
 def champion(tracking_uri: str, model_name: str) -> tuple[np.ndarray, dict[str, str]] | None:
@@ -164,16 +170,29 @@ def decide_retraining(
     """Trigger retraining for a degraded model, at most once per cooldown (state in store).
 
     An inconclusive check (no evidence, :func:`verdict`) triggers nothing and leaves the
-    cooldown alone; the decision says ``"inconclusive": True`` so the DAG alerts on it.
+    cooldown alone; the decision says ``"inconclusive": True``, and ``"alert"`` says whether
+    the DAG alerts on it: the first inconclusive check of a run of them does, then one per
+    cooldown while the run lasts (an offline fleet would otherwise page on every scheduled
+    check). A conclusive check ends the run, so the next one alerts at once.
     """
     from fl_core.monitoring import Cooldown
 
+    streak = _inconclusive_streak(store)
     if verdict(report) == "inconclusive":
-        return {
-            "trigger": False,
-            "inconclusive": True,
-            "reason": "inconclusive: " + "; ".join(report.get("reasons") or ["no evidence"]),
-        }
+        reason = "inconclusive: " + "; ".join(report.get("reasons") or ["no evidence"])
+        since = now_s if streak["since_s"] is None else streak["since_s"]
+        last = streak["last_alert_s"]
+        alert = last is None or now_s - last >= cooldown_hours * 3600.0
+        if last is None or alert:
+            store.put_json(INCONCLUSIVE_KEY, {"since_s": since, "last_alert_s": now_s})
+        else:
+            reason += (
+                f" (no evidence for {now_s - since:.0f} s; alerted {now_s - last:.0f} s ago, "
+                f"again every {cooldown_hours:g} h while it lasts)"
+            )
+        return {"trigger": False, "inconclusive": True, "alert": bool(alert), "reason": reason}
+    if streak["since_s"] is not None:  # evidence again: the next outage alerts at once
+        store.put_json(INCONCLUSIVE_KEY, {"since_s": None, "last_alert_s": None})
     if report["healthy"]:
         return {"trigger": False, "reason": "healthy"}
     cooldown = Cooldown(cooldown_s=cooldown_hours * 3600.0)
@@ -189,6 +208,23 @@ def decide_retraining(
     cooldown.record(now_s)
     store.put_json(COOLDOWN_KEY, cooldown.state_dict())
     return {"trigger": True, "reason": reason}
+
+
+def _inconclusive_streak(store: ArtifactStore) -> dict[str, float | None]:
+    """The current run of inconclusive checks (both None when there is none). A malformed
+    record is reported and treated as none: better one alert too many than none."""
+    empty: dict[str, float | None] = {"since_s": None, "last_alert_s": None}
+    if not store.exists(INCONCLUSIVE_KEY):
+        return empty
+    try:
+        raw = store.get_json(INCONCLUSIVE_KEY)
+        out = {k: None if raw[k] is None else float(raw[k]) for k in empty}
+        if not all(v is None or math.isfinite(v) for v in out.values()):
+            raise ValueError("not finite")
+    except (KeyError, TypeError, ValueError) as exc:
+        logger.warning("ignoring a malformed %s (%s): the check alerts", INCONCLUSIVE_KEY, exc)
+        return empty
+    return out
 
 
 def alert_payload(report: dict[str, Any], decision: dict[str, Any]) -> dict[str, Any]:

@@ -128,6 +128,8 @@ def edge_key(cid: str, name: str) -> str:
 # Monitoring (outside any campaign).
 MONITORING = "monitoring"
 MONITORING_COOLDOWN = f"{MONITORING}/cooldown.json"
+MONITORING_INCONCLUSIVE = f"{MONITORING}/inconclusive.json"
+"""The current run of inconclusive checks: since when, and when it was last alerted."""
 
 
 def monitoring_report_key(run_id: str) -> str:

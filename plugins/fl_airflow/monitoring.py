@@ -61,12 +61,13 @@ def clients_mode(store: Any, params: dict[str, Any]) -> str:
 
 def next_task(report: dict[str, Any], decision: dict[str, Any]) -> str | None:
     """The ``decide`` branch: ``alert`` (then retraining) when the decision triggers,
-    ``alert_inconclusive`` when the check found no evidence, ``alert_suppressed`` when
-    degraded within the cooldown, nothing when healthy."""
+    ``alert_inconclusive`` when the check found no evidence and the decision alerts on it
+    (nothing when that run of inconclusive checks was alerted within the cooldown),
+    ``alert_suppressed`` when degraded within the cooldown, nothing when healthy."""
     if decision["trigger"]:
         return "alert"
     if decision.get("inconclusive"):
-        return "alert_inconclusive"
+        return "alert_inconclusive" if decision.get("alert", True) else None
     return "alert_suppressed" if not report["healthy"] else None
 
 

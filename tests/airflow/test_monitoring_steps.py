@@ -202,3 +202,46 @@ def test_a_check_with_no_live_client_is_inconclusive_at_once(home: Path) -> None
     assert report["verdict"] == "inconclusive" and report["healthy"] is None
     [reason] = report["reasons"]
     assert reason.startswith("no_evidence: no live client")
+
+
+def test_a_run_of_inconclusive_checks_alerts_once_per_cooldown_and_anew_after_evidence(
+    tmp_path: Path,
+) -> None:
+    """An offline fleet makes every scheduled check inconclusive: the first alerts, the
+    next ones within the cooldown do not (the decide branch skips the alert), one after
+    the cooldown alerts again, and after a conclusive check the next outage alerts at once.
+    A malformed record alerts rather than silences."""
+    from fl_airflow.monitoring import next_task
+
+    from fl_core.operations import INCONCLUSIVE_KEY, decide_retraining
+    from fl_core.store import LocalStore
+
+    store = LocalStore(tmp_path / "artifacts")
+    silent = {"healthy": None, "reasons": ["no_evidence: no client reported"]}
+    healthy = {"healthy": True, "reasons": []}
+    hour = 3600.0
+    t0 = 1_800_000_000.0
+
+    def decide(report: dict[str, Any], at: float) -> tuple[dict[str, Any], str | None]:
+        decision = decide_retraining(store, report, now_s=at, cooldown_hours=24)
+        return decision, next_task(report, decision)
+
+    first, branch = decide(silent, t0)
+    assert first["alert"] is True and branch == "alert_inconclusive"
+    again, branch = decide(silent, t0 + 1 * hour)
+    assert again["alert"] is False and branch is None and again["trigger"] is False
+    assert "alerted 3600 s ago" in again["reason"] and "every 24 h" in again["reason"]
+    assert decide(silent, t0 + 23.9 * hour)[1] is None
+    later, branch = decide(silent, t0 + 24 * hour)
+    assert later["alert"] is True and branch == "alert_inconclusive"
+    assert "no evidence for" not in later["reason"]
+    assert decide(silent, t0 + 25 * hour)[0]["reason"].count("no evidence for 90000 s") == 1
+
+    assert decide(healthy, t0 + 26 * hour)[0] == {"trigger": False, "reason": "healthy"}
+    anew, branch = decide(silent, t0 + 26.5 * hour)
+    assert anew["alert"] is True and branch == "alert_inconclusive"
+
+    store.put_bytes(INCONCLUSIVE_KEY, b'{"since_s": "yesterday"')  # broken JSON
+    assert decide(silent, t0 + 27 * hour)[0]["alert"] is True
+    store.put_json(INCONCLUSIVE_KEY, {"since_s": float("nan"), "last_alert_s": 1.0})
+    assert decide(silent, t0 + 28 * hour)[0]["alert"] is True
