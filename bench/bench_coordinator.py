@@ -18,7 +18,8 @@ the agent does (its latency includes that). Busy answers (503 + ``Retry-After`` 
 coordinator's upload admission limit, to a turn or an upload) are retried as the agent
 retries them (after ``Retry-After`` times ``U(1, 2)``, not counted as
 attempts) and counted in the ``busy`` column. The rows go to
-``.fl/bench/results/coordinator.json`` (``python bench/_common.py docs`` renders them into
+``.fl/bench/results/coordinator.json`` (``coordinator_tls.json`` with ``--tls``, a
+``_gate<N>`` suffix for another gate; ``python bench/_common.py docs`` renders them into
 ``docs/benchmarks.md``)::
 
     python bench/bench_coordinator.py [--clients 100 1000] [--codecs dense_fp32 topk:0.1+q8]
@@ -501,10 +502,15 @@ def _write(args: argparse.Namespace, table: list[dict[str, Any]], load: float) -
     ]  # fmt: skip
     clients = " ".join(str(n) for n in args.clients)
     nice = f"nice -n {os.nice(0)} " if os.nice(0) else ""  # as it was run
+    name = "coordinator" + ("_tls" if args.tls else "")
+    if args.max_reading_connections != DEFAULT_MAX_READING:
+        name += f"_gate{args.max_reading_connections}"
     path = write_results(
-        "coordinator",
+        name,
         {
-            "title": "Coordinator under load: N concurrent clients, signed uploads",
+            "title": "Coordinator under load: N concurrent clients, signed uploads"
+            + (", HTTPS" if args.tls else ", plain HTTP")
+            + (f", read gate {args.max_reading_connections or 'off'}"),
             "question": "How many signed uploads per second does the coordinator take, at what "
             "latency and memory, against a bare FastAPI endpoint that writes the same bytes, "
             f"in the same run? (2 shared CPUs; 1-minute load average {load:.1f} at the start: "
