@@ -136,14 +136,16 @@ def test_long_polls_hold_no_place() -> None:
         assert asyncio.run(scenario(url)) == [200] * 4
 
 
-def test_a_silent_connection_does_not_keep_its_place() -> None:
+@pytest.mark.parametrize("silent_for_s", [0.2, 2.5])
+def test_a_silent_connection_does_not_keep_its_place(silent_for_s: float) -> None:
     """A client that connects and sends nothing holds the only place; an upload behind it
-    is served after the grace period instead of waiting for ever."""
+    is served after the grace period instead of waiting for ever, also when the silent one
+    was alone for longer than the grace period."""
     counting = Counting()
     with gated(counting.app, 1) as url:
         silent = socket.create_connection((HOST, int(url.rsplit(":", 1)[1])))
         try:
-            time.sleep(0.2)
+            time.sleep(silent_for_s)
             start = time.monotonic()
             statuses = asyncio.run(asyncio.wait_for(_uploads(url, 1, 1000), timeout=20))
             waited = time.monotonic() - start
