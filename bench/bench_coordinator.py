@@ -520,9 +520,10 @@ def _write(args: argparse.Namespace, table: list[dict[str, Any]], load: float) -
             f"--codecs {' '.join(args.codecs)}"
             + (
                 f" --max-reading-connections {args.max_reading_connections}"
-                if args.max_reading_connections
+                if args.max_reading_connections != DEFAULT_MAX_READING
                 else ""
-            ),
+            )
+            + (" --tls" if args.tls else ""),
             "seeds": "n/a (one run per row)",
             "columns": list(table[0]) if table else [],
             "rows": table,
