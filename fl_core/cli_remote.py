@@ -150,7 +150,7 @@ def serve(
     max_queued_uploads: int | None = typer.Option(
         None,
         min=0,
-        help="Uploads waiting for a slot; beyond, 503 + Retry-After (default 24, or "
+        help="Uploads waiting for a slot; beyond, 503 + Retry-After (default 128, or "
         "$FL_COORDINATOR_MAX_QUEUED_UPLOADS).",
     ),
     max_queued_small_uploads: int | None = typer.Option(

@@ -82,7 +82,7 @@ class CoordinatorSettings:
     enrollment_ttl_s: float = 3600.0
     poll_interval_s: float = 0.5
     max_concurrent_uploads: int = 8
-    max_queued_uploads: int = 24
+    max_queued_uploads: int = 128
     max_queued_small_uploads: int = 1024
     busy_retry_after_s: int = 1
 
