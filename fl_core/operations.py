@@ -177,22 +177,23 @@ def decide_retraining(
     """
     from fl_core.monitoring import Cooldown
 
-    streak = _inconclusive_streak(store)
+    since, alerts = _inconclusive_run(store, cooldown_s=cooldown_hours * 3600.0)
     if verdict(report) == "inconclusive":
         reason = "inconclusive: " + "; ".join(report.get("reasons") or ["no evidence"])
-        since = now_s if streak["since_s"] is None else streak["since_s"]
-        last = streak["last_alert_s"]
-        alert = last is None or now_s - last >= cooldown_hours * 3600.0
-        if last is None or alert:
-            store.put_json(INCONCLUSIVE_KEY, {"since_s": since, "last_alert_s": now_s})
+        since = now_s if since is None else since
+        alert = alerts.allow(now_s)
+        if alert:
+            alerts.record(now_s)
+            store.put_json(INCONCLUSIVE_KEY, {"since_s": since, **alerts.state_dict()})
         else:
+            ago = now_s - (alerts.last_s if alerts.last_s is not None else now_s)
             reason += (
-                f" (no evidence for {now_s - since:.0f} s; alerted {now_s - last:.0f} s ago, "
+                f" (no evidence for {now_s - since:.0f} s; alerted {ago:.0f} s ago, "
                 f"again every {cooldown_hours:g} h while it lasts)"
             )
-        return {"trigger": False, "inconclusive": True, "alert": bool(alert), "reason": reason}
-    if streak["since_s"] is not None:  # evidence again: the next outage alerts at once
-        store.put_json(INCONCLUSIVE_KEY, {"since_s": None, "last_alert_s": None})
+        return {"trigger": False, "inconclusive": True, "alert": alert, "reason": reason}
+    if since is not None:  # evidence again: the next outage alerts at once
+        store.put_json(INCONCLUSIVE_KEY, {"since_s": None, "last_s": None, "num_triggers": 0})
     if report["healthy"]:
         return {"trigger": False, "reason": "healthy"}
     cooldown = Cooldown(cooldown_s=cooldown_hours * 3600.0)
@@ -210,21 +211,25 @@ def decide_retraining(
     return {"trigger": True, "reason": reason}
 
 
-def _inconclusive_streak(store: ArtifactStore) -> dict[str, float | None]:
-    """The current run of inconclusive checks (both None when there is none). A malformed
-    record is reported and treated as none: better one alert too many than none."""
-    empty: dict[str, float | None] = {"since_s": None, "last_alert_s": None}
+def _inconclusive_run(store: ArtifactStore, *, cooldown_s: float) -> tuple[float | None, Any]:
+    """The current run of inconclusive checks: since when (None: no run) and the
+    :class:`~fl_core.monitoring.Cooldown` of its alerts. A malformed record is reported and
+    treated as none: better one alert too many than none."""
+    from fl_core.monitoring import Cooldown
+
+    alerts = Cooldown(cooldown_s=cooldown_s)
     if not store.exists(INCONCLUSIVE_KEY):
-        return empty
+        return None, alerts
     try:
         raw = store.get_json(INCONCLUSIVE_KEY)
-        out = {k: None if raw[k] is None else float(raw[k]) for k in empty}
-        if not all(v is None or math.isfinite(v) for v in out.values()):
-            raise ValueError("not finite")
+        since = None if raw["since_s"] is None else float(raw["since_s"])
+        if since is not None and not math.isfinite(since):
+            raise ValueError(f"since_s is {since}")
+        alerts.load_state_dict(raw)
     except (KeyError, TypeError, ValueError) as exc:
         logger.warning("ignoring a malformed %s (%s): the check alerts", INCONCLUSIVE_KEY, exc)
-        return empty
-    return out
+        return None, Cooldown(cooldown_s=cooldown_s)
+    return since, alerts
 
 
 def alert_payload(report: dict[str, Any], decision: dict[str, Any]) -> dict[str, Any]:

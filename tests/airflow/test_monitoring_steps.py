@@ -242,6 +242,8 @@ def test_a_run_of_inconclusive_checks_alerts_once_per_cooldown_and_anew_after_ev
     assert anew["alert"] is True and branch == "alert_inconclusive"
 
     store.put_bytes(INCONCLUSIVE_KEY, b'{"since_s": "yesterday"')  # broken JSON
+    assert decide(silent, t0 + 26.7 * hour)[0]["alert"] is True
+    store.put_json(INCONCLUSIVE_KEY, {"since_s": t0, "last_s": "now", "num_triggers": 1})
     assert decide(silent, t0 + 27 * hour)[0]["alert"] is True
-    store.put_json(INCONCLUSIVE_KEY, {"since_s": float("nan"), "last_alert_s": 1.0})
+    store.put_json(INCONCLUSIVE_KEY, {"since_s": float("nan"), "last_s": 1.0, "num_triggers": 1})
     assert decide(silent, t0 + 28 * hour)[0]["alert"] is True
