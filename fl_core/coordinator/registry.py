@@ -531,19 +531,36 @@ def mark_stored(session: Session | sa.Connection, campaign: str, rnd: int, clien
     next arrival number (``arrival_seq``, the order FedBuff applies updates in) and the
     time (``accepted_at``). A second call (an idempotent retry) changes nothing.
 
-    The number is ``max + 1`` within the writing transaction; on PostgreSQL two concurrent
-    acceptances may compute the same number, the unique index refuses the second and it
-    retries with the next one.
+    The number is ``max + 1`` within the writing transaction. SQLite has one writer at a
+    time. On PostgreSQL, concurrent acceptances of one campaign take a transaction-scoped
+    advisory lock on it first, so they number one after another: without it two of them
+    computed the same number and the unique index refused the second *at the statement*
+    (a 500 to its client; measured: 24 acceptances from 8 threads failed at once). Should
+    the index still refuse a number, the acceptance retries with the next one.
     """
     params = {"w_campaign": campaign, "w_round": rnd, "w_client_id": client_id}
+    bind = session.get_bind() if isinstance(session, Session) else session
+    lock = bind.dialect.name == "postgresql"
     for _ in range(16):
-        session.execute(_mark_stored(), {**params, "accepted_at": time.time()})
         try:
+            if lock:
+                session.execute(_ARRIVAL_LOCK, {"key": _arrival_lock_key(campaign)})
+            session.execute(_mark_stored(), {**params, "accepted_at": time.time()})
             session.commit()
             return
         except IntegrityError:
             session.rollback()
     raise RuntimeError(f"could not number the arrival of {client_id} in {campaign} round {rnd}")
+
+
+_ARRIVAL_LOCK = sa.text("SELECT pg_advisory_xact_lock(:key)")
+
+
+def _arrival_lock_key(campaign: str) -> int:
+    """The campaign's advisory-lock key: 64 bits of a digest of its id (signed, as
+    PostgreSQL's bigint)."""
+    digest = hashlib.sha256(b"fl-arrival-seq:" + campaign.encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 def accepted_update(session: Session, campaign: str, rnd: int, client_id: str) -> UpdateRow | None:
