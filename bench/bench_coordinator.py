@@ -20,16 +20,20 @@ retries them (after ``Retry-After`` times ``U(1, 2)``, not counted as
 attempts) and counted in the ``busy`` column. The rows go to
 ``.fl/bench/results/coordinator.json`` (``coordinator_tls.json`` with ``--tls``, a
 ``_gate<N>`` suffix for another gate; ``python bench/_common.py docs`` renders them into
-``docs/benchmarks.md``)::
+``docs/benchmarks.md``). ``--db-url`` puts the registry on a PostgreSQL server (the
+production path) instead of SQLite under the run's folder: each run makes its own database
+there and drops it after (rows to ``coordinator_pg.json``)::
 
     python bench/bench_coordinator.py [--clients 100 1000] [--codecs dense_fp32 topk:0.1+q8]
         [--max-reading-connections N] [--tls]
+        [--db-url postgresql+psycopg://postgres@127.0.0.1:5432/postgres]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import os
 import random
@@ -39,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,8 +65,9 @@ CID = "bench"
 
 
 def _serve(
-    kind: str, port: int, home: str, max_reading: int | None = None, tls_dir: str | None = None
-) -> None:
+    kind: str, port: int, home: str, max_reading: int | None = None, tls_dir: str | None = None,
+    db_url: str | None = None,
+) -> None:  # fmt: skip
     """Child process: the coordinator as ``fl coordinator serve`` runs it (behind its read
     gate when ``max_reading``), or the bare endpoint on plain uvicorn (no access log, one
     worker each; TLS with the certificate in ``tls_dir``)."""
@@ -73,15 +79,48 @@ def _serve(
     if kind == "coordinator":
         from fl_core.coordinator import server
         from fl_core.coordinator.app import create_app
-        from fl_core.coordinator.settings import CoordinatorSettings
 
-        app = create_app(CoordinatorSettings.local(home))
+        app = create_app(_settings(home, db_url))
         app.state.coordinator.engine  # noqa: B018 - migrate before serving
         server.run(app, host=HOST, port=port, max_reading=max_reading, log_level="warning",
                    access_log=False, **tls)  # fmt: skip
     else:
         uvicorn.run(bare_app(Path(home) / "bare"), host=HOST, port=port, log_level="warning",
                     access_log=False, **tls)  # fmt: skip
+
+
+def _settings(home: str | Path, db_url: str | None) -> Any:
+    """The coordinator's settings: its store under ``home``; its registry there too (SQLite)
+    or at ``db_url``."""
+    from fl_core.coordinator.settings import CoordinatorSettings
+
+    return CoordinatorSettings.local(home, **({"db_url": db_url} if db_url else {}))
+
+
+DB_SERVER: str | None = None
+"""With ``--db-url``: the PostgreSQL server on which each run makes its own database."""
+
+
+@contextlib.contextmanager
+def _run_database() -> Iterator[str | None]:
+    """A fresh database for one run on ``DB_SERVER`` (dropped after), or None (SQLite)."""
+    if DB_SERVER is None:
+        yield None
+        return
+    import secrets
+
+    import sqlalchemy as sa
+
+    name = f"fl_bench_{secrets.token_hex(4)}"
+    admin = sa.create_engine(DB_SERVER, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield DB_SERVER.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 def bare_app(root: Path) -> FastAPI:
@@ -105,13 +144,16 @@ def _free_port() -> int:
 
 
 class Server:
-    def __init__(self, kind: str, home: Path, max_reading: int | None = None) -> None:
+    def __init__(
+        self, kind: str, home: Path, max_reading: int | None = None, db_url: str | None = None
+    ) -> None:
         self.port = _free_port()
         gate = [] if max_reading is None else ["--max-reading-connections", str(max_reading)]
         tls = ["--tls-dir", str(TLS_DIR)] if TLS_DIR else []
+        db = ["--db-url", db_url] if db_url else []
         self.proc = subprocess.Popen(
             [sys.executable, __file__, "--serve", kind, "--port", str(self.port), "--home",
-             str(home), *gate, *tls],
+             str(home), *gate, *tls, *db],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
         self.url = f"{'https' if TLS_DIR else 'http'}://{HOST}:{self.port}"
@@ -318,14 +360,13 @@ def _pct(values: list[float], q: float) -> float:
 
 def run_one(n: int, codec: str, max_reading: int | None = None) -> list[dict[str, Any]]:
     from fl_core.coordinator.api import Coordinator
-    from fl_core.coordinator.settings import CoordinatorSettings
     from fl_core.models import ModelSpec, init_vector
     from fl_core.rounds.layout import campaign_record_key, model_key, update_key
 
     rows = []
-    with tempfile.TemporaryDirectory(prefix="bench-coord-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-coord-") as tmp, _run_database() as db_url:
         home = Path(tmp)
-        coord = Coordinator(CoordinatorSettings.local(home))
+        coord = Coordinator(_settings(home, db_url))
         spec = ModelSpec(name="mlp", input_shape=(784,), num_classes=10, hidden=(200,))
         vector, layout = init_vector(spec, seed=0)
         coord.store.put_json(
@@ -346,7 +387,7 @@ def run_one(n: int, codec: str, max_reading: int | None = None) -> list[dict[str
         updates = {c: _update(layout, c, codec, i) for i, c in enumerate(clients)}
         size = int(np.mean([len(u) for u in updates.values()]))
 
-        server = Server("coordinator", home, max_reading)
+        server = Server("coordinator", home, max_reading, db_url)
         try:
             prep, failed = asyncio.run(_prepare_clients(server.url, clients, key_of))
             rss_prep = server.peak_rss_mb()
@@ -354,7 +395,7 @@ def run_one(n: int, codec: str, max_reading: int | None = None) -> list[dict[str
             # as across a restart): its peak RSS is the uploads' own, not what the heap kept
             # from a thousand long-polls and model downloads (that peak is rss_prep).
             server.stop()
-            server = Server("coordinator", home, max_reading)
+            server = Server("coordinator", home, max_reading, db_url)
             jobs = []
             for c in clients:
                 data = updates[c]
@@ -409,10 +450,18 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--tls", action="store_true", help="both servers over HTTPS (a test CA)")
     parser.add_argument("--tls-dir", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--db-url", metavar="URL",
+        help="the registry on this PostgreSQL server (a database per run, dropped after), "
+        "e.g. postgresql+psycopg://postgres@127.0.0.1:5432/postgres; default: SQLite",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.serve:
-        _serve(args.serve, args.port, args.home, args.max_reading_connections, args.tls_dir)
+        _serve(args.serve, args.port, args.home, args.max_reading_connections, args.tls_dir,
+               args.db_url)  # fmt: skip
         return
+    global DB_SERVER
+    DB_SERVER = args.db_url
     tls_tmp = tempfile.TemporaryDirectory(prefix="bench-tls-")
     if args.tls:
         _use_tls(Path(tls_tmp.name))
@@ -420,7 +469,8 @@ def main() -> None:
     print(
         f"cpus={os.cpu_count()} load={load:.1f}  one uvicorn worker per server, "
         f"{'HTTPS' if args.tls else 'plain HTTP'} on {HOST}; "
-        f"coordinator read gate: {args.max_reading_connections or 'off'}"
+        f"coordinator read gate: {args.max_reading_connections or 'off'}; registry: "
+        f"{'PostgreSQL' if args.db_url else 'SQLite'}"
     )
     print(
         f"{'N':>5} {'codec':<12} {'endpoint':<11} {'update':>8} {'uploads/s':>10} "
@@ -502,7 +552,7 @@ def _write(args: argparse.Namespace, table: list[dict[str, Any]], load: float) -
     ]  # fmt: skip
     clients = " ".join(str(n) for n in args.clients)
     nice = f"nice -n {os.nice(0)} " if os.nice(0) else ""  # as it was run
-    name = "coordinator" + ("_tls" if args.tls else "")
+    name = "coordinator" + ("_tls" if args.tls else "") + ("_pg" if args.db_url else "")
     if args.max_reading_connections != DEFAULT_MAX_READING:
         name += f"_gate{args.max_reading_connections}"
     path = write_results(
@@ -510,7 +560,8 @@ def _write(args: argparse.Namespace, table: list[dict[str, Any]], load: float) -
         {
             "title": "Coordinator under load: N concurrent clients, signed uploads"
             + (", HTTPS" if args.tls else ", plain HTTP")
-            + (f", read gate {args.max_reading_connections or 'off'}"),
+            + (f", read gate {args.max_reading_connections or 'off'}")
+            + (", registry on PostgreSQL" if args.db_url else ""),
             "question": "How many signed uploads per second does the coordinator take, at what "
             "latency and memory, against a bare FastAPI endpoint that writes the same bytes, "
             f"in the same run? (2 shared CPUs; 1-minute load average {load:.1f} at the start: "
@@ -523,7 +574,8 @@ def _write(args: argparse.Namespace, table: list[dict[str, Any]], load: float) -
                 if args.max_reading_connections != DEFAULT_MAX_READING
                 else ""
             )
-            + (" --tls" if args.tls else ""),
+            + (" --tls" if args.tls else "")
+            + (f" --db-url {args.db_url}" if args.db_url else ""),
             "seeds": "n/a (one run per row)",
             "columns": list(table[0]) if table else [],
             "rows": table,
