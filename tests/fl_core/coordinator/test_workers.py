@@ -1,0 +1,145 @@
+"""``fl coordinator serve --workers 2`` in real processes over HTTPS on 127.0.0.1: both
+workers listen on the one port, signed uploads from many connections at once are all
+accepted into the shared SQLite registry with one arrival number each, a killed worker is
+replaced while the other keeps serving, and SIGTERM stops the supervisor and its workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+
+import httpx
+
+from fl_core.coordinator.api import Coordinator
+from fl_core.coordinator.settings import CoordinatorSettings
+from fl_core.rounds.layout import update_key
+from tests.fl_core.coordinator.harness import (
+    TLSFiles,
+    free_port,
+    start_campaign,
+    task_dict,
+    update_bytes,
+)
+from tests.fl_core.coordinator.test_http import CID, enroll, upload
+
+
+def _workers(supervisor: int) -> list[int]:
+    """The supervisor's worker processes (not multiprocessing's resource tracker)."""
+    kids = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    out = []
+    for pid in map(int, kids):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"resource_tracker" not in cmdline:
+            out.append(pid)
+    return sorted(out)
+
+
+def _listening(port: int) -> int:
+    """Listening TCP sockets on 127.0.0.1:``port`` (one per worker with SO_REUSEPORT)."""
+    want = f"0100007F:{port:04X}"
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(1 for r in rows if r.split()[1] == want and r.split()[3] == "0A")
+
+
+def _wait(check, what: str, timeout_s: float = 60.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = check()
+        if found:
+            return found
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_two_workers_share_port_registry_and_restart(tls: TLSFiles, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FL_")}
+    env["FL_HOME"] = str(tmp_path / "server-home")
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[3]), *sys.path])
+    coord = Coordinator(CoordinatorSettings.local(env["FL_HOME"]))
+    layout, _ = start_campaign(coord.store, CID)
+    port = free_port()
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "fl_core.cli", "coordinator", "serve", "--host", "127.0.0.1",
+         "--port", str(port), "--tls-cert", str(tls.cert), "--tls-key", str(tls.key),
+         "--workers", "2"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    clients = []
+    try:
+        url = f"https://127.0.0.1:{port}"
+        ctx = ssl.create_default_context(cafile=str(tls.ca))
+
+        def up() -> bool:
+            assert supervisor.poll() is None, supervisor.stderr.read() if supervisor.stderr else ""
+            if _listening(port) < 2:
+                return False
+            try:
+                return bool(httpx.get(url + "/v1/health", verify=ctx).status_code == 200)
+            except httpx.TransportError:
+                return False
+
+        _wait(up, "two workers listening", 120)
+        first = _workers(supervisor.pid)
+        assert len(first) == 2
+
+        server = SimpleNamespace(url=url)
+        names = [f"w{i:02d}" for i in range(17)]
+        clients = [enroll(coord, server, tls, n) for n in names]  # type: ignore[arg-type]
+        ids = [c.identity.client_id for c in clients]  # type: ignore[union-attr]
+        coord.publish_round(
+            CID, 1, base_version=0, tasks={c: task_dict(seed=i) for i, c in enumerate(ids)},
+            deadline_s=300,
+        )  # fmt: skip
+        updates = {c: update_bytes(CID, 1, c, layout, scale=0.01 * (i + 1))
+                   for i, c in enumerate(ids)}  # fmt: skip
+
+        # 16 uploads at once, each client on its own connection: the kernel spreads them
+        with ThreadPoolExecutor(16) as pool:
+            outs = list(pool.map(lambda c: upload(c[0], 1, updates[c[1]]),
+                                 zip(clients[:16], ids[:16], strict=True)))  # fmt: skip
+        assert all(o["stored"] for o in outs)
+
+        # a worker killed outright: the supervisor replaces it; the port keeps answering
+        os.kill(first[1], signal.SIGKILL)
+        replaced = _wait(
+            lambda: (w := _workers(supervisor.pid)) and len(w) == 2 and w != first and w,
+            "a replacement worker",
+        )
+        assert first[0] in replaced and first[1] not in replaced
+        _wait(lambda: _listening(port) == 2, "the replacement listening")
+        assert upload(clients[16], 1, updates[ids[16]])["stored"]
+
+        arrivals = coord.arrivals(CID, rounds=[1])
+        assert sorted(u.arrival_seq for u in arrivals) == list(range(1, 18))
+        assert sorted(u.client_id for u in arrivals) == sorted(ids)
+        for c in ids:
+            assert coord.store.get_bytes(update_key(CID, 1, c)) == updates[c]
+
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(timeout=60) == 0
+        for pid in replaced:
+            assert not Path(f"/proc/{pid}").exists() or b"Z" in _state(pid)
+    finally:
+        for c in clients:
+            c.close()
+        if supervisor.poll() is None:
+            supervisor.kill()
+            supervisor.wait(timeout=30)
+        coord.close()
+
+
+def _state(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+    except OSError:
+        return b"Z"
