@@ -22,11 +22,13 @@ attempts) and counted in the ``busy`` column. The rows go to
 ``_gate<N>`` suffix for another gate; ``python bench/_common.py docs`` renders them into
 ``docs/benchmarks.md``). ``--db-url`` puts the registry on a PostgreSQL server (the
 production path) instead of SQLite under the run's folder: each run makes its own database
-there and drops it after (rows to ``coordinator_pg.json``)::
+there and drops it after (rows to ``coordinator_pg.json``). ``--workers N`` serves the
+coordinator as ``fl coordinator serve --workers N`` does (N processes on the port; peak RSS
+is then the sum over the supervisor and its processes; ``_w<N>`` in the file name)::
 
     python bench/bench_coordinator.py [--clients 100 1000] [--codecs dense_fp32 topk:0.1+q8]
         [--max-reading-connections N] [--tls]
-        [--db-url postgresql+psycopg://postgres@127.0.0.1:5432/postgres]
+        [--db-url postgresql+psycopg://postgres@127.0.0.1:5432/postgres] [--workers N]
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import hashlib
 import os
 import random
@@ -66,7 +69,7 @@ CID = "bench"
 
 def _serve(
     kind: str, port: int, home: str, max_reading: int | None = None, tls_dir: str | None = None,
-    db_url: str | None = None,
+    db_url: str | None = None, workers: int = 1,
 ) -> None:  # fmt: skip
     """Child process: the coordinator as ``fl coordinator serve`` runs it (behind its read
     gate when ``max_reading``), or the bare endpoint on plain uvicorn (no access log, one
@@ -80,6 +83,11 @@ def _serve(
         from fl_core.coordinator import server
         from fl_core.coordinator.app import create_app
 
+        options = dict(host=HOST, port=port, max_reading=max_reading, log_level="warning",
+                       access_log=False, **tls)  # fmt: skip
+        if workers > 1:  # as `fl coordinator serve --workers N` (the registry is migrated)
+            make_app = functools.partial(create_app, _settings(home, db_url))
+            sys.exit(server.serve_workers(make_app, workers, **options))
         app = create_app(_settings(home, db_url))
         app.state.coordinator.engine  # noqa: B018 - migrate before serving
         server.run(app, host=HOST, port=port, max_reading=max_reading, log_level="warning",
@@ -145,15 +153,17 @@ def _free_port() -> int:
 
 class Server:
     def __init__(
-        self, kind: str, home: Path, max_reading: int | None = None, db_url: str | None = None
-    ) -> None:
+        self, kind: str, home: Path, max_reading: int | None = None, db_url: str | None = None,
+        workers: int = 1,
+    ) -> None:  # fmt: skip
         self.port = _free_port()
         gate = [] if max_reading is None else ["--max-reading-connections", str(max_reading)]
         tls = ["--tls-dir", str(TLS_DIR)] if TLS_DIR else []
         db = ["--db-url", db_url] if db_url else []
+        many = ["--workers", str(workers)] if workers > 1 else []
         self.proc = subprocess.Popen(
             [sys.executable, __file__, "--serve", kind, "--port", str(self.port), "--home",
-             str(home), *gate, *tls, *db],
+             str(home), *gate, *tls, *db, *many],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
         self.url = f"{'https' if TLS_DIR else 'http'}://{HOST}:{self.port}"
@@ -168,10 +178,20 @@ class Server:
                 time.sleep(0.2)
 
     def peak_rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
+        """The server's peak RSS: with workers, the sum over the supervisor and every
+        process under it (each one's own peak: an upper bound of the peak of the sum)."""
+        total, todo = 0.0, [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+                todo += map(int, Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
+            except OSError:  # gone meanwhile
+                continue
+            for line in status.splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1]) / 1024
+        return total or float("nan")
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -358,7 +378,9 @@ def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values) * 1000, q)) if values else float("nan")
 
 
-def run_one(n: int, codec: str, max_reading: int | None = None) -> list[dict[str, Any]]:
+def run_one(
+    n: int, codec: str, max_reading: int | None = None, workers: int = 1
+) -> list[dict[str, Any]]:
     from fl_core.coordinator.api import Coordinator
     from fl_core.models import ModelSpec, init_vector
     from fl_core.rounds.layout import campaign_record_key, model_key, update_key
@@ -387,7 +409,7 @@ def run_one(n: int, codec: str, max_reading: int | None = None) -> list[dict[str
         updates = {c: _update(layout, c, codec, i) for i, c in enumerate(clients)}
         size = int(np.mean([len(u) for u in updates.values()]))
 
-        server = Server("coordinator", home, max_reading, db_url)
+        server = Server("coordinator", home, max_reading, db_url, workers)
         try:
             prep, failed = asyncio.run(_prepare_clients(server.url, clients, key_of))
             rss_prep = server.peak_rss_mb()
@@ -395,7 +417,7 @@ def run_one(n: int, codec: str, max_reading: int | None = None) -> list[dict[str
             # as across a restart): its peak RSS is the uploads' own, not what the heap kept
             # from a thousand long-polls and model downloads (that peak is rss_prep).
             server.stop()
-            server = Server("coordinator", home, max_reading, db_url)
+            server = Server("coordinator", home, max_reading, db_url, workers)
             jobs = []
             for c in clients:
                 data = updates[c]
@@ -455,10 +477,14 @@ def main() -> None:
         help="the registry on this PostgreSQL server (a database per run, dropped after), "
         "e.g. postgresql+psycopg://postgres@127.0.0.1:5432/postgres; default: SQLite",
     )  # fmt: skip
+    parser.add_argument(
+        "--workers", type=int, default=1, metavar="N",
+        help="coordinator processes, as `fl coordinator serve --workers N` (default 1)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.serve:
         _serve(args.serve, args.port, args.home, args.max_reading_connections, args.tls_dir,
-               args.db_url)  # fmt: skip
+               args.db_url, args.workers)  # fmt: skip
         return
     global DB_SERVER
     DB_SERVER = args.db_url
@@ -467,7 +493,7 @@ def main() -> None:
         _use_tls(Path(tls_tmp.name))
     load = os.getloadavg()[0]
     print(
-        f"cpus={os.cpu_count()} load={load:.1f}  one uvicorn worker per server, "
+        f"cpus={os.cpu_count()} load={load:.1f}  coordinator: {args.workers} worker(s), bare: 1, "
         f"{'HTTPS' if args.tls else 'plain HTTP'} on {HOST}; "
         f"coordinator read gate: {args.max_reading_connections or 'off'}; registry: "
         f"{'PostgreSQL' if args.db_url else 'SQLite'}"
@@ -480,7 +506,7 @@ def main() -> None:
     table: list[dict[str, Any]] = []
     for n in args.clients:
         for codec in args.codecs:
-            rows = run_one(n, codec, args.max_reading_connections)
+            rows = run_one(n, codec, args.max_reading_connections, args.workers)
             for r in rows:
                 o: Outcome = r["out"]
                 lat = o.latencies or []
@@ -553,6 +579,8 @@ def _write(args: argparse.Namespace, table: list[dict[str, Any]], load: float) -
     clients = " ".join(str(n) for n in args.clients)
     nice = f"nice -n {os.nice(0)} " if os.nice(0) else ""  # as it was run
     name = "coordinator" + ("_tls" if args.tls else "") + ("_pg" if args.db_url else "")
+    if args.workers > 1:
+        name += f"_w{args.workers}"
     if args.max_reading_connections != DEFAULT_MAX_READING:
         name += f"_gate{args.max_reading_connections}"
     path = write_results(
@@ -561,7 +589,8 @@ def _write(args: argparse.Namespace, table: list[dict[str, Any]], load: float) -
             "title": "Coordinator under load: N concurrent clients, signed uploads"
             + (", HTTPS" if args.tls else ", plain HTTP")
             + (f", read gate {args.max_reading_connections or 'off'}")
-            + (", registry on PostgreSQL" if args.db_url else ""),
+            + (", registry on PostgreSQL" if args.db_url else "")
+            + (f", {args.workers} coordinator workers" if args.workers > 1 else ""),
             "question": "How many signed uploads per second does the coordinator take, at what "
             "latency and memory, against a bare FastAPI endpoint that writes the same bytes, "
             f"in the same run? (2 shared CPUs; 1-minute load average {load:.1f} at the start: "
@@ -575,7 +604,8 @@ def _write(args: argparse.Namespace, table: list[dict[str, Any]], load: float) -
                 else ""
             )
             + (" --tls" if args.tls else "")
-            + (f" --db-url {args.db_url}" if args.db_url else ""),
+            + (f" --db-url {args.db_url}" if args.db_url else "")
+            + (f" --workers {args.workers}" if args.workers > 1 else ""),
             "seeds": "n/a (one run per row)",
             "columns": list(table[0]) if table else [],
             "rows": table,
