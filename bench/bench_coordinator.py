@@ -81,15 +81,14 @@ def _serve(
         tls = {"ssl_certfile": f"{tls_dir}/server.pem", "ssl_keyfile": f"{tls_dir}/server.key"}
     if kind == "coordinator":
         from fl_core.coordinator import server
-        from fl_core.coordinator.app import create_app
+        from fl_core.coordinator.app import serving_app
 
         options = dict(host=HOST, port=port, max_reading=max_reading, log_level="warning",
                        access_log=False, **tls)  # fmt: skip
         if workers > 1:  # as `fl coordinator serve --workers N` (the registry is migrated)
-            make_app = functools.partial(create_app, _settings(home, db_url))
+            make_app = functools.partial(serving_app, _settings(home, db_url))
             sys.exit(server.serve_workers(make_app, workers, **options))
-        app = create_app(_settings(home, db_url))
-        app.state.coordinator.engine  # noqa: B018 - migrate before serving
+        app = serving_app(_settings(home, db_url))
         server.run(app, host=HOST, port=port, max_reading=max_reading, log_level="warning",
                    access_log=False, **tls)  # fmt: skip
     else:
@@ -145,6 +144,13 @@ def bare_app(root: Path) -> FastAPI:
     return app
 
 
+def _listening(port: int) -> int:
+    """Listening TCP sockets on 127.0.0.1:``port`` (Linux's /proc/net/tcp)."""
+    want = f"0100007F:{port:04X}"
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(1 for r in rows if r.split()[1] == want and r.split()[3] == "0A")
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
@@ -169,13 +175,15 @@ class Server:
         self.url = f"{'https' if TLS_DIR else 'http'}://{HOST}:{self.port}"
         deadline = time.monotonic() + 120
         while True:
-            try:
-                httpx.get(self.url + "/docs", timeout=2, verify=_SSL)
-                return
-            except httpx.TransportError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"{kind} server did not start") from None
-                time.sleep(0.2)
+            # every worker listening (one socket each): until then the kernel gives all
+            # connections to those that are, while the others still import
+            with contextlib.suppress(httpx.TransportError):
+                if _listening(self.port) >= workers:
+                    httpx.get(self.url + "/docs", timeout=2, verify=_SSL)
+                    return
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{kind} server did not start")
+            time.sleep(0.2)
 
     def peak_rss_mb(self) -> float:
         """The server's peak RSS: with workers, the sum over the supervisor and every

@@ -192,7 +192,7 @@ def serve(
     uploads get 503 with Retry-After, which agents honour. Before that, at most
     --max-reading-connections new connections are read at once; the others wait unread."""
     from fl_core.coordinator import server
-    from fl_core.coordinator.app import create_app
+    from fl_core.coordinator.app import serving_app
     from fl_core.coordinator.settings import CoordinatorSettings
 
     _logging(verbose)
@@ -232,11 +232,9 @@ def serve(
         coord = Coordinator(settings)
         coord.engine  # noqa: B018 - migrate the registry once, before the workers start
         coord.close()
-        status = server.serve_workers(functools.partial(create_app, settings), workers, **options)
+        status = server.serve_workers(functools.partial(serving_app, settings), workers, **options)
         raise typer.Exit(status)
-    app = create_app(settings)
-    app.state.coordinator.engine  # noqa: B018 - migrate the registry before serving
-    server.run(app, **options)
+    server.run(serving_app(settings), **options)
 
 
 # --------------------------------------------------------------------------- fl client

@@ -30,7 +30,7 @@ from fl_core.coordinator.settings import CoordinatorSettings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "serving_app"]
 
 
 def create_app(
@@ -79,4 +79,13 @@ def create_app(
 
     for router in (health, clients, tasks, models, updates, evaluations, monitoring):
         app.include_router(router.router, prefix=protocol.API_PREFIX)
+    return app
+
+
+def serving_app(settings: CoordinatorSettings) -> FastAPI:
+    """:func:`create_app` with its registry opened and migrated: what a serving process
+    runs, so its first request does not pay for that (a module-level function of picklable
+    settings: ``fl coordinator serve --workers N`` spawns its workers with it)."""
+    app = create_app(settings)
+    app.state.coordinator.engine  # noqa: B018 - open and migrate now
     return app
