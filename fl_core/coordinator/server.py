@@ -346,12 +346,20 @@ def _join(procs: Any, timeout_s: float = 30.0) -> None:
 
 
 def _worker(make_app: Callable[[], Any], options: dict[str, Any]) -> None:
-    """One worker process: dies with its supervisor (Linux), serves until SIGTERM."""
+    """One worker process: dies with its supervisor (Linux), logs as the supervisor does
+    (a spawned process starts without its logging set-up), serves until SIGTERM."""
     with contextlib.suppress(OSError, AttributeError):
         import ctypes
 
         pr_set_pdeathsig = 1  # <sys/prctl.h>
         ctypes.CDLL("libc.so.6").prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+    level = str(options.get("log_level") or "info").upper()
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("httpx", "httpcore", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     run(make_app(), reuse_port=True, **options)
 
 
