@@ -179,8 +179,8 @@ def serve(
         1,
         min=1,
         envvar="FL_COORDINATOR_WORKERS",
-        help="Processes serving the port (SO_REUSEPORT; one takes about 160 signed uploads/s "
-        "on one core). The limits above are per worker. A dead worker is restarted.",
+        help="Processes serving the port (SO_REUSEPORT; one takes about 130-180 signed "
+        "uploads/s). The limits above are per worker. A dead worker is restarted.",
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:

@@ -264,9 +264,9 @@ def serve_workers(make_app: Callable[[], Any], workers: int, **options: Any) -> 
     returns the exit status (0 after a requested stop).
 
     Each worker is a process of its own (its own interpreter lock: one coordinator process
-    takes about 6 ms of CPU per signed upload, so one process tops out near 160 uploads/s
-    however many cores there are). Each binds the port with ``SO_REUSEPORT``, so the kernel
-    spreads new connections evenly over them; each has its own read gate and upload
+    takes about 6 ms of CPU per signed upload, so one process tops out near 130-180
+    uploads/s however many cores there are). Each binds the port with ``SO_REUSEPORT``, so
+    the kernel spreads new connections evenly over them; each has its own read gate and upload
     admission (the limits are per worker). The registry is shared: PostgreSQL in
     production; SQLite works too (its writers take turns across processes, through its
     lock). A worker that dies is restarted; if the workers keep dying at start (a port in
