@@ -143,3 +143,28 @@ def _state(pid: int) -> bytes:
         return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
     except OSError:
         return b"Z"
+
+
+def test_workers_that_die_at_start_give_up(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    """The port is held by another program (without SO_REUSEPORT): every worker dies at
+    start; the supervisor gives up with status 1 and says why, instead of restarting them
+    forever."""
+    import functools
+    import logging
+    import socket
+
+    from fl_core.coordinator import server
+    from fl_core.coordinator.app import serving_app
+
+    settings = CoordinatorSettings.local(tmp_path / "home")
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        caplog.set_level(logging.WARNING, logger="fl_core.coordinator.server")
+        status = server.serve_workers(
+            functools.partial(serving_app, settings), 2, host="127.0.0.1", port=port,
+            log_level="critical",
+        )  # fmt: skip
+    assert status == 1
+    assert "keeps dying at start" in caplog.text
