@@ -27,6 +27,10 @@ protocol; a paused connection's read buffer is set to zero so it stops too, and 
 arrived with the handshake stays buffered. It needs uvicorn's httptools protocol
 (``uvicorn[standard]``, in the lock). The Airflow-mounted app is served by Airflow's API
 server and is bounded by the upload admission alone.
+
+:func:`serve_workers` (``fl coordinator serve --workers N``) runs N such servers as
+processes of their own on one port (``SO_REUSEPORT``), each with its own gate and
+admission, for more uploads per second than one interpreter lock allows.
 """
 
 from __future__ import annotations
