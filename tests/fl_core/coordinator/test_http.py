@@ -413,6 +413,40 @@ def test_malformed_update_is_400(
     assert upload(client, 1, update_bytes(CID, 1, "a", layout))["stored"] is True
 
 
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+def test_non_finite_value_in_a_sparse_update_is_400(
+    coord: Coordinator, server: ServerThread, tls: TLSFiles, layout, bad: float
+) -> None:
+    """A top-k update whose kept values include a non-finite one, framed and checksummed
+    as a hostile client would (the encoder refuses to make one): the coordinator checks
+    the sparse values without densifying them, and refuses it."""
+    import struct
+
+    client = enroll(coord, server, tls, "a")
+    coord.publish_round(
+        CID, 1, base_version=0, tasks={"a": task_dict(codec="topk:0.1")}, deadline_s=60
+    )
+    values = np.full(layout.num_params, 0.001, np.float32)
+    values[3] = 7.25  # kept by top-k; becomes the non-finite value below
+    good = update_bytes(CID, 1, "a", layout, codec="topk:0.1", values=values)
+    header = wire.read_header(good)
+    head_len = struct.unpack(">I", good[4:8])[0]
+    payload = good[8 + head_len :]
+    marker = np.float32(7.25).tobytes()
+    assert payload.count(marker) == 1
+    hostile = payload.replace(marker, np.float32(bad).tobytes())
+    head = json.dumps(header.to_json(payload=hostile), sort_keys=True).encode()
+    data = wire.MAGIC + struct.pack(">I", len(head)) + head + hostile
+
+    with pytest.raises(Refused) as refused:
+        upload(client, 1, data)
+
+    assert refused.value.status == 400
+    assert "non-finite" in refused.value.reason
+    assert not coord.store.exists(update_key(CID, 1, "a"))
+    assert upload(client, 1, good)["stored"] is True
+
+
 # --------------------------------------------------------------------------- tasks and models
 
 
