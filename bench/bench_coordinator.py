@@ -88,9 +88,7 @@ def _serve(
         if workers > 1:  # as `fl coordinator serve --workers N` (the registry is migrated)
             make_app = functools.partial(serving_app, _settings(home, db_url))
             sys.exit(server.serve_workers(make_app, workers, **options))
-        app = serving_app(_settings(home, db_url))
-        server.run(app, host=HOST, port=port, max_reading=max_reading, log_level="warning",
-                   access_log=False, **tls)  # fmt: skip
+        server.run(serving_app(_settings(home, db_url)), **options)
     else:
         uvicorn.run(bare_app(Path(home) / "bare"), host=HOST, port=port, log_level="warning",
                     access_log=False, **tls)  # fmt: skip
