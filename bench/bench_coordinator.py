@@ -112,20 +112,18 @@ def _run_database() -> Iterator[str | None]:
     if DB_SERVER is None:
         yield None
         return
-    import secrets
+    _import_tests()
+    from tests.fl_core.coordinator.harness import temporary_database
 
-    import sqlalchemy as sa
+    with temporary_database(DB_SERVER, "fl_bench") as url:
+        yield url
 
-    name = f"fl_bench_{secrets.token_hex(4)}"
-    admin = sa.create_engine(DB_SERVER, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield DB_SERVER.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+
+def _import_tests() -> None:
+    """Lets the bench use the tests' builders (the test CA, temporary databases)."""
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:
+        sys.path.insert(0, root)
 
 
 def bare_app(root: Path) -> FastAPI:
@@ -270,7 +268,7 @@ TLS_DIR: Path | None = None
 def _use_tls(folder: Path) -> None:
     """A throwaway CA and server certificate for 127.0.0.1 (the tests' own builder)."""
     global _SSL, TLS_DIR
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    _import_tests()
     from tests.fl_core.coordinator.harness import make_tls
 
     files = make_tls(folder)  # folder/server.pem and folder/server.key, as _serve reads

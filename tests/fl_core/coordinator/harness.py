@@ -113,6 +113,28 @@ def make_tls(folder: Path) -> TLSFiles:
     return files
 
 
+@contextmanager
+def temporary_database(server_url: str, prefix: str) -> Iterator[str]:
+    """A fresh database on the PostgreSQL server at ``server_url`` (an admin URL ending in a
+    database name): yields its URL; dropped after, with any connections still open to it."""
+    import secrets
+
+    import sqlalchemy as sa
+
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        try:
+            yield server_url.rsplit("/", 1)[0] + "/" + name
+        finally:
+            with admin.connect() as conn:
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))

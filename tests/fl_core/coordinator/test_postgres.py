@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import secrets
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +20,7 @@ from tests.fl_core.coordinator.harness import (
     serving,
     start_campaign,
     task_dict,
+    temporary_database,
     update_bytes,
 )
 from tests.fl_core.coordinator.test_http import enroll, upload
@@ -32,23 +32,18 @@ ADMIN_URL = os.environ.get(
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
+    admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
     try:
-        admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
     except Exception as exc:  # noqa: BLE001 - any connection failure means "not available"
         if os.environ.get("CI") == "true":
             pytest.fail(f"PostgreSQL is required under CI=true ({ADMIN_URL}): {exc}")
         pytest.skip("needs PostgreSQL on 127.0.0.1:5432 (apt-get install postgresql)")
-    name = f"fl_registry_{secrets.token_hex(4)}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield ADMIN_URL.rsplit("/", 1)[0] + "/" + name
     finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+    with temporary_database(ADMIN_URL, "fl_registry") as url:
+        yield url
 
 
 def test_registry_on_postgresql(pg_url: str, tls: TLSFiles, tmp_path: Path) -> None:
