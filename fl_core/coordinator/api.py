@@ -73,6 +73,7 @@ __all__ = [
     "RoundStatus",
 ]
 
+
 @functools.lru_cache(maxsize=64)
 def _is_sparse(codec: str) -> bool:
     try:
