@@ -441,6 +441,32 @@ def decode(
     return header, vector
 
 
+def check(
+    data: bytes,
+    *,
+    expected_layout: Layout,
+    expected_codec: str | None = None,
+    max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+) -> Header:
+    """Verify a message as :func:`decode` does, and that its values are finite, without
+    building its vector; returns the header.
+
+    For a receiver that only accepts or refuses a message and stores its bytes (the
+    coordinator's upload validation): a top-k update's index bitmap is counted instead of
+    expanded and q8/q4/q2 codes are not dequantized (:meth:`Codec.check
+    <fl_core.codec.base.Codec.check>`). Measured on a ``topk:0.1+q8`` update of the default
+    MLP: about 110 us against 430 us for :func:`decode_sparse`.
+    """
+    header, codec, payload = _parse(
+        data, expected_layout=expected_layout, expected_codec=expected_codec, max_bytes=max_bytes
+    )
+    try:
+        codec.check(payload, header.layout.num_params)
+    except ValueError as exc:
+        raise _payload_error(codec, exc) from None
+    return header
+
+
 def decode_sparse(
     data: bytes,
     *,

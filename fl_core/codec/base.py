@@ -64,6 +64,16 @@ class Codec(ABC):
         """
         return None
 
+    def check(self, payload: bytes, n: int) -> None:
+        """Raise :class:`WireError` unless ``payload`` decodes to ``n`` finite values.
+
+        What a receiver that only accepts or refuses (the coordinator's upload validation)
+        needs: the same checks as :meth:`decode` plus finiteness. This default decodes;
+        codecs that can check without building the vector override it.
+        """
+        if not np.isfinite(self.decode(payload, n)).all():
+            raise WireError(f"{self.name} payload decodes to non-finite values")
+
     @abstractmethod
     def max_payload_size(self, n: int) -> int:
         """Payload bytes for a vector of length ``n``: exact for fixed-size codecs, an upper

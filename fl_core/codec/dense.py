@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fl_core.codec.base import Codec, as_vector, check_length
+from fl_core.codec.base import Codec, WireError, as_vector, check_length
 
 
 @dataclass(frozen=True, repr=False)
@@ -27,6 +27,11 @@ class DenseFp32(Codec):
     def decode(self, payload: bytes, n: int) -> np.ndarray:
         check_length(payload, 4 * n, self.name)
         return np.frombuffer(payload, dtype="<f4").astype(np.float32)
+
+    def check(self, payload: bytes, n: int) -> None:
+        check_length(payload, 4 * n, self.name)
+        if not np.isfinite(np.frombuffer(payload, dtype="<f4")).all():  # no copy
+            raise WireError(f"{self.name} payload has non-finite values")
 
     def max_payload_size(self, n: int) -> int:
         return 4 * n

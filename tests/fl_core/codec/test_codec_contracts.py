@@ -5,6 +5,7 @@ boundaries of the top-k and registry limits, and client state that must not alia
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -31,6 +32,14 @@ from fl_core.codec.sparse import INDEX_BITMAP, INDEX_DELTA16, MAX_DIM, encode_in
         ),
         ("topk:0.5", b"\x02", 4, "^bitmap index block truncated: payload has 1 bytes, needs 2$"),
         ("topk:0.5", b"\x02\x13" + bytes(8), 4, "^non-zero padding bits after the index bitmap$"),
+        ("topk:0.5", b"\x02\x07" + bytes(8), 4,
+         "^index bitmap marks 3 entries, the codec keeps 2$"),
+        ("q4", np.array([0, 1], "<f4").tobytes() + b"\x00\x10", 3,
+         "^non-zero padding bits after the last code$"),
+        ("q2", np.array([0, 1], "<f4").tobytes() + b"\x00\x04", 5,
+         "^non-zero padding bits after the last code$"),
+        ("topk:0.5", b"\x02\x03" + np.array([1, np.inf], "<f4").tobytes(), 4,
+         "^top-k values: dense_fp32 payload has non-finite values$"),
         (
             "topk:0.5",
             b"\x00" + np.array([3, 1], "<u4").tobytes() + bytes(8),
@@ -42,8 +51,17 @@ from fl_core.codec.sparse import INDEX_BITMAP, INDEX_DELTA16, MAX_DIM, encode_in
 def test_malformed_payloads_are_rejected_with_their_reason(
     name: str, payload: bytes, n: int, reason: str
 ) -> None:
+    """By :meth:`Codec.check` (what the coordinator validates uploads with, without
+    decoding) with the same reason as by decoding, where decoding refuses it."""
+    codec = parse_codec(name)
     with pytest.raises(WireError, match=reason):
-        parse_codec(name).decode(payload, n)
+        codec.check(payload, n)
+    try:
+        codec.decode(payload, n)
+    except WireError as exc:
+        assert re.match(reason, str(exc))
+    else:  # decodable: refused for what it decodes to
+        assert not np.isfinite(codec.decode(payload, n)).all()
 
 
 def test_non_finite_input_is_refused_naming_the_codec() -> None:

@@ -5,6 +5,8 @@
   and max exactly, and are unbiased (checked on averages of independent draws);
 * top-k keeps exactly the ``k`` largest magnitudes and their values;
 * error feedback conserves mass: ``sum(sent) + residual == sum(updates)``;
+* :meth:`Codec.check` refuses exactly the payloads that fail to decode or decode to
+  non-finite values (valid payloads with a few bytes overwritten);
 * every payload's length is ``max_payload_size`` (exact, or a bound for top-k), and any
   truncation or extension of a payload is rejected with :class:`WireError`.
 """
@@ -171,3 +173,42 @@ def test_random_bytes_decode_to_the_right_length_or_a_wire_error(
     except WireError:
         return
     assert out.shape == (n,) and out.dtype == np.float32
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    v=small_vectors,
+    name=st.sampled_from(
+        ["dense_fp32", "fp16", "q8", "q4", "q2", "topk:0.3", "topk:0.5+q4", "topk:0.2+q2",
+         "topk:0.1+q8", "topk:0.01+fp16"]
+    ),
+    seed=seeds,
+    writes=st.lists(st.tuples(st.integers(0, 2**20), st.integers(0, 255)), max_size=3),
+    aim=st.sampled_from(["anywhere", "tail", "index end"]),
+)  # fmt: skip
+def test_check_refuses_exactly_what_decoding_refuses_or_decodes_to_non_finite(
+    v: np.ndarray, name: str, seed: int, writes: list[tuple[int, int]], aim: str
+) -> None:
+    """Payloads near valid ones: bytes are overwritten anywhere, in the last four bytes
+    (the packed codes' padding) or around the end of a top-k index block (a bitmap's
+    count and padding bits)."""
+    codec = parse_codec(name)
+    payload = bytearray(codec.encode(v, rng=np.random.default_rng(seed)))
+    for pos, byte in writes:
+        if aim == "tail":
+            at = len(payload) - 1 - pos % 4
+        elif aim == "index end":  # a bitmap's last byte is at ceil(n / 8)
+            at = -(-v.size // 8) - 1 + pos % 3
+        else:
+            at = pos
+        payload[at % len(payload)] = byte
+    data = bytes(payload)
+    try:
+        accepted = bool(np.isfinite(codec.decode(data, v.size)).all())
+    except WireError:
+        accepted = False
+    if accepted:
+        codec.check(data, v.size)
+    else:
+        with pytest.raises(WireError):
+            codec.check(data, v.size)
