@@ -226,6 +226,7 @@ async def _send(
     busy answer waits its ``Retry-After`` spread over [1, 2] times it, not an attempt)."""
     attempt = 0
     busy_waited = 0.0
+    body_sha256 = hashlib.sha256(content).hexdigest()  # once, as the agent does
     while attempt < 5:
         request = http.build_request(method, path, content=content, params=params)
         request.headers.update(headers or {})
@@ -234,7 +235,7 @@ async def _send(
                 protocol.sign_request(
                     key, client_id=client, method=method, path=request.url.path,
                     query=request.url.query.decode(),
-                    body_sha256=hashlib.sha256(content).hexdigest(),
+                    body_sha256=body_sha256,
                 )
             )  # fmt: skip
         try:

@@ -157,6 +157,7 @@ class CoordinatorClient:
         headers: dict[str, str],
         signed: bool,
         timeout: float | None,
+        body_sha256: str,
     ) -> httpx.Request:
         request = self._http.build_request(
             method,
@@ -177,7 +178,7 @@ class CoordinatorClient:
                     method=method,
                     path=rel,
                     query=request.url.query.decode(),
-                    body_sha256=hashlib.sha256(content).hexdigest(),
+                    body_sha256=body_sha256,
                 )
             )
         return request
@@ -199,6 +200,7 @@ class CoordinatorClient:
         resigned = False
         attempt = 0
         pause = 0.0
+        body_sha256 = hashlib.sha256(content).hexdigest()  # once: retries send the same body
         while attempt < self.retry.attempts:
             if pause:
                 logger.info("retrying %s %s in %.2f s (%s)", method, path, pause, last)
@@ -211,6 +213,7 @@ class CoordinatorClient:
                 headers=dict(headers or {}),
                 signed=signed,
                 timeout=timeout,
+                body_sha256=body_sha256,
             )
             try:
                 response = self._http.send(request)

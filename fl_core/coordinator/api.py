@@ -463,6 +463,7 @@ class Coordinator:
             if row is None:
                 raise KeyError(f"{campaign} round {rnd} was not published (run dispatch first)")
             if row.closed_at is None:
+                registry.lock_campaign(s, campaign)  # after any acceptance under way
                 row.closed_at = time.time()
                 s.commit()
             rows = self._stored(s, campaign, rnd)
@@ -736,11 +737,13 @@ class Coordinator:
         Order: open round and task (403/410); update signature over the whole message
         (401); same task already taken by other bytes (409); wire checks against the
         campaign's layout and the task's codec, header fields against the task, finite
-        values and metrics (400); then the round is checked open again and the task's
-        update slot claimed with the signature record (one transaction), and the bytes go
-        to the store. ``sha256`` is the digest of ``data`` when the caller already computed
-        it; ``context`` is the upload context when the caller already read it (the HTTP
-        app reads it with the authentication, before streaming the body).
+        values and metrics (400); then the task's update slot is claimed with the
+        signature record, the bytes go to the store, and the update is accepted if its
+        round is still open (410 otherwise, recorded as straggler: the round may have
+        closed while the body streamed; :func:`registry.mark_stored`). ``sha256`` is the
+        digest of ``data`` when the caller already computed it; ``context`` is the upload
+        context when the caller already read it (the HTTP app reads it with the
+        authentication, before streaming the body).
         """
         from fl_core.rounds.layout import update_key
 
@@ -762,8 +765,6 @@ class Coordinator:
             self._check_message(data, campaign, rnd, client_id, ctx.base_version, ctx.task)
         key = update_key(campaign, rnd, client_id)
         with self.connection() as c:
-            if context is not None:  # read before the body streamed: still open? (410)
-                registry.check_round_open(c, campaign, rnd, client_id)
             to_store, received_at = registry.claim_update(
                 c,
                 campaign=campaign,

@@ -396,9 +396,19 @@ def _mark_stored() -> sa.Update:
         .where(prior.c.campaign == sa.bindparam("w_campaign"))
         .scalar_subquery()
     )
+    still_open = (
+        sa.select(_rounds.round)
+        .where(
+            _rounds.campaign == sa.bindparam("w_campaign"),
+            _rounds.round == sa.bindparam("w_round"),
+            _rounds.closed_at.is_(None),
+            _rounds.deadline >= sa.bindparam("accepted_at"),
+        )
+        .exists()
+    )
     return (
         sa.update(_updates)
-        .where(_update_where(), u.stored.is_(False))
+        .where(_update_where(), u.stored.is_(False), still_open)
         .values(stored=True, accepted_at=sa.bindparam("accepted_at"), arrival_seq=latest)
     )
 
@@ -454,28 +464,6 @@ def _refuse_if_closed(
         raise ProtocolError(410, f"round {rnd} of {campaign} is closed; the update is too late")
 
 
-@functools.cache
-def _round_open_query() -> sa.Select[Any, Any]:
-    return sa.select(_rounds.deadline, _rounds.closed_at).where(
-        _rounds.campaign == sa.bindparam("campaign"), _rounds.round == sa.bindparam("round")
-    )
-
-
-def check_round_open(
-    session: Session | sa.Connection, campaign: str, rnd: int, client_id: str
-) -> None:
-    """410 (recorded as straggler) when the round closed or its deadline passed, e.g. while
-    the client's body streamed after :func:`upload_context` found it open (one light query:
-    the task, key and claim were read then)."""
-    found = session.execute(_round_open_query(), {"campaign": campaign, "round": rnd}).first()
-    if found is None:
-        raise ProtocolError(403, f"{campaign} round {rnd} was not published")
-    _refuse_if_closed(
-        session, campaign, rnd, client_id, closed=found.closed_at is not None,
-        deadline=found.deadline,
-    )  # fmt: skip
-
-
 def claim_update(
     session: Session | sa.Connection,
     *,
@@ -527,30 +515,52 @@ def claim_update(
 
 
 def mark_stored(session: Session | sa.Connection, campaign: str, rnd: int, client_id: str) -> None:
-    """The update's bytes are in the store: it is accepted now, and takes the campaign's
-    next arrival number (``arrival_seq``, the order FedBuff applies updates in) and the
-    time (``accepted_at``). A second call (an idempotent retry) changes nothing.
+    """The update's bytes are in the store: it is accepted now, if its round is still open,
+    and takes the campaign's next arrival number (``arrival_seq``, the order FedBuff applies
+    updates in) and the time (``accepted_at``). A second call (an idempotent retry) changes
+    nothing. A round closed (or past its deadline) since the upload's checks raises 410 and
+    records the client as straggler: the round's updates were counted when it closed.
 
-    The number is ``max + 1`` within the writing transaction. SQLite has one writer at a
-    time. On PostgreSQL, concurrent acceptances of one campaign take a transaction-scoped
-    advisory lock on it first, so they number one after another: without it two of them
-    computed the same number and the unique index refused the second *at the statement*
-    (a 500 to its client; measured: 24 acceptances from 8 threads failed at once). Should
-    the index still refuse a number, the acceptance retries with the next one.
+    The open check is part of the accepting statement, and acceptance and
+    :func:`close_round` exclude each other, so an update is either accepted before the
+    round closed (and counted by the close) or refused: never acknowledged yet left out.
+    SQLite has one writer at a time. On PostgreSQL both take a transaction-scoped advisory
+    lock on the campaign first (:func:`lock_campaign`).
+
+    That lock also numbers concurrent acceptances one after another. The number is
+    ``max + 1`` within the writing transaction; without the lock two of them computed the
+    same number and the unique index refused the second *at the statement* (a 500 to its
+    client; measured: 24 acceptances from 8 threads failed at once). Should the index
+    still refuse a number, the acceptance retries with the next one.
     """
     params = {"w_campaign": campaign, "w_round": rnd, "w_client_id": client_id}
-    bind = session.get_bind() if isinstance(session, Session) else session
-    lock = bind.dialect.name == "postgresql"
     for _ in range(16):
         try:
-            if lock:
-                session.execute(_ARRIVAL_LOCK, {"key": _arrival_lock_key(campaign)})
-            session.execute(_mark_stored(), {**params, "accepted_at": time.time()})
+            lock_campaign(session, campaign)
+            now = time.time()
+            result = session.execute(_mark_stored(), {**params, "accepted_at": now})
+            done = cast(sa.CursorResult[Any], result).rowcount
             session.commit()
-            return
+            break
         except IntegrityError:
             session.rollback()
-    raise RuntimeError(f"could not number the arrival of {client_id} in {campaign} round {rnd}")
+    else:
+        raise RuntimeError(f"could not number the arrival of {client_id} in {campaign} round {rnd}")
+    if done:
+        return
+    found = session.execute(_claimed_query(), params).first()
+    if found is not None and found.stored:  # accepted before: an idempotent retry
+        return
+    _refuse_if_closed(session, campaign, rnd, client_id, closed=True, deadline=now)
+
+
+def lock_campaign(session: Session | sa.Connection, campaign: str) -> None:
+    """On PostgreSQL, take the campaign's transaction-scoped advisory lock (held until the
+    transaction ends): acceptances (:func:`mark_stored`) and the closing of a round take it,
+    so they run one after another. A no-op on SQLite, which has one writer at a time."""
+    bind = session.get_bind() if isinstance(session, Session) else session
+    if bind.dialect.name == "postgresql":
+        session.execute(_ARRIVAL_LOCK, {"key": _arrival_lock_key(campaign)})
 
 
 _ARRIVAL_LOCK = sa.text("SELECT pg_advisory_xact_lock(:key)")

@@ -5,11 +5,12 @@ on 127.0.0.1 (in a thread, stoppable and restartable on the same port)."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import ipaddress
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -261,3 +262,69 @@ def serving(coord: Coordinator, tls: TLSFiles) -> Iterator[ServerThread]:
         yield server
     finally:
         server.stop()
+
+
+def check_close_while_storing(coord_for: Callable[[ArtifactStore], Any], root: Path) -> None:
+    """The round closes while an accepted update's bytes are being written to the store
+    (between its claim and its acceptance): the upload is refused 410 and recorded as
+    straggler, and the update is not among the round's received ones, neither in what the
+    close returned nor after; a client that was accepted before the close stays received.
+    ``coord_for(store)`` makes the coordinator (its registry) around the given store."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from fl_core.coordinator import protocol, registry
+    from fl_core.store import LocalStore
+
+    writing, closed = threading.Event(), threading.Event()
+
+    class SlowStore(LocalStore):
+        """Holds the late client's update write until the round has closed."""
+
+        def put_bytes(self, key: str, data: bytes) -> str:
+            if "/late" in key:
+                writing.set()
+                closed.wait(30)
+            return super().put_bytes(key, data)
+
+    coord = coord_for(SlowStore(root))
+    try:
+        layout, _ = start_campaign(coord.store, "camp-1")
+        keys = {n: Ed25519PrivateKey.generate() for n in ("early", "late")}
+        with coord.session() as s:
+            for n, key in keys.items():
+                token = registry.create_enrollment_token(s, n, ttl_s=60)
+                registry.enroll(s, token=token, public_key=protocol.public_key_b64(key))
+        coord.publish_round(
+            "camp-1", 1, base_version=0, tasks={n: task_dict() for n in keys}, deadline_s=60
+        )
+
+        def accept(n: str) -> Any:
+            data = update_bytes("camp-1", 1, n, layout)
+            signed = protocol.update_message(
+                campaign="camp-1", rnd=1, client_id=n,
+                message_sha256=hashlib.sha256(data).hexdigest(),
+            )  # fmt: skip
+            try:
+                return coord.accept_update(
+                    n, "camp-1", 1, data, signature=protocol.sign(keys[n], signed)
+                )
+            except registry.ProtocolError as exc:
+                return exc
+
+        assert accept("early")[0] is True
+        outcome: list[Any] = []
+        late = threading.Thread(target=lambda: outcome.append(accept("late")))
+        late.start()
+        assert writing.wait(30), "the late update never reached the store"
+        at_close = coord.close_round("camp-1", 1)
+        closed.set()
+        late.join(30)
+        after = coord.round_status("camp-1", 1)
+    finally:
+        closed.set()
+        coord.close()
+    (refused,) = outcome
+    assert isinstance(refused, registry.ProtocolError), f"acknowledged after close: {refused}"
+    assert refused.status == 410
+    assert at_close.received == after.received == ["early"]
+    assert "late" in after.stragglers and "early" not in after.stragglers

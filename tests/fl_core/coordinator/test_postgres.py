@@ -17,6 +17,7 @@ from fl_core.coordinator.api import Coordinator
 from fl_core.coordinator.settings import CoordinatorSettings
 from tests.fl_core.coordinator.harness import (
     TLSFiles,
+    check_close_while_storing,
     serving,
     start_campaign,
     task_dict,
@@ -114,3 +115,14 @@ def test_concurrent_acceptances_numbered_on_postgresql(pg_url: str, tmp_path: Pa
     assert fresh == [True] * 24
     assert sorted(u.arrival_seq for u in arrivals) == list(range(1, 25))
     assert sorted(u.client_id for u in arrivals) == names
+
+
+def test_an_update_stored_while_its_round_closes_is_refused_on_postgresql(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """As on SQLite (test_registry): acceptance and closing exclude each other through the
+    campaign's advisory lock and the open check in the accepting statement."""
+    settings = CoordinatorSettings(db_url=pg_url, store_url=str(tmp_path / "artifacts"))
+    check_close_while_storing(
+        lambda store: Coordinator(settings, store=store), tmp_path / "artifacts"
+    )

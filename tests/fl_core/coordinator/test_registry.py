@@ -1,4 +1,5 @@
-"""The registry database: Alembic migrations (concurrent starts) and enrollment tokens."""
+"""The registry database: Alembic migrations (concurrent starts), enrollment tokens, and a
+round closing while an update is being stored (SQLite; PostgreSQL in test_postgres)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from fl_core.coordinator.api import Coordinator
 from fl_core.coordinator.db import make_engine, migrate
+from fl_core.coordinator.settings import CoordinatorSettings
+from tests.fl_core.coordinator.harness import check_close_while_storing
 
 
 def _migrate(url: str, barrier: Any) -> None:
@@ -70,3 +74,12 @@ def test_upgrading_a_registry_numbers_its_stored_updates_in_claim_order(tmp_path
         ).all()
     engine.dispose()
     assert [tuple(r) for r in got] == [("a", 2, 20.0), ("b", 1, 10.0), ("c", None, None)]
+
+
+def test_an_update_stored_while_its_round_closes_is_refused_not_lost(tmp_path: Path) -> None:
+    """SQLite. Fails without the open check in the accepting statement: the late update
+    was acknowledged (201) after the close had counted the round without it."""
+    settings = CoordinatorSettings.local(tmp_path)
+    check_close_while_storing(
+        lambda store: Coordinator(settings, store=store), tmp_path / "artifacts"
+    )
