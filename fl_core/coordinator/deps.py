@@ -1,6 +1,6 @@
 """FastAPI dependencies: the coordinator and request authentication.
 
-Registry sessions are opened inside the threadpool function that does the work (never as a
+Registry sessions are opened inside the worker-thread function that does the work (never as a
 generator dependency): FastAPI may leave a generator dependency on another thread than it
 entered it, and a session holds the SQLite turn lock and a pooled connection for its life.
 
@@ -13,18 +13,35 @@ reads the upload's context in the same registry session and thread hop).
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 from collections.abc import Callable
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from fastapi import Depends, Request
-from starlette.concurrency import run_in_threadpool
 
 from fl_core.coordinator import protocol, registry
 from fl_core.coordinator.api import Coordinator
 from fl_core.coordinator.registry import ProtocolError, UploadContext
 
 MAX_JSON_BYTES = 1 << 20
+
+T = TypeVar("T")
+
+_THREADS = ThreadPoolExecutor(max_workers=40, thread_name_prefix="fl-coordinator")
+"""The worker threads of this process's blocking work (registry, store): 40, as
+Starlette's default thread limit."""
+
+
+async def in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)`` in a worker thread, the event loop serving other requests
+    meanwhile. asyncio's executor rather than Starlette's ``run_in_threadpool`` (anyio):
+    measured with 100 calls in flight, about 45 us of CPU per call against 115-130 us,
+    and a signed upload makes two."""
+    call = functools.partial(fn, *args, **kwargs)
+    return await asyncio.get_running_loop().run_in_executor(_THREADS, call)
 
 
 async def get_coordinator(request: Request) -> Coordinator:
@@ -90,7 +107,7 @@ async def _authenticate(
             )
             return client if then is None else then(s, client)
 
-    return await run_in_threadpool(check)
+    return await in_thread(check)
 
 
 async def authenticated(request: Request, coord: Coordinator = Depends(get_coordinator)) -> str:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import time
 
 from fastapi import APIRouter, Depends, Request
-from starlette.concurrency import run_in_threadpool
 
 from fl_core.coordinator import registry
 from fl_core.coordinator.api import Coordinator
-from fl_core.coordinator.deps import MAX_JSON_BYTES, authenticated, get_coordinator
+from fl_core.coordinator.deps import MAX_JSON_BYTES, authenticated, get_coordinator, in_thread
 from fl_core.coordinator.registry import ProtocolError
 from fl_core.coordinator.routers._body import parse
 from fl_core.coordinator.schemas import EnrollIn, EnrollOut, HeartbeatIn, HeartbeatOut
@@ -28,7 +27,7 @@ async def enroll(request: Request, coord: Coordinator = Depends(get_coordinator)
         with coord.session() as s:
             return registry.enroll(s, token=body.token, public_key=body.public_key)
 
-    return EnrollOut(client_id=await run_in_threadpool(run))
+    return EnrollOut(client_id=await in_thread(run))
 
 
 @router.post("/heartbeat", response_model=HeartbeatOut)
@@ -44,5 +43,5 @@ async def heartbeat(
         with coord.session() as s:
             registry.heartbeat(s, client_id, body.model_dump())
 
-    await run_in_threadpool(run)
+    await in_thread(run)
     return HeartbeatOut(client_id=client_id, server_time=time.time())

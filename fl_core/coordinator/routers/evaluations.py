@@ -4,10 +4,9 @@ its local held-out split (federated evaluation); only for a round it has a task 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Path, Request, Response
-from starlette.concurrency import run_in_threadpool
 
 from fl_core.coordinator.api import Coordinator
-from fl_core.coordinator.deps import authenticated, get_coordinator
+from fl_core.coordinator.deps import authenticated, get_coordinator, in_thread
 from fl_core.coordinator.routers._body import parse
 from fl_core.coordinator.schemas import CAMPAIGN_PATTERN, EvaluationIn
 
@@ -23,7 +22,7 @@ async def report_evaluation(
     coord: Coordinator = Depends(get_coordinator),
 ) -> Response:
     body = await parse(request, EvaluationIn)
-    await run_in_threadpool(
+    await in_thread(
         coord.record_evaluation,
         client_id,
         campaign,

@@ -6,10 +6,9 @@ import time
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends
-from starlette.concurrency import run_in_threadpool
 
 from fl_core.coordinator.api import Coordinator
-from fl_core.coordinator.deps import get_coordinator
+from fl_core.coordinator.deps import get_coordinator, in_thread
 from fl_core.coordinator.schemas import HealthOut
 
 router = APIRouter(tags=["health"])
@@ -21,5 +20,5 @@ async def health(coord: Coordinator = Depends(get_coordinator)) -> HealthOut:
         with coord.session() as session:
             session.execute(sa.select(1))
 
-    await run_in_threadpool(ping)
+    await in_thread(ping)
     return HealthOut(status="ok", api="v1", server_time=time.time())

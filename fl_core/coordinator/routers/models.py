@@ -9,10 +9,9 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from starlette.concurrency import run_in_threadpool
 
 from fl_core.coordinator.api import Coordinator
-from fl_core.coordinator.deps import authenticated, get_coordinator
+from fl_core.coordinator.deps import authenticated, get_coordinator, in_thread
 from fl_core.coordinator.schemas import CAMPAIGN_PATTERN
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -29,7 +28,7 @@ async def download_model(
     client_id: str = Depends(authenticated),
     coord: Coordinator = Depends(get_coordinator),
 ) -> Response:
-    prefix, payload = await run_in_threadpool(
+    prefix, payload = await in_thread(
         coord.model_message_parts, client_id, campaign, rnd, known_version=known_version
     )
     # the header names the payload's sha256 and size: its hash identifies the message

@@ -9,10 +9,9 @@ local data (accuracy, example count, counts in the check's bin edges).
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Path, Request, Response
-from starlette.concurrency import run_in_threadpool
 
 from fl_core.coordinator.api import Coordinator
-from fl_core.coordinator.deps import authenticated, get_coordinator
+from fl_core.coordinator.deps import authenticated, get_coordinator, in_thread
 from fl_core.coordinator.routers._body import parse
 from fl_core.coordinator.schemas import CAMPAIGN_PATTERN, HistogramIn, MonitoringIn
 
@@ -28,7 +27,7 @@ async def report_histogram(
     coord: Coordinator = Depends(get_coordinator),
 ) -> Response:
     body = await parse(request, HistogramIn)
-    await run_in_threadpool(
+    await in_thread(
         coord.record_histogram,
         client_id,
         campaign,
@@ -48,7 +47,7 @@ async def report_monitoring(
     coord: Coordinator = Depends(get_coordinator),
 ) -> Response:
     body = await parse(request, MonitoringIn)
-    await run_in_threadpool(
+    await in_thread(
         coord.record_monitoring_report,
         client_id,
         campaign,

@@ -15,11 +15,10 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from starlette.concurrency import run_in_threadpool
 
 from fl_core.coordinator import registry
 from fl_core.coordinator.api import Coordinator
-from fl_core.coordinator.deps import authenticated, get_coordinator
+from fl_core.coordinator.deps import authenticated, get_coordinator, in_thread
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +60,7 @@ class Publications:
         while self._waiters > 0:
             marker: object
             try:
-                marker = await run_in_threadpool(self.coord.publication_marker)
+                marker = await in_thread(self.coord.publication_marker)
             except Exception:  # a registry hiccup: waiters keep waiting, poll again
                 logger.warning("task long-poll: registry poll failed", exc_info=True)
                 marker = self._marker
@@ -93,7 +92,7 @@ async def next_task(
     give_up = time.monotonic() + min(wait, coord.settings.long_poll_s)
     while True:
         seen = publications.generation  # noted before looking: a later change wakes us
-        task = await run_in_threadpool(find)
+        task = await in_thread(find)
         if task is not None:
             return task
         left = give_up - time.monotonic()

@@ -22,12 +22,11 @@ import hashlib
 
 from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 
 from fl_core.coordinator import protocol
 from fl_core.coordinator.admission import UploadAdmission
 from fl_core.coordinator.api import Coordinator, ReceivedUpdate
-from fl_core.coordinator.deps import authenticated_upload, get_coordinator
+from fl_core.coordinator.deps import authenticated_upload, get_coordinator, in_thread
 from fl_core.coordinator.registry import ProtocolError, UploadContext
 from fl_core.coordinator.schemas import CAMPAIGN_PATTERN, TurnOut, UploadOut
 
@@ -112,7 +111,7 @@ async def _receive(
         raise ProtocolError(401, "body does not match the signed sha256")
     body = b"".join(chunks)
     del chunks
-    fresh, rec = await run_in_threadpool(
+    fresh, rec = await in_thread(
         functools.partial(coord.accept_update, signature=signature, sha256=hexdigest, context=ctx),
         client_id,
         campaign,
