@@ -14,7 +14,8 @@ goes on with the others.
 
 The payload is produced by the codec named in the header (:func:`fl_core.codec.parse_codec`:
 ``dense_fp32``, ``fp16``, ``q8``/``q4``/``q2``, ``topk:<f>``, ``topk:<f>+fp16|q8|q4|q2``).
-Sparse payloads can be read without densifying (:func:`decode_sparse`). Byte accounting is
+Sparse payloads can be read without densifying (:func:`decode_sparse`), and any message
+verified, finite values included, without building its vector (:func:`check`). Byte accounting is
 ``len(message)``: header and framing included (:func:`encoded_size`, :func:`message_sizes`).
 
 Header numbers are bounded so that no later arithmetic can overflow: counters (``round``,
@@ -113,6 +114,7 @@ __all__ = [
     "MAX_UNTRUSTED_EXPANSION",
     "Header",
     "WireError",
+    "check",
     "decode",
     "decode_model_for_client",
     "decode_sparse",
