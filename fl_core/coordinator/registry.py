@@ -521,8 +521,9 @@ def mark_stored(session: Session | sa.Connection, campaign: str, rnd: int, clien
     nothing. A round closed (or past its deadline) since the upload's checks raises 410 and
     records the client as straggler: the round's updates were counted when it closed.
 
-    The open check is part of the accepting statement, and acceptance and
-    :func:`close_round` exclude each other, so an update is either accepted before the
+    The open check is part of the accepting statement, and acceptance and closing the
+    round (:meth:`Coordinator.close_round <fl_core.coordinator.api.Coordinator.close_round>`)
+    exclude each other, so an update is either accepted before the
     round closed (and counted by the close) or refused: never acknowledged yet left out.
     SQLite has one writer at a time. On PostgreSQL both take a transaction-scoped advisory
     lock on the campaign first (:func:`lock_campaign`).
