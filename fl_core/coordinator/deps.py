@@ -95,7 +95,7 @@ async def _authenticate(
     )
 
     def check() -> Any:
-        with coord.connection() if core else coord.session() as s:
+        with coord.connection(autocommit=True) if core else coord.session() as s:
             client = registry.authenticate(
                 s,
                 client_id=client_id,
