@@ -803,11 +803,13 @@ class Coordinator:
         task: dict[str, Any],
     ) -> None:
         layout = self._campaign(campaign)["layout"]
-        codec = task.get("codec")
-        checks = {"expected_layout": layout, "expected_codec": codec,
-                  "max_bytes": self.update_cap(campaign)}  # fmt: skip
         try:  # the same checks as decoding, finite values included, without the vector
-            header = wire.check(data, **checks)
+            header = wire.check(
+                data,
+                expected_layout=layout,
+                expected_codec=task.get("codec"),
+                max_bytes=self.update_cap(campaign),
+            )
         except (wire.WireError, ValueError) as exc:
             raise ProtocolError(400, f"malformed update: {exc}") from None
         if header.kind != "update":

@@ -263,19 +263,26 @@ def _shared_port_socket(host: str, port: int, backlog: int) -> socket.socket:
     return sock
 
 
-def serve_workers(make_app: Callable[[], Any], workers: int, **options: Any) -> int:
+def serve_workers(
+    make_app: Callable[[], Any],
+    workers: int,
+    *,
+    setup_logging: Callable[[], None] | None = None,
+    **options: Any,
+) -> int:
     """Serve ``make_app()`` in ``workers`` processes on one port until SIGTERM / SIGINT;
-    returns the exit status (0 after a requested stop).
+    returns the exit status (0 after a requested stop). ``setup_logging`` (picklable) runs
+    first in each worker: a spawned process starts without the parent's logging set-up.
 
     Each worker is a process of its own (its own interpreter lock: one coordinator process
-    takes about 6 ms of CPU per signed upload, so one process tops out near 130-180
-    uploads/s however many cores there are). Each binds the port with ``SO_REUSEPORT``, so
-    the kernel spreads new connections evenly over them; each has its own read gate and upload
-    admission (the limits are per worker). The registry is shared: PostgreSQL in
-    production; SQLite works too (its writers take turns across processes, through its
-    lock). A worker that dies is restarted; if the workers keep dying at start (a port in
-    use, a broken configuration), this gives up with status 1. ``make_app`` must pickle
-    (workers are spawned, not forked: the parent may hold threads and connections).
+    takes about 3.5-4 ms of CPU per signed upload, so one process tops out near 200-230
+    top-k uploads/s here however many cores there are). Each binds the port with
+    ``SO_REUSEPORT``, so the kernel spreads new connections evenly over them; each has its
+    own read gate and upload admission (the limits are per worker). The registry is shared:
+    PostgreSQL in production; SQLite works too (its writers take turns across processes,
+    through its lock). A worker that dies is restarted; if the workers keep dying at start
+    (a port in use, a broken configuration), this gives up with status 1. ``make_app`` must
+    pickle (workers are spawned, not forked: the parent may hold threads and connections).
     """
     import multiprocessing
     from multiprocessing.connection import wait
@@ -293,7 +300,9 @@ def serve_workers(make_app: Callable[[], Any], workers: int, **options: Any) -> 
     stopping = False
 
     def start(slot: int) -> None:
-        proc = ctx.Process(target=_worker, args=(make_app, options), name=f"fl-coordinator-{slot}")
+        proc = ctx.Process(
+            target=_worker, args=(make_app, setup_logging, options), name=f"fl-coordinator-{slot}"
+        )
         proc.start()
         procs[slot], started[slot] = proc, time.monotonic()
 
@@ -349,21 +358,18 @@ def _join(procs: Any, timeout_s: float = 30.0) -> None:
             proc.join()
 
 
-def _worker(make_app: Callable[[], Any], options: dict[str, Any]) -> None:
-    """One worker process: dies with its supervisor (Linux), logs as the supervisor does
-    (a spawned process starts without its logging set-up), serves until SIGTERM."""
+def _worker(
+    make_app: Callable[[], Any], setup_logging: Callable[[], None] | None, options: dict[str, Any]
+) -> None:
+    """One worker process: dies with its supervisor (Linux), sets up its logging, serves
+    until SIGTERM."""
     with contextlib.suppress(OSError, AttributeError):
         import ctypes
 
         pr_set_pdeathsig = 1  # <sys/prctl.h>
         ctypes.CDLL("libc.so.6").prctl(pr_set_pdeathsig, int(signal.SIGTERM))
-    level = str(options.get("log_level") or "info").upper()
-    logging.basicConfig(
-        level=getattr(logging, level, logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for noisy in ("httpx", "httpcore", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if setup_logging is not None:
+        setup_logging()
     run(make_app(), reuse_port=True, **options)
 
 
