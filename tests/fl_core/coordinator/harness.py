@@ -264,15 +264,44 @@ def serving(coord: Coordinator, tls: TLSFiles) -> Iterator[ServerThread]:
         server.stop()
 
 
+def enrolled_round(coord: Coordinator, cid: str, names: list[str]) -> tuple[Layout, dict[str, Any]]:
+    """Campaign ``cid`` started, ``names`` enrolled with fresh Ed25519 keys and selected in
+    its round 1 (60 s deadline), through the coordinator's own API; returns the layout and
+    the keys by client."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from fl_core.coordinator import protocol, registry
+
+    layout, _ = start_campaign(coord.store, cid)
+    keys = {n: Ed25519PrivateKey.generate() for n in names}
+    with coord.session() as s:
+        for n in names:
+            token = registry.create_enrollment_token(s, n, ttl_s=60)
+            registry.enroll(s, token=token, public_key=protocol.public_key_b64(keys[n]))
+    coord.publish_round(cid, 1, base_version=0, tasks={n: task_dict() for n in names},
+                        deadline_s=60)  # fmt: skip
+    return layout, keys
+
+
+def accept_signed(coord: Coordinator, key: Any, cid: str, client: str, data: bytes) -> bool:
+    """``coord.accept_update`` of ``data`` for round 1, signed with ``key`` as the agent
+    signs it; returns whether it was newly stored."""
+    from fl_core.coordinator import protocol
+
+    signed = protocol.update_message(
+        campaign=cid, rnd=1, client_id=client, message_sha256=hashlib.sha256(data).hexdigest()
+    )
+    fresh, _ = coord.accept_update(client, cid, 1, data, signature=protocol.sign(key, signed))
+    return fresh
+
+
 def check_close_while_storing(coord_for: Callable[[ArtifactStore], Any], root: Path) -> None:
     """The round closes while an accepted update's bytes are being written to the store
     (between its claim and its acceptance): the upload is refused 410 and recorded as
     straggler, and the update is not among the round's received ones, neither in what the
     close returned nor after; a client that was accepted before the close stays received.
     ``coord_for(store)`` makes the coordinator (its registry) around the given store."""
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    from fl_core.coordinator import protocol, registry
+    from fl_core.coordinator import registry
     from fl_core.store import LocalStore
 
     writing, closed = threading.Event(), threading.Event()
@@ -288,30 +317,16 @@ def check_close_while_storing(coord_for: Callable[[ArtifactStore], Any], root: P
 
     coord = coord_for(SlowStore(root))
     try:
-        layout, _ = start_campaign(coord.store, "camp-1")
-        keys = {n: Ed25519PrivateKey.generate() for n in ("early", "late")}
-        with coord.session() as s:
-            for n, key in keys.items():
-                token = registry.create_enrollment_token(s, n, ttl_s=60)
-                registry.enroll(s, token=token, public_key=protocol.public_key_b64(key))
-        coord.publish_round(
-            "camp-1", 1, base_version=0, tasks={n: task_dict() for n in keys}, deadline_s=60
-        )
+        layout, keys = enrolled_round(coord, "camp-1", ["early", "late"])
 
         def accept(n: str) -> Any:
             data = update_bytes("camp-1", 1, n, layout)
-            signed = protocol.update_message(
-                campaign="camp-1", rnd=1, client_id=n,
-                message_sha256=hashlib.sha256(data).hexdigest(),
-            )  # fmt: skip
             try:
-                return coord.accept_update(
-                    n, "camp-1", 1, data, signature=protocol.sign(keys[n], signed)
-                )
+                return accept_signed(coord, keys[n], "camp-1", n, data)
             except registry.ProtocolError as exc:
                 return exc
 
-        assert accept("early")[0] is True
+        assert accept("early") is True
         outcome: list[Any] = []
         late = threading.Thread(target=lambda: outcome.append(accept("late")))
         late.start()

@@ -4,7 +4,6 @@ PostgreSQL answers on 127.0.0.1:5432; fails instead under ``CI=true``."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +16,9 @@ from fl_core.coordinator.api import Coordinator
 from fl_core.coordinator.settings import CoordinatorSettings
 from tests.fl_core.coordinator.harness import (
     TLSFiles,
+    accept_signed,
     check_close_while_storing,
+    enrolled_round,
     serving,
     start_campaign,
     task_dict,
@@ -79,33 +80,14 @@ def test_concurrent_acceptances_numbered_on_postgresql(pg_url: str, tmp_path: Pa
     """Twenty-four uploads accepted at once from eight threads (as the HTTP app's worker
     threads accept them) on PostgreSQL: every one is accepted on its first try (no error
     reaches the client), and the campaign's arrival numbers are 1..24, each once."""
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    from fl_core.coordinator import protocol, registry
-
     coord = Coordinator(CoordinatorSettings(db_url=pg_url, store_url=str(tmp_path / "artifacts")))
     try:
-        layout, _ = start_campaign(coord.store, "camp-1")
         names = [f"c{i:02d}" for i in range(24)]
-        keys = {n: Ed25519PrivateKey.generate() for n in names}
-        with coord.session() as s:
-            for n in names:
-                token = registry.create_enrollment_token(s, n, ttl_s=60)
-                registry.enroll(s, token=token, public_key=protocol.public_key_b64(keys[n]))
-        coord.publish_round(
-            "camp-1", 1, base_version=0, tasks={n: task_dict() for n in names}, deadline_s=60
-        )
+        layout, keys = enrolled_round(coord, "camp-1", names)
 
         def accept(n: str) -> bool:
             data = update_bytes("camp-1", 1, n, layout, scale=0.01 * (1 + names.index(n)))
-            signed = protocol.update_message(
-                campaign="camp-1", rnd=1, client_id=n,
-                message_sha256=hashlib.sha256(data).hexdigest(),
-            )  # fmt: skip
-            fresh, _ = coord.accept_update(
-                n, "camp-1", 1, data, signature=protocol.sign(keys[n], signed)
-            )
-            return fresh
+            return accept_signed(coord, keys[n], "camp-1", n, data)
 
         with ThreadPoolExecutor(8) as pool:
             fresh = list(pool.map(accept, names))
