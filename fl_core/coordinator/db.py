@@ -26,6 +26,7 @@ The schema is created and upgraded only by the Alembic migrations shipped in
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -207,7 +208,42 @@ def make_engine(db_url: str) -> Engine:
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    engine = sa.create_engine(url, pool_size=10, max_overflow=20)
+    ping_when_idle(engine)
+    return engine
+
+
+IDLE_PING_S = 1.0
+"""A pooled server connection unused this long is pinged before it is handed out."""
+
+
+def ping_when_idle(engine: Engine, idle_s: float = IDLE_PING_S) -> None:
+    """Ping a pooled connection before use only if it sat unused ``idle_s`` or more.
+
+    SQLAlchemy's ``pool_pre_ping`` pings on *every* checkout: one round trip to the server
+    per checkout, three per signed upload on the coordinator's hot path. A connection in
+    steady use has just proved itself; the one that may have gone stale (the server
+    restarted, a proxy dropped it) is the one left in the pool, so only that one is pinged.
+    A failed ping raises ``DisconnectionError``, on which the pool discards the connection
+    and checks out another (a fresh one, once the stale ones are gone). A server restart
+    *while* a connection is in use fails that request either way (with pre-ping too); the
+    pool then recycles every connection older than the failure.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _idle_from(_dbapi_conn: Any, record: Any) -> None:
+        if record is not None:
+            record.info["fl_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping_if_idle(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.pop("fl_idle_since", None)
+        if since is None or time.monotonic() - since < idle_s:
+            return  # just connected, or back in use within idle_s
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except Exception as exc:  # noqa: BLE001 - any failure: the connection is unusable
+            raise sa.exc.DisconnectionError(f"stale pooled connection: {exc}") from exc
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Any]:

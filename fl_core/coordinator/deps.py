@@ -65,12 +65,11 @@ async def _authenticate(
     request: Request,
     coord: Coordinator,
     body_sha256: str,
-    then: Callable[[Any, str], Any] | None = None,
-    *,
-    core: bool = False,
+    upload: tuple[str, int] | None = None,
 ) -> Any:
-    """The client id (or ``then(session, client_id)``, run in the same session; with
-    ``core`` the session is a Core connection, for the upload's hot path)."""
+    """The client id; for an ``upload`` to (campaign, round), (client id, upload context,
+    size cap), the context read with the client's key in one query on an autocommit Core
+    connection (the upload's hot path)."""
     h = request.headers
     client_id = h.get(protocol.H_CLIENT)
     signature = h.get(protocol.H_SIGNATURE)
@@ -93,19 +92,22 @@ async def _authenticate(
         nonce=nonce,
         client_id=client_id,
     )
+    signed: dict[str, Any] = dict(
+        client_id=client_id,
+        message=message,
+        signature=signature,
+        nonce=nonce,
+        timestamp=timestamp,
+        skew_s=coord.settings.clock_skew_s,
+    )
 
     def check() -> Any:
-        with coord.connection(autocommit=True) if core else coord.session() as s:
-            client = registry.authenticate(
-                s,
-                client_id=client_id,
-                message=message,
-                signature=signature,
-                nonce=nonce,
-                timestamp=timestamp,
-                skew_s=coord.settings.clock_skew_s,
-            )
-            return client if then is None else then(s, client)
+        if upload is None:
+            with coord.session() as s:
+                return registry.authenticate(s, **signed)
+        with coord.connection(autocommit=True) as c:
+            ctx = registry.authenticate_upload(c, *upload, **signed)
+        return client_id, ctx, coord.update_cap(upload[0])  # store I/O once per campaign
 
     return await in_thread(check)
 
@@ -138,11 +140,7 @@ async def authenticated_upload(
     if len(declared) != 64 or any(c not in "0123456789abcdef" for c in declared):
         raise ProtocolError(401, f"missing or malformed {protocol.H_CONTENT_SHA256} header")
 
-    def context(s: Any, client: str) -> tuple[str, UploadContext, int]:
-        ctx = registry.upload_context(s, campaign, rnd, client)
-        return client, ctx, coord.update_cap(campaign)
-
     found: tuple[str, UploadContext, int] = await _authenticate(
-        request, coord, declared, context, core=True
+        request, coord, declared, (campaign, rnd)
     )
     return found

@@ -195,12 +195,59 @@ def authenticate(
     """Check one signed request: known client (401), valid signature (401), not revoked
     (403), fresh nonce (409). The nonce is recorded; nonces older than the window are pruned.
     """
+    now = _check_timestamp(timestamp, skew_s)
+    row = session.execute(_key_query(), {"client_id": client_id}).first()
+    _admit(session, row, client_id, message, signature, nonce, now=now, skew_s=skew_s)
+    return client_id
+
+
+def authenticate_upload(
+    session: Session | sa.Connection,
+    campaign: str,
+    rnd: int,
+    *,
+    client_id: str,
+    message: bytes,
+    signature: str,
+    nonce: str,
+    timestamp: float,
+    skew_s: float,
+) -> UploadContext:
+    """:func:`authenticate` then :func:`upload_context`, with the same refusals in the same
+    order, reading the client's key and the upload's context in one query (one round trip
+    to the database less per upload)."""
+    now = _check_timestamp(timestamp, skew_s)
+    row = session.execute(
+        _auth_upload_query(), {"client_id": client_id, "campaign": campaign, "round": rnd}
+    ).first()
+    _admit(session, row, client_id, message, signature, nonce, now=now, skew_s=skew_s)
+    assert row is not None  # _admit refused an unknown client
+    return _upload_context_of(session, row, campaign, rnd, client_id)
+
+
+def _check_timestamp(timestamp: float, skew_s: float) -> float:
+    """The server time, or 401 when the request's timestamp is too far from it."""
     now = time.time()
     if not math.isfinite(timestamp) or abs(now - timestamp) > skew_s:
         raise ProtocolError(
             401, f"{protocol.STALE_TIMESTAMP_REASON} {skew_s:.0f} s from server time"
         )
-    row = session.execute(_key_query(), {"client_id": client_id}).first()
+    return now
+
+
+def _admit(
+    session: Session | sa.Connection,
+    row: Any,
+    client_id: str,
+    message: bytes,
+    signature: str,
+    nonce: str,
+    *,
+    now: float,
+    skew_s: float,
+) -> None:
+    """Known client and valid signature (401), not revoked (403), fresh nonce (409, else
+    recorded) for ``row`` (the client's ``public_key`` and ``revoked_at``, or None)."""
     if row is None or row.public_key is None:
         raise ProtocolError(401, "unknown client")
     if not protocol.verify(row.public_key, message, signature):
@@ -216,7 +263,6 @@ def authenticate(
     if secrets.randbelow(256) == 0:
         session.execute(sa.delete(NonceRow).where(NonceRow.seen_at < now - 2 * skew_s - 1))
         session.commit()
-    return client_id
 
 
 # --------------------------------------------------------------------------- heartbeats
@@ -331,38 +377,61 @@ def _nonce_insert() -> sa.Insert:
     return sa.insert(_nonces)
 
 
-@functools.cache
-def _upload_query() -> sa.Select[Any, Any, Any, Any, Any, Any, Any]:
+_UPLOAD_COLUMNS = (
+    _rounds.base_version,
+    _rounds.deadline,
+    _rounds.closed_at,
+    _tasks.task,
+    _clients.public_key,
+    _updates.c.sha256,
+    _updates.c.stored,
+)
+
+
+def _updates_of_task() -> sa.ColumnElement[bool]:
     u = _updates.c
+    return sa.and_(
+        u.campaign == _tasks.campaign, u.round == _tasks.round, u.client_id == _tasks.client_id
+    )
+
+
+def _round_of_task() -> sa.ColumnElement[bool]:
+    return sa.and_(_rounds.campaign == _tasks.campaign, _rounds.round == _tasks.round)
+
+
+@functools.cache
+def _upload_query() -> sa.Select[Any]:
+    """The upload context of (campaign, round, client): no row if the client has no task."""
     return (
-        sa.select(
-            _rounds.base_version,
-            _rounds.deadline,
-            _rounds.closed_at,
-            _tasks.task,
-            _clients.public_key,
-            u.sha256,
-            u.stored,
-        )
+        sa.select(*_UPLOAD_COLUMNS)
         .select_from(TaskRow.__table__)
-        .join(
-            RoundRow.__table__,
-            sa.and_(_rounds.campaign == _tasks.campaign, _rounds.round == _tasks.round),
-        )
+        .join(RoundRow.__table__, _round_of_task())
         .outerjoin(ClientRow.__table__, _clients.client_id == _tasks.client_id)
-        .outerjoin(
-            _updates,
-            sa.and_(
-                u.campaign == _tasks.campaign,
-                u.round == _tasks.round,
-                u.client_id == _tasks.client_id,
-            ),
-        )
+        .outerjoin(_updates, _updates_of_task())
         .where(
             _tasks.campaign == sa.bindparam("campaign"),
             _tasks.round == sa.bindparam("round"),
             _tasks.client_id == sa.bindparam("client_id"),
         )
+    )
+
+
+@functools.cache
+def _auth_upload_query() -> sa.Select[Any]:
+    """The client's key and revocation with the upload context (None columns when the
+    client has no task in the round); no row if the client is unknown."""
+    task_of_client = sa.and_(
+        _tasks.client_id == _clients.client_id,
+        _tasks.campaign == sa.bindparam("campaign"),
+        _tasks.round == sa.bindparam("round"),
+    )
+    return (
+        sa.select(*_UPLOAD_COLUMNS, _clients.revoked_at)
+        .select_from(ClientRow.__table__)
+        .outerjoin(TaskRow.__table__, task_of_client)
+        .outerjoin(RoundRow.__table__, _round_of_task())
+        .outerjoin(_updates, _updates_of_task())
+        .where(_clients.client_id == sa.bindparam("client_id"))
     )
 
 
@@ -434,7 +503,14 @@ def upload_context(
     found = session.execute(
         _upload_query(), {"campaign": campaign, "round": rnd, "client_id": client_id}
     ).first()
-    if found is None:
+    return _upload_context_of(session, found, campaign, rnd, client_id)
+
+
+def _upload_context_of(
+    session: Session | sa.Connection, found: Any, campaign: str, rnd: int, client_id: str
+) -> UploadContext:
+    """The context from a row of the upload query (403 when the client has no task)."""
+    if found is None or found.task is None:
         raise ProtocolError(403, f"client {client_id!r} was not selected in {campaign} round {rnd}")
     ctx = UploadContext(
         base_version=found.base_version,

@@ -5,6 +5,8 @@ PostgreSQL answers on 127.0.0.1:5432; fails instead under ``CI=true``."""
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,6 +14,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from fl_core.coordinator import db
 from fl_core.coordinator.api import Coordinator
 from fl_core.coordinator.settings import CoordinatorSettings
 from tests.fl_core.coordinator.harness import (
@@ -108,3 +111,50 @@ def test_an_update_stored_while_its_round_closes_is_refused_on_postgresql(
     check_close_while_storing(
         lambda store: Coordinator(settings, store=store), tmp_path / "artifacts"
     )
+
+
+def test_pooled_connections_killed_by_the_server_are_replaced(pg_url: str, tmp_path: Path) -> None:
+    """The server drops every registry connection (as a PostgreSQL restart does) while they
+    sit in the coordinator's pool: once they have been idle ``IDLE_PING_S``, the next
+    requests find them stale at checkout and get fresh ones (no request fails). Without the
+    idle ping the first request on each dead connection fails (``OperationalError``)."""
+    coord = Coordinator(CoordinatorSettings(db_url=pg_url, store_url=str(tmp_path / "artifacts")))
+    try:
+        names = [f"c{i}" for i in range(8)]
+        layout, keys = enrolled_round(coord, "camp-1", names)
+        barrier = threading.Barrier(4)
+
+        def hold_one(_: int) -> int:  # four connections in the pool at once
+            with coord.connection() as conn:
+                barrier.wait(timeout=10)
+                return int(conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one())
+
+        with ThreadPoolExecutor(4) as pool:
+            pids = set(pool.map(hold_one, range(4)))
+        assert len(pids) == 4
+        admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+        try:
+            with admin.connect() as conn:
+                killed = conn.execute(
+                    sa.text(
+                        "SELECT count(*) FROM pg_stat_activity, pg_terminate_backend(pid) "
+                        "WHERE datname = :db AND pid <> pg_backend_pid()"
+                    ),
+                    {"db": sa.make_url(pg_url).database},
+                ).scalar_one()
+        finally:
+            admin.dispose()
+        assert killed >= 4
+        time.sleep(db.IDLE_PING_S + 0.2)
+
+        def accept(n: str) -> bool:
+            data = update_bytes("camp-1", 1, n, layout, scale=0.01 * (1 + names.index(n)))
+            return accept_signed(coord, keys[n], "camp-1", n, data)
+
+        with ThreadPoolExecutor(4) as pool:
+            fresh = list(pool.map(accept, names))
+        received = coord.round_status("camp-1", 1).received
+    finally:
+        coord.close()
+    assert fresh == [True] * 8
+    assert sorted(received) == names
