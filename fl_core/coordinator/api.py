@@ -788,7 +788,7 @@ class Coordinator:
             )
         if to_store:  # outside the session: store I/O must not hold the registry
             self.store.put_bytes(key, data)
-            with self.connection() as c:
+            with self.connection(autocommit=True) as c:  # PostgreSQL: one call
                 registry.mark_stored(c, campaign, rnd, client_id)
             logger.debug("stored update of %s for %s round %d", client_id, campaign, rnd)
         return to_store, ReceivedUpdate(client_id, key, digest, len(data), received_at, round=rnd)

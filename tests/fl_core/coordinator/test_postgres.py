@@ -70,7 +70,7 @@ def test_registry_on_postgresql(pg_url: str, tls: TLSFiles, tmp_path: Path) -> N
         with coord.engine.connect() as conn:
             version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
         assert coord.engine.dialect.name == "postgresql"
-        assert version == "0004_update_signatures"  # the head revision
+        assert version == "0005_accept_function"  # the head revision
         assert stored["stored"] is True
         assert status.received == ["a"] and status.stragglers == {
             "b": "no update when the round closed"
