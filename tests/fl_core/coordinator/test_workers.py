@@ -61,34 +61,50 @@ def _wait(check, what: str, timeout_s: float = 60.0):  # type: ignore[no-untyped
         time.sleep(0.2)
 
 
-def test_two_workers_share_port_registry_and_restart(tls: TLSFiles, tmp_path: Path) -> None:
+def _serve_two(
+    tls: TLSFiles, tmp_path: Path, **popen: object
+) -> tuple[subprocess.Popen[bytes], Coordinator, str, int]:
+    """``fl coordinator serve --workers 2`` over HTTPS on a free port, both workers
+    answering; returns the supervisor, a coordinator on the same registry and store, the
+    URL and the port."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FL_")}
     env["FL_HOME"] = str(tmp_path / "server-home")
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[3]), *sys.path])
     coord = Coordinator(CoordinatorSettings.local(env["FL_HOME"]))
-    layout, _ = start_campaign(coord.store, CID)
     port = free_port()
     supervisor = subprocess.Popen(
         [sys.executable, "-m", "fl_core.cli", "coordinator", "serve", "--host", "127.0.0.1",
          "--port", str(port), "--tls-cert", str(tls.cert), "--tls-key", str(tls.key),
          "--workers", "2"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **popen,  # type: ignore[call-overload]
     )  # fmt: skip
+    url = f"https://127.0.0.1:{port}"
+    ctx = ssl.create_default_context(cafile=str(tls.ca))
+
+    def up() -> bool:
+        assert supervisor.poll() is None, supervisor.stderr.read() if supervisor.stderr else ""
+        if _listening(port) < 2:
+            return False
+        try:
+            return bool(httpx.get(url + "/v1/health", verify=ctx).status_code == 200)
+        except httpx.TransportError:
+            return False
+
+    try:
+        _wait(up, "two workers listening", 120)
+    except BaseException:
+        supervisor.kill()
+        supervisor.wait(timeout=30)
+        coord.close()
+        raise
+    return supervisor, coord, url, port
+
+
+def test_two_workers_share_port_registry_and_restart(tls: TLSFiles, tmp_path: Path) -> None:
+    supervisor, coord, url, port = _serve_two(tls, tmp_path)
+    layout, _ = start_campaign(coord.store, CID)
     clients = []
     try:
-        url = f"https://127.0.0.1:{port}"
-        ctx = ssl.create_default_context(cafile=str(tls.ca))
-
-        def up() -> bool:
-            assert supervisor.poll() is None, supervisor.stderr.read() if supervisor.stderr else ""
-            if _listening(port) < 2:
-                return False
-            try:
-                return bool(httpx.get(url + "/v1/health", verify=ctx).status_code == 200)
-            except httpx.TransportError:
-                return False
-
-        _wait(up, "two workers listening", 120)
         first = _workers(supervisor.pid)
         assert len(first) == 2
 
@@ -168,3 +184,30 @@ def test_workers_that_die_at_start_give_up(tmp_path: Path, caplog) -> None:  # t
         )  # fmt: skip
     assert status == 1
     assert "keeps dying at start" in caplog.text
+
+
+def test_ctrl_c_lets_requests_in_flight_finish(tls: TLSFiles, tmp_path: Path) -> None:
+    """Ctrl-C in the terminal that runs ``--workers 2`` (SIGINT to its whole process group):
+    a long-poll in flight still gets its answer (uvicorn's graceful shutdown in each worker,
+    not a second signal that forces it), then the supervisor exits 0."""
+    supervisor, coord, url, _ = _serve_two(tls, tmp_path, start_new_session=True)
+    client = None
+    try:
+        client = enroll(coord, SimpleNamespace(url=url), tls, "poller")  # type: ignore[arg-type]
+        with ThreadPoolExecutor(1) as pool:
+            started = time.monotonic()
+            waiting = pool.submit(client.next_task, wait_s=4.0)
+            time.sleep(1.0)  # the long-poll is held by a worker
+            os.killpg(supervisor.pid, signal.SIGINT)  # what the terminal sends on Ctrl-C
+            answer = waiting.result(timeout=60)
+            held = time.monotonic() - started
+        assert answer is None  # 204: no task, answered when its wait ran out
+        assert held >= 3.5
+        assert supervisor.wait(timeout=60) == 0
+    finally:
+        if client is not None:
+            client.close()
+        if supervisor.poll() is None:
+            supervisor.kill()
+            supervisor.wait(timeout=30)
+        coord.close()
