@@ -179,7 +179,7 @@ def serve(
         1,
         min=1,
         envvar="FL_COORDINATOR_WORKERS",
-        help="Processes serving the port (SO_REUSEPORT; one takes about 200 signed top-k "
+        help="Processes serving the port (SO_REUSEPORT; one takes 210-290 signed top-k "
         "uploads/s on 2 cores). The limits above are per worker. A dead worker is restarted.",
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v"),

@@ -275,7 +275,7 @@ def serve_workers(
     first in each worker: a spawned process starts without the parent's logging set-up.
 
     Each worker is a process of its own (its own interpreter lock: one coordinator process
-    takes about 3.5-4 ms of CPU per signed upload, so one process tops out near 200-230
+    takes about 3-4 ms of CPU per signed upload, so one process tops out near 210-290
     top-k uploads/s here however many cores there are). Each binds the port with
     ``SO_REUSEPORT``, so the kernel spreads new connections evenly over them; each has its
     own read gate and upload admission (the limits are per worker). The registry is shared:
