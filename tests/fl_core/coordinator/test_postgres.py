@@ -158,3 +158,39 @@ def test_pooled_connections_killed_by_the_server_are_replaced(pg_url: str, tmp_p
         coord.close()
     assert fresh == [True] * 8
     assert sorted(received) == names
+
+
+def test_an_acceptance_waits_for_a_close_holding_the_campaign_lock(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """While a round's close holds the campaign's advisory lock (here: a transaction of the
+    test's own that takes it, then closes the round), an update whose bytes are stored
+    waits at its acceptance (``fl_accept_update`` takes the same lock) and, once the close
+    commits, is refused 410 rather than accepted into a round already counted. Without the
+    lock in the function it is accepted at once, during the close."""
+    from fl_core.coordinator import registry
+    from fl_core.coordinator.registry import ProtocolError
+
+    coord = Coordinator(CoordinatorSettings(db_url=pg_url, store_url=str(tmp_path / "artifacts")))
+    try:
+        layout, keys = enrolled_round(coord, "camp-1", ["a"])
+        data = update_bytes("camp-1", 1, "a", layout)
+        with coord.engine.connect() as closing:
+            registry.lock_campaign(closing, "camp-1")  # as Coordinator.close_round does
+            with ThreadPoolExecutor(1) as pool:
+                accepting = pool.submit(accept_signed, coord, keys["a"], "camp-1", "a", data)
+                time.sleep(1.0)
+                waited = not accepting.done()
+                closing.execute(
+                    sa.text("UPDATE rounds SET closed_at = :t WHERE campaign = 'camp-1'"),
+                    {"t": time.time()},
+                )
+                closing.commit()
+                with pytest.raises(ProtocolError) as refused:
+                    accepting.result(timeout=30)
+        status = coord.round_status("camp-1", 1)
+    finally:
+        coord.close()
+    assert waited
+    assert refused.value.status == 410
+    assert status.received == [] and "a" in status.stragglers
