@@ -150,6 +150,10 @@ class ArtifactStore:
     def list(self, prefix: str) -> list[str]:
         raise NotImplementedError
 
+    def delete(self, key: str) -> None:
+        """Remove the artifact at ``key``; nothing happens if there is none."""
+        raise NotImplementedError
+
     def uri(self, key: str) -> str:
         raise NotImplementedError
 
@@ -269,6 +273,9 @@ class LocalStore(ArtifactStore):
             for p in base.rglob("*")
             if p.is_file() and not p.name.startswith(".tmp-")
         )
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
 
     def uri(self, key: str) -> str:
         return self._path(key).as_uri()
@@ -539,6 +546,36 @@ class S3Store(ArtifactStore):
             ]
 
         return sorted(self._call(f"list {prefix!r}", collect))
+
+    def delete(self, key: str) -> None:
+        object_key = self._object_key(key)
+        self._call(f"delete {key!r}", self.client.delete_object, Bucket=self.bucket, Key=object_key)
+
+    def presigned_put(
+        self, key: str, *, size: int, sha256: str, expires_s: float
+    ) -> tuple[str, dict[str, str]]:
+        """A URL that lets its holder ``PUT`` exactly ``size`` bytes hashing to ``sha256``
+        (hex) at ``key`` for ``expires_s`` seconds, without credentials, and the headers the
+        request must carry. S3 refuses any other length or content (the length and the
+        ``x-amz-checksum-sha256`` header are signed into the URL); whoever accepts the object
+        afterwards checks it again all the same (S3-compatible servers may not enforce
+        either)."""
+        import base64
+
+        checksum = base64.b64encode(bytes.fromhex(sha256)).decode()
+        url = self._call(
+            f"presign put {key!r}",
+            self.client.generate_presigned_url,
+            ClientMethod="put_object",
+            Params={
+                "Bucket": self.bucket,
+                "Key": self._object_key(key),
+                "ContentLength": size,
+                "ChecksumSHA256": checksum,
+            },
+            ExpiresIn=max(1, int(expires_s)),
+        )
+        return str(url), {"x-amz-checksum-sha256": checksum}
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._object_key(key)}"

@@ -179,6 +179,7 @@ class Agent:
         self.stop = threading.Event()
         self.tasks_done = 0
         self._uplink_mbps: float | None = None
+        self._direct_min_bytes: int | None = None  # the last task's offer of direct uploads
         self._downlink_mbps: float | None = None
         self._latency_s: float | None = None
         self._last_heartbeat = 0.0
@@ -281,7 +282,12 @@ class Agent:
         self.home.commit_pending(upload)
         url = f"{protocol.API_PREFIX}/updates/{upload.campaign}/{upload.round}"
         try:
-            _, seconds = self.client.upload_update(url, upload.data, signature=upload.signature)
+            _, seconds = self.client.upload_update(
+                url,
+                upload.data,
+                signature=upload.signature,
+                direct_min_bytes=self._direct_min_bytes,
+            )
             self._uplink_mbps = _mbps(len(upload.data), seconds)
             logger.info(
                 "uploaded %s round %d (%d bytes)", upload.campaign, upload.round, len(upload.data)
@@ -295,6 +301,8 @@ class Agent:
     def handle(self, task: dict[str, Any]) -> None:
         """One task: validate data, download, evaluate, train, persist, upload (or, for a
         monitoring task, :meth:`monitor`)."""
+        direct = task.get("direct_upload_min_bytes")  # resumed uploads after a restart: None
+        self._direct_min_bytes = int(direct) if isinstance(direct, int) and direct >= 0 else None
         if task.get("kind") == "monitor":
             self.monitor(task)
             return

@@ -135,9 +135,12 @@ class CoordinatorClient:
             headers={"User-Agent": "fl-agent/1"},
         )
         self._base_path = httpx.URL(self.base_url).path.rstrip("/")
+        self._store_http: httpx.Client | None = None  # presigned store URLs (direct uploads)
 
     def close(self) -> None:
         self._http.close()
+        if self._store_http is not None:
+            self._store_http.close()
 
     def __enter__(self) -> CoordinatorClient:
         return self
@@ -301,14 +304,18 @@ class CoordinatorClient:
         return float(response.json()["turn_s"]) if response.status_code == 200 else 0.0
 
     def upload_update(
-        self, url: str, data: bytes, *, signature: str
+        self, url: str, data: bytes, *, signature: str, direct_min_bytes: int | None = None
     ) -> tuple[dict[str, Any], float]:
         """Upload a signed update; 201 stored, 200 already stored (a resumed retry).
 
-        An update of at least ``turn_min_bytes`` first asks for an upload turn
-        (``POST <url>/turn``, waiting out busy answers there), so that a busy coordinator
-        refuses a request of a few hundred bytes, not the whole body; the seconds returned
-        are the ``PUT``'s alone."""
+        An update of at least ``direct_min_bytes`` (the task's ``direct_upload_min_bytes``:
+        the coordinator offers direct uploads to its S3 store) goes to the store through a
+        presigned URL and is then committed (:meth:`upload_direct`). Otherwise an update of
+        at least ``turn_min_bytes`` first asks for an upload turn (``POST <url>/turn``,
+        waiting out busy answers there), so that a busy coordinator refuses a request of a
+        few hundred bytes, not the whole body. The seconds returned are the transfer's."""
+        if direct_min_bytes is not None and len(data) >= direct_min_bytes:
+            return self.upload_direct(url, data, signature=signature)
         if len(data) >= self.turn_min_bytes:
             self.upload_turn(url)
         start = time.perf_counter()
@@ -322,6 +329,67 @@ class CoordinatorClient:
             },
         )
         return response.json(), time.perf_counter() - start
+
+    def upload_direct(
+        self, url: str, data: bytes, *, signature: str
+    ) -> tuple[dict[str, Any], float]:
+        """Upload a signed update straight to the coordinator's S3 store: ask for a presigned
+        URL (:meth:`direct_offer`), ``PUT`` the bytes there, then commit
+        (:meth:`commit_direct`); the coordinator reads the staged bytes back and checks them
+        as an upload. Each step is retried as any request is; the ``PUT`` and the commit
+        are idempotent."""
+        sha256 = hashlib.sha256(data).hexdigest()
+        offer = self.direct_offer(url, size=len(data), sha256=sha256)
+        start = time.perf_counter()
+        if not offer["stored"]:
+            self.put_presigned(str(offer["url"]), data, dict(offer["headers"]))
+        out = self.commit_direct(url, size=len(data), sha256=sha256, signature=signature)
+        return out, time.perf_counter() - start
+
+    def direct_offer(self, url: str, *, size: int, sha256: str) -> dict[str, Any]:
+        """``POST <url>/direct``: a presigned ``PUT`` for the update (``url``, ``headers``,
+        ``expires_s``), or ``stored`` when it is already accepted."""
+        offer: dict[str, Any] = self._post_json(
+            f"{url}/direct", {"size": size, "sha256": sha256}
+        ).json()
+        return offer
+
+    def commit_direct(self, url: str, *, size: int, sha256: str, signature: str) -> dict[str, Any]:
+        """``POST <url>/commit``: accept the update put at its staging key; the upload's
+        answer (201 stored, 200 already stored)."""
+        content = httpx.Request("POST", "http://x", json={"size": size, "sha256": sha256}).content
+        response = self._send(
+            "POST",
+            f"{url}/commit",
+            content=content,
+            headers={"Content-Type": "application/json", protocol.H_UPDATE_SIGNATURE: signature},
+        )
+        out: dict[str, Any] = response.json()
+        return out
+
+    def put_presigned(self, url: str, data: bytes, headers: dict[str, str]) -> None:
+        """``PUT`` to a presigned store URL (no request signature: the URL is the
+        credential; the system's CAs, or ``SSL_CERT_FILE``), retrying network errors and
+        5xx answers with backoff."""
+        if self._store_http is None:
+            self._store_http = httpx.Client(timeout=self._http.timeout)
+        last: object = None
+        for attempt in range(self.retry.attempts):
+            if attempt:
+                pause = self.retry.delay(attempt - 1)
+                logger.info("retrying the direct upload in %.2f s (%s)", pause, last)
+                time.sleep(pause)
+            try:
+                response = self._store_http.put(url, content=data, headers=headers)
+            except httpx.TransportError as exc:
+                last = exc
+                continue
+            if response.status_code < 300:
+                return
+            last = Refused(response.status_code, response.text[:300])
+            if response.status_code < 500 and response.status_code != 429:
+                raise last
+        raise Unreachable(f"PUT to the store: gave up after {self.retry.attempts} attempts: {last}")
 
     def report_evaluation(self, campaign: str, rnd: int, report: dict[str, Any]) -> None:
         self._post_json(f"/v1/evaluations/{campaign}/{rnd}", report)

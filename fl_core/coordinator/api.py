@@ -58,7 +58,7 @@ from fl_core.coordinator.db import (
 from fl_core.coordinator.registry import ClientInfo, ProtocolError
 from fl_core.coordinator.settings import CoordinatorSettings
 from fl_core.models import Layout
-from fl_core.store import ArtifactStore, open_store
+from fl_core.store import ArtifactStore, ArtifactTooLargeError, S3Store, open_store
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ __all__ = [
     "ProtocolError",
     "ReceivedUpdate",
     "RoundStatus",
+    "staging_key",
 ]
 
 
@@ -164,6 +165,12 @@ class MonitoringReport:
     metrics: dict[str, float]
     counts: list[list[int]] | None
     received_at: float
+
+
+def staging_key(campaign: str, rnd: int, client_id: str, sha256: str) -> str:
+    """Where a direct upload waits to be committed: outside the round's updates, named by
+    its digest (a client's retry with other bytes gets another key)."""
+    return f"staging/updates/{campaign}/{rnd:04d}/{client_id}-{sha256}.flw"
 
 
 class Coordinator:
@@ -635,6 +642,11 @@ class Coordinator:
             "upload_url": f"{protocol.API_PREFIX}/updates/{task.campaign}/{task.round}",
             "turn_url": f"{protocol.API_PREFIX}/updates/{task.campaign}/{task.round}/turn",
             **(
+                {"direct_upload_min_bytes": self.settings.direct_upload_min_bytes}
+                if self.direct_uploads
+                else {}
+            ),
+            **(
                 {
                     "edges": camp["edges"],
                     "report_url": f"{protocol.API_PREFIX}/monitoring/{task.campaign}/{task.round}",
@@ -725,6 +737,81 @@ class Coordinator:
             known_model=None if known_key is None else self._global_model(known_key),
             delta_codec=delta_codec,
         )
+
+    @property
+    def direct_uploads(self) -> bool:
+        """Whether large updates go straight to the store (``direct_upload_min_bytes`` set
+        and an S3 store)."""
+        return self.settings.direct_upload_min_bytes is not None and isinstance(
+            self.store, S3Store
+        )
+
+    def direct_upload(
+        self, client_id: str, campaign: str, rnd: int, *, size: int, sha256: str
+    ) -> dict[str, Any]:
+        """A presigned ``PUT`` of the update (``size`` bytes, digest ``sha256``) to its
+        staging key in the S3 store, for the client to upload without passing through the
+        coordinator: ``{"stored", "url", "headers", "expires_s"}``. The same refusals as
+        an upload's headers (403 not selected, 410 too late, 413 too large); 404 when this
+        coordinator takes no direct uploads. ``stored`` (no URL) when the task's update is
+        already accepted: the commit will be an idempotent retry."""
+        if not self.direct_uploads:
+            raise ProtocolError(404, "this coordinator takes no direct uploads")
+        with self.connection(autocommit=True) as c:
+            ctx = registry.upload_context(c, campaign, rnd, client_id)
+        if ctx.update_stored:
+            return {"stored": True, "url": None, "headers": {}, "expires_s": 0.0}
+        cap = self.update_cap(campaign)
+        if size > cap:
+            raise ProtocolError(413, f"update of {size} bytes exceeds the limit of {cap}")
+        ttl = self.settings.direct_upload_ttl_s
+        store = self.store
+        assert isinstance(store, S3Store)  # direct_uploads
+        url, headers = store.presigned_put(
+            staging_key(campaign, rnd, client_id, sha256), size=size, sha256=sha256, expires_s=ttl
+        )
+        return {"stored": False, "url": url, "headers": headers, "expires_s": ttl}
+
+    def commit_direct(
+        self, client_id: str, campaign: str, rnd: int, *, sha256: str, signature: str
+    ) -> tuple[bool, ReceivedUpdate]:
+        """Accept the update the client put at its staging key (:meth:`direct_upload`):
+        read back with the size cap (413), its digest must be the declared one (400), then
+        every check and step of :meth:`accept_update` (the bytes stored at the update's
+        key). The staging object is removed either way. An update already accepted with
+        this digest answers as an idempotent retry, staged object or not."""
+        if not self.direct_uploads:
+            raise ProtocolError(404, "this coordinator takes no direct uploads")
+        with self.connection(autocommit=True) as c:
+            ctx = registry.upload_context(c, campaign, rnd, client_id)
+        if ctx.update_stored and ctx.update_sha256 == sha256:
+            with self.session() as s:
+                row = registry.accepted_update(s, campaign, rnd, client_id)
+            assert row is not None
+            signed = protocol.update_message(
+                campaign=campaign, rnd=rnd, client_id=client_id, message_sha256=sha256
+            )
+            if ctx.public_key is None or not protocol.verify(ctx.public_key, signed, signature):
+                raise ProtocolError(401, "bad update signature")
+            return False, ReceivedUpdate.of(row)
+        key = staging_key(campaign, rnd, client_id, sha256)
+        try:
+            try:
+                data = self.store.get_bytes(key, max_size=self.update_cap(campaign))
+            except KeyError:
+                raise ProtocolError(
+                    400, "no staged update: PUT it to the presigned URL first"
+                ) from None
+            except ArtifactTooLargeError as exc:
+                raise ProtocolError(413, f"staged update: {exc}") from None
+            digest = hashlib.sha256(data).hexdigest()
+            if digest != sha256:
+                raise ProtocolError(400, "the staged update does not match the declared sha256")
+            return self.accept_update(
+                client_id, campaign, rnd, data, signature=signature, sha256=digest, context=ctx
+            )
+        finally:
+            self.store.delete(key)
 
     def check_upload_allowed(self, client_id: str, campaign: str, rnd: int) -> int:
         """Refuse an upload before its body is read (403 not selected, 410 too late);

@@ -134,3 +134,17 @@ class HealthOut(BaseModel):
     status: str
     api: str
     server_time: float
+
+
+class DirectIn(_Strict):
+    """A direct upload's size and digest (``POST .../direct`` and ``POST .../commit``)."""
+
+    size: int = Field(ge=1)
+    sha256: str = Field(pattern=_SHA256)
+
+
+class DirectOut(BaseModel):
+    stored: bool = Field(description="the task's update is already accepted: no URL")
+    url: str | None = Field(description="presigned PUT to the update's staging key")
+    headers: dict[str, str] = Field(description="headers the PUT must carry")
+    expires_s: float

@@ -4,9 +4,10 @@ Everything comes from arguments or the environment (never from ``params.yaml``, 
 secret in a file): ``FL_COORDINATOR_DB_URL`` (a SQLAlchemy URL; default SQLite at
 ``$FL_HOME/coordinator/registry.db``), ``FL_ARTIFACT_STORE`` (path, ``file://`` or ``s3://``;
 default ``$FL_HOME/artifacts``, the same default as the Airflow artifact-store hook),
-``FL_HOME`` (default ``./.fl``), and the upload admission limits
+``FL_HOME`` (default ``./.fl``), the upload admission limits
 ``FL_COORDINATOR_MAX_CONCURRENT_UPLOADS`` / ``FL_COORDINATOR_MAX_QUEUED_UPLOADS`` (see
-:mod:`fl_core.coordinator.admission`).
+:mod:`fl_core.coordinator.admission`), and ``FL_COORDINATOR_DIRECT_UPLOAD_MIN_BYTES``
+(updates this large go straight to the S3 store through presigned URLs).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ ENV_LIMITS = {
     "max_concurrent_uploads": "FL_COORDINATOR_MAX_CONCURRENT_UPLOADS",
     "max_queued_uploads": "FL_COORDINATOR_MAX_QUEUED_UPLOADS",
     "max_queued_small_uploads": "FL_COORDINATOR_MAX_QUEUED_SMALL_UPLOADS",
+    "direct_upload_min_bytes": "FL_COORDINATOR_DIRECT_UPLOAD_MIN_BYTES",
 }
 """Settings that may also come from the environment (integers)."""
 
@@ -71,6 +73,14 @@ class CoordinatorSettings:
         counted like the others.
     busy_retry_after_s
         The ``Retry-After`` (whole seconds) of that 503.
+    direct_upload_min_bytes
+        With an S3 artifact store: updates of at least this many bytes are uploaded by the
+        client straight to the store, through a presigned ``PUT`` URL the coordinator issues
+        for a staging key, and then committed (checked as a streamed upload is, and stored at
+        the update's key). None (the default): every update goes through the coordinator.
+        Ignored with a local store.
+    direct_upload_ttl_s
+        How long a presigned upload URL is valid.
     """
 
     db_url: str
@@ -85,6 +95,8 @@ class CoordinatorSettings:
     max_queued_uploads: int = 128
     max_queued_small_uploads: int = 1024
     busy_retry_after_s: int = 1
+    direct_upload_min_bytes: int | None = None
+    direct_upload_ttl_s: float = 900.0
 
     def __post_init__(self) -> None:
         if self.max_update_bytes < 1024:
@@ -104,6 +116,12 @@ class CoordinatorSettings:
             )
         if self.busy_retry_after_s < 1:
             raise ValueError(f"busy_retry_after_s must be >= 1, got {self.busy_retry_after_s}")
+        if self.direct_upload_min_bytes is not None and self.direct_upload_min_bytes < 0:
+            raise ValueError(
+                f"direct_upload_min_bytes must be >= 0, got {self.direct_upload_min_bytes}"
+            )
+        if self.direct_upload_ttl_s < 1:
+            raise ValueError(f"direct_upload_ttl_s must be >= 1, got {self.direct_upload_ttl_s}")
         if self.poll_interval_s <= 0:
             raise ValueError(f"poll_interval_s must be > 0, got {self.poll_interval_s}")
 

@@ -1,5 +1,7 @@
 """``PUT /v1/updates/{campaign}/{round}``: one signed update, streamed with a size cap;
-``POST /v1/updates/{campaign}/{round}/turn``: an upload turn, asked for before a large one.
+``POST /v1/updates/{campaign}/{round}/turn``: an upload turn, asked for before a large one;
+``POST /v1/updates/{campaign}/{round}/direct`` and ``.../commit``: a direct upload to the
+S3 store through a presigned URL, then its commit (when the coordinator offers them).
 
 Admission first (:mod:`fl_core.coordinator.admission`): beyond ``max_concurrent_uploads``
 in flight plus ``max_queued_uploads`` waiting (turns granted count), 503 with
@@ -26,9 +28,21 @@ from fastapi.responses import JSONResponse
 from fl_core.coordinator import protocol
 from fl_core.coordinator.admission import UploadAdmission
 from fl_core.coordinator.api import Coordinator, ReceivedUpdate
-from fl_core.coordinator.deps import authenticated_upload, get_coordinator, in_thread
+from fl_core.coordinator.deps import (
+    authenticated,
+    authenticated_upload,
+    get_coordinator,
+    in_thread,
+)
 from fl_core.coordinator.registry import ProtocolError, UploadContext
-from fl_core.coordinator.schemas import CAMPAIGN_PATTERN, TurnOut, UploadOut
+from fl_core.coordinator.routers._body import parse
+from fl_core.coordinator.schemas import (
+    CAMPAIGN_PATTERN,
+    DirectIn,
+    DirectOut,
+    TurnOut,
+    UploadOut,
+)
 
 router = APIRouter(prefix="/updates", tags=["updates"])
 
@@ -84,6 +98,49 @@ async def upload_turn(
     if ctx.update_stored:  # nothing to wait for: the PUT will be an idempotent retry
         return TurnOut(client_id=client_id, turn_s=0.0, stored=True)
     return TurnOut(client_id=client_id, turn_s=admission.grant_turn(client_id), stored=False)
+
+
+@router.post("/{campaign}/{rnd}/direct", response_model=DirectOut)
+async def direct_upload(
+    request: Request,
+    campaign: str = Path(pattern=CAMPAIGN_PATTERN),
+    rnd: int = Path(ge=1, le=10**6),
+    client_id: str = Depends(authenticated),
+    coord: Coordinator = Depends(get_coordinator),
+) -> DirectOut:
+    """A presigned ``PUT`` URL for the update's staging key in the S3 store (body:
+    ``{"size", "sha256"}``): 403 / 410 / 413 as for an upload, 404 without direct uploads."""
+    body = await parse(request, DirectIn)
+    offer = await in_thread(
+        coord.direct_upload, client_id, campaign, rnd, size=body.size, sha256=body.sha256
+    )
+    return DirectOut(**offer)
+
+
+@router.post("/{campaign}/{rnd}/commit", response_model=UploadOut, status_code=201)
+async def commit_direct(
+    request: Request,
+    campaign: str = Path(pattern=CAMPAIGN_PATTERN),
+    rnd: int = Path(ge=1, le=10**6),
+    client_id: str = Depends(authenticated),
+    coord: Coordinator = Depends(get_coordinator),
+) -> JSONResponse:
+    """Accept the update put at its staging key (body: ``{"size", "sha256"}``, header
+    ``X-FL-Update-Signature``): read back from the store within an upload slot (its bytes
+    are in memory while checked), then the upload's checks; 201 stored, 200 retry."""
+    signature = request.headers.get(protocol.H_UPDATE_SIGNATURE)
+    if not signature:
+        raise ProtocolError(401, f"missing {protocol.H_UPDATE_SIGNATURE} header")
+    body = await parse(request, DirectIn)
+    admission: UploadAdmission = request.app.state.upload_admission
+    async with admission.slot():
+        fresh, rec = await in_thread(
+            coord.commit_direct, client_id, campaign, rnd, sha256=body.sha256, signature=signature
+        )
+    out = UploadOut(
+        client_id=client_id, key=rec.key, sha256=rec.sha256, size=rec.size, stored=fresh
+    )
+    return JSONResponse(out.model_dump(), status_code=201 if fresh else 200)
 
 
 async def _receive(

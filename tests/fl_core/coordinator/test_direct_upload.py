@@ -1,0 +1,184 @@
+"""Direct uploads: a large update goes from the client straight to the S3 artifact store
+through a presigned URL, then is committed and checked by the coordinator as an upload.
+
+Services: a real S3 endpoint, ``moto_server`` on 127.0.0.1 (``tests/s3.py``), as the
+coordinator's store; the coordinator over HTTPS on 127.0.0.1. moto does not enforce the
+length and checksum signed into a presigned URL (real S3 does), so these tests also show
+that the commit's own checks refuse whatever the staging key holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from fl_core.agent.transport import Refused
+from fl_core.coordinator.api import Coordinator, staging_key
+from fl_core.coordinator.registry import ProtocolError
+from fl_core.coordinator.settings import CoordinatorSettings
+from fl_core.rounds.layout import update_key
+from fl_core.store import S3Store
+from tests.fl_core.coordinator.harness import ServerThread, TLSFiles, start_campaign, update_bytes
+from tests.fl_core.coordinator.test_http import CID, enroll, publish, sign_update
+from tests.s3 import CREDENTIALS, s3_client, s3_endpoint  # noqa: F401  (s3_endpoint: fixture)
+
+BUCKET = "fl-direct"
+DIRECT_MIN = 512  # the test model's updates are 700 bytes
+
+
+class RecordingS3Store(S3Store):
+    """The S3 store, noting the keys the coordinator presigned and wrote."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.presigned: list[str] = []
+        self.written: list[str] = []
+
+    def presigned_put(self, key: str, **kwargs: Any) -> tuple[str, dict[str, str]]:
+        self.presigned.append(key)
+        return super().presigned_put(key, **kwargs)
+
+    def put_bytes(self, key: str, data: bytes) -> str:
+        self.written.append(key)
+        return super().put_bytes(key, data)
+
+
+@pytest.fixture
+def coord(
+    s3_endpoint: str,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Coordinator]:
+    for name, value in CREDENTIALS.items():  # presigning signs with the store's credentials
+        monkeypatch.setenv(name, value)
+    client = s3_client(s3_endpoint)
+    if BUCKET not in {b["Name"] for b in client.list_buckets()["Buckets"]}:
+        client.create_bucket(Bucket=BUCKET)
+    store = RecordingS3Store(BUCKET, f"run-{secrets.token_hex(4)}", client=client)
+    settings = CoordinatorSettings.local(tmp_path / "home", direct_upload_min_bytes=DIRECT_MIN)
+    c = Coordinator(settings, store=store)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def layout(coord: Coordinator):  # type: ignore[no-untyped-def]
+    return start_campaign(coord.store, CID)[0]
+
+
+def _store(coord: Coordinator) -> RecordingS3Store:
+    store = coord.store
+    assert isinstance(store, RecordingS3Store)
+    return store
+
+
+def test_a_large_update_goes_straight_to_the_store_and_is_committed(
+    coord: Coordinator, server: ServerThread, tls: TLSFiles, layout
+) -> None:
+    client = enroll(coord, server, tls, "a")
+    publish(coord, ["a"])
+    task = client.next_task(wait_s=0)
+    assert task is not None and task["direct_upload_min_bytes"] == DIRECT_MIN
+    data = update_bytes(CID, 1, "a", layout)
+    assert len(data) >= DIRECT_MIN
+    signature = sign_update(client, 1, data)
+
+    out, _ = client.upload_update(
+        task["upload_url"], data, signature=signature, direct_min_bytes=DIRECT_MIN
+    )
+    again, _ = client.upload_update(
+        task["upload_url"], data, signature=signature, direct_min_bytes=DIRECT_MIN
+    )
+
+    store = _store(coord)
+    staged = staging_key(CID, 1, "a", hashlib.sha256(data).hexdigest())
+    assert out["stored"] is True and again["stored"] is False  # 201, then an idempotent 200
+    assert store.presigned == [staged]  # the bytes went to the staging key, not through us
+    assert store.get_bytes(update_key(CID, 1, "a")) == data
+    assert store.list("staging") == []  # the staging object is removed after the commit
+    assert coord.close_round(CID, 1).received == ["a"]
+    record = coord.update_signature(CID, 1, "a")
+    assert record is not None and record["signature"] == signature
+
+
+def test_small_updates_still_stream_through_the_coordinator(
+    coord: Coordinator, server: ServerThread, tls: TLSFiles, layout
+) -> None:
+    client = enroll(coord, server, tls, "a")
+    publish(coord, ["a"])
+    data = update_bytes(CID, 1, "a", layout)
+
+    out, _ = client.upload_update(
+        f"/v1/updates/{CID}/1", data, signature=sign_update(client, 1, data),
+        direct_min_bytes=len(data) + 1,
+    )  # fmt: skip
+
+    assert out["stored"] is True and _store(coord).presigned == []
+
+
+def _refused(fn: Any) -> Refused:
+    with pytest.raises(Refused) as refused:
+        fn()
+    return refused.value
+
+
+def test_direct_upload_refusals(
+    coord: Coordinator, server: ServerThread, tls: TLSFiles, layout
+) -> None:
+    a = enroll(coord, server, tls, "a")
+    outsider = enroll(coord, server, tls, "b")
+    publish(coord, ["a"])
+    url = f"/v1/updates/{CID}/1"
+    data = update_bytes(CID, 1, "a", layout)
+    sha = hashlib.sha256(data).hexdigest()
+    signature = sign_update(a, 1, data)
+    cap = coord.update_cap(CID)
+
+    not_selected = _refused(lambda: outsider.direct_offer(url, size=len(data), sha256=sha))
+    too_large = _refused(lambda: a.direct_offer(url, size=cap + 1, sha256=sha))
+    # a commit with nothing at the staging key
+    nothing_staged = _refused(
+        lambda: a.commit_direct(url, size=len(data), sha256=sha, signature=signature)
+    )
+    # other bytes than the declared digest at the staging key (real S3 would refuse the PUT)
+    offer = a.direct_offer(url, size=len(data), sha256=sha)
+    forged = bytearray(data)
+    forged[-1] ^= 0xFF
+    assert httpx.put(offer["url"], content=bytes(forged), headers=offer["headers"]).is_success
+    mismatch = _refused(
+        lambda: a.commit_direct(url, size=len(data), sha256=sha, signature=signature)
+    )
+    # the right bytes, signed by another key
+    a.put_presigned(offer["url"], data, offer["headers"])
+    foreign = sign_update(outsider, 1, data)
+    bad_signature = _refused(
+        lambda: a.commit_direct(url, size=len(data), sha256=sha, signature=foreign)
+    )
+    # the update is still acceptable afterwards
+    a.put_presigned(offer["url"], data, offer["headers"])
+    accepted = a.commit_direct(url, size=len(data), sha256=sha, signature=signature)
+
+    assert (not_selected.status, too_large.status) == (403, 413)
+    assert nothing_staged.status == 400 and "no staged update" in nothing_staged.reason
+    assert mismatch.status == 400 and "does not match" in mismatch.reason
+    assert bad_signature.status == 401
+    assert accepted["stored"] is True
+    assert _store(coord).list("staging") == []
+    assert coord.store.get_bytes(update_key(CID, 1, "a")) == data
+
+
+def test_a_coordinator_on_a_local_store_takes_no_direct_uploads(tmp_path: Path) -> None:
+    coord = Coordinator(CoordinatorSettings.local(tmp_path, direct_upload_min_bytes=0))
+    try:
+        with pytest.raises(ProtocolError) as refused:
+            coord.direct_upload("a", CID, 1, size=10, sha256="0" * 64)
+    finally:
+        coord.close()
+    assert refused.value.status == 404
+    assert not coord.direct_uploads
