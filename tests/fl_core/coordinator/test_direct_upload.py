@@ -16,15 +16,26 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
+from fl_core import wire
 from fl_core.agent.transport import Refused
 from fl_core.coordinator.api import Coordinator, staging_key
 from fl_core.coordinator.registry import ProtocolError
 from fl_core.coordinator.settings import CoordinatorSettings
+from fl_core.data.io import write_table
 from fl_core.rounds.layout import update_key
 from fl_core.store import S3Store
-from tests.fl_core.coordinator.harness import ServerThread, TLSFiles, start_campaign, update_bytes
+from tests.fl_core.agent.test_agent import agent_for
+from tests.fl_core.coordinator.harness import (
+    SPEC,
+    ServerThread,
+    TLSFiles,
+    start_campaign,
+    task_dict,
+    update_bytes,
+)
 from tests.fl_core.coordinator.test_http import CID, enroll, publish, sign_update
 from tests.s3 import CREDENTIALS, s3_client, s3_endpoint  # noqa: F401  (s3_endpoint: fixture)
 
@@ -182,3 +193,39 @@ def test_a_coordinator_on_a_local_store_takes_no_direct_uploads(tmp_path: Path) 
         coord.close()
     assert refused.value.status == 404
     assert not coord.direct_uploads
+
+
+def test_the_agent_follows_the_tasks_offer_of_direct_uploads(
+    coord: Coordinator, server: ServerThread, tls: TLSFiles, layout, tmp_path: Path
+) -> None:
+    """The agent as a device runs it: trains on its own file and, since the task offers
+    direct uploads, sends its update to the store through the presigned URL."""
+    rng = np.random.default_rng(3)
+    path = tmp_path / "device" / "local.parquet"
+    write_table(path, rng.normal(size=(40, SPEC.num_features)).astype(np.float32),
+                rng.integers(0, SPEC.num_classes, size=40))  # fmt: skip
+    token = coord.create_enrollment_token("dev-1")
+    agent = agent_for(server, tls, path, tmp_path / "agent-home", token)
+    coord.publish_round(CID, 1, base_version=0, tasks={"dev-1": task_dict(seed=5)}, deadline_s=60)
+
+    assert agent.run(max_tasks=1) == 1
+    agent.close()
+
+    stored = coord.store.get_bytes(update_key(CID, 1, "dev-1"))
+    header, _ = wire.decode(stored, expected_layout=layout)
+    assert header.client == "dev-1"
+    staged = staging_key(CID, 1, "dev-1", hashlib.sha256(stored).hexdigest())
+    assert _store(coord).presigned == [staged]
+    assert coord.close_round(CID, 1).received == ["dev-1"]
+
+
+def test_direct_uploads_are_turned_on_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FL_HOME", str(tmp_path))
+    assert CoordinatorSettings.from_env().direct_upload_min_bytes is None  # off by default
+    monkeypatch.setenv("FL_COORDINATOR_DIRECT_UPLOAD_MIN_BYTES", "1048576")
+    assert CoordinatorSettings.from_env().direct_upload_min_bytes == 1 << 20
+    monkeypatch.setenv("FL_COORDINATOR_DIRECT_UPLOAD_MIN_BYTES", "-1")
+    with pytest.raises(ValueError, match="direct_upload_min_bytes must be >= 0"):
+        CoordinatorSettings.from_env()
