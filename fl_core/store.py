@@ -378,7 +378,12 @@ class S3Store(ArtifactStore):
         import boto3
         from botocore.config import Config
 
-        options: dict[str, Any] = {"retries": {"mode": "standard", "max_attempts": 5}}
+        options: dict[str, Any] = {
+            "retries": {"mode": "standard", "max_attempts": 5},
+            # SigV4 everywhere: botocore would presign with SigV2 in us-east-1, which signs no
+            # header (a presigned PUT's length and checksum unenforced; refused by newer buckets)
+            "signature_version": "s3v4",
+        }
         if self.endpoint_url is not None:
             options["s3"] = {"addressing_style": "path"}
         session = boto3.session.Session()
@@ -562,6 +567,11 @@ class S3Store(ArtifactStore):
         either)."""
         import base64
 
+        if self.client.meta.config.signature_version != "s3v4":
+            raise ValueError(
+                "presigned uploads need a SigV4 S3 client (botocore Config(signature_version="
+                "'s3v4')): other signatures do not bind the length and checksum"
+            )
         checksum = base64.b64encode(bytes.fromhex(sha256)).decode()
         url = self._call(
             f"presign put {key!r}",

@@ -30,10 +30,22 @@ from fl_core.coordinator import protocol
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TURN_MIN_BYTES", "CoordinatorClient", "Refused", "RetryPolicy", "Unreachable"]
+__all__ = [
+    "TURN_MIN_BYTES",
+    "CoordinatorClient",
+    "Refused",
+    "RetryPolicy",
+    "StoreUploadFailed",
+    "Unreachable",
+]
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 BUSY_STATUSES = frozenset({429, 503})
+
+
+class StoreUploadFailed(Exception):
+    """A direct upload's ``PUT`` to the store failed (unreachable, or refused); the update
+    is then uploaded through the coordinator instead."""
 
 
 class Refused(Exception):
@@ -313,9 +325,15 @@ class CoordinatorClient:
         presigned URL and is then committed (:meth:`upload_direct`). Otherwise an update of
         at least ``turn_min_bytes`` first asks for an upload turn (``POST <url>/turn``,
         waiting out busy answers there), so that a busy coordinator refuses a request of a
-        few hundred bytes, not the whole body. The seconds returned are the transfer's."""
+        few hundred bytes, not the whole body. A direct upload whose ``PUT`` to the store
+        fails (the store unreachable from here, or refusing) falls back to the coordinator.
+        The seconds returned are the transfer's."""
         if direct_min_bytes is not None and len(data) >= direct_min_bytes:
-            return self.upload_direct(url, data, signature=signature)
+            try:
+                return self.upload_direct(url, data, signature=signature)
+            except StoreUploadFailed as exc:
+                logger.warning("direct upload to the store failed (%s); uploading through "
+                               "the coordinator", exc)  # fmt: skip
         if len(data) >= self.turn_min_bytes:
             self.upload_turn(url)
         start = time.perf_counter()
@@ -370,7 +388,7 @@ class CoordinatorClient:
     def put_presigned(self, url: str, data: bytes, headers: dict[str, str]) -> None:
         """``PUT`` to a presigned store URL (no request signature: the URL is the
         credential; the system's CAs, or ``SSL_CERT_FILE``), retrying network errors and
-        5xx answers with backoff."""
+        5xx answers with backoff; :class:`StoreUploadFailed` when it does not succeed."""
         if self._store_http is None:
             self._store_http = httpx.Client(timeout=self._http.timeout)
         last: object = None
@@ -386,10 +404,10 @@ class CoordinatorClient:
                 continue
             if response.status_code < 300:
                 return
-            last = Refused(response.status_code, response.text[:300])
+            last = f"{response.status_code}: {response.text[:300]}"
             if response.status_code < 500 and response.status_code != 429:
-                raise last
-        raise Unreachable(f"PUT to the store: gave up after {self.retry.attempts} attempts: {last}")
+                raise StoreUploadFailed(f"the store refused the PUT ({last})")
+        raise StoreUploadFailed(f"gave up after {self.retry.attempts} attempts: {last}")
 
     def report_evaluation(self, campaign: str, rnd: int, report: dict[str, Any]) -> None:
         self._post_json(f"/v1/evaluations/{campaign}/{rnd}", report)

@@ -72,6 +72,7 @@ __all__ = [
     "ReceivedUpdate",
     "RoundStatus",
     "staging_key",
+    "staging_prefix",
 ]
 
 
@@ -167,10 +168,15 @@ class MonitoringReport:
     received_at: float
 
 
-def staging_key(campaign: str, rnd: int, client_id: str, sha256: str) -> str:
-    """Where a direct upload waits to be committed: outside the round's updates, named by
-    its digest (a client's retry with other bytes gets another key)."""
-    return f"staging/updates/{campaign}/{rnd:04d}/{client_id}-{sha256}.flw"
+def staging_key(campaign: str, rnd: int, client_id: str) -> str:
+    """Where a client's direct upload waits to be committed: outside the round's updates,
+    one object per task (a new ``PUT`` replaces it; the commit checks the digest)."""
+    return f"{staging_prefix(campaign, rnd)}/{client_id}.flw"
+
+
+def staging_prefix(campaign: str, rnd: int) -> str:
+    """The round's staging folder (emptied when the round closes)."""
+    return f"staging/updates/{campaign}/{rnd:04d}"
 
 
 class Coordinator:
@@ -497,6 +503,9 @@ class Coordinator:
                 if client not in stored:
                     registry.record_straggler(s, campaign, rnd, client, reason)
         self._write_signatures(records)
+        if self.direct_uploads:  # direct uploads never committed (a client gone mid-way)
+            for key in self.store.list(staging_prefix(campaign, rnd)):
+                self._drop_staged(key)
         return self.round_status(campaign, rnd)
 
     @staticmethod
@@ -749,16 +758,14 @@ class Coordinator:
     def direct_upload(
         self, client_id: str, campaign: str, rnd: int, *, size: int, sha256: str
     ) -> dict[str, Any]:
-        """A presigned ``PUT`` of the update (``size`` bytes, digest ``sha256``) to its
+        """A presigned ``PUT`` of the update (``size`` bytes, digest ``sha256``) to the task's
         staging key in the S3 store, for the client to upload without passing through the
         coordinator: ``{"stored", "url", "headers", "expires_s"}``. The same refusals as
-        an upload's headers (403 not selected, 410 too late, 413 too large); 404 when this
-        coordinator takes no direct uploads. ``stored`` (no URL) when the task's update is
-        already accepted: the commit will be an idempotent retry."""
-        if not self.direct_uploads:
-            raise ProtocolError(404, "this coordinator takes no direct uploads")
-        with self.connection(autocommit=True) as c:
-            ctx = registry.upload_context(c, campaign, rnd, client_id)
+        an upload's headers (403 not selected, 410 too late, 409 other bytes already
+        accepted, 413 too large); 404 when this coordinator takes no direct uploads.
+        ``stored`` (no URL) when this update is already accepted: the commit will be an
+        idempotent retry."""
+        ctx = self._direct_context(client_id, campaign, rnd, sha256)
         if ctx.update_stored:
             return {"stored": True, "url": None, "headers": {}, "expires_s": 0.0}
         cap = self.update_cap(campaign)
@@ -766,35 +773,35 @@ class Coordinator:
             raise ProtocolError(413, f"update of {size} bytes exceeds the limit of {cap}")
         ttl = self.settings.direct_upload_ttl_s
         store = self.store
-        assert isinstance(store, S3Store)  # direct_uploads
+        assert isinstance(store, S3Store)  # _direct_context checked direct_uploads
         url, headers = store.presigned_put(
-            staging_key(campaign, rnd, client_id, sha256), size=size, sha256=sha256, expires_s=ttl
+            staging_key(campaign, rnd, client_id), size=size, sha256=sha256, expires_s=ttl
         )
         return {"stored": False, "url": url, "headers": headers, "expires_s": ttl}
 
     def commit_direct(
-        self, client_id: str, campaign: str, rnd: int, *, sha256: str, signature: str
+        self, client_id: str, campaign: str, rnd: int, *, size: int, sha256: str, signature: str
     ) -> tuple[bool, ReceivedUpdate]:
-        """Accept the update the client put at its staging key (:meth:`direct_upload`):
-        read back with the size cap (413), its digest must be the declared one (400), then
-        every check and step of :meth:`accept_update` (the bytes stored at the update's
-        key). The staging object is removed either way. An update already accepted with
-        this digest answers as an idempotent retry, staged object or not."""
-        if not self.direct_uploads:
-            raise ProtocolError(404, "this coordinator takes no direct uploads")
-        with self.connection(autocommit=True) as c:
-            ctx = registry.upload_context(c, campaign, rnd, client_id)
-        if ctx.update_stored and ctx.update_sha256 == sha256:
+        """Accept the update the client put at its staging key (:meth:`direct_upload`).
+        The update signature over the declared digest is checked first (401), before a byte
+        is read; then the staged object is read back with the size cap (413), and its size
+        and digest must be the declared ones (400); then every check and step of
+        :meth:`accept_update` (the bytes stored at the update's key). The staging object is
+        removed once the update is accepted or refused, and kept on any other failure (a
+        store or database error) so that the client's retry can commit it. An update already
+        accepted with this digest answers as an idempotent retry, staged object or not."""
+        ctx = self._direct_context(client_id, campaign, rnd, sha256)
+        signed = protocol.update_message(
+            campaign=campaign, rnd=rnd, client_id=client_id, message_sha256=sha256
+        )
+        if ctx.public_key is None or not protocol.verify(ctx.public_key, signed, signature):
+            raise ProtocolError(401, "bad update signature")
+        if ctx.update_stored:
             with self.session() as s:
                 row = registry.accepted_update(s, campaign, rnd, client_id)
             assert row is not None
-            signed = protocol.update_message(
-                campaign=campaign, rnd=rnd, client_id=client_id, message_sha256=sha256
-            )
-            if ctx.public_key is None or not protocol.verify(ctx.public_key, signed, signature):
-                raise ProtocolError(401, "bad update signature")
             return False, ReceivedUpdate.of(row)
-        key = staging_key(campaign, rnd, client_id, sha256)
+        key = staging_key(campaign, rnd, client_id)
         try:
             try:
                 data = self.store.get_bytes(key, max_size=self.update_cap(campaign))
@@ -804,14 +811,39 @@ class Coordinator:
                 ) from None
             except ArtifactTooLargeError as exc:
                 raise ProtocolError(413, f"staged update: {exc}") from None
-            digest = hashlib.sha256(data).hexdigest()
-            if digest != sha256:
-                raise ProtocolError(400, "the staged update does not match the declared sha256")
-            return self.accept_update(
-                client_id, campaign, rnd, data, signature=signature, sha256=digest, context=ctx
+            if len(data) != size or hashlib.sha256(data).hexdigest() != sha256:
+                raise ProtocolError(
+                    400, "the staged update does not match the declared size and sha256"
+                )
+            result = self.accept_update(
+                client_id, campaign, rnd, data, signature=signature, sha256=sha256, context=ctx
             )
-        finally:
+        except ProtocolError:
+            self._drop_staged(key)  # refused for good: a retry must PUT again
+            raise
+        self._drop_staged(key)
+        return result
+
+    def _direct_context(
+        self, client_id: str, campaign: str, rnd: int, sha256: str
+    ) -> registry.UploadContext:
+        """The upload context of a direct upload (403 / 410), 404 when this coordinator takes
+        none, 409 when other bytes were already accepted for the task."""
+        if not self.direct_uploads:
+            raise ProtocolError(404, "this coordinator takes no direct uploads")
+        with self.connection(autocommit=True) as c:
+            ctx = registry.upload_context(c, campaign, rnd, client_id)
+        if ctx.update_sha256 is not None and ctx.update_sha256 != sha256:
+            raise ProtocolError(409, "a different update for this task was already accepted")
+        return ctx
+
+    def _drop_staged(self, key: str) -> None:
+        """Remove a staging object; a failure is logged, not raised (it must not replace the
+        commit's answer; the round's close removes what is left)."""
+        try:
             self.store.delete(key)
+        except Exception as exc:  # noqa: BLE001 - e.g. no s3:DeleteObject permission
+            logger.warning("could not remove the staged update %s: %s", key, exc)
 
     def check_upload_allowed(self, client_id: str, campaign: str, rnd: int) -> int:
         """Refuse an upload before its body is read (403 not selected, 410 too late);

@@ -126,17 +126,22 @@ async def commit_direct(
     coord: Coordinator = Depends(get_coordinator),
 ) -> JSONResponse:
     """Accept the update put at its staging key (body: ``{"size", "sha256"}``, header
-    ``X-FL-Update-Signature``): read back from the store within an upload slot (its bytes
-    are in memory while checked), then the upload's checks; 201 stored, 200 retry."""
+    ``X-FL-Update-Signature``): admitted as an upload is (503 + ``Retry-After`` when full),
+    read back from the store within an upload slot (its bytes are in memory while
+    checked), then the upload's checks; 201 stored, 200 retry."""
     signature = request.headers.get(protocol.H_UPDATE_SIGNATURE)
     if not signature:
         raise ProtocolError(401, f"missing {protocol.H_UPDATE_SIGNATURE} header")
     body = await parse(request, DirectIn)
     admission: UploadAdmission = request.app.state.upload_admission
-    async with admission.slot():
-        fresh, rec = await in_thread(
-            coord.commit_direct, client_id, campaign, rnd, sha256=body.sha256, signature=signature
-        )
+    # counted with the uploads (503 + Retry-After beyond slots + queue), one read at a time
+    with admission.admit(client_id, length=body.size) as spend_turn:
+        spend_turn()
+        async with admission.slot():
+            fresh, rec = await in_thread(
+                coord.commit_direct, client_id, campaign, rnd,
+                size=body.size, sha256=body.sha256, signature=signature,
+            )  # fmt: skip
     out = UploadOut(
         client_id=client_id, key=rec.key, sha256=rec.sha256, size=rec.size, stored=fresh
     )

@@ -208,6 +208,6 @@ def test_ctrl_c_lets_requests_in_flight_finish(tls: TLSFiles, tmp_path: Path) ->
         if client is not None:
             client.close()
         if supervisor.poll() is None:
-            supervisor.kill()
+            os.killpg(supervisor.pid, signal.SIGKILL)  # its own session: workers included
             supervisor.wait(timeout=30)
         coord.close()
