@@ -21,6 +21,7 @@ from tests.fl_core.coordinator.harness import (
     TLSFiles,
     accept_signed,
     check_close_while_storing,
+    check_upload_authentication,
     enrolled_round,
     serving,
     start_campaign,
@@ -194,3 +195,13 @@ def test_an_acceptance_waits_for_a_close_holding_the_campaign_lock(
     assert waited
     assert refused.value.status == 410
     assert status.received == [] and "a" in status.stragglers
+
+
+def test_upload_authentication_refuses_as_authenticate_then_upload_context_on_postgresql(
+    pg_url: str, tmp_path: Path
+) -> None:
+    coord = Coordinator(CoordinatorSettings(db_url=pg_url, store_url=str(tmp_path / "artifacts")))
+    try:
+        check_upload_authentication(coord)
+    finally:
+        coord.close()
