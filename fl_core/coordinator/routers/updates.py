@@ -109,7 +109,8 @@ async def direct_upload(
     coord: Coordinator = Depends(get_coordinator),
 ) -> DirectOut:
     """A presigned ``PUT`` URL for the update's staging key in the S3 store (body:
-    ``{"size", "sha256"}``): 403 / 410 / 413 as for an upload, 404 without direct uploads."""
+    ``{"size", "sha256"}``): 403 / 409 / 410 / 413 as for an upload, 404 without direct
+    uploads."""
     body = await parse(request, DirectIn)
     offer = await in_thread(
         coord.direct_upload, client_id, campaign, rnd, size=body.size, sha256=body.sha256
