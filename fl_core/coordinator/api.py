@@ -179,6 +179,31 @@ def staging_prefix(campaign: str, rnd: int) -> str:
     return f"staging/updates/{campaign}/{rnd:04d}"
 
 
+def _check_update(
+    ctx: registry.UploadContext,
+    campaign: str,
+    rnd: int,
+    client_id: str,
+    sha256: str,
+    signature: str,
+) -> None:
+    """The update signature over the message digest ``sha256`` (401 unknown client or bad
+    signature), then 409 if other bytes were already accepted for the task."""
+    if ctx.public_key is None:
+        raise ProtocolError(401, "unknown client")
+    signed = protocol.update_message(
+        campaign=campaign, rnd=rnd, client_id=client_id, message_sha256=sha256
+    )
+    if not protocol.verify(ctx.public_key, signed, signature):
+        raise ProtocolError(401, "bad update signature")
+    _refuse_other_bytes(ctx, sha256)
+
+
+def _refuse_other_bytes(ctx: registry.UploadContext, sha256: str) -> None:
+    if ctx.update_sha256 is not None and ctx.update_sha256 != sha256:
+        raise ProtocolError(409, "a different update for this task was already accepted")
+
+
 class Coordinator:
     """The registry database plus the artifact store, with the operations on both.
 
@@ -765,7 +790,8 @@ class Coordinator:
         accepted, 413 too large); 404 when this coordinator takes no direct uploads.
         ``stored`` (no URL) when this update is already accepted: the commit will be an
         idempotent retry."""
-        ctx = self._direct_context(client_id, campaign, rnd, sha256)
+        ctx = self._direct_context(client_id, campaign, rnd)
+        _refuse_other_bytes(ctx, sha256)
         if ctx.update_stored:
             return {"stored": True, "url": None, "headers": {}, "expires_s": 0.0}
         cap = self.update_cap(campaign)
@@ -790,12 +816,8 @@ class Coordinator:
         removed once the update is accepted or refused, and kept on any other failure (a
         store or database error) so that the client's retry can commit it. An update already
         accepted with this digest answers as an idempotent retry, staged object or not."""
-        ctx = self._direct_context(client_id, campaign, rnd, sha256)
-        signed = protocol.update_message(
-            campaign=campaign, rnd=rnd, client_id=client_id, message_sha256=sha256
-        )
-        if ctx.public_key is None or not protocol.verify(ctx.public_key, signed, signature):
-            raise ProtocolError(401, "bad update signature")
+        ctx = self._direct_context(client_id, campaign, rnd)
+        _check_update(ctx, campaign, rnd, client_id, sha256, signature)
         if ctx.update_stored:
             with self.session() as s:
                 row = registry.accepted_update(s, campaign, rnd, client_id)
@@ -824,18 +846,13 @@ class Coordinator:
         self._drop_staged(key)
         return result
 
-    def _direct_context(
-        self, client_id: str, campaign: str, rnd: int, sha256: str
-    ) -> registry.UploadContext:
+    def _direct_context(self, client_id: str, campaign: str, rnd: int) -> registry.UploadContext:
         """The upload context of a direct upload (403 / 410), 404 when this coordinator takes
-        none, 409 when other bytes were already accepted for the task."""
+        none."""
         if not self.direct_uploads:
             raise ProtocolError(404, "this coordinator takes no direct uploads")
         with self.connection(autocommit=True) as c:
-            ctx = registry.upload_context(c, campaign, rnd, client_id)
-        if ctx.update_sha256 is not None and ctx.update_sha256 != sha256:
-            raise ProtocolError(409, "a different update for this task was already accepted")
-        return ctx
+            return registry.upload_context(c, campaign, rnd, client_id)
 
     def _drop_staged(self, key: str) -> None:
         """Remove a staging object; a failure is logged, not raised (it must not replace the
@@ -883,15 +900,7 @@ class Coordinator:
         if ctx is None:
             with self.connection(autocommit=True) as c:
                 ctx = registry.upload_context(c, campaign, rnd, client_id)
-        if ctx.public_key is None:
-            raise ProtocolError(401, "unknown client")
-        signed = protocol.update_message(
-            campaign=campaign, rnd=rnd, client_id=client_id, message_sha256=digest
-        )
-        if not protocol.verify(ctx.public_key, signed, signature):
-            raise ProtocolError(401, "bad update signature")
-        if ctx.update_sha256 is not None and ctx.update_sha256 != digest:
-            raise ProtocolError(409, "a different update for this task was already accepted")
+        _check_update(ctx, campaign, rnd, client_id, digest, signature)
         if ctx.update_sha256 is None:
             self._check_message(data, campaign, rnd, client_id, ctx.base_version, ctx.task)
         key = update_key(campaign, rnd, client_id)

@@ -457,7 +457,10 @@ def _claimed_query() -> sa.Select[Any, Any, Any]:
 
 @functools.cache
 def _mark_stored() -> sa.Update:
-    """Accept a claimed update: stored, its time, the campaign's next arrival number."""
+    """Accept a claimed update: stored, its time, the campaign's next arrival number.
+    SQLite runs this statement; PostgreSQL runs its twin inside ``fl_accept_update``
+    (migration ``0005_accept_function``), so a change here needs a migration that
+    replaces that function too."""
     u = _updates.c
     prior = _updates.alias("prior")  # not correlated with the updated row
     latest = (
