@@ -283,10 +283,15 @@ class CoordinatorClient:
         )
         return str(response.json()["client_id"])
 
-    def _post_json(self, path: str, payload: dict[str, Any]) -> httpx.Response:
+    def _post_json(
+        self, path: str, payload: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> httpx.Response:
         content = httpx.Request("POST", "http://x", json=payload).content
         return self._send(
-            "POST", path, content=content, headers={"Content-Type": "application/json"}
+            "POST",
+            path,
+            content=content,
+            headers={"Content-Type": "application/json", **(headers or {})},
         )
 
     def heartbeat(self, report: dict[str, Any]) -> dict[str, Any]:
@@ -375,14 +380,11 @@ class CoordinatorClient:
     def commit_direct(self, url: str, *, size: int, sha256: str, signature: str) -> dict[str, Any]:
         """``POST <url>/commit``: accept the update put at its staging key; the upload's
         answer (201 stored, 200 already stored)."""
-        content = httpx.Request("POST", "http://x", json={"size": size, "sha256": sha256}).content
-        response = self._send(
-            "POST",
+        out: dict[str, Any] = self._post_json(
             f"{url}/commit",
-            content=content,
-            headers={"Content-Type": "application/json", protocol.H_UPDATE_SIGNATURE: signature},
-        )
-        out: dict[str, Any] = response.json()
+            {"size": size, "sha256": sha256},
+            headers={protocol.H_UPDATE_SIGNATURE: signature},
+        ).json()
         return out
 
     def put_presigned(self, url: str, data: bytes, headers: dict[str, str]) -> None:
