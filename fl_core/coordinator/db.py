@@ -189,24 +189,36 @@ class MonitoringReportRow(Base):
     received_at: Mapped[float] = mapped_column(sa.Float)
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA busy_timeout=30000")
-    cur.close()
+SQLITE_BUSY_TIMEOUT_S = 30.0
+"""How long a SQLite statement waits for another connection's write lock."""
 
 
-def make_engine(db_url: str) -> Engine:
-    """An engine for ``db_url``; SQLite gets WAL, a busy timeout and its folder created."""
+def _sqlite_pragmas(busy_timeout_s: float) -> Any:
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+        cur.close()
+
+    return on_connect
+
+
+def make_engine(
+    db_url: str, *, busy_timeout_s: float = SQLITE_BUSY_TIMEOUT_S, pool_size: int = 8
+) -> Engine:
+    """An engine for ``db_url``; SQLite gets WAL, a busy timeout (``busy_timeout_s``; 0:
+    a locked database raises at once) and its folder created."""
     url = sa.make_url(db_url)
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=8
+            url,
+            connect_args={"check_same_thread": False, "timeout": busy_timeout_s},
+            pool_size=pool_size,
         )
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", _sqlite_pragmas(busy_timeout_s))
         return engine
     engine = sa.create_engine(url, pool_size=10, max_overflow=20)
     ping_when_idle(engine)

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from fastapi import Depends, Request
 
 from fl_core.coordinator import protocol, registry
-from fl_core.coordinator.api import Coordinator
+from fl_core.coordinator.api import Coordinator, WouldWait
 from fl_core.coordinator.registry import ProtocolError, UploadContext
 
 MAX_JSON_BYTES = 1 << 20
@@ -42,6 +42,20 @@ async def in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     and a signed upload makes two."""
     call = functools.partial(fn, *args, **kwargs)
     return await asyncio.get_running_loop().run_in_executor(_THREADS, call)
+
+
+async def registry_work(coord: Coordinator, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)``, an upload's registry and store work: on the event loop
+    when that cannot wait (:meth:`Coordinator.inline <fl_core.coordinator.api.Coordinator.inline>`:
+    SQLite and a local store, nothing locked), else (and whenever the inline run found
+    something locked) in a worker thread."""
+    if coord.inline_ok:
+        try:
+            with coord.inline():
+                return fn(*args, **kwargs)
+        except WouldWait:
+            pass
+    return await in_thread(fn, *args, **kwargs)
 
 
 async def get_coordinator(request: Request) -> Coordinator:
@@ -109,6 +123,8 @@ async def _authenticate(
             ctx = registry.authenticate_upload(c, *upload, **signed)
         return client_id, ctx, coord.update_cap(upload[0])  # store I/O once per campaign
 
+    if upload is not None:
+        return await registry_work(coord, check)
     return await in_thread(check)
 
 

@@ -215,14 +215,29 @@ def authenticate_upload(
 ) -> UploadContext:
     """:func:`authenticate` then :func:`upload_context`, with the same refusals in the same
     order, reading the client's key and the upload's context in one query (one round trip
-    to the database less per upload)."""
+    to the database less per upload).
+
+    Its writes (the nonce, the occasional prune, a straggler record on 410) are one
+    transaction, committed at the end, refused or not: on SQLite the first write takes the
+    write lock and nothing after it waits for one, so a call that found the database locked
+    wrote nothing and may run again whole (what an inline call does when it falls back to a
+    worker thread: :meth:`Coordinator.inline <fl_core.coordinator.api.Coordinator.inline>`).
+    """
     now = _check_timestamp(timestamp, skew_s)
     row = session.execute(
         _auth_upload_query(), {"client_id": client_id, "campaign": campaign, "round": rnd}
     ).first()
-    _admit(session, row, client_id, message, signature, nonce, now=now, skew_s=skew_s)
+    _admit(
+        session, row, client_id, message, signature, nonce, now=now, skew_s=skew_s, commit=False
+    )
     assert row is not None  # _admit refused an unknown client
-    return _upload_context_of(session, row, campaign, rnd, client_id)
+    try:
+        ctx = _upload_context_of(session, row, campaign, rnd, client_id)
+    except ProtocolError:  # 403 / 410: the nonce (and the straggler record) still count
+        session.commit()
+        raise
+    session.commit()
+    return ctx
 
 
 def _check_timestamp(timestamp: float, skew_s: float) -> float:
@@ -245,9 +260,11 @@ def _admit(
     *,
     now: float,
     skew_s: float,
+    commit: bool = True,
 ) -> None:
     """Known client and valid signature (401), not revoked (403), fresh nonce (409, else
-    recorded) for ``row`` (the client's ``public_key`` and ``revoked_at``, or None)."""
+    recorded) for ``row`` (the client's ``public_key`` and ``revoked_at``, or None). Without
+    ``commit`` the nonce (and prune) are left in the caller's open transaction."""
     if row is None or row.public_key is None:
         raise ProtocolError(401, "unknown client")
     if not protocol.verify(row.public_key, message, signature):
@@ -256,12 +273,12 @@ def _admit(
         raise ProtocolError(403, "client is revoked")
     try:
         session.execute(_nonce_insert(), {"nonce": nonce, "client_id": client_id, "seen_at": now})
-        session.commit()
     except IntegrityError:
         session.rollback()
         raise ProtocolError(409, "replayed request (nonce already seen)") from None
     if secrets.randbelow(256) == 0:
         session.execute(sa.delete(NonceRow).where(NonceRow.seen_at < now - 2 * skew_s - 1))
+    if commit:
         session.commit()
 
 

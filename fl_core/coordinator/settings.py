@@ -81,6 +81,10 @@ class CoordinatorSettings:
         Ignored with a local store.
     direct_upload_ttl_s
         How long a presigned upload URL is valid.
+    inline_uploads
+        With a SQLite registry and a local store: run an upload's registry and store work on
+        the event loop, falling back to a worker thread whenever it would wait for a lock
+        (see ``Coordinator.inline``). False: always in a worker thread.
     """
 
     db_url: str
@@ -97,6 +101,7 @@ class CoordinatorSettings:
     busy_retry_after_s: int = 1
     direct_upload_min_bytes: int | None = None
     direct_upload_ttl_s: float = 900.0
+    inline_uploads: bool = True
 
     def __post_init__(self) -> None:
         if self.max_update_bytes < 1024:

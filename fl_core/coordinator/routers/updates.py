@@ -33,6 +33,7 @@ from fl_core.coordinator.deps import (
     authenticated_upload,
     get_coordinator,
     in_thread,
+    registry_work,
 )
 from fl_core.coordinator.registry import ProtocolError, UploadContext
 from fl_core.coordinator.routers._body import parse
@@ -174,7 +175,8 @@ async def _receive(
         raise ProtocolError(401, "body does not match the signed sha256")
     body = b"".join(chunks)
     del chunks
-    fresh, rec = await in_thread(
+    fresh, rec = await registry_work(
+        coord,
         functools.partial(coord.accept_update, signature=signature, sha256=hexdigest, context=ctx),
         client_id,
         campaign,
