@@ -83,9 +83,10 @@ def create_app(
 
 
 def serving_app(settings: CoordinatorSettings) -> FastAPI:
-    """:func:`create_app` with its registry opened and migrated: what a serving process
-    runs, so its first request does not pay for that (a module-level function of picklable
+    """:func:`create_app` with its registry opened, migrated and warmed up
+    (:meth:`Coordinator.warm_up`): what a serving process runs, so its first requests do
+    not pay for that (a module-level function of picklable
     settings: ``fl coordinator serve --workers N`` spawns its workers with it)."""
     app = create_app(settings)
-    app.state.coordinator.engine  # noqa: B018 - open and migrate now
+    app.state.coordinator.warm_up()  # open and migrate now; compile the upload path
     return app

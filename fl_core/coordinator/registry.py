@@ -682,6 +682,31 @@ _ACCEPT_CALL = sa.text(
 )
 
 
+def warm_up(conn: sa.Connection) -> None:
+    """Run each statement of the upload path once on ``conn``, matching nothing, in a
+    transaction rolled back: SQLAlchemy compiles a statement on its first execution on an
+    engine (a few ms of CPU for these), which the first uploads after a (re)start then
+    need not pay."""
+    where = {"w_campaign": "", "w_round": 0, "w_client_id": ""}
+    try:
+        conn.execute(_auth_upload_query(), {"client_id": "", "campaign": "", "round": 0})
+        conn.execute(_upload_query(), {"client_id": "", "campaign": "", "round": 0})
+        conn.execute(_claimed_query(), where)
+        conn.execute(_nonce_insert(), {"nonce": "", "client_id": "", "seen_at": 0.0})
+        conn.execute(
+            _claim_insert(),
+            {"campaign": "", "round": 0, "client_id": "", "key": "", "sha256": "", "size": 0,
+             "received_at": 0.0, "stored": False, "signature": None, "public_key": None},
+        )  # fmt: skip
+        if _dialect(conn) == "postgresql":
+            conn.execute(_ACCEPT_CALL, {"lock": 0, "campaign": "", "round": 0, "client": "",
+                                        "accepted_at": 0.0})  # fmt: skip
+        else:
+            conn.execute(_mark_stored(), {**where, "accepted_at": 0.0})
+    finally:
+        conn.rollback()
+
+
 def _arrival_lock_key(campaign: str) -> int:
     """The campaign's advisory-lock key: 64 bits of a digest of its id (signed, as
     PostgreSQL's bigint)."""

@@ -156,3 +156,33 @@ def test_an_upload_that_falls_back_after_its_claim_is_accepted_once(tmp_path: Pa
         if store.holder is not None:
             store.holder.join()
         coord.close()
+
+
+def test_warm_up_compiles_the_upload_path_and_leaves_the_registry_as_it_was(
+    tmp_path: Path,
+) -> None:
+    """What a serving process runs before it listens: the upload path's statements run once
+    (matching nothing) and are rolled back, on the connection inline uploads use; the
+    layouts of open campaigns are loaded. Not a row is added."""
+    from fl_core.coordinator.app import serving_app
+
+    settings = CoordinatorSettings.local(tmp_path / "home")
+    first = Coordinator(settings)
+    enrolled_round(first, CID, ["a"])
+    first.close()
+
+    app = serving_app(settings)
+    coord: Coordinator = app.state.coordinator
+    try:
+        assert CID in coord._campaigns  # noqa: SLF001 - loaded before the first upload
+        engine = sa.create_engine(settings.db_url)
+        with engine.connect() as conn:
+            counts = {
+                table: conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one()
+                for table in ("nonces", "updates", "stragglers")
+            }
+        engine.dispose()
+        assert counts == {"nonces": 0, "updates": 0, "stragglers": 0}
+        assert coord._inline_conn is not None  # noqa: SLF001 - opened for the first upload
+    finally:
+        coord.close()
