@@ -41,7 +41,7 @@ from sqlalchemy.orm import Session
 
 from fl_core import wire
 from fl_core.codec import parse_codec
-from fl_core.coordinator import protocol, registry
+from fl_core.coordinator import protocol, registry, sqlite_direct
 from fl_core.coordinator.db import (
     ClientRow,
     EvaluationRow,
@@ -368,9 +368,8 @@ class Coordinator:
                 conn = self._inline_conn = self._inline_engine.connect()
             try:
                 yield conn
-            finally:
-                if conn.in_transaction():  # what a call left uncommitted (reads) or failed
-                    conn.rollback()
+            finally:  # what a call left uncommitted (reads) or failed
+                sqlite_direct.rollback(conn)
         except sa.exc.OperationalError as exc:
             if _sqlite_busy(exc):
                 raise WouldWait(f"the registry is locked: {exc.orig}") from exc

@@ -35,6 +35,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
+from fl_core.coordinator import sqlite_direct
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -194,7 +196,8 @@ SQLITE_BUSY_TIMEOUT_S = 30.0
 
 
 def _sqlite_pragmas(busy_timeout_s: float) -> Any:
-    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+    def on_connect(dbapi_conn: Any, record: Any) -> None:
+        record.info[sqlite_direct.INFO_KEY] = dbapi_conn  # the upload path's statements
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")

@@ -34,6 +34,9 @@ from fl_core.coordinator.db import (
     TaskRow,
     UpdateRow,
 )
+from fl_core.coordinator.sqlite_direct import commit as _commit
+from fl_core.coordinator.sqlite_direct import execute as _execute
+from fl_core.coordinator.sqlite_direct import rollback as _rollback
 
 logger = logging.getLogger(__name__)
 
@@ -224,19 +227,17 @@ def authenticate_upload(
     worker thread: :meth:`Coordinator.inline <fl_core.coordinator.api.Coordinator.inline>`).
     """
     now = _check_timestamp(timestamp, skew_s)
-    row = session.execute(
-        _auth_upload_query(), {"client_id": client_id, "campaign": campaign, "round": rnd}
+    row = _execute(
+        session, _auth_upload_query(), {"client_id": client_id, "campaign": campaign, "round": rnd}
     ).first()
-    _admit(
-        session, row, client_id, message, signature, nonce, now=now, skew_s=skew_s, commit=False
-    )
+    _admit(session, row, client_id, message, signature, nonce, now=now, skew_s=skew_s, commit=False)
     assert row is not None  # _admit refused an unknown client
     try:
         ctx = _upload_context_of(session, row, campaign, rnd, client_id)
     except ProtocolError:  # 403 / 410: the nonce (and the straggler record) still count
-        session.commit()
+        _commit(session)
         raise
-    session.commit()
+    _commit(session)
     return ctx
 
 
@@ -272,14 +273,14 @@ def _admit(
     if row.revoked_at is not None:
         raise ProtocolError(403, "client is revoked")
     try:
-        session.execute(_nonce_insert(), {"nonce": nonce, "client_id": client_id, "seen_at": now})
+        _execute(session, _nonce_insert(), {"nonce": nonce, "client_id": client_id, "seen_at": now})
     except IntegrityError:
-        session.rollback()
+        _rollback(session)
         raise ProtocolError(409, "replayed request (nonce already seen)") from None
     if secrets.randbelow(256) == 0:
         session.execute(sa.delete(NonceRow).where(NonceRow.seen_at < now - 2 * skew_s - 1))
     if commit:
-        session.commit()
+        _commit(session)
 
 
 # --------------------------------------------------------------------------- heartbeats
@@ -520,8 +521,8 @@ def upload_context(
 ) -> UploadContext:
     """The round, the client's task and key and any accepted update, or a refusal: 403 when
     the client was not selected, 410 (recorded as straggler) when the round is closed."""
-    found = session.execute(
-        _upload_query(), {"campaign": campaign, "round": rnd, "client_id": client_id}
+    found = _execute(
+        session, _upload_query(), {"campaign": campaign, "round": rnd, "client_id": client_id}
     ).first()
     return _upload_context_of(session, found, campaign, rnd, client_id)
 
@@ -583,7 +584,8 @@ def claim_update(
     """
     now = time.time()
     try:
-        session.execute(
+        _execute(
+            session,
             _claim_insert(),
             {
                 "campaign": campaign,
@@ -598,12 +600,14 @@ def claim_update(
                 "public_key": public_key,
             },
         )
-        session.commit()
+        _commit(session)
         return True, now
     except IntegrityError:
-        session.rollback()
-    existing = session.execute(
-        _claimed_query(), {"w_campaign": campaign, "w_round": rnd, "w_client_id": client_id}
+        _rollback(session)
+    existing = _execute(
+        session,
+        _claimed_query(),
+        {"w_campaign": campaign, "w_round": rnd, "w_client_id": client_id},
     ).first()
     if existing is not None and existing.sha256 == sha256:
         return not existing.stored, existing.received_at
@@ -646,17 +650,17 @@ def mark_stored(session: Session | sa.Connection, campaign: str, rnd: int, clien
                      "client": client_id, "accepted_at": now},
                 ).scalar_one()  # fmt: skip
             else:  # one writer at a time: no lock to take
-                result = session.execute(_mark_stored(), {**params, "accepted_at": now})
+                result = _execute(session, _mark_stored(), {**params, "accepted_at": now})
                 done = cast(sa.CursorResult[Any], result).rowcount
-            session.commit()
+            _commit(session)
             break
         except IntegrityError:
-            session.rollback()
+            _rollback(session)
     else:
         raise RuntimeError(f"could not number the arrival of {client_id} in {campaign} round {rnd}")
     if done:
         return
-    found = session.execute(_claimed_query(), params).first()
+    found = _execute(session, _claimed_query(), params).first()
     if found is not None and found.stored:  # accepted before: an idempotent retry
         return
     _refuse_if_closed(session, campaign, rnd, client_id, closed=True, deadline=now)
@@ -677,9 +681,7 @@ def _dialect(session: Session | sa.Connection) -> str:
 
 
 _ARRIVAL_LOCK = sa.text("SELECT pg_advisory_xact_lock(:key)")
-_ACCEPT_CALL = sa.text(
-    "SELECT fl_accept_update(:lock, :campaign, :round, :client, :accepted_at)"
-)
+_ACCEPT_CALL = sa.text("SELECT fl_accept_update(:lock, :campaign, :round, :client, :accepted_at)")
 
 
 def warm_up(conn: sa.Connection) -> None:
@@ -689,12 +691,11 @@ def warm_up(conn: sa.Connection) -> None:
     need not pay."""
     where = {"w_campaign": "", "w_round": 0, "w_client_id": ""}
     try:
-        conn.execute(_auth_upload_query(), {"client_id": "", "campaign": "", "round": 0})
-        conn.execute(_upload_query(), {"client_id": "", "campaign": "", "round": 0})
-        conn.execute(_claimed_query(), where)
-        conn.execute(_nonce_insert(), {"nonce": "", "client_id": "", "seen_at": 0.0})
-        conn.execute(
-            _claim_insert(),
+        _execute(conn, _auth_upload_query(), {"client_id": "", "campaign": "", "round": 0})
+        _execute(conn, _upload_query(), {"client_id": "", "campaign": "", "round": 0})
+        _execute(conn, _claimed_query(), where)
+        _execute(conn, _nonce_insert(), {"nonce": "", "client_id": "", "seen_at": 0.0})
+        _execute(conn, _claim_insert(),
             {"campaign": "", "round": 0, "client_id": "", "key": "", "sha256": "", "size": 0,
              "received_at": 0.0, "stored": False, "signature": None, "public_key": None},
         )  # fmt: skip
@@ -702,9 +703,9 @@ def warm_up(conn: sa.Connection) -> None:
             conn.execute(_ACCEPT_CALL, {"lock": 0, "campaign": "", "round": 0, "client": "",
                                         "accepted_at": 0.0})  # fmt: skip
         else:
-            conn.execute(_mark_stored(), {**where, "accepted_at": 0.0})
+            _execute(conn, _mark_stored(), {**where, "accepted_at": 0.0})
     finally:
-        conn.rollback()
+        _rollback(conn)
 
 
 def _arrival_lock_key(campaign: str) -> int:

@@ -15,6 +15,7 @@ from fl_core.coordinator.settings import CoordinatorSettings
 from tests.fl_core.coordinator.harness import (
     check_close_while_storing,
     check_upload_authentication,
+    enrolled_round,
 )
 
 
@@ -96,5 +97,81 @@ def test_upload_authentication_refuses_as_authenticate_then_upload_context(
     coord = Coordinator(CoordinatorSettings.local(tmp_path))
     try:
         check_upload_authentication(coord)
+    finally:
+        coord.close()
+
+
+def test_upload_statements_run_straight_on_sqlite3_as_through_sqlalchemy(tmp_path: Path) -> None:
+    """The upload path's statements on SQLite skip SQLAlchemy's execution (``sqlite_direct``):
+    each returns the same rows, decoded the same way (JSON as dicts, booleans as bools),
+    and fails with the same SQLAlchemy exceptions (a duplicate key, a locked database)."""
+    import sqlite3
+
+    from fl_core.coordinator import registry, sqlite_direct
+
+    settings = CoordinatorSettings.local(tmp_path / "home")
+    coord = Coordinator(settings)
+    try:
+        enrolled_round(coord, "camp-1", ["a", "b"])
+        with coord.connection() as conn:
+            registry.claim_update(
+                conn, campaign="camp-1", rnd=1, client_id="a", key="k", sha256="0" * 64, size=3
+            )
+        queries = [
+            (registry._auth_upload_query(), {"client_id": "a", "campaign": "camp-1", "round": 1}),
+            (registry._auth_upload_query(), {"client_id": "b", "campaign": "camp-1", "round": 2}),
+            (registry._auth_upload_query(), {"client_id": "zz", "campaign": "camp-1", "round": 1}),
+            (registry._upload_query(), {"client_id": "a", "campaign": "camp-1", "round": 1}),
+            (registry._claimed_query(), {"w_campaign": "camp-1", "w_round": 1, "w_client_id": "a"}),
+        ]
+        with coord.connection() as conn:
+            assert conn.info.get(sqlite_direct.INFO_KEY) is not None
+            for stmt, params in queries:
+                direct = sqlite_direct.execute(conn, stmt, params).first()
+                assert not isinstance(direct, sa.Row)  # it did not go through SQLAlchemy
+                expected = conn.execute(stmt, params).first()
+                if expected is None:
+                    assert direct is None
+                    continue
+                assert direct._asdict() == expected._asdict()
+                assert [type(v) for v in direct] == [type(v) for v in expected]
+            task = sqlite_direct.execute(conn, *queries[0]).first().task
+            assert isinstance(task, dict) and task["codec"] == "dense_fp32"
+
+            update = {"w_campaign": "camp-1", "w_round": 1, "w_client_id": "a", "accepted_at": 5.0}
+            result = sqlite_direct.execute(conn, registry._mark_stored(), update)
+            assert result.rowcount == 1
+            sqlite_direct.commit(conn)
+            row = conn.execute(registry._claimed_query(), update).first()
+            assert row is not None and row.stored is True
+
+            nonce = {"nonce": "n" * 32, "client_id": "a", "seen_at": 1.0}
+            sqlite_direct.execute(conn, registry._nonce_insert(), nonce)
+            sqlite_direct.commit(conn)
+            try:
+                sqlite_direct.execute(conn, registry._nonce_insert(), nonce)
+            except sa.exc.IntegrityError:
+                sqlite_direct.rollback(conn)
+            else:
+                raise AssertionError("a duplicate nonce was inserted")
+
+        database = sa.make_url(settings.db_url).database
+        assert database
+        other = sqlite3.connect(database, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            engine = make_engine(settings.db_url, busy_timeout_s=0.0)
+            with engine.connect() as conn:
+                try:
+                    nonce2 = {**nonce, "nonce": "m" * 32}
+                    sqlite_direct.execute(conn, registry._nonce_insert(), nonce2)
+                except sa.exc.OperationalError as exc:
+                    assert "locked" in str(exc.orig)
+                else:
+                    raise AssertionError("wrote to a database another connection had locked")
+            engine.dispose()
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
     finally:
         coord.close()
