@@ -55,8 +55,8 @@ async def upload_update(
     request: Request,
     campaign: str = Path(pattern=CAMPAIGN_PATTERN),
     rnd: int = Path(ge=1, le=10**6),
-    coord: Coordinator = Depends(get_coordinator),
 ) -> JSONResponse:
+    coord: Coordinator = request.app.state.coordinator  # not a dependency: the hot path
     admission: UploadAdmission = request.app.state.upload_admission
     claimed = request.headers.get(protocol.H_CLIENT)  # a turn is looked up before auth
     length = request.headers.get("content-length")
@@ -72,10 +72,7 @@ async def upload_update(
             raise ProtocolError(413, f"update of {declared} bytes exceeds the limit of {cap}")
         async with admission.slot():  # a few bodies read at a time; the queue waits unread
             fresh, rec = await _receive(request, coord, client_id, campaign, rnd, ctx, cap)
-    out = UploadOut(
-        client_id=client_id, key=rec.key, sha256=rec.sha256, size=rec.size, stored=fresh
-    )
-    return JSONResponse(out.model_dump(), status_code=201 if fresh else 200)
+    return _uploaded(client_id, rec, fresh)
 
 
 @router.post("/{campaign}/{rnd}/turn", response_model=TurnOut)
@@ -144,10 +141,16 @@ async def commit_direct(
                 coord.commit_direct, client_id, campaign, rnd,
                 size=body.size, sha256=body.sha256, signature=signature,
             )  # fmt: skip
-    out = UploadOut(
-        client_id=client_id, key=rec.key, sha256=rec.sha256, size=rec.size, stored=fresh
-    )
-    return JSONResponse(out.model_dump(), status_code=201 if fresh else 200)
+    return _uploaded(client_id, rec, fresh)
+
+
+def _uploaded(client_id: str, rec: ReceivedUpdate, fresh: bool) -> JSONResponse:
+    """201 (stored now) or 200 (an idempotent retry) with the :class:`UploadOut` fields,
+    built as a dict: the pydantic model's construction and dump were about 2 % of the
+    upload path's interpreter time."""
+    out = {"client_id": client_id, "key": rec.key, "sha256": rec.sha256, "size": rec.size,
+           "stored": fresh}  # fmt: skip
+    return JSONResponse(out, status_code=201 if fresh else 200)
 
 
 async def _receive(

@@ -20,6 +20,7 @@ from fl_core.agent.identity import Identity
 from fl_core.agent.transport import CoordinatorClient, Refused, RetryPolicy
 from fl_core.coordinator import protocol
 from fl_core.coordinator.api import Coordinator
+from fl_core.coordinator.schemas import UploadOut
 from fl_core.rounds.layout import signature_key, update_key
 from tests.fl_core.coordinator.harness import (
     ServerThread,
@@ -227,6 +228,7 @@ def test_accepted_update_is_stored_verbatim_with_its_signature(
 
     key = update_key(CID, 1, "a")
     assert out["stored"] is True and out["key"] == key
+    assert UploadOut.model_validate(out).model_dump() == out  # the documented answer, exactly
     assert coord.store.get_bytes(key) == data
     message = protocol.update_message(
         campaign=CID, rnd=1, client_id="a", message_sha256=hashlib.sha256(data).hexdigest()
