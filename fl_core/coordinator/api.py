@@ -342,8 +342,8 @@ class Coordinator:
         Why: a worker thread per call costs more than the call. Measured (top-k uploads,
         SQLite, local store): the coordinator spent about a third of its CPU handing the
         interpreter lock between the event loop and its worker threads (``perf``: futex
-        waits and context switches), and a prototype running this work on the loop cut
-        its CPU per upload from 3.1 to 2.0 ms."""
+        waits and context switches); running this work on the loop cut its CPU per upload
+        from about 3.1 to 1.9 ms (``bench/bench_coordinator.py``, from /proc)."""
         if not self.inline_ok:
             raise WouldWait("inline registry work needs SQLite and a local store")
         _INLINE.active = True
