@@ -219,8 +219,10 @@ _INLINE = _Inline()
 
 
 def _sqlite_busy(exc: sa.exc.OperationalError) -> bool:
-    """SQLite refused a statement because another connection holds the lock."""
-    return getattr(exc.orig, "sqlite_errorcode", None) in (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED
+    """SQLite refused a statement because another connection holds the lock: SQLITE_BUSY
+    or SQLITE_LOCKED, with any extended code (Python reports e.g. 517, BUSY_SNAPSHOT)."""
+    code = getattr(exc.orig, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in (5, 6)
 
 
 class Coordinator:
@@ -405,9 +407,10 @@ class Coordinator:
             if self._engine is not None:
                 self._engine.dispose()
                 self._engine = None
-            if self._inline_conn is not None:
-                self._inline_conn.close()
-                self._inline_conn = None
+            with self._sqlite_turn:  # not under an inline call (they hold the turn)
+                if self._inline_conn is not None:
+                    self._inline_conn.close()
+                    self._inline_conn = None
             if self._inline_engine is not None:
                 self._inline_engine.dispose()
                 self._inline_engine = None

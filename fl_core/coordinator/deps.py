@@ -44,12 +44,21 @@ async def in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return await asyncio.get_running_loop().run_in_executor(_THREADS, call)
 
 
-async def registry_work(coord: Coordinator, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """``fn(*args, **kwargs)``, an upload's registry and store work: on the event loop
-    when that cannot wait (:meth:`Coordinator.inline <fl_core.coordinator.api.Coordinator.inline>`:
-    SQLite and a local store, nothing locked), else (and whenever the inline run found
-    something locked) in a worker thread."""
-    if coord.inline_ok:
+INLINE_MAX_BYTES = 2 << 20
+"""An upload larger than this is checked and stored in a worker thread even where it could
+run inline: its checks and write take milliseconds per MiB, time the event loop would not
+serve anyone else."""
+
+
+async def registry_work(
+    coord: Coordinator, fn: Callable[..., T], *args: Any, size: int = 0, **kwargs: Any
+) -> T:
+    """``fn(*args, **kwargs)``, an upload's registry and store work (of an update of
+    ``size`` bytes): on the event loop when that cannot wait
+    (:meth:`Coordinator.inline <fl_core.coordinator.api.Coordinator.inline>`: SQLite and a
+    local store, nothing locked) and the update is at most :data:`INLINE_MAX_BYTES`, else
+    (and whenever the inline run found something locked) in a worker thread."""
+    if coord.inline_ok and size <= INLINE_MAX_BYTES:
         try:
             with coord.inline():
                 return fn(*args, **kwargs)

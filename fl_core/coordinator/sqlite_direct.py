@@ -49,7 +49,8 @@ class _Compiled(NamedTuple):
     processors: tuple[Callable[[Any], Any] | None, ...]
 
 
-_CACHE: dict[tuple[int, frozenset[str]], _Compiled] = {}
+_CACHE: dict[tuple[Any, frozenset[str]], _Compiled | None] = {}
+"""By statement (kept alive by its key, so no other can take its place) and parameter names."""
 
 
 class Result:
@@ -88,8 +89,17 @@ def _row_type(names: list[str]) -> Any:
     return collections.namedtuple("Row", names)
 
 
-def _compile(stmt: Any, params: Mapping[str, Any], dialect: sa.Dialect) -> _Compiled:
+def _compile(stmt: Any, params: Mapping[str, Any], dialect: sa.Dialect) -> _Compiled | None:
+    """The statement for direct execution, or None where SQLAlchemy does more than bind
+    the given values (Python-side column defaults to compute, expanding ``IN`` binds, a
+    required value missing): those keep SQLAlchemy's path."""
     compiled = stmt.compile(dialect=dialect, column_keys=list(params))
+    if compiled.insert_prefetch or compiled.update_prefetch:
+        return None
+    for name in compiled.positiontup:
+        bind = compiled.binds[name]
+        if bind.expanding or (name not in params and bind.required):
+            return None
     binds = tuple(
         (
             name,
@@ -114,11 +124,14 @@ def execute(session: Session | sa.Connection, stmt: Any, params: Mapping[str, An
     raw = _driver_connection(session)
     if raw is None:
         return session.execute(stmt, params)
-    key = (id(stmt), frozenset(params))
-    compiled = _CACHE.get(key)
-    if compiled is None:  # statements are built once (functools.cache): ids are stable
+    key = (stmt, frozenset(params))
+    try:
+        compiled = _CACHE[key]
+    except KeyError:  # the registry builds these statements once (functools.cache)
         assert isinstance(session, sa.Connection)
         compiled = _CACHE[key] = _compile(stmt, params, session.dialect)
+    if compiled is None:
+        return session.execute(stmt, params)
     args = []
     for name, process, own in compiled.binds:
         value = params[name] if own is _FROM_PARAMS else own
@@ -135,7 +148,10 @@ def commit(session: Session | sa.Connection) -> None:
     session.commit()
     raw = _driver_connection(session)
     if raw is not None and raw.in_transaction:
-        raw.commit()
+        try:
+            raw.commit()
+        except sqlite3.Error as exc:
+            raise sa.exc.DBAPIError.instance("COMMIT", (), exc, sqlite3.Error) from exc
 
 
 def rollback(session: Session | sa.Connection) -> None:
@@ -143,4 +159,7 @@ def rollback(session: Session | sa.Connection) -> None:
     session.rollback()
     raw = _driver_connection(session)
     if raw is not None and raw.in_transaction:
-        raw.rollback()
+        try:
+            raw.rollback()
+        except sqlite3.Error as exc:
+            raise sa.exc.DBAPIError.instance("ROLLBACK", (), exc, sqlite3.Error) from exc

@@ -185,6 +185,7 @@ async def _receive(
         campaign,
         rnd,
         body,
+        size=size,
     )
     del body
     return fresh, rec

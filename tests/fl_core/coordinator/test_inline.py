@@ -18,6 +18,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from fl_core.agent.transport import Refused
 from fl_core.coordinator import protocol
 from fl_core.coordinator.api import Coordinator
 from fl_core.coordinator.deps import registry_work
@@ -186,3 +187,49 @@ def test_warm_up_compiles_the_upload_path_and_leaves_the_registry_as_it_was(
         assert coord._inline_conn is not None  # noqa: SLF001 - opened for the first upload
     finally:
         coord.close()
+
+
+def test_a_late_upload_whose_straggler_record_meets_a_lock_is_410_not_a_replay(
+    coord: Coordinator, server: ServerThread, tls: TLSFiles, layout: Any
+) -> None:
+    """An upload after its round's deadline: the authentication records the nonce, then the
+    client as straggler, and answers 410. Both writes are one transaction, so another
+    process cannot take SQLite's write lock between them. (When the nonce was committed
+    first, another process's lock there made the straggler record fail inline, the rerun in
+    a thread then found its own nonce and answered 409, a replay, to a first request.)"""
+    client = enroll(coord, server, tls, "late")
+    publish(coord, ["late"], deadline_s=1.0)
+    time.sleep(1.2)
+    data = update_bytes(CID, 1, "late", layout)
+    signature = sign_update(client, 1, data)
+    database = _registry_file(coord)
+    seen: list[str] = []
+
+    def take_the_lock_at_the_straggler_record(
+        _conn: Any, _cursor: Any, statement: str, *_: Any
+    ) -> None:
+        if seen or "stragglers" not in statement:
+            return
+        other = sqlite3.connect(database, isolation_level=None, timeout=0, check_same_thread=False)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:  # the upload's transaction holds it
+            seen.append("held by the upload")
+            other.close()
+            return
+        seen.append("taken by another process")
+        threading.Timer(0.5, lambda: (other.execute("ROLLBACK"), other.close())).start()
+
+    sa.event.listen(sa.Engine, "before_cursor_execute", take_the_lock_at_the_straggler_record)
+    try:
+        client.upload_update(f"/v1/updates/{CID}/1", data, signature=signature)
+    except Refused as refused:
+        status = refused.status
+    else:
+        status = 201
+    finally:
+        sa.event.remove(sa.Engine, "before_cursor_execute", take_the_lock_at_the_straggler_record)
+
+    assert status == 410
+    assert seen == ["held by the upload"]
+    assert "late" in coord.round_status(CID, 1).stragglers

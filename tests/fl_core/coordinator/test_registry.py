@@ -9,7 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from fl_core.coordinator.api import Coordinator
+from fl_core.coordinator.api import Coordinator, _sqlite_busy
 from fl_core.coordinator.db import make_engine, migrate
 from fl_core.coordinator.settings import CoordinatorSettings
 from tests.fl_core.coordinator.harness import (
@@ -145,6 +145,16 @@ def test_upload_statements_run_straight_on_sqlite3_as_through_sqlalchemy(tmp_pat
             row = conn.execute(registry._claimed_query(), update).first()
             assert row is not None and row.stored is True
 
+            # without a value for a column that has a Python-side default, SQLAlchemy's
+            # path runs it (and fills the default)
+            claim = {"campaign": "camp-1", "round": 1, "client_id": "b", "key": "k2",
+                     "sha256": "1" * 64, "size": 4, "received_at": 2.0}  # fmt: skip
+            sqlite_direct.execute(conn, registry._claim_insert(), claim)
+            sqlite_direct.commit(conn)
+            where_b = {"w_campaign": "camp-1", "w_round": 1, "w_client_id": "b"}
+            claimed = sqlite_direct.execute(conn, registry._claimed_query(), where_b).first()
+            assert claimed is not None and claimed.stored is False
+
             nonce = {"nonce": "n" * 32, "client_id": "a", "seen_at": 1.0}
             sqlite_direct.execute(conn, registry._nonce_insert(), nonce)
             sqlite_direct.commit(conn)
@@ -167,6 +177,7 @@ def test_upload_statements_run_straight_on_sqlite3_as_through_sqlalchemy(tmp_pat
                     sqlite_direct.execute(conn, registry._nonce_insert(), nonce2)
                 except sa.exc.OperationalError as exc:
                     assert "locked" in str(exc.orig)
+                    assert _sqlite_busy(exc)  # what makes an inline call fall back
                 else:
                     raise AssertionError("wrote to a database another connection had locked")
             engine.dispose()
