@@ -139,27 +139,33 @@ def execute(session: Session | sa.Connection, stmt: Any, params: Mapping[str, An
     try:
         cursor = raw.execute(compiled.sql, args)
     except sqlite3.Error as exc:
-        raise sa.exc.DBAPIError.instance(compiled.sql, args, exc, sqlite3.Error) from exc
+        raise _as_sqlalchemy(exc, compiled.sql, args) from exc
     return Result(cursor, compiled)
 
 
 def commit(session: Session | sa.Connection) -> None:
     """End the transaction: SQLAlchemy's and any the direct statements began."""
-    session.commit()
-    raw = _driver_connection(session)
-    if raw is not None and raw.in_transaction:
-        try:
-            raw.commit()
-        except sqlite3.Error as exc:
-            raise sa.exc.DBAPIError.instance("COMMIT", (), exc, sqlite3.Error) from exc
+    _end(session, "commit")
 
 
 def rollback(session: Session | sa.Connection) -> None:
     """Roll back SQLAlchemy's transaction and any the direct statements began."""
-    session.rollback()
+    _end(session, "rollback")
+
+
+def _end(session: Session | sa.Connection, how: str) -> None:
+    """``commit`` or ``rollback`` SQLAlchemy's transaction, then sqlite3's if one is still
+    open (SQLAlchemy did not begin one when only direct statements ran)."""
+    getattr(session, how)()
     raw = _driver_connection(session)
     if raw is not None and raw.in_transaction:
         try:
-            raw.rollback()
+            getattr(raw, how)()
         except sqlite3.Error as exc:
-            raise sa.exc.DBAPIError.instance("ROLLBACK", (), exc, sqlite3.Error) from exc
+            raise _as_sqlalchemy(exc, how.upper(), ()) from exc
+
+
+def _as_sqlalchemy(exc: sqlite3.Error, sql: str, args: Any) -> sa.exc.StatementError:
+    """The SQLAlchemy exception SQLAlchemy would have raised for ``exc`` (``IntegrityError``,
+    ``OperationalError``, ...), with the original as ``.orig``."""
+    return sa.exc.DBAPIError.instance(sql, args, exc, sqlite3.Error)
