@@ -448,8 +448,7 @@ def run_one(
         def updates_of(rnd: int) -> dict[str, bytes]:
             return {c: _update(layout, c, codec, rnd * n + i, rnd) for i, c in enumerate(clients)}
 
-        size = int(np.mean([len(u) for u in updates_of(1).values()]))
-        sent: dict[int, dict[str, bytes]] = {}
+        sent: dict[int, dict[str, bytes]] = {}  # every round's updates, for the bare endpoint
         server = Server("coordinator", home, max_reading, db_url, workers)
         try:
             prep, failed = asyncio.run(_prepare_clients(server.url, clients, key_of))
@@ -471,10 +470,11 @@ def run_one(
                     jobs.append((c, f"/v1/updates/{CID}/{rnd}",
                                  {protocol.H_UPDATE_SIGNATURE: sig}, data))  # fmt: skip
                 outs.append(asyncio.run(_timed_uploads(server.url, jobs, key_of)))
-                del updates, jobs
+                del jobs
             rss = server.peak_rss_mb()
         finally:
             server.stop()
+        size = int(np.mean([len(u) for u in sent[1].values()]))
         out = _merged(outs, n)
         for rnd, o in enumerate(outs, start=1):
             stored = set(coord.round_status(CID, rnd).received)
