@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import sqlalchemy as sa
 import uvicorn
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -134,6 +135,14 @@ def temporary_database(server_url: str, prefix: str) -> Iterator[str]:
                 conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     finally:
         admin.dispose()
+
+
+def registry_file(coord: Coordinator) -> str:
+    """The SQLite file of ``coord``'s registry (to lock it from another connection, as
+    another process would)."""
+    database = sa.make_url(coord.settings.db_url).database
+    assert database, f"not a SQLite file: {coord.settings.db_url}"
+    return database
 
 
 def free_port() -> int:

@@ -29,6 +29,7 @@ from tests.fl_core.coordinator.harness import (
     ServerThread,
     TLSFiles,
     enrolled_round,
+    registry_file,
     start_campaign,
     update_bytes,
 )
@@ -40,12 +41,6 @@ CID = "camp-1"
 @pytest.fixture
 def layout(coord: Coordinator) -> Any:
     return start_campaign(coord.store, CID)[0]
-
-
-def _registry_file(coord: Coordinator) -> str:
-    database = sa.make_url(coord.settings.db_url).database
-    assert database
-    return database
 
 
 def test_a_registry_locked_by_another_process_holds_the_upload_not_the_server(
@@ -65,7 +60,7 @@ def test_a_registry_locked_by_another_process_holds_the_upload_not_the_server(
     def upload() -> None:
         outcome["out"], _ = client.upload_update(f"/v1/updates/{CID}/1", data, signature=signature)
 
-    other = sqlite3.connect(_registry_file(coord), isolation_level=None)
+    other = sqlite3.connect(registry_file(coord), isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # the write lock, as a writing transaction holds it
     try:
         uploading = threading.Thread(target=upload)
@@ -202,7 +197,7 @@ def test_a_late_upload_whose_straggler_record_meets_a_lock_is_410_not_a_replay(
     time.sleep(1.2)
     data = update_bytes(CID, 1, "late", layout)
     signature = sign_update(client, 1, data)
-    database = _registry_file(coord)
+    database = registry_file(coord)
     seen: list[str] = []
 
     def take_the_lock_at_the_straggler_record(

@@ -16,6 +16,7 @@ from tests.fl_core.coordinator.harness import (
     check_close_while_storing,
     check_upload_authentication,
     enrolled_round,
+    registry_file,
 )
 
 
@@ -165,9 +166,7 @@ def test_upload_statements_run_straight_on_sqlite3_as_through_sqlalchemy(tmp_pat
             else:
                 raise AssertionError("a duplicate nonce was inserted")
 
-        database = sa.make_url(settings.db_url).database
-        assert database
-        other = sqlite3.connect(database, isolation_level=None)
+        other = sqlite3.connect(registry_file(coord), isolation_level=None)
         other.execute("BEGIN IMMEDIATE")
         try:
             engine = make_engine(settings.db_url, busy_timeout_s=0.0)
