@@ -30,7 +30,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -41,7 +41,7 @@ from sqlalchemy.orm import Session
 
 from fl_core import wire
 from fl_core.codec import parse_codec
-from fl_core.coordinator import protocol, registry, sqlite_direct
+from fl_core.coordinator import batch, protocol, registry, sqlite_direct
 from fl_core.coordinator.db import (
     ClientRow,
     EvaluationRow,
@@ -202,6 +202,19 @@ def _check_update(
 def _refuse_other_bytes(ctx: registry.UploadContext, sha256: str) -> None:
     if ctx.update_sha256 is not None and ctx.update_sha256 != sha256:
         raise ProtocolError(409, "a different update for this task was already accepted")
+
+
+@dataclass(frozen=True, slots=True)
+class PendingUpload:
+    """An upload read and digested, waiting for :meth:`Coordinator.accept_batch`."""
+
+    client_id: str
+    campaign: str
+    rnd: int
+    data: bytes
+    signature: str
+    sha256: str
+    ctx: registry.UploadContext
 
 
 class WouldWait(Exception):
@@ -979,6 +992,97 @@ class Coordinator:
             self.store.delete(key)
         except Exception as exc:  # noqa: BLE001 - e.g. no s3:DeleteObject permission
             logger.warning("could not remove the staged update %s: %s", key, exc)
+
+    @functools.cached_property
+    def batched(self) -> bool:
+        """Whether uploads' registry work runs in batches (:mod:`fl_core.coordinator.batch`):
+        on PostgreSQL, unless ``batch_uploads`` is off."""
+        return self.settings.batch_uploads and self.engine.dialect.name == "postgresql"
+
+    @functools.cached_property
+    def batched_acceptance(self) -> bool:
+        """Whether accepting uploads runs in batches too: a batched registry and a
+        local-folder store (a batch writes its updates one after another, which S3 PUTs
+        must not)."""
+        return self.batched and isinstance(self.store, LocalStore)
+
+    def authenticate_batch(
+        self, items: Sequence[batch.SignedUpload]
+    ) -> list[tuple[registry.UploadContext, int] | ProtocolError]:
+        """:func:`registry.authenticate_upload` for a batch of uploads' headers (each its
+        own answer): the upload context and the size cap of each, or its refusal."""
+        skew_s = self.settings.clock_skew_s
+        with self.connection(autocommit=True) as c:
+            found = batch.authenticate_uploads(c, items, skew_s=skew_s)
+        return [
+            r if isinstance(r, ProtocolError) else (r, self.update_cap(it.campaign))
+            for it, r in zip(items, found, strict=True)
+        ]
+
+    def accept_batch(
+        self, items: Sequence[PendingUpload]
+    ) -> list[tuple[bool, ReceivedUpdate] | BaseException]:
+        """:meth:`accept_update` for a batch of uploads (each its own answer), with the
+        same checks in the same order: each upload's signature and wire checks, then the
+        batch's claims in one statement, the claimed bytes written to the store, and the
+        stored updates accepted in one statement, in the batch's order. A claim that met
+        another, or an acceptance that did not happen (a round closed meanwhile, or an
+        idempotent retry), is decided by the one-upload function, as for a lone upload."""
+        from fl_core.rounds.layout import update_key
+
+        out: list[Any] = [None] * len(items)
+        claims: list[batch.Claim] = []
+        claimed: list[int] = []
+        for k, u in enumerate(items):
+            try:
+                _check_update(u.ctx, u.campaign, u.rnd, u.client_id, u.sha256, u.signature)
+                if u.ctx.update_sha256 is None:
+                    self._check_message(
+                        u.data, u.campaign, u.rnd, u.client_id, u.ctx.base_version, u.ctx.task
+                    )
+            except ProtocolError as exc:
+                out[k] = exc
+                continue
+            key = update_key(u.campaign, u.rnd, u.client_id)
+            claims.append(batch.Claim(u.campaign, u.rnd, u.client_id, key, u.sha256,
+                                      len(u.data), u.signature, u.ctx.public_key))  # fmt: skip
+            claimed.append(k)
+        with self.connection(autocommit=True) as c:
+            made = batch.claim_updates(c, claims)
+        stored: list[int] = []
+        for k, claim, received_at in zip(claimed, claims, made, strict=True):
+            u = items[k]
+            try:
+                if received_at is None:  # claimed before: a retry of the same bytes, or 409
+                    with self.connection(autocommit=True) as c:
+                        to_store, received_at = registry.claim_update(
+                            c, campaign=u.campaign, rnd=u.rnd, client_id=u.client_id,
+                            key=claim.key, sha256=u.sha256, size=claim.size,
+                            signature=u.signature, public_key=u.ctx.public_key,
+                        )  # fmt: skip
+                else:
+                    to_store = True
+                rec = ReceivedUpdate(u.client_id, claim.key, u.sha256, claim.size, received_at,
+                                     round=u.rnd)  # fmt: skip
+                out[k] = (to_store, rec)
+                if to_store:
+                    self.store.put_bytes(claim.key, u.data)
+                    stored.append(k)
+            except Exception as exc:  # noqa: BLE001 - this upload's failure, not the batch's
+                out[k] = exc
+        with self.connection(autocommit=True) as c:
+            accepted = batch.accept_stored(c, [(items[k].campaign, items[k].rnd,
+                                                items[k].client_id) for k in stored])  # fmt: skip
+        for k, done in zip(stored, accepted, strict=True):
+            if done:
+                continue
+            u = items[k]
+            try:  # accepted before (a retry), or the round closed meanwhile: 410
+                with self.connection(autocommit=True) as c:
+                    registry.mark_stored(c, u.campaign, u.rnd, u.client_id)
+            except Exception as exc:  # noqa: BLE001 - this upload's failure, not the batch's
+                out[k] = exc
+        return out
 
     def check_upload_allowed(self, client_id: str, campaign: str, rnd: int) -> int:
         """Refuse an upload before its body is read (403 not selected, 410 too late);

@@ -16,14 +16,15 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from fastapi import Depends, Request
 
-from fl_core.coordinator import protocol, registry
-from fl_core.coordinator.api import Coordinator, WouldWait
+from fl_core.coordinator import batch, protocol, registry
+from fl_core.coordinator.api import Coordinator, PendingUpload, ReceivedUpdate, WouldWait
 from fl_core.coordinator.registry import ProtocolError, UploadContext
 
 MAX_JSON_BYTES = 1 << 20
@@ -65,6 +66,49 @@ async def registry_work(
         except WouldWait:
             pass
     return await in_thread(fn, *args, **kwargs)
+
+
+class _Batches:
+    """A coordinator's upload batchers on one event loop."""
+
+    def __init__(self, coord: Coordinator, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.auth = batch.Batcher(coord.authenticate_batch, in_thread)
+        self.accept = batch.Batcher(coord.accept_batch, in_thread)
+
+
+_BATCHES: weakref.WeakKeyDictionary[Coordinator, _Batches] = weakref.WeakKeyDictionary()
+
+
+def upload_batches(coord: Coordinator) -> _Batches:
+    """The coordinator's upload batchers on the running event loop (made on first use)."""
+    loop = asyncio.get_running_loop()
+    found = _BATCHES.get(coord)
+    if found is None or found.loop is not loop:
+        found = _BATCHES[coord] = _Batches(coord, loop)
+    return found
+
+
+async def accept_upload(coord: Coordinator, upload: PendingUpload) -> tuple[bool, ReceivedUpdate]:
+    """Verify, store and accept an upload whose body was read
+    (:meth:`~fl_core.coordinator.api.Coordinator.accept_update`): in a batch with the
+    uploads read meanwhile where the coordinator batches acceptances (PostgreSQL and a
+    local store) and the update is at most :data:`INLINE_MAX_BYTES` (a larger one's checks
+    would hold the batch up), else on its own (:func:`registry_work`)."""
+    if coord.batched_acceptance and len(upload.data) <= INLINE_MAX_BYTES:
+        return await upload_batches(coord).accept.submit(upload)
+    u = upload
+    return await registry_work(
+        coord,
+        functools.partial(
+            coord.accept_update, signature=u.signature, sha256=u.sha256, context=u.ctx
+        ),
+        u.client_id,
+        u.campaign,
+        u.rnd,
+        u.data,
+        size=len(u.data),
+    )
 
 
 async def get_coordinator(request: Request) -> Coordinator:
@@ -132,6 +176,11 @@ async def _authenticate(
             ctx = registry.authenticate_upload(c, *upload, **signed)
         return client_id, ctx, coord.update_cap(upload[0])  # store I/O once per campaign
 
+    if upload is not None and coord.batched:
+        found = await upload_batches(coord).auth.submit(
+            batch.SignedUpload(client_id, *upload, message, signature, nonce, timestamp)
+        )
+        return (client_id, *found)
     if upload is not None:
         return await registry_work(coord, check)
     return await in_thread(check)

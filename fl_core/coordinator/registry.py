@@ -198,7 +198,7 @@ def authenticate(
     """Check one signed request: known client (401), valid signature (401), not revoked
     (403), fresh nonce (409). The nonce is recorded; nonces older than the window are pruned.
     """
-    now = _check_timestamp(timestamp, skew_s)
+    now = check_timestamp(timestamp, skew_s)
     row = session.execute(_key_query(), {"client_id": client_id}).first()
     _admit(session, row, client_id, message, signature, nonce, now=now, skew_s=skew_s)
     return client_id
@@ -226,14 +226,14 @@ def authenticate_upload(
     wrote nothing and may run again whole (what an inline call does when it falls back to a
     worker thread: :meth:`Coordinator.inline <fl_core.coordinator.api.Coordinator.inline>`).
     """
-    now = _check_timestamp(timestamp, skew_s)
+    now = check_timestamp(timestamp, skew_s)
     row = _execute(
         session, _auth_upload_query(), {"client_id": client_id, "campaign": campaign, "round": rnd}
     ).first()
     _admit(session, row, client_id, message, signature, nonce, now=now, skew_s=skew_s, commit=False)
     assert row is not None  # _admit refused an unknown client
     try:
-        ctx = _upload_context_of(session, row, campaign, rnd, client_id)
+        ctx = upload_context_of(session, row, campaign, rnd, client_id)
     except ProtocolError:  # 403 / 410: the nonce (and the straggler record) still count
         _commit(session)
         raise
@@ -241,7 +241,7 @@ def authenticate_upload(
     return ctx
 
 
-def _check_timestamp(timestamp: float, skew_s: float) -> float:
+def check_timestamp(timestamp: float, skew_s: float) -> float:
     """The server time, or 401 when the request's timestamp is too far from it."""
     now = time.time()
     if not math.isfinite(timestamp) or abs(now - timestamp) > skew_s:
@@ -395,7 +395,7 @@ def _nonce_insert() -> sa.Insert:
     return sa.insert(_nonces)
 
 
-_UPLOAD_COLUMNS = (
+UPLOAD_COLUMNS = (
     _rounds.base_version,
     _rounds.deadline,
     _rounds.closed_at,
@@ -406,14 +406,14 @@ _UPLOAD_COLUMNS = (
 )
 
 
-def _updates_of_task() -> sa.ColumnElement[bool]:
+def updates_of_task() -> sa.ColumnElement[bool]:
     u = _updates.c
     return sa.and_(
         u.campaign == _tasks.campaign, u.round == _tasks.round, u.client_id == _tasks.client_id
     )
 
 
-def _round_of_task() -> sa.ColumnElement[bool]:
+def round_of_task() -> sa.ColumnElement[bool]:
     return sa.and_(_rounds.campaign == _tasks.campaign, _rounds.round == _tasks.round)
 
 
@@ -421,11 +421,11 @@ def _round_of_task() -> sa.ColumnElement[bool]:
 def _upload_query() -> sa.Select[Any]:
     """The upload context of (campaign, round, client): no row if the client has no task."""
     return (
-        sa.select(*_UPLOAD_COLUMNS)
+        sa.select(*UPLOAD_COLUMNS)
         .select_from(TaskRow.__table__)
-        .join(RoundRow.__table__, _round_of_task())
+        .join(RoundRow.__table__, round_of_task())
         .outerjoin(ClientRow.__table__, _clients.client_id == _tasks.client_id)
-        .outerjoin(_updates, _updates_of_task())
+        .outerjoin(_updates, updates_of_task())
         .where(
             _tasks.campaign == sa.bindparam("campaign"),
             _tasks.round == sa.bindparam("round"),
@@ -444,11 +444,11 @@ def _auth_upload_query() -> sa.Select[Any]:
         _tasks.round == sa.bindparam("round"),
     )
     return (
-        sa.select(*_UPLOAD_COLUMNS, _clients.revoked_at)
+        sa.select(*UPLOAD_COLUMNS, _clients.revoked_at)
         .select_from(ClientRow.__table__)
         .outerjoin(TaskRow.__table__, task_of_client)
-        .outerjoin(RoundRow.__table__, _round_of_task())
-        .outerjoin(_updates, _updates_of_task())
+        .outerjoin(RoundRow.__table__, round_of_task())
+        .outerjoin(_updates, updates_of_task())
         .where(_clients.client_id == sa.bindparam("client_id"))
     )
 
@@ -524,10 +524,10 @@ def upload_context(
     found = _execute(
         session, _upload_query(), {"campaign": campaign, "round": rnd, "client_id": client_id}
     ).first()
-    return _upload_context_of(session, found, campaign, rnd, client_id)
+    return upload_context_of(session, found, campaign, rnd, client_id)
 
 
-def _upload_context_of(
+def upload_context_of(
     session: Session | sa.Connection, found: Any, campaign: str, rnd: int, client_id: str
 ) -> UploadContext:
     """The context from a row of the upload query (403 when the client has no task)."""
@@ -646,7 +646,7 @@ def mark_stored(session: Session | sa.Connection, campaign: str, rnd: int, clien
             if postgres:
                 done = session.execute(
                     _ACCEPT_CALL,
-                    {"lock": _arrival_lock_key(campaign), "campaign": campaign, "round": rnd,
+                    {"lock": arrival_lock_key(campaign), "campaign": campaign, "round": rnd,
                      "client": client_id, "accepted_at": now},
                 ).scalar_one()  # fmt: skip
             else:  # one writer at a time: no lock to take
@@ -672,7 +672,7 @@ def lock_campaign(session: Session | sa.Connection, campaign: str) -> None:
     the closing of a round take it, so they run one after another. A no-op on SQLite,
     which has one writer at a time."""
     if _dialect(session) == "postgresql":
-        session.execute(_ARRIVAL_LOCK, {"key": _arrival_lock_key(campaign)})
+        session.execute(_ARRIVAL_LOCK, {"key": arrival_lock_key(campaign)})
 
 
 def _dialect(session: Session | sa.Connection) -> str:
@@ -708,7 +708,7 @@ def warm_up(conn: sa.Connection) -> None:
         _rollback(conn)
 
 
-def _arrival_lock_key(campaign: str) -> int:
+def arrival_lock_key(campaign: str) -> int:
     """The campaign's advisory-lock key: 64 bits of a digest of its id (signed, as
     PostgreSQL's bigint)."""
     digest = hashlib.sha256(b"fl-arrival-seq:" + campaign.encode()).digest()

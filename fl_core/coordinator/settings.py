@@ -85,6 +85,10 @@ class CoordinatorSettings:
         With a SQLite registry and a local store: run an upload's registry and store work on
         the event loop, falling back to a worker thread whenever it would wait for a lock
         (see ``Coordinator.inline``). False: always in a worker thread.
+    batch_uploads
+        With a PostgreSQL registry: run the registry work of the uploads that arrive
+        together in batches, two statements per batch for their authentication and two
+        for their acceptance (:mod:`fl_core.coordinator.batch`). False: each upload its own.
     """
 
     db_url: str
@@ -102,6 +106,7 @@ class CoordinatorSettings:
     direct_upload_min_bytes: int | None = None
     direct_upload_ttl_s: float = 900.0
     inline_uploads: bool = True
+    batch_uploads: bool = True
 
     def __post_init__(self) -> None:
         if self.max_update_bytes < 1024:

@@ -19,7 +19,6 @@ never buffered whole). After: body digest equals the signed one (401), then
 
 from __future__ import annotations
 
-import functools
 import hashlib
 
 from fastapi import APIRouter, Depends, Path, Request
@@ -27,13 +26,13 @@ from fastapi.responses import JSONResponse
 
 from fl_core.coordinator import protocol
 from fl_core.coordinator.admission import UploadAdmission
-from fl_core.coordinator.api import Coordinator, ReceivedUpdate
+from fl_core.coordinator.api import Coordinator, PendingUpload, ReceivedUpdate
 from fl_core.coordinator.deps import (
+    accept_upload,
     authenticated,
     authenticated_upload,
     get_coordinator,
     in_thread,
-    registry_work,
 )
 from fl_core.coordinator.registry import ProtocolError, UploadContext
 from fl_core.coordinator.routers._body import parse
@@ -178,14 +177,6 @@ async def _receive(
         raise ProtocolError(401, "body does not match the signed sha256")
     body = b"".join(chunks)
     del chunks
-    fresh, rec = await registry_work(
-        coord,
-        functools.partial(coord.accept_update, signature=signature, sha256=hexdigest, context=ctx),
-        client_id,
-        campaign,
-        rnd,
-        body,
-        size=size,
+    return await accept_upload(
+        coord, PendingUpload(client_id, campaign, rnd, body, signature, hexdigest, ctx)
     )
-    del body
-    return fresh, rec

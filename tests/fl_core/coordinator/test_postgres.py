@@ -4,12 +4,15 @@ PostgreSQL answers on 127.0.0.1:5432; fails instead under ``CI=true``."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import secrets
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -17,6 +20,7 @@ import sqlalchemy as sa
 from fl_core.coordinator import db
 from fl_core.coordinator.api import Coordinator
 from fl_core.coordinator.settings import CoordinatorSettings
+from fl_core.rounds.layout import update_key
 from tests.fl_core.coordinator.harness import (
     TLSFiles,
     accept_signed,
@@ -205,3 +209,148 @@ def test_upload_authentication_refuses_as_authenticate_then_upload_context_on_po
         check_upload_authentication(coord)
     finally:
         coord.close()
+
+
+def test_a_batch_of_uploads_answers_each_upload_as_alone_on_postgresql(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """On PostgreSQL the uploads that arrive together are authenticated and accepted in
+    batches (``fl_core.coordinator.batch``). One batch holding every kind of refusal beside
+    good uploads: each gets the answer the one-upload path gives it (status and reason),
+    the good ones are accepted once each with their bytes and one arrival number, and the
+    refused ones leave nothing behind."""
+    from fl_core.coordinator import batch, protocol, registry
+    from fl_core.coordinator.api import PendingUpload
+    from fl_core.coordinator.registry import ProtocolError
+
+    coord = Coordinator(CoordinatorSettings(db_url=pg_url, store_url=str(tmp_path / "artifacts")))
+    try:
+        assert coord.batched and coord.batched_acceptance
+        layout, keys = enrolled_round(coord, "camp-1", ["a", "b", "c", "d", "e", "r"])
+        _, more = enrolled_round(coord, "camp-2", ["x"])  # enrolled, no task in camp-1
+        keys.update(more)
+        coord.revoke("r")
+
+        def signed(
+            client: str, key: str, *, nonce: str = "", skew: float = 0
+        ) -> batch.SignedUpload:
+            nonce = nonce or secrets.token_hex(16)
+            stamp = str(int(time.time() - skew))
+            message = protocol.request_message(
+                method="PUT", path="/updates/camp-1/1", query="", body_sha256="0" * 64,
+                timestamp=stamp, nonce=nonce, client_id=client,
+            )  # fmt: skip
+            signature = protocol.sign(keys[key], message)
+            return batch.SignedUpload(
+                client, "camp-1", 1, message, signature, nonce, float(stamp)
+            )
+
+        def cases() -> list[batch.SignedUpload]:
+            twice = secrets.token_hex(16)
+            return [
+                signed("ghost", "a"),  # never enrolled: 401
+                signed("a", "b"),  # another client's key: 401
+                signed("r", "r"),  # revoked: 403
+                signed("x", "x"),  # not selected in camp-1: 403
+                signed("a", "a", skew=10_000),  # stale timestamp: 401
+                signed("a", "a"), signed("b", "b"), signed("c", "c"), signed("d", "d"),
+                signed("e", "e", nonce=twice), signed("e", "e", nonce=twice),  # replay: 409
+            ]  # fmt: skip
+
+        def answer(found: Any) -> Any:
+            if isinstance(found, ProtocolError):
+                return found.status, found.reason
+            return "ok", found[0].base_version, found[0].public_key
+
+        alone = []
+        for it in cases():
+            try:
+                with coord.connection(autocommit=True) as c:
+                    ctx = registry.authenticate_upload(
+                        c, it.campaign, it.rnd, client_id=it.client_id, message=it.message,
+                        signature=it.signature, nonce=it.nonce, timestamp=it.timestamp,
+                        skew_s=coord.settings.clock_skew_s,
+                    )  # fmt: skip
+                alone.append(answer((ctx, 0)))
+            except ProtocolError as exc:
+                alone.append(answer(exc))
+        auth = coord.authenticate_batch(cases())
+        assert [answer(a) for a in auth] == alone
+        assert [a[0] for a in alone] == [401, 401, 403, 403, 401] + ["ok"] * 5 + [409]
+        ctx = {
+            it.client_id: a[0]
+            for it, a in zip(cases(), auth, strict=True)
+            if not isinstance(a, ProtocolError)
+        }
+
+        def pending(client: str, data: bytes, *, key: str = "") -> PendingUpload:
+            digest = hashlib.sha256(data).hexdigest()
+            message = protocol.update_message(
+                campaign="camp-1", rnd=1, client_id=client, message_sha256=digest
+            )
+            signature = protocol.sign(keys[key or client], message)
+            return PendingUpload(client, "camp-1", 1, data, signature, digest, ctx[client])
+
+        good = {n: update_bytes("camp-1", 1, n, layout, scale=0.1 * (i + 1))
+                for i, n in enumerate("abc")}  # fmt: skip
+        uploads = [
+            pending("a", good["a"]),
+            pending("b", good["b"]),
+            pending("a", good["a"]),  # the same bytes again in the batch: an idempotent retry
+            pending("b", update_bytes("camp-1", 1, "b", layout, scale=9.0)),  # other bytes: 409
+            pending("c", good["c"], key="a"),  # signed with another key: 401
+            pending("d", b"FLW1 not an update"),  # malformed: 400
+            pending("e", update_bytes("camp-1", 1, "e", layout, base_version=7)),  # 400
+            pending("c", good["c"]),
+        ]
+        results = coord.accept_batch(uploads)
+        statuses = [r.status if isinstance(r, ProtocolError) else "ok" for r in results]
+        assert statuses == ["ok", "ok", "ok", 409, 401, 400, 400, "ok"]
+        for u, r in zip(uploads, results, strict=True):
+            if not isinstance(r, Exception):
+                assert r[1].sha256 == hashlib.sha256(good[u.client_id]).hexdigest()
+        again = coord.accept_batch([pending("a", good["a"])])  # a retry, later: 200
+        assert not isinstance(again[0], Exception) and again[0][0] is False
+        arrivals = coord.arrivals("camp-1", rounds=[1])
+        status = coord.close_round("camp-1", 1)
+        stored = {n: coord.store.get_bytes(update_key("camp-1", 1, n)) for n in "abc"}
+    finally:
+        coord.close()
+    assert sorted(u.client_id for u in arrivals) == ["a", "b", "c"]
+    assert sorted(u.arrival_seq for u in arrivals) == [1, 2, 3]  # each accepted once
+    assert stored == good
+    assert sorted(status.received) == ["a", "b", "c"]
+
+
+def test_concurrent_http_uploads_are_batched_on_postgresql(
+    pg_url: str, tls: TLSFiles, tmp_path: Path
+) -> None:
+    """Thirty-two signed uploads at once over HTTPS, on PostgreSQL: the coordinator groups
+    them into batches (some batch holds several), and each is accepted once, with its
+    bytes and its own arrival number."""
+    from fl_core.coordinator import deps
+
+    coord = Coordinator(CoordinatorSettings(db_url=pg_url, store_url=str(tmp_path / "artifacts")))
+    names = [f"c{i:02d}" for i in range(32)]
+    try:
+        layout, _ = start_campaign(coord.store, "camp-1")
+        with serving(coord, tls) as server:
+            clients = {n: enroll(coord, server, tls, n) for n in names}
+            coord.publish_round("camp-1", 1, base_version=0,
+                                tasks={n: task_dict() for n in names}, deadline_s=60)  # fmt: skip
+            data = {n: update_bytes("camp-1", 1, n, layout, scale=0.01 * (i + 1))
+                    for i, n in enumerate(names)}  # fmt: skip
+            with ThreadPoolExecutor(32) as pool:
+                answers = list(pool.map(lambda n: upload(clients[n], 1, data[n]), names))
+            for c in clients.values():
+                c.close()
+            batches = deps._BATCHES[coord]  # noqa: SLF001 - how the uploads were grouped
+        arrivals = coord.arrivals("camp-1", rounds=[1])
+        stored = {n: coord.store.get_bytes(update_key("camp-1", 1, n)) for n in names}
+    finally:
+        coord.close()
+    assert all(a["stored"] is True for a in answers)
+    assert batches.auth.largest > 1 and batches.accept.largest > 1
+    assert batches.accept.batches < len(names)
+    assert sorted(u.arrival_seq for u in arrivals) == list(range(1, 33))
+    assert stored == data
