@@ -25,7 +25,8 @@ Each upload keeps its own answer: a refusal (401, 403, 409, 410, 400) is that up
 and the batch goes on with the others. The rare cases (a claim that met another, an
 acceptance that did not happen, a straggler record) run the one-upload functions of
 :mod:`fl_core.coordinator.registry`, so their rules stay in one place. No batch waits for
-a timer: one runs as soon as the previous one has finished, so a lone upload goes at once.
+a timer: one starts as soon as one of the (two) running has finished, so a lone upload goes
+at once.
 SQLite keeps its own path (inline, one writer at a time); S3 stores keep the one-upload
 acceptance (a batch would write its updates to S3 one after another).
 """
@@ -70,7 +71,9 @@ class Batcher(Generic[T, R]):
 
     ``run`` returns one result per item, an exception instance where that item failed; an
     exception raised by ``run`` itself fails every item of the batch. Belongs to the event
-    loop it was made on; at most one run at a time.
+    loop it was made on; at most ``parallel`` runs at a time (2: one batch's Python work
+    while another waits for the database; measured on PostgreSQL, top-k N = 100 / 1,000:
+    0.34-0.36 / 0.35-0.42x the bare endpoint with one, 0.36 / 0.43x with two).
     """
 
     def __init__(
@@ -79,12 +82,14 @@ class Batcher(Generic[T, R]):
         in_thread: Callable[..., Any],
         *,
         max_items: int = MAX_BATCH,
+        parallel: int = 2,
     ) -> None:
         self._run = run
         self._in_thread = in_thread
         self._max = max_items
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
-        self._busy = False
+        self._parallel = parallel
+        self._running = 0
         self.batches = 0
         """Batches run so far."""
         self.largest = 0
@@ -93,8 +98,8 @@ class Batcher(Generic[T, R]):
     async def submit(self, item: T) -> R:
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
-        if not self._busy:
-            self._busy = True
+        if self._running < self._parallel:
+            self._running += 1
             asyncio.get_running_loop().create_task(self._drain())
         return await future
 
@@ -118,7 +123,7 @@ class Batcher(Generic[T, R]):
                     else:
                         future.set_result(result)
         finally:
-            self._busy = False
+            self._running -= 1
 
 
 # --------------------------------------------------------------------------- statements
