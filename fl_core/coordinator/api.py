@@ -1008,16 +1008,21 @@ class Coordinator:
 
     def authenticate_batch(
         self, items: Sequence[batch.SignedUpload]
-    ) -> list[tuple[registry.UploadContext, int] | ProtocolError]:
+    ) -> list[tuple[registry.UploadContext, int] | BaseException]:
         """:func:`registry.authenticate_upload` for a batch of uploads' headers (each its
-        own answer): the upload context and the size cap of each, or its refusal."""
+        own answer): the upload context and the size cap of each, or its refusal (or
+        error)."""
         skew_s = self.settings.clock_skew_s
         with self.connection(autocommit=True) as c:
-            found = batch.authenticate_uploads(c, items, skew_s=skew_s)
-        return [
-            r if isinstance(r, ProtocolError) else (r, self.update_cap(it.campaign))
-            for it, r in zip(items, found, strict=True)
-        ]
+            found: list[Any] = batch.authenticate_uploads(c, items, skew_s=skew_s)
+        for k, (it, ctx) in enumerate(zip(items, found, strict=True)):
+            if isinstance(ctx, BaseException):
+                continue
+            try:  # store I/O once per campaign; a failure is this upload's
+                found[k] = (ctx, self.update_cap(it.campaign))
+            except Exception as exc:  # noqa: BLE001
+                found[k] = exc
+        return found
 
     def accept_batch(
         self, items: Sequence[PendingUpload]
@@ -1040,15 +1045,18 @@ class Coordinator:
                     self._check_message(
                         u.data, u.campaign, u.rnd, u.client_id, u.ctx.base_version, u.ctx.task
                     )
-            except ProtocolError as exc:
+            except Exception as exc:  # noqa: BLE001 - this upload's answer, not the batch's
                 out[k] = exc
                 continue
             key = update_key(u.campaign, u.rnd, u.client_id)
             claims.append(batch.Claim(u.campaign, u.rnd, u.client_id, key, u.sha256,
                                       len(u.data), u.signature, u.ctx.public_key))  # fmt: skip
             claimed.append(k)
-        with self.connection(autocommit=True) as c:
-            made = batch.claim_updates(c, claims)
+        try:
+            with self.connection(autocommit=True) as c:
+                made = batch.claim_updates(c, claims)
+        except Exception as exc:  # noqa: BLE001 - the claimants' error; refusals stand
+            return [exc if k in set(claimed) else r for k, r in enumerate(out)]
         stored: list[int] = []
         for k, claim, received_at in zip(claimed, claims, made, strict=True):
             u = items[k]
@@ -1070,9 +1078,12 @@ class Coordinator:
                     stored.append(k)
             except Exception as exc:  # noqa: BLE001 - this upload's failure, not the batch's
                 out[k] = exc
-        with self.connection(autocommit=True) as c:
-            accepted = batch.accept_stored(c, [(items[k].campaign, items[k].rnd,
-                                                items[k].client_id) for k in stored])  # fmt: skip
+        try:
+            with self.connection(autocommit=True) as c:
+                slots = [(items[k].campaign, items[k].rnd, items[k].client_id) for k in stored]
+                accepted = batch.accept_stored(c, slots)
+        except Exception as exc:  # noqa: BLE001 - the stored ones' error (a retry accepts)
+            return [exc if k in set(stored) else r for k, r in enumerate(out)]
         for k, done in zip(stored, accepted, strict=True):
             if done:
                 continue

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -44,7 +45,7 @@ from typing import Any, Generic, TypeVar, cast
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
-from fl_core.coordinator import protocol, registry
+from fl_core.coordinator import registry
 from fl_core.coordinator.db import ClientRow, NonceRow, RoundRow, TaskRow, UpdateRow
 from fl_core.coordinator.registry import ProtocolError, UploadContext
 
@@ -57,6 +58,8 @@ __all__ = [
     "authenticate_uploads",
     "claim_updates",
 ]
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -110,20 +113,37 @@ class Batcher(Generic[T, R]):
                 del self._pending[: self._max]
                 self.batches += 1
                 self.largest = max(self.largest, len(batch))
-                items = [item for item, _ in batch]
                 try:
-                    results: Sequence[Any] = await self._in_thread(self._run, items)
-                except Exception as exc:  # noqa: BLE001 - the batch's failure is each item's
-                    results = [exc] * len(batch)
-                for (_, future), result in zip(batch, results, strict=True):
-                    if future.done():  # its request was cancelled (a client gone)
-                        continue
-                    if isinstance(result, BaseException):
-                        future.set_exception(result)
-                    else:
-                        future.set_result(result)
+                    await self._answer(batch)
+                except Exception:  # answered below: each caller gets an error, none waits
+                    logger.exception("an upload batch of %d failed", len(batch))
+                finally:  # whatever happened, no caller is left waiting
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(RuntimeError("the upload batch did not finish"))
         finally:
             self._running -= 1
+            if self._pending and self._running == 0:  # cancelled with items still waiting
+                for _, future in self._pending:
+                    if not future.done():
+                        future.set_exception(RuntimeError("the upload batch was cancelled"))
+                self._pending.clear()
+
+    async def _answer(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        try:
+            results: Sequence[Any] = await self._in_thread(self._run, [i for i, _ in batch])
+        except Exception as exc:  # noqa: BLE001 - the batch's failure is each item's
+            results = [exc] * len(batch)
+        if len(results) != len(batch):
+            wrong = RuntimeError(f"a batch of {len(batch)} returned {len(results)} results")
+            results = [wrong] * len(batch)
+        for (_, future), result in zip(batch, results, strict=True):
+            if future.done():  # its request was cancelled (a client gone)
+                continue
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
 
 
 # --------------------------------------------------------------------------- statements
@@ -180,7 +200,7 @@ def _nonces_insert() -> Any:
     return (
         pg.insert(_nonces)
         .from_select(["nonce", "client_id", "seen_at"], sa.select(*new.c))
-        .on_conflict_do_nothing()
+        .on_conflict_do_nothing(index_elements=["nonce"])
         .returning(_nonces.c.nonce)
     )
 
@@ -207,7 +227,7 @@ def _claims_insert() -> Any:
     return (
         pg.insert(_updates)
         .from_select([*_CLAIM_COLUMNS, "stored"], sa.select(*new.c, sa.false()))
-        .on_conflict_do_nothing()
+        .on_conflict_do_nothing(index_elements=["campaign", "round", "client_id"])
         .returning(_updates.c.campaign, _updates.c.round, _updates.c.client_id)
     )
 
@@ -261,15 +281,12 @@ def authenticate_uploads(
     admitted: list[int] = []
     nonces: set[str] = set()
     for k in live:
-        it, row = items[k], rows[k]
-        if row.public_key is None:
-            out[k] = ProtocolError(401, "unknown client")
-        elif not protocol.verify(row.public_key, it.message, it.signature):
-            out[k] = ProtocolError(401, "bad request signature")
-        elif row.revoked_at is not None:
-            out[k] = ProtocolError(403, "client is revoked")
+        it = items[k]
+        refused = registry.refusal(rows[k], it.message, it.signature)
+        if refused is not None:
+            out[k] = refused
         elif it.nonce in nonces:  # twice in this batch: the second is the replay
-            out[k] = ProtocolError(409, "replayed request (nonce already seen)")
+            out[k] = registry.replayed()
         else:
             nonces.add(it.nonce)
             admitted.append(k)
@@ -287,15 +304,15 @@ def authenticate_uploads(
         ).scalars()
     )
     if secrets.randbelow(256) < len(admitted):  # as often as one prune per 256 requests
-        conn.execute(sa.delete(_nonces).where(_nonces.c.seen_at < now - 2 * skew_s - 1))
+        conn.execute(registry.prune_nonces(now, skew_s))
     for k in admitted:
         it = items[k]
         if it.nonce not in fresh:
-            out[k] = ProtocolError(409, "replayed request (nonce already seen)")
+            out[k] = registry.replayed()
             continue
         try:  # 403 not selected; 410 closed, recorded as straggler (the nonce counts)
             out[k] = registry.upload_context_of(conn, rows[k], it.campaign, it.rnd, it.client_id)
-        except ProtocolError as exc:
+        except Exception as exc:  # noqa: BLE001 - this upload's answer, not the batch's
             out[k] = exc
     return out
 

@@ -82,8 +82,23 @@ class _Batches:
 
     def __init__(self, coord: Coordinator, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.auth = batch.Batcher(coord.authenticate_batch, in_thread)
-        self.accept = batch.Batcher(coord.accept_batch, in_thread)
+        ref = weakref.ref(coord)  # not the coordinator itself: it keys a weak mapping
+
+        def authenticate(items: list[batch.SignedUpload]) -> Any:
+            return _alive(ref).authenticate_batch(items)
+
+        def accept(items: list[PendingUpload]) -> Any:
+            return _alive(ref).accept_batch(items)
+
+        self.auth: batch.Batcher[batch.SignedUpload, Any] = batch.Batcher(authenticate, in_thread)
+        self.accept: batch.Batcher[PendingUpload, Any] = batch.Batcher(accept, in_thread)
+
+
+def _alive(ref: weakref.ref[Coordinator]) -> Coordinator:
+    coord = ref()
+    if coord is None:
+        raise RuntimeError("the coordinator was closed")
+    return coord
 
 
 _BATCHES: weakref.WeakKeyDictionary[Coordinator, _Batches] = weakref.WeakKeyDictionary()

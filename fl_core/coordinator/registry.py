@@ -251,6 +251,30 @@ def check_timestamp(timestamp: float, skew_s: float) -> float:
     return now
 
 
+def refusal(row: Any, message: bytes, signature: str) -> ProtocolError | None:
+    """Why a signed request from the client of ``row`` (its ``public_key`` and
+    ``revoked_at``, or None) is refused before its nonce is looked at: unknown client or
+    bad signature (401), revoked (403); None when it is not."""
+    if row is None or row.public_key is None:
+        return ProtocolError(401, "unknown client")
+    if not protocol.verify(row.public_key, message, signature):
+        return ProtocolError(401, "bad request signature")
+    if row.revoked_at is not None:
+        return ProtocolError(403, "client is revoked")
+    return None
+
+
+def replayed() -> ProtocolError:
+    """409: the request's nonce was seen before."""
+    return ProtocolError(409, "replayed request (nonce already seen)")
+
+
+def prune_nonces(now: float, skew_s: float) -> sa.Delete:
+    """Forget nonces older than any timestamp still accepted (run about once per 256
+    requests)."""
+    return sa.delete(NonceRow).where(NonceRow.seen_at < now - 2 * skew_s - 1)
+
+
 def _admit(
     session: Session | sa.Connection,
     row: Any,
@@ -266,19 +290,16 @@ def _admit(
     """Known client and valid signature (401), not revoked (403), fresh nonce (409, else
     recorded) for ``row`` (the client's ``public_key`` and ``revoked_at``, or None). Without
     ``commit`` the nonce (and prune) are left in the caller's open transaction."""
-    if row is None or row.public_key is None:
-        raise ProtocolError(401, "unknown client")
-    if not protocol.verify(row.public_key, message, signature):
-        raise ProtocolError(401, "bad request signature")
-    if row.revoked_at is not None:
-        raise ProtocolError(403, "client is revoked")
+    refused = refusal(row, message, signature)
+    if refused is not None:
+        raise refused
     try:
         _execute(session, _nonce_insert(), {"nonce": nonce, "client_id": client_id, "seen_at": now})
     except IntegrityError:
         _rollback(session)
-        raise ProtocolError(409, "replayed request (nonce already seen)") from None
+        raise replayed() from None
     if secrets.randbelow(256) == 0:
-        session.execute(sa.delete(NonceRow).where(NonceRow.seen_at < now - 2 * skew_s - 1))
+        session.execute(prune_nonces(now, skew_s))
     if commit:
         _commit(session)
 

@@ -217,8 +217,8 @@ def test_a_batch_of_uploads_answers_each_upload_as_alone_on_postgresql(
     """On PostgreSQL the uploads that arrive together are authenticated and accepted in
     batches (``fl_core.coordinator.batch``). One batch holding every kind of refusal beside
     good uploads: each gets the answer the one-upload path gives it (status and reason),
-    the good ones are accepted once each with their bytes and one arrival number, and the
-    refused ones leave nothing behind."""
+    the good ones are accepted once each with their bytes and one arrival number, and none
+    of the refused ones is accepted."""
     from fl_core.coordinator import batch, protocol, registry
     from fl_core.coordinator.api import PendingUpload
     from fl_core.coordinator.registry import ProtocolError
@@ -274,8 +274,11 @@ def test_a_batch_of_uploads_answers_each_upload_as_alone_on_postgresql(
                 alone.append(answer((ctx, 0)))
             except ProtocolError as exc:
                 alone.append(answer(exc))
-        auth = coord.authenticate_batch(cases())
+        in_batch = cases()
+        auth = coord.authenticate_batch(in_batch)
         assert [answer(a) for a in auth] == alone
+        replay = coord.authenticate_batch([in_batch[5]])  # a request the batch admitted, again
+        assert answer(replay[0]) == (409, "replayed request (nonce already seen)")
         assert [a[0] for a in alone] == [401, 401, 403, 403, 401] + ["ok"] * 5 + [409]
         ctx = {
             it.client_id: a[0]
@@ -314,12 +317,15 @@ def test_a_batch_of_uploads_answers_each_upload_as_alone_on_postgresql(
         arrivals = coord.arrivals("camp-1", rounds=[1])
         status = coord.close_round("camp-1", 1)
         stored = {n: coord.store.get_bytes(update_key("camp-1", 1, n)) for n in "abc"}
+        # checked while the round was open, accepted after it closed: 410, as alone
+        late = coord.accept_batch([pending("e", update_bytes("camp-1", 1, "e", layout))])
     finally:
         coord.close()
     assert sorted(u.client_id for u in arrivals) == ["a", "b", "c"]
     assert sorted(u.arrival_seq for u in arrivals) == [1, 2, 3]  # each accepted once
     assert stored == good
     assert sorted(status.received) == ["a", "b", "c"]
+    assert isinstance(late[0], ProtocolError) and late[0].status == 410
 
 
 def test_concurrent_http_uploads_are_batched_on_postgresql(
