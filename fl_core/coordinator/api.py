@@ -1033,22 +1033,17 @@ class Coordinator:
         stored updates accepted in one statement, in the batch's order. A claim that met
         another, or an acceptance that did not happen (a round closed meanwhile, or an
         idempotent retry), is decided by the one-upload function, as for a lone upload."""
-        from fl_core.rounds.layout import update_key
-
         out: list[Any] = [None] * len(items)
         claims: list[batch.Claim] = []
         claimed: list[int] = []
         for k, u in enumerate(items):
             try:
-                _check_update(u.ctx, u.campaign, u.rnd, u.client_id, u.sha256, u.signature)
-                if u.ctx.update_sha256 is None:
-                    self._check_message(
-                        u.data, u.campaign, u.rnd, u.client_id, u.ctx.base_version, u.ctx.task
-                    )
+                key = self._verify_upload(
+                    u.client_id, u.campaign, u.rnd, u.data, u.sha256, u.signature, u.ctx
+                )
             except Exception as exc:  # noqa: BLE001 - this upload's answer, not the batch's
                 out[k] = exc
                 continue
-            key = update_key(u.campaign, u.rnd, u.client_id)
             claims.append(batch.Claim(u.campaign, u.rnd, u.client_id, key, u.sha256,
                                       len(u.data), u.signature, u.ctx.public_key))  # fmt: skip
             claimed.append(k)
@@ -1126,17 +1121,13 @@ class Coordinator:
         context when the caller already read it (the HTTP app reads it with the
         authentication, before streaming the body).
         """
-        from fl_core.rounds.layout import update_key
 
         digest = sha256 or hashlib.sha256(data).hexdigest()
         ctx = context
         if ctx is None:
             with self.connection(autocommit=True) as c:
                 ctx = registry.upload_context(c, campaign, rnd, client_id)
-        _check_update(ctx, campaign, rnd, client_id, digest, signature)
-        if ctx.update_sha256 is None:
-            self._check_message(data, campaign, rnd, client_id, ctx.base_version, ctx.task)
-        key = update_key(campaign, rnd, client_id)
+        key = self._verify_upload(client_id, campaign, rnd, data, digest, signature, ctx)
         with self.connection(autocommit=True) as c:
             to_store, received_at = registry.claim_update(
                 c,
@@ -1155,6 +1146,26 @@ class Coordinator:
                 registry.mark_stored(c, campaign, rnd, client_id)
             logger.debug("stored update of %s for %s round %d", client_id, campaign, rnd)
         return to_store, ReceivedUpdate(client_id, key, digest, len(data), received_at, round=rnd)
+
+    def _verify_upload(
+        self,
+        client_id: str,
+        campaign: str,
+        rnd: int,
+        data: bytes,
+        sha256: str,
+        signature: str,
+        ctx: registry.UploadContext,
+    ) -> str:
+        """An upload's checks before its claim, in order: the update signature (401), other
+        bytes already accepted (409), then (unless these bytes were) the wire checks (400 /
+        403); returns the update's store key."""
+        from fl_core.rounds.layout import update_key
+
+        _check_update(ctx, campaign, rnd, client_id, sha256, signature)
+        if ctx.update_sha256 is None:
+            self._check_message(data, campaign, rnd, client_id, ctx.base_version, ctx.task)
+        return update_key(campaign, rnd, client_id)
 
     def _check_message(
         self,
