@@ -204,6 +204,13 @@ def _refuse_other_bytes(ctx: registry.UploadContext, sha256: str) -> None:
         raise ProtocolError(409, "a different update for this task was already accepted")
 
 
+def _failing(out: list[Any], which: list[int], exc: Exception) -> list[Any]:
+    """``out`` with the answers at ``which`` replaced by ``exc``: a batch statement's error
+    is the answer of the uploads it was for, not of those already refused."""
+    failed = set(which)
+    return [exc if k in failed else r for k, r in enumerate(out)]
+
+
 @dataclass(frozen=True, slots=True)
 class PendingUpload:
     """An upload read and digested, waiting for :meth:`Coordinator.accept_batch`."""
@@ -1051,7 +1058,7 @@ class Coordinator:
             with self.connection(autocommit=True) as c:
                 made = batch.claim_updates(c, claims)
         except Exception as exc:  # noqa: BLE001 - the claimants' error; refusals stand
-            return [exc if k in set(claimed) else r for k, r in enumerate(out)]
+            return _failing(out, claimed, exc)
         stored: list[int] = []
         for k, claim, received_at in zip(claimed, claims, made, strict=True):
             u = items[k]
@@ -1078,7 +1085,7 @@ class Coordinator:
                 slots = [(items[k].campaign, items[k].rnd, items[k].client_id) for k in stored]
                 accepted = batch.accept_stored(c, slots)
         except Exception as exc:  # noqa: BLE001 - the stored ones' error (a retry accepts)
-            return [exc if k in set(stored) else r for k, r in enumerate(out)]
+            return _failing(out, stored, exc)
         for k, done in zip(stored, accepted, strict=True):
             if done:
                 continue
@@ -1121,7 +1128,6 @@ class Coordinator:
         context when the caller already read it (the HTTP app reads it with the
         authentication, before streaming the body).
         """
-
         digest = sha256 or hashlib.sha256(data).hexdigest()
         ctx = context
         if ctx is None:

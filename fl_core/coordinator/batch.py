@@ -370,11 +370,12 @@ def accept_stored(conn: sa.Connection, stored: Sequence[tuple[str, int, str]]) -
     never wait for each other's locks the other way round)."""
     if not stored:
         return []
-    order = sorted(range(len(stored)), key=lambda k: registry.arrival_lock_key(stored[k][0]))
+    locks = [registry.arrival_lock_key(campaign) for campaign, _, _ in stored]
+    order = sorted(range(len(stored)), key=locks.__getitem__)
     accepted = conn.execute(
         _ACCEPT_BATCH,
         {
-            "locks": [registry.arrival_lock_key(stored[k][0]) for k in order],
+            "locks": [locks[k] for k in order],
             "campaigns": [stored[k][0] for k in order],
             "rounds": [stored[k][1] for k in order],
             "clients": [stored[k][2] for k in order],

@@ -73,7 +73,7 @@ BATCH_MAX_BYTES = 256 << 10
 writes its updates one after another in one thread, where larger ones' checks and writes
 (milliseconds each) are better spread over the worker threads. Measured on PostgreSQL
 (``bench/bench_coordinator.py --db-url ...``, N = 100): dense 622 KB updates in batches
-0.24x the bare endpoint, on their own 0.33x; 35 KB top-k updates in batches 0.36x, on
+0.24x the bare endpoint, on their own 0.32-0.33x; 35 KB top-k updates in batches 0.36x, on
 their own 0.19-0.28x."""
 
 
