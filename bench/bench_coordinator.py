@@ -64,6 +64,11 @@ from fl_core.coordinator import protocol
 from fl_core.coordinator.server import DEFAULT_MAX_READING
 
 HOST = "127.0.0.1"
+WORK = Path(__file__).resolve().parents[1] / ".fl" / "bench"
+"""Where both endpoints keep their files (the coordinator its store and SQLite registry),
+as the other benchmarks do: the project's state folder, not the system's temporary one. On
+the machine measured, creating a file in /tmp cost 0.55-0.8 ms against 0.04-0.05 ms
+elsewhere on the same disk, a quirk of that folder that bounded both endpoints."""
 CID = "bench"
 
 
@@ -423,7 +428,8 @@ def run_one(
     from fl_core.rounds.layout import campaign_record_key, model_key, update_key
 
     rows = []
-    with tempfile.TemporaryDirectory(prefix="bench-coord-") as tmp, _run_database() as db_url:
+    WORK.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=WORK, prefix="coord-") as tmp, _run_database() as db_url:
         home = Path(tmp)
         coord = Coordinator(_settings(home, db_url))
         spec = ModelSpec(name="mlp", input_shape=(784,), num_classes=10, hidden=(200,))

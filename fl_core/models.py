@@ -8,6 +8,7 @@ export only; aggregation math works on the flat vectors.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -27,11 +28,12 @@ class Layout:
     names: tuple[str, ...]
     shapes: tuple[tuple[int, ...], ...]
 
-    @property
+    @functools.cached_property
     def sizes(self) -> tuple[int, ...]:
+        """Each parameter's size (computed once: the upload checks read it per update)."""
         return tuple(math.prod(s) for s in self.shapes)
 
-    @property
+    @functools.cached_property
     def num_params(self) -> int:
         return sum(self.sizes)
 

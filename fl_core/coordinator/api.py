@@ -22,6 +22,7 @@ Every method is safe to call again (idempotent).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import hashlib
@@ -30,6 +31,7 @@ import logging
 import math
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -268,6 +270,9 @@ class Coordinator:
         self._campaigns: dict[str, dict[str, Any]] = {}
         self._inline_engine: sa.Engine | None = None
         self._inline_conn: sa.Connection | None = None
+        self._batch_connections: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, batch.Connections
+        ] = weakref.WeakKeyDictionary()
 
     @classmethod
     def from_env(cls, **overrides: object) -> Coordinator:
@@ -434,6 +439,8 @@ class Coordinator:
             if self._inline_engine is not None:
                 self._inline_engine.dispose()
                 self._inline_engine = None
+            for connections in list(self._batch_connections.values()):
+                connections.close()
 
     # ----------------------------------------------------------------- clients
 
@@ -1003,43 +1010,73 @@ class Coordinator:
     @functools.cached_property
     def batched(self) -> bool:
         """Whether uploads' registry work runs in batches (:mod:`fl_core.coordinator.batch`):
-        on PostgreSQL, unless ``batch_uploads`` is off."""
-        return self.settings.batch_uploads and self.engine.dialect.name == "postgresql"
+        on PostgreSQL through psycopg, unless ``batch_uploads`` is off."""
+        dialect = self.engine.dialect
+        return (
+            self.settings.batch_uploads
+            and dialect.name == "postgresql"
+            and dialect.driver == "psycopg"
+        )
 
     @functools.cached_property
     def batched_acceptance(self) -> bool:
         """Whether accepting uploads runs in batches too: a batched registry and a
-        local-folder store (a batch writes its updates one after another, which S3 PUTs
-        must not)."""
+        local-folder store (a batch writes its updates on the event loop, one after another,
+        which S3 PUTs must not)."""
         return self.batched and isinstance(self.store, LocalStore)
 
-    def authenticate_batch(
+    def _batch_connection(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        """One of the running event loop's batch connections (:class:`batch.Connections`:
+        at most four, two for each batcher's two batches at once)."""
+        loop = asyncio.get_running_loop()
+        found = self._batch_connections.get(loop)
+        if found is None:
+            engine = self.engine
+            found = self._batch_connections[loop] = batch.Connections(
+                functools.partial(batch.connect, engine), size=4
+            )
+        return found.connection()
+
+    async def authenticate_batch(
         self, items: Sequence[batch.SignedUpload]
     ) -> list[tuple[registry.UploadContext, int] | BaseException]:
         """:func:`registry.authenticate_upload` for a batch of uploads' headers (each its
         own answer): the upload context and the size cap of each, or its refusal (or
-        error)."""
+        error). Runs on the event loop; a straggler record (410, rare) in a worker thread."""
         skew_s = self.settings.clock_skew_s
-        with self.connection(autocommit=True) as c:
-            found: list[Any] = batch.authenticate_uploads(c, items, skew_s=skew_s)
-        for k, (it, ctx) in enumerate(zip(items, found, strict=True)):
-            if isinstance(ctx, BaseException):
+        async with self._batch_connection() as conn:
+            found: list[Any] = await batch.authenticate_uploads(conn, items, skew_s=skew_s)
+        for k, (it, row) in enumerate(zip(items, found, strict=True)):
+            if isinstance(row, BaseException):
                 continue
-            try:  # store I/O once per campaign; a failure is this upload's
+            try:  # each a failure of this upload only
+                ctx = registry.context_of_row(row, it.campaign, it.rnd, it.client_id)
+                if registry.is_late(ctx):  # 410, recorded as straggler (the nonce counts)
+                    await asyncio.to_thread(self._refuse_late, it.campaign, it.rnd,
+                                            it.client_id, ctx)  # fmt: skip
+                if it.campaign not in self._campaigns:  # store I/O once per campaign
+                    await asyncio.to_thread(self._campaign, it.campaign)
                 found[k] = (ctx, self.update_cap(it.campaign))
             except Exception as exc:  # noqa: BLE001
                 found[k] = exc
         return found
 
-    def accept_batch(
+    def _refuse_late(
+        self, campaign: str, rnd: int, client_id: str, ctx: registry.UploadContext
+    ) -> None:
+        with self.connection(autocommit=True) as c:
+            registry.refuse_if_late(c, campaign, rnd, client_id, ctx)
+
+    async def accept_batch(
         self, items: Sequence[PendingUpload]
     ) -> list[tuple[bool, ReceivedUpdate] | BaseException]:
         """:meth:`accept_update` for a batch of uploads (each its own answer), with the
         same checks in the same order: each upload's signature and wire checks, then the
-        batch's claims in one statement, the claimed bytes written to the store, and the
-        stored updates accepted in one statement, in the batch's order. A claim that met
-        another, or an acceptance that did not happen (a round closed meanwhile, or an
-        idempotent retry), is decided by the one-upload function, as for a lone upload."""
+        batch's claims in one statement, the claimed bytes written to the (local) store,
+        and the stored updates accepted in one statement, in the batch's order. Runs on the
+        event loop. A claim that met another, or an acceptance that did not happen (a round
+        closed meanwhile, or an idempotent retry), is decided by the one-upload function in
+        a worker thread, as for a lone upload."""
         out: list[Any] = [None] * len(items)
         claims: list[batch.Claim] = []
         claimed: list[int] = []
@@ -1055,23 +1092,18 @@ class Coordinator:
                                       len(u.data), u.signature, u.ctx.public_key))  # fmt: skip
             claimed.append(k)
         try:
-            with self.connection(autocommit=True) as c:
-                made = batch.claim_updates(c, claims)
+            async with self._batch_connection() as conn:
+                made = await batch.claim_updates(conn, claims)
         except Exception as exc:  # noqa: BLE001 - the claimants' error; refusals stand
             return _failing(out, claimed, exc)
         stored: list[int] = []
-        for k, claim, received_at in zip(claimed, claims, made, strict=True):
+        for k, claim, made_at in zip(claimed, claims, made, strict=True):
             u = items[k]
             try:
-                if received_at is None:  # claimed before: a retry of the same bytes, or 409
-                    with self.connection(autocommit=True) as c:
-                        to_store, received_at = registry.claim_update(
-                            c, campaign=u.campaign, rnd=u.rnd, client_id=u.client_id,
-                            key=claim.key, sha256=u.sha256, size=claim.size,
-                            signature=u.signature, public_key=u.ctx.public_key,
-                        )  # fmt: skip
+                if made_at is None:  # claimed before: a retry of the same bytes, or 409
+                    to_store, received_at = await asyncio.to_thread(self._claim_again, u, claim)
                 else:
-                    to_store = True
+                    to_store, received_at = True, made_at
                 rec = ReceivedUpdate(u.client_id, claim.key, u.sha256, claim.size, received_at,
                                      round=u.rnd)  # fmt: skip
                 out[k] = (to_store, rec)
@@ -1081,9 +1113,9 @@ class Coordinator:
             except Exception as exc:  # noqa: BLE001 - this upload's failure, not the batch's
                 out[k] = exc
         try:
-            with self.connection(autocommit=True) as c:
-                slots = [(items[k].campaign, items[k].rnd, items[k].client_id) for k in stored]
-                accepted = batch.accept_stored(c, slots)
+            slots = [(items[k].campaign, items[k].rnd, items[k].client_id) for k in stored]
+            async with self._batch_connection() as conn:
+                accepted = await batch.accept_stored(conn, slots)
         except Exception as exc:  # noqa: BLE001 - the stored ones' error (a retry accepts)
             return _failing(out, stored, exc)
         for k, done in zip(stored, accepted, strict=True):
@@ -1091,11 +1123,23 @@ class Coordinator:
                 continue
             u = items[k]
             try:  # accepted before (a retry), or the round closed meanwhile: 410
-                with self.connection(autocommit=True) as c:
-                    registry.mark_stored(c, u.campaign, u.rnd, u.client_id)
+                await asyncio.to_thread(self._mark_stored, u.campaign, u.rnd, u.client_id)
             except Exception as exc:  # noqa: BLE001 - this upload's failure, not the batch's
                 out[k] = exc
         return out
+
+    def _claim_again(self, u: PendingUpload, claim: batch.Claim) -> tuple[bool, float]:
+        """``registry.claim_update`` for a slot claimed before (same bytes: a retry)."""
+        with self.connection(autocommit=True) as c:
+            return registry.claim_update(
+                c, campaign=u.campaign, rnd=u.rnd, client_id=u.client_id, key=claim.key,
+                sha256=u.sha256, size=claim.size, signature=u.signature,
+                public_key=u.ctx.public_key,
+            )  # fmt: skip
+
+    def _mark_stored(self, campaign: str, rnd: int, client_id: str) -> None:
+        with self.connection(autocommit=True) as c:
+            registry.mark_stored(c, campaign, rnd, client_id)
 
     def check_upload_allowed(self, client_id: str, campaign: str, rnd: int) -> int:
         """Refuse an upload before its body is read (403 not selected, 410 too late);
@@ -1148,8 +1192,7 @@ class Coordinator:
             )
         if to_store:  # outside the session: store I/O must not hold the registry
             self.store.put_bytes(key, data)
-            with self.connection(autocommit=True) as c:  # PostgreSQL: one call
-                registry.mark_stored(c, campaign, rnd, client_id)
+            self._mark_stored(campaign, rnd, client_id)  # PostgreSQL: one call
             logger.debug("stored update of %s for %s round %d", client_id, campaign, rnd)
         return to_store, ReceivedUpdate(client_id, key, digest, len(data), received_at, round=rnd)
 

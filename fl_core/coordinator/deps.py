@@ -70,8 +70,9 @@ async def registry_work(
 
 BATCH_MAX_BYTES = 256 << 10
 """An upload larger than this is accepted on its own, not in a batch: a batch checks and
-writes its updates one after another in one thread, where larger ones' checks and writes
-(milliseconds each) are better spread over the worker threads. Measured on PostgreSQL
+writes its updates one after another on the event loop, where larger ones' checks and
+writes (milliseconds each) would keep it from serving the other requests; on their own
+they run in the worker threads. Measured on PostgreSQL
 (``bench/bench_coordinator.py --db-url ...``, N = 100): dense 622 KB updates in batches
 0.24x the bare endpoint, on their own 0.32-0.33x; 35 KB top-k updates in batches 0.36x, on
 their own 0.19-0.28x."""
@@ -84,14 +85,14 @@ class _Batches:
         self.loop = loop
         ref = weakref.ref(coord)  # not the coordinator itself: it keys a weak mapping
 
-        def authenticate(items: list[batch.SignedUpload]) -> Any:
-            return _alive(ref).authenticate_batch(items)
+        async def authenticate(items: list[batch.SignedUpload]) -> Any:
+            return await _alive(ref).authenticate_batch(items)
 
-        def accept(items: list[PendingUpload]) -> Any:
-            return _alive(ref).accept_batch(items)
+        async def accept(items: list[PendingUpload]) -> Any:
+            return await _alive(ref).accept_batch(items)
 
-        self.auth: batch.Batcher[batch.SignedUpload, Any] = batch.Batcher(authenticate, in_thread)
-        self.accept: batch.Batcher[PendingUpload, Any] = batch.Batcher(accept, in_thread)
+        self.auth: batch.Batcher[batch.SignedUpload, Any] = batch.Batcher(authenticate)
+        self.accept: batch.Batcher[PendingUpload, Any] = batch.Batcher(accept)
 
 
 def _alive(ref: weakref.ref[Coordinator]) -> Coordinator:

@@ -551,10 +551,19 @@ def upload_context(
 def upload_context_of(
     session: Session | sa.Connection, found: Any, campaign: str, rnd: int, client_id: str
 ) -> UploadContext:
-    """The context from a row of the upload query (403 when the client has no task)."""
+    """The context from a row of the upload query (403 when the client has no task; 410,
+    recorded as straggler, when its round is closed)."""
+    ctx = context_of_row(found, campaign, rnd, client_id)
+    refuse_if_late(session, campaign, rnd, client_id, ctx)
+    return ctx
+
+
+def context_of_row(found: Any, campaign: str, rnd: int, client_id: str) -> UploadContext:
+    """The context from a row of the upload query (403 when the client has no task), its
+    round not yet checked (:func:`is_late`)."""
     if found is None or found.task is None:
         raise ProtocolError(403, f"client {client_id!r} was not selected in {campaign} round {rnd}")
-    ctx = UploadContext(
+    return UploadContext(
         base_version=found.base_version,
         deadline=found.deadline,
         closed=found.closed_at is not None,
@@ -563,8 +572,22 @@ def upload_context_of(
         update_sha256=found.sha256,
         update_stored=bool(found.stored),
     )
+
+
+def is_late(ctx: UploadContext) -> bool:
+    """Whether an upload in this context is too late (its round closed or past deadline)."""
+    return _late(ctx.closed, ctx.deadline)
+
+
+def _late(closed: bool, deadline: float) -> bool:
+    return closed or time.time() > deadline
+
+
+def refuse_if_late(
+    session: Session | sa.Connection, campaign: str, rnd: int, client_id: str, ctx: UploadContext
+) -> None:
+    """410, the client recorded as straggler, when the upload is too late (:func:`is_late`)."""
     _refuse_if_closed(session, campaign, rnd, client_id, closed=ctx.closed, deadline=ctx.deadline)
-    return ctx
 
 
 def _refuse_if_closed(
@@ -577,7 +600,7 @@ def _refuse_if_closed(
     deadline: float,
 ) -> None:
     """410, the client recorded as straggler, when the round closed or its deadline passed."""
-    if closed or time.time() > deadline:
+    if _late(closed, deadline):
         record_straggler(session, campaign, rnd, client_id, "upload after the round closed")
         raise ProtocolError(410, f"round {rnd} of {campaign} is closed; the update is too late")
 

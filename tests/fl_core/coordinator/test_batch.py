@@ -1,7 +1,7 @@
 """The upload batcher (``fl_core.coordinator.batch.Batcher``, used on PostgreSQL): the
 items submitted while a batch runs form the next one, each caller gets its own item's
 answer, and a failure never leaves a caller waiting. No services: the batch function is
-plain Python, run in a real worker thread."""
+plain Python, run in a real worker thread (as a batch awaits its statements)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,9 @@ def test_items_arriving_together_share_a_batch_and_keep_their_own_answers() -> N
         return [ValueError(f"odd {i}") if i % 2 else i * 10 for i in items]
 
     async def main() -> list[object]:
-        batcher: Batcher[int, int] = Batcher(run, asyncio.to_thread, parallel=1)
+        batcher: Batcher[int, int] = Batcher(
+            lambda items: asyncio.to_thread(run, items), parallel=1
+        )
         tasks = [asyncio.ensure_future(batcher.submit(0))]
         await asyncio.sleep(0.2)  # the first batch is running (and waits)
         tasks += [asyncio.ensure_future(batcher.submit(i)) for i in range(1, 8)]
@@ -51,7 +53,7 @@ def test_a_batch_that_fails_fails_its_own_callers_only() -> None:
         return list(items)
 
     async def main() -> tuple[object, object]:
-        batcher: Batcher[int, int] = Batcher(run, asyncio.to_thread)
+        batcher: Batcher[int, int] = Batcher(lambda items: asyncio.to_thread(run, items))
         with pytest.raises(ConnectionError):
             await batcher.submit(3)
         return await batcher.submit(4), batcher.batches
@@ -61,7 +63,7 @@ def test_a_batch_that_fails_fails_its_own_callers_only() -> None:
 
 def test_a_batch_with_a_wrong_number_of_answers_leaves_no_caller_waiting() -> None:
     async def main() -> None:
-        batcher: Batcher[int, int] = Batcher(lambda items: [], asyncio.to_thread)
+        batcher: Batcher[int, int] = Batcher(lambda items: asyncio.to_thread(list, []))
         with pytest.raises(RuntimeError, match="returned 0 results"):
             await asyncio.wait_for(batcher.submit(1), 5)
 

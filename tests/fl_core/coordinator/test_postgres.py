@@ -4,6 +4,7 @@ PostgreSQL answers on 127.0.0.1:5432; fails instead under ``CI=true``."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import secrets
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from fl_core.agent.transport import RetryPolicy
 from fl_core.coordinator import db
 from fl_core.coordinator.api import Coordinator
 from fl_core.coordinator.settings import CoordinatorSettings
@@ -137,19 +139,7 @@ def test_pooled_connections_killed_by_the_server_are_replaced(pg_url: str, tmp_p
         with ThreadPoolExecutor(4) as pool:
             pids = set(pool.map(hold_one, range(4)))
         assert len(pids) == 4
-        admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-        try:
-            with admin.connect() as conn:
-                killed = conn.execute(
-                    sa.text(
-                        "SELECT count(*) FROM pg_stat_activity, pg_terminate_backend(pid) "
-                        "WHERE datname = :db AND pid <> pg_backend_pid()"
-                    ),
-                    {"db": sa.make_url(pg_url).database},
-                ).scalar_one()
-        finally:
-            admin.dispose()
-        assert killed >= 4
+        assert _drop_connections(pg_url) >= 4
         time.sleep(db.IDLE_PING_S + 0.2)
 
         def accept(n: str) -> bool:
@@ -224,6 +214,8 @@ def test_a_batch_of_uploads_answers_each_upload_as_alone_on_postgresql(
     from fl_core.coordinator.registry import ProtocolError
 
     coord = Coordinator(CoordinatorSettings(db_url=pg_url, store_url=str(tmp_path / "artifacts")))
+    loop = asyncio.new_event_loop()  # the batches run on an event loop, as the app's do
+    on_loop = loop.run_until_complete
     try:
         assert coord.batched and coord.batched_acceptance
         layout, keys = enrolled_round(coord, "camp-1", ["a", "b", "c", "d", "e", "r"])
@@ -275,9 +267,9 @@ def test_a_batch_of_uploads_answers_each_upload_as_alone_on_postgresql(
             except ProtocolError as exc:
                 alone.append(answer(exc))
         in_batch = cases()
-        auth = coord.authenticate_batch(in_batch)
+        auth = on_loop(coord.authenticate_batch(in_batch))
         assert [answer(a) for a in auth] == alone
-        replay = coord.authenticate_batch([in_batch[5]])  # a request the batch admitted, again
+        replay = on_loop(coord.authenticate_batch([in_batch[5]]))  # admitted before: again
         assert answer(replay[0]) == (409, "replayed request (nonce already seen)")
         assert [a[0] for a in alone] == [401, 401, 403, 403, 401] + ["ok"] * 5 + [409]
         ctx = {
@@ -306,21 +298,22 @@ def test_a_batch_of_uploads_answers_each_upload_as_alone_on_postgresql(
             pending("e", update_bytes("camp-1", 1, "e", layout, base_version=7)),  # 400
             pending("c", good["c"]),
         ]
-        results = coord.accept_batch(uploads)
+        results = on_loop(coord.accept_batch(uploads))
         statuses = [r.status if isinstance(r, ProtocolError) else "ok" for r in results]
         assert statuses == ["ok", "ok", "ok", 409, 401, 400, 400, "ok"]
         for u, r in zip(uploads, results, strict=True):
             if not isinstance(r, Exception):
                 assert r[1].sha256 == hashlib.sha256(good[u.client_id]).hexdigest()
-        again = coord.accept_batch([pending("a", good["a"])])  # a retry, later: 200
+        again = on_loop(coord.accept_batch([pending("a", good["a"])]))  # a retry, later: 200
         assert not isinstance(again[0], Exception) and again[0][0] is False
         arrivals = coord.arrivals("camp-1", rounds=[1])
         status = coord.close_round("camp-1", 1)
         stored = {n: coord.store.get_bytes(update_key("camp-1", 1, n)) for n in "abc"}
         # checked while the round was open, accepted after it closed: 410, as alone
-        late = coord.accept_batch([pending("e", update_bytes("camp-1", 1, "e", layout))])
+        late = on_loop(coord.accept_batch([pending("e", update_bytes("camp-1", 1, "e", layout))]))
     finally:
         coord.close()
+        loop.close()
     assert sorted(u.client_id for u in arrivals) == ["a", "b", "c"]
     assert sorted(u.arrival_seq for u in arrivals) == [1, 2, 3]  # each accepted once
     assert stored == good
@@ -360,3 +353,58 @@ def test_concurrent_http_uploads_are_batched_on_postgresql(
     assert batches.accept.batches < len(names)
     assert sorted(u.arrival_seq for u in arrivals) == list(range(1, 33))
     assert stored == data
+
+
+def test_batch_connections_dropped_by_the_server_are_replaced(
+    pg_url: str, tls: TLSFiles, tmp_path: Path
+) -> None:
+    """The server drops every connection (as a PostgreSQL restart does) between two rounds
+    of HTTP uploads: the batches' own connections (psycopg, on the event loop), idle since,
+    are found stale when next used and replaced, and every upload of the second round is
+    accepted. Without the idle ping the first batch on each dead connection failed its
+    uploads (500)."""
+    coord = Coordinator(CoordinatorSettings(db_url=pg_url, store_url=str(tmp_path / "artifacts")))
+    names = [f"c{i}" for i in range(8)]
+    try:
+        layout, _ = start_campaign(coord.store, "camp-1")
+        with serving(coord, tls) as server:
+            clients = {n: enroll(coord, server, tls, n) for n in names}
+            for c in clients.values():
+                c.retry = RetryPolicy(attempts=1)  # a failed upload is not retried unseen
+            answers: list[dict[str, Any]] = []
+            for rnd in (1, 2):
+                coord.publish_round("camp-1", rnd, base_version=0,
+                                    tasks={n: task_dict() for n in names}, deadline_s=60)  # fmt: skip
+                data = {n: update_bytes("camp-1", rnd, n, layout, scale=0.01 * (i + 1), base_version=0)
+                        for i, n in enumerate(names)}  # fmt: skip
+                jobs = [(clients[n], rnd, data[n]) for n in names]
+                with ThreadPoolExecutor(8) as pool:
+                    answers += list(pool.map(lambda job: upload(*job), jobs))
+                if rnd == 1:
+                    assert _drop_connections(pg_url) >= 2  # the batches' own among them
+                    time.sleep(db.IDLE_PING_S + 0.2)
+            for c in clients.values():
+                c.close()
+        received = coord.round_status("camp-1", 2).received
+    finally:
+        coord.close()
+    assert all(a["stored"] is True for a in answers) and len(answers) == 16
+    assert sorted(received) == names
+
+
+def _drop_connections(pg_url: str) -> int:
+    """Terminate every server connection to ``pg_url``'s database; how many there were."""
+    admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            return int(
+                conn.execute(
+                    sa.text(
+                        "SELECT count(*) FROM pg_stat_activity, pg_terminate_backend(pid) "
+                        "WHERE datname = :db AND pid <> pg_backend_pid()"
+                    ),
+                    {"db": sa.make_url(pg_url).database},
+                ).scalar_one()
+            )
+    finally:
+        admin.dispose()
