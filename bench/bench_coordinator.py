@@ -9,8 +9,11 @@ are asyncio + httpx in this process, one connection each. The model is the
 default MLP of ``params.yaml`` (MNIST 784 -> 200 -> 10, 159,010 parameters); updates are
 real wire messages (``dense_fp32`` and ``topk:0.1+q8`` by default), signed as the agent
 signs them. The upload phase is ``--rounds`` rounds (default 3), one after another, each
-with every client uploading at once. Printed per (N, codec, endpoint): uploads/s of the
-median round (and of each), upload p50 / p99 latency over all rounds, the server's peak RSS
+with every client uploading at once, first to the coordinator, then the same bytes to the
+bare endpoint (the two take turns round by round, so a drift in the machine's speed
+during a run falls on both). Both endpoints keep their files under ``.fl/bench``. Printed
+per (N, codec, endpoint): uploads/s of the median round (and of each), the server's CPU
+time per upload, upload p50 / p99 latency over all rounds, the server's peak RSS
 during the upload phase (``VmHWM`` of a coordinator process started after the
 heartbeat/task/download phase, as after a restart: the registry and store persist; that
 phase's own latency and peak are in the last column), rejected uploads (final non-2xx)
@@ -189,6 +192,20 @@ class Server:
                 raise RuntimeError(f"{kind} server did not start")
             time.sleep(0.2)
 
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the server has used: with workers, its processes'
+        sum. Unlike wall time, not stretched when the machine is slow for a while."""
+        total, todo = 0.0, [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                todo += map(int, Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
+            except OSError:  # gone meanwhile
+                continue
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
+
     def peak_rss_mb(self) -> float:
         """The server's peak RSS: with workers, the sum over the supervisor and every
         process under it (each one's own peak: an upper bound of the peak of the sum)."""
@@ -225,6 +242,8 @@ class Outcome:
     busy: int = 0
     rates: list[float] | None = None
     """Uploads/s of each round (the upload phase repeated ``ROUNDS`` times)."""
+    cpu_s: float = 0.0
+    """The server's CPU seconds over the upload phase (every round)."""
 
     @property
     def rate(self) -> float:
@@ -238,6 +257,7 @@ def _merged(outs: list[Outcome], n: int) -> Outcome:
     for o in outs:
         assert out.latencies is not None and out.rates is not None and out.statuses is not None
         out.seconds += o.seconds
+        out.cpu_s += o.cpu_s
         out.rates.append(n / o.seconds)
         out.latencies += o.latencies or []
         out.ok += o.ok
@@ -456,6 +476,7 @@ def run_one(
 
         sent: dict[int, dict[str, bytes]] = {}  # every round's updates, for the bare endpoint
         server = Server("coordinator", home, max_reading, db_url, workers)
+        bare = None
         try:
             prep, failed = asyncio.run(_prepare_clients(server.url, clients, key_of))
             rss_prep = server.peak_rss_mb()
@@ -464,8 +485,12 @@ def run_one(
             # from a thousand long-polls and model downloads (that peak is rss_prep).
             server.stop()
             server = Server("coordinator", home, max_reading, db_url, workers)
-            outs = []
+            bare = Server("bare", home)
+            outs, outs_b = [], []
             for rnd in range(1, rounds + 1):
+                # each round on the coordinator, then the same bytes on the bare endpoint:
+                # the machine's speed drifts within a run (the bare endpoint's own rate
+                # moved 330-660/s between runs here), so the two take turns, round by round
                 updates = sent[rnd] = updates_of(rnd)
                 jobs = []
                 for c in clients:
@@ -475,11 +500,21 @@ def run_one(
                         message_sha256=hashlib.sha256(data).hexdigest()))  # fmt: skip
                     jobs.append((c, f"/v1/updates/{CID}/{rnd}",
                                  {protocol.H_UPDATE_SIGNATURE: sig}, data))  # fmt: skip
+                cpu = server.cpu_s()
                 outs.append(asyncio.run(_timed_uploads(server.url, jobs, key_of)))
+                outs[-1].cpu_s = server.cpu_s() - cpu
                 del jobs
+                jobs_b = [(c, f"/bare/{c}-r{rnd}", {}, sent[rnd][c]) for c in clients]
+                cpu = bare.cpu_s()
+                outs_b.append(asyncio.run(_timed_uploads(bare.url, jobs_b, {})))
+                outs_b[-1].cpu_s = bare.cpu_s() - cpu
+                del jobs_b
             rss = server.peak_rss_mb()
+            rss_b = bare.peak_rss_mb()
         finally:
             server.stop()
+            if bare is not None:
+                bare.stop()
         size = int(np.mean([len(u) for u in sent[1].values()]))
         out = _merged(outs, n)
         for rnd, o in enumerate(outs, start=1):
@@ -495,18 +530,9 @@ def run_one(
             rss_prep=rss_prep, prep_p50=_pct(prep, 50), prep_p99=_pct(prep, 99), prep_failed=failed,
         ))  # fmt: skip
 
-        bare = Server("bare", home)
-        try:
-            outs = []
-            for rnd in range(1, rounds + 1):  # a new file per client and round, as above
-                jobs = [(c, f"/bare/{c}-r{rnd}", {}, sent[rnd][c]) for c in clients]
-                outs.append(asyncio.run(_timed_uploads(bare.url, jobs, {})))
-            rss_b = bare.peak_rss_mb()
-        finally:
-            bare.stop()
-        out_b = _merged(outs, n)
+        out_b = _merged(outs_b, n)
         bare_root = home / "bare"
-        for rnd, o in enumerate(outs, start=1):
+        for rnd, o in enumerate(outs_b, start=1):
             out_b.lost += sum(
                 1 for c in o.acked or ()
                 if not (bare_root / f"{c}-r{rnd}.flw").is_file()
@@ -592,7 +618,8 @@ def main() -> None:
             ratio = rows[0]["out"].rate / rows[1]["out"].rate
             for r in rows:
                 rates = ", ".join(f"{x:.0f}" for x in r["out"].rates or [])
-                print(f"{'':>5} {'':<12} {r['endpoint']:<11} uploads/s by round: {rates}")
+                print(f"{'':>5} {'':<12} {r['endpoint']:<11} uploads/s by round: {rates}; "
+                      f"server CPU {1000 * r['out'].cpu_s / max(1, r['out'].ok):.2f} ms/upload")
             print(f"{'':>5} {'':<12} coordinator/bare throughput = {ratio:.2f}", flush=True)
             for r in rows:
                 o = r["out"]
@@ -603,6 +630,7 @@ def main() -> None:
                     "uploads/s by round": ", ".join(f"{x:.0f}" for x in o.rates or []),
                     "p50 ms": round(_pct(o.latencies or [], 50)),
                     "p99 ms": round(_pct(o.latencies or [], 99)),
+                    "server CPU ms per upload": round(1000 * o.cpu_s / max(1, o.ok), 2),
                     "peak RSS MB": round(r["rss"]),
                     "rejected": o.rejected, "lost": o.lost, "busy (503 retried)": o.busy,
                     "coordinator/bare": round(ratio, 2) if r["endpoint"] == "coordinator" else "",

@@ -277,18 +277,24 @@ class Connections:
         self._connect = connect
         self._slots = asyncio.Semaphore(size)
         self._idle: list[tuple[psycopg.AsyncConnection[Any], float]] = []
+        self._closed = False
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         async with self._slots:
             conn = await self._checkout()
+            reuse = False
             try:
                 yield conn
-            finally:
-                if conn.closed or conn.broken:
-                    await conn.close()
-                else:
+                reuse = True
+            except Exception:  # a failed statement (autocommit: nothing left open) ...
+                reuse = True
+                raise
+            finally:  # ... unless the connection broke; a cancelled one may be mid-query
+                if reuse and not (conn.closed or conn.broken or self._closed):
                     self._idle.append((conn, time.monotonic()))
+                else:
+                    await conn.close()
 
     async def _checkout(self) -> psycopg.AsyncConnection[Any]:
         while self._idle:
@@ -305,6 +311,7 @@ class Connections:
 
     def close(self) -> None:
         """Close the idle connections (from any thread; one in use closes when returned)."""
+        self._closed = True
         idle, self._idle = self._idle, []
         for conn, _ in idle:
             conn.pgconn.finish()
