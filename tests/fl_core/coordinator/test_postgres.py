@@ -373,10 +373,12 @@ def test_batch_connections_dropped_by_the_server_are_replaced(
                 c.retry = RetryPolicy(attempts=1)  # a failed upload is not retried unseen
             answers: list[dict[str, Any]] = []
             for rnd in (1, 2):
-                coord.publish_round("camp-1", rnd, base_version=0,
-                                    tasks={n: task_dict() for n in names}, deadline_s=60)  # fmt: skip
-                data = {n: update_bytes("camp-1", rnd, n, layout, scale=0.01 * (i + 1), base_version=0)
-                        for i, n in enumerate(names)}  # fmt: skip
+                tasks = {n: task_dict() for n in names}
+                coord.publish_round("camp-1", rnd, base_version=0, tasks=tasks, deadline_s=60)
+                data = {
+                    n: update_bytes("camp-1", rnd, n, layout, scale=0.01 * (i + 1), base_version=0)
+                    for i, n in enumerate(names)
+                }
                 jobs = [(clients[n], rnd, data[n]) for n in names]
                 with ThreadPoolExecutor(8) as pool:
                     answers += list(pool.map(lambda job: upload(*job), jobs))
