@@ -206,6 +206,25 @@ def _refuse_other_bytes(ctx: registry.UploadContext, sha256: str) -> None:
         raise ProtocolError(409, "a different update for this task was already accepted")
 
 
+class _Pace:
+    """Hands the event loop back between a batch's uploads once every
+    :data:`PACE_BYTES` of them: a batch checks and writes its updates on the loop, and a
+    batch of large ones would otherwise hold it for tens of milliseconds."""
+
+    def __init__(self) -> None:
+        self.since = 0
+
+    async def step(self, size: int) -> None:
+        self.since += size
+        if self.since >= PACE_BYTES:
+            self.since = 0
+            await asyncio.sleep(0)
+
+
+PACE_BYTES = 1 << 20
+"""How many update bytes a batch checks or writes between two turns of the event loop."""
+
+
 def _failing(out: list[Any], which: list[int], exc: Exception) -> list[Any]:
     """``out`` with the answers at ``which`` replaced by ``exc``: a batch statement's error
     is the answer of the uploads it was for, not of those already refused."""
@@ -348,7 +367,8 @@ class Coordinator:
         """Whether the upload path's registry and store work may run on the event loop
         (:meth:`inline`): a SQLite registry and a local-folder store, where that work is a
         millisecond of CPU and waits only for locks, which an inline call does not wait
-        for. PostgreSQL and S3 are network round trips: always in worker threads."""
+        for. PostgreSQL and S3 are network round trips: in worker threads, or on PostgreSQL
+        in batches awaited on the event loop (:attr:`batched`)."""
         return (
             self.settings.inline_uploads
             and self.engine.dialect.name == "sqlite"
@@ -441,6 +461,7 @@ class Coordinator:
                 self._inline_engine = None
             for connections in list(self._batch_connections.values()):
                 connections.close()
+            self._batch_connections.clear()  # a later batch (the engine reopens) makes more
 
     # ----------------------------------------------------------------- clients
 
@@ -1010,13 +1031,9 @@ class Coordinator:
     @functools.cached_property
     def batched(self) -> bool:
         """Whether uploads' registry work runs in batches (:mod:`fl_core.coordinator.batch`):
-        on PostgreSQL through psycopg, unless ``batch_uploads`` is off."""
-        dialect = self.engine.dialect
-        return (
-            self.settings.batch_uploads
-            and dialect.name == "postgresql"
-            and dialect.driver == "psycopg"
-        )
+        on PostgreSQL (through psycopg 3 whatever driver the URL names), unless
+        ``batch_uploads`` is off."""
+        return self.settings.batch_uploads and self.engine.dialect.name == "postgresql"
 
     @functools.cached_property
     def batched_acceptance(self) -> bool:
@@ -1052,8 +1069,7 @@ class Coordinator:
             try:  # each a failure of this upload only
                 ctx = registry.context_of_row(row, it.campaign, it.rnd, it.client_id)
                 if registry.is_late(ctx):  # 410, recorded as straggler (the nonce counts)
-                    await asyncio.to_thread(self._refuse_late, it.campaign, it.rnd,
-                                            it.client_id, ctx)  # fmt: skip
+                    await asyncio.to_thread(self._refuse_late, it.campaign, it.rnd, it.client_id)
                 if it.campaign not in self._campaigns:  # store I/O once per campaign
                     await asyncio.to_thread(self._campaign, it.campaign)
                 found[k] = (ctx, self.update_cap(it.campaign))
@@ -1061,11 +1077,9 @@ class Coordinator:
                 found[k] = exc
         return found
 
-    def _refuse_late(
-        self, campaign: str, rnd: int, client_id: str, ctx: registry.UploadContext
-    ) -> None:
+    def _refuse_late(self, campaign: str, rnd: int, client_id: str) -> None:
         with self.connection(autocommit=True) as c:
-            registry.refuse_if_late(c, campaign, rnd, client_id, ctx)
+            registry.refuse_late(c, campaign, rnd, client_id)
 
     async def accept_batch(
         self, items: Sequence[PendingUpload]
@@ -1080,7 +1094,9 @@ class Coordinator:
         out: list[Any] = [None] * len(items)
         claims: list[batch.Claim] = []
         claimed: list[int] = []
+        pace = _Pace()
         for k, u in enumerate(items):
+            await pace.step(len(u.data))
             try:
                 key = self._verify_upload(
                     u.client_id, u.campaign, u.rnd, u.data, u.sha256, u.signature, u.ctx
@@ -1091,6 +1107,8 @@ class Coordinator:
             claims.append(batch.Claim(u.campaign, u.rnd, u.client_id, key, u.sha256,
                                       len(u.data), u.signature, u.ctx.public_key))  # fmt: skip
             claimed.append(k)
+        if not claims:
+            return out
         try:
             async with self._batch_connection() as conn:
                 made = await batch.claim_updates(conn, claims)
@@ -1101,17 +1119,20 @@ class Coordinator:
             u = items[k]
             try:
                 if made_at is None:  # claimed before: a retry of the same bytes, or 409
-                    to_store, received_at = await asyncio.to_thread(self._claim_again, u, claim)
+                    to_store, received_at = await asyncio.to_thread(self._claim, claim)
                 else:
                     to_store, received_at = True, made_at
                 rec = ReceivedUpdate(u.client_id, claim.key, u.sha256, claim.size, received_at,
                                      round=u.rnd)  # fmt: skip
                 out[k] = (to_store, rec)
                 if to_store:
+                    await pace.step(len(u.data))
                     self.store.put_bytes(claim.key, u.data)
                     stored.append(k)
             except Exception as exc:  # noqa: BLE001 - this upload's failure, not the batch's
                 out[k] = exc
+        if not stored:
+            return out
         try:
             slots = [(items[k].campaign, items[k].rnd, items[k].client_id) for k in stored]
             async with self._batch_connection() as conn:
@@ -1128,13 +1149,14 @@ class Coordinator:
                 out[k] = exc
         return out
 
-    def _claim_again(self, u: PendingUpload, claim: batch.Claim) -> tuple[bool, float]:
-        """``registry.claim_update`` for a slot claimed before (same bytes: a retry)."""
+    def _claim(self, claim: batch.Claim) -> tuple[bool, float]:
+        """``registry.claim_update``: (whether to store the bytes, the arrival time); a
+        slot claimed before by the same bytes is a retry, by others 409."""
         with self.connection(autocommit=True) as c:
             return registry.claim_update(
-                c, campaign=u.campaign, rnd=u.rnd, client_id=u.client_id, key=claim.key,
-                sha256=u.sha256, size=claim.size, signature=u.signature,
-                public_key=u.ctx.public_key,
+                c, campaign=claim.campaign, rnd=claim.rnd, client_id=claim.client_id,
+                key=claim.key, sha256=claim.sha256, size=claim.size,
+                signature=claim.signature, public_key=claim.public_key,
             )  # fmt: skip
 
     def _mark_stored(self, campaign: str, rnd: int, client_id: str) -> None:
@@ -1178,18 +1200,9 @@ class Coordinator:
             with self.connection(autocommit=True) as c:
                 ctx = registry.upload_context(c, campaign, rnd, client_id)
         key = self._verify_upload(client_id, campaign, rnd, data, digest, signature, ctx)
-        with self.connection(autocommit=True) as c:
-            to_store, received_at = registry.claim_update(
-                c,
-                campaign=campaign,
-                rnd=rnd,
-                client_id=client_id,
-                key=key,
-                sha256=digest,
-                size=len(data),
-                signature=signature,
-                public_key=ctx.public_key,
-            )
+        claim = batch.Claim(campaign, rnd, client_id, key, digest, len(data), signature,
+                            ctx.public_key)  # fmt: skip
+        to_store, received_at = self._claim(claim)
         if to_store:  # outside the session: store I/O must not hold the registry
             self.store.put_bytes(key, data)
             self._mark_stored(campaign, rnd, client_id)  # PostgreSQL: one call

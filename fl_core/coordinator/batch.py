@@ -41,6 +41,7 @@ import contextlib
 import functools
 import logging
 import secrets
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -212,6 +213,9 @@ def _nonces_insert() -> Any:
     )
 
 
+_PRUNE = sa.delete(_nonces).where(_nonces.c.seen_at < sa.bindparam("before"))
+"""Forget the nonces seen before ``before`` (``registry.nonce_horizon``)."""
+
 _CLAIM_COLUMNS = (
     "campaign", "round", "client_id", "key", "sha256", "size", "received_at", "signature",
     "public_key",
@@ -277,6 +281,7 @@ class Connections:
         self._connect = connect
         self._slots = asyncio.Semaphore(size)
         self._idle: list[tuple[psycopg.AsyncConnection[Any], float]] = []
+        self._lock = threading.Lock()  # the idle list: close() may come from another thread
         self._closed = False
 
     @contextlib.asynccontextmanager
@@ -291,14 +296,24 @@ class Connections:
                 reuse = True
                 raise
             finally:  # ... unless the connection broke; a cancelled one may be mid-query
-                if reuse and not (conn.closed or conn.broken or self._closed):
-                    self._idle.append((conn, time.monotonic()))
-                else:
-                    await conn.close()
+                await self._check_in(conn, reuse)
+
+    async def _check_in(self, conn: psycopg.AsyncConnection[Any], reuse: bool) -> None:
+        idle = psycopg.pq.TransactionStatus.IDLE
+        with self._lock:
+            if reuse and not self._closed and conn.info.transaction_status == idle:
+                self._idle.append((conn, time.monotonic()))
+                return
+        await conn.close()
 
     async def _checkout(self) -> psycopg.AsyncConnection[Any]:
-        while self._idle:
-            conn, since = self._idle.pop()
+        while True:
+            with self._lock:
+                if self._closed:
+                    raise RuntimeError("the coordinator's batch connections are closed")
+                if not self._idle:
+                    break
+                conn, since = self._idle.pop()
             if time.monotonic() - since < IDLE_PING_S and not (conn.closed or conn.broken):
                 return conn
             try:
@@ -307,20 +322,27 @@ class Connections:
             except psycopg.Error as exc:
                 logger.info("dropped a stale batch connection: %s", exc)
                 await conn.close()
+            except BaseException:  # cancelled mid-ping: not left open
+                await conn.close()
+                raise
         return await self._connect()
 
     def close(self) -> None:
-        """Close the idle connections (from any thread; one in use closes when returned)."""
-        self._closed = True
-        idle, self._idle = self._idle, []
+        """Close the idle connections (from any thread; one in use closes when returned);
+        no connection is made after."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
         for conn, _ in idle:
             conn.pgconn.finish()
 
 
 async def connect(engine: sa.Engine) -> psycopg.AsyncConnection[Any]:
-    """An autocommit psycopg connection to ``engine``'s PostgreSQL database (its URL's
-    parameters), rows as named tuples."""
-    _, params = engine.dialect.create_connect_args(engine.url)
+    """An autocommit psycopg (3) connection to ``engine``'s PostgreSQL database (its URL's
+    parameters, whatever driver the URL names: ``postgresql+psycopg2://`` too), rows as
+    named tuples."""
+    url = engine.url.set(drivername="postgresql+psycopg")
+    _, params = pg_psycopg.dialect().create_connect_args(url)
     params.pop("context", None)  # SQLAlchemy's own adapters: psycopg's defaults here
     return await psycopg.AsyncConnection.connect(
         **params, autocommit=True, row_factory=namedtuple_row
@@ -348,8 +370,8 @@ async def authenticate_uploads(
 ) -> list[Any]:
     """:func:`registry.authenticate_upload` for each item, in two statements for the batch:
     the same refusals in the same order up to the nonce (401, 403 revoked, 409), else the
-    row of the upload query (``registry.upload_context_of`` makes the context of it: 403
-    not selected, 410 closed)."""
+    row of the upload query, of which ``registry.context_of_row`` makes the context (403
+    not selected) and the caller refuses a late one (410, ``registry.refuse_late``)."""
     out: list[Any] = [None] * len(items)
     live: list[int] = []
     for k, it in enumerate(items):
@@ -392,8 +414,7 @@ async def authenticate_uploads(
     )
     fresh = {row.nonce for row in await inserted.fetchall()}
     if secrets.randbelow(256) < len(admitted):  # as often as one prune per 256 requests
-        prune = registry.prune_nonces(now, skew_s).compile(dialect=pg_psycopg.dialect())
-        await conn.execute(str(prune), prune.params)
+        await conn.execute(_sql(_PRUNE), {"before": registry.nonce_horizon(now, skew_s)})
     for k in admitted:
         out[k] = rows[k] if items[k].nonce in fresh else registry.replayed()
     return out

@@ -159,8 +159,9 @@ async def _authenticate(
     upload: tuple[str, int] | None = None,
 ) -> Any:
     """The client id; for an ``upload`` to (campaign, round), (client id, upload context,
-    size cap), the context read with the client's key in one query on an autocommit Core
-    connection (the upload's hot path)."""
+    size cap), the context read with the client's key in one query (the upload's hot path):
+    on PostgreSQL in a batch with the uploads arriving meanwhile, else on an autocommit
+    Core connection (inline on SQLite where it can, else in a worker thread)."""
     h = request.headers
     client_id = h.get(protocol.H_CLIENT)
     signature = h.get(protocol.H_SIGNATURE)
@@ -231,9 +232,9 @@ async def authenticated_upload(
     request: Request, coord: Coordinator, campaign: str, rnd: int
 ) -> tuple[str, UploadContext, int]:
     """The client id of a signed streamed upload, its upload context (403 not selected,
-    410 too late) and its size cap, in one registry session and one worker-thread hop; the
-    router checks the body's digest against ``X-FL-Content-SHA256`` (which the signature
-    covers) after streaming."""
+    410 too late) and its size cap, read with its key in one query (:func:`_authenticate`);
+    the router checks the body's digest against ``X-FL-Content-SHA256`` (which the
+    signature covers) after streaming."""
     declared = request.headers.get(protocol.H_CONTENT_SHA256, "")
     if len(declared) != 64 or any(c not in "0123456789abcdef" for c in declared):
         raise ProtocolError(401, f"missing or malformed {protocol.H_CONTENT_SHA256} header")

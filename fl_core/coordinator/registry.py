@@ -15,7 +15,7 @@ import math
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -272,7 +272,13 @@ def replayed() -> ProtocolError:
 def prune_nonces(now: float, skew_s: float) -> sa.Delete:
     """Forget nonces older than any timestamp still accepted (run about once per 256
     requests)."""
-    return sa.delete(NonceRow).where(NonceRow.seen_at < now - 2 * skew_s - 1)
+    return sa.delete(NonceRow).where(NonceRow.seen_at < nonce_horizon(now, skew_s))
+
+
+def nonce_horizon(now: float, skew_s: float) -> float:
+    """The time before which a nonce can be forgotten: no request signed then is still
+    accepted (its timestamp would be refused as stale)."""
+    return now - 2 * skew_s - 1
 
 
 def _admit(
@@ -554,7 +560,8 @@ def upload_context_of(
     """The context from a row of the upload query (403 when the client has no task; 410,
     recorded as straggler, when its round is closed)."""
     ctx = context_of_row(found, campaign, rnd, client_id)
-    refuse_if_late(session, campaign, rnd, client_id, ctx)
+    if is_late(ctx):
+        refuse_late(session, campaign, rnd, client_id)
     return ctx
 
 
@@ -576,33 +583,15 @@ def context_of_row(found: Any, campaign: str, rnd: int, client_id: str) -> Uploa
 
 def is_late(ctx: UploadContext) -> bool:
     """Whether an upload in this context is too late (its round closed or past deadline)."""
-    return _late(ctx.closed, ctx.deadline)
+    return ctx.closed or time.time() > ctx.deadline
 
 
-def _late(closed: bool, deadline: float) -> bool:
-    return closed or time.time() > deadline
-
-
-def refuse_if_late(
-    session: Session | sa.Connection, campaign: str, rnd: int, client_id: str, ctx: UploadContext
-) -> None:
-    """410, the client recorded as straggler, when the upload is too late (:func:`is_late`)."""
-    _refuse_if_closed(session, campaign, rnd, client_id, closed=ctx.closed, deadline=ctx.deadline)
-
-
-def _refuse_if_closed(
-    session: Session | sa.Connection,
-    campaign: str,
-    rnd: int,
-    client_id: str,
-    *,
-    closed: bool,
-    deadline: float,
-) -> None:
-    """410, the client recorded as straggler, when the round closed or its deadline passed."""
-    if _late(closed, deadline):
-        record_straggler(session, campaign, rnd, client_id, "upload after the round closed")
-        raise ProtocolError(410, f"round {rnd} of {campaign} is closed; the update is too late")
+def refuse_late(
+    session: Session | sa.Connection, campaign: str, rnd: int, client_id: str
+) -> NoReturn:
+    """410 for a late upload, the client recorded as straggler."""
+    record_straggler(session, campaign, rnd, client_id, "upload after the round closed")
+    raise ProtocolError(410, f"round {rnd} of {campaign} is closed; the update is too late")
 
 
 def claim_update(
@@ -707,7 +696,7 @@ def mark_stored(session: Session | sa.Connection, campaign: str, rnd: int, clien
     found = _execute(session, _claimed_query(), params).first()
     if found is not None and found.stored:  # accepted before: an idempotent retry
         return
-    _refuse_if_closed(session, campaign, rnd, client_id, closed=True, deadline=now)
+    refuse_late(session, campaign, rnd, client_id)
 
 
 def lock_campaign(session: Session | sa.Connection, campaign: str) -> None:

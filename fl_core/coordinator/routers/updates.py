@@ -12,8 +12,9 @@ Then, before the body is read, in one registry session: request signature (401),
 (403), replay (409), selected in an open round (403 / 410); declared length within the
 cap (413). While streaming: hashed chunk by chunk, cut off at the cap (413;
 never buffered whole). After: body digest equals the signed one (401), then
-:meth:`~fl_core.coordinator.api.Coordinator.accept_update` in a worker thread (401 / 409 /
-400 / 403 / 410), so the event loop keeps reading the other uploads meanwhile.
+:meth:`~fl_core.coordinator.api.Coordinator.accept_update`'s checks (401 / 409 / 400 / 403 /
+410): in a worker thread, inline on SQLite where nothing waits, or on PostgreSQL in a batch
+with the uploads read meanwhile (``deps.accept_upload``).
 201 stores it; 200 is an idempotent retry of the same bytes.
 """
 

@@ -326,10 +326,12 @@ def test_concurrent_http_uploads_are_batched_on_postgresql(
 ) -> None:
     """Thirty-two signed uploads at once over HTTPS, on PostgreSQL: the coordinator groups
     them into batches (some batch holds several), and each is accepted once, with its
-    bytes and its own arrival number."""
+    bytes and its own arrival number. The registry URL names psycopg2, as the production
+    stack's does: the batches still run (on psycopg 3, which they use directly)."""
     from fl_core.coordinator import deps
 
-    coord = Coordinator(CoordinatorSettings(db_url=pg_url, store_url=str(tmp_path / "artifacts")))
+    url = sa.make_url(pg_url).set(drivername="postgresql+psycopg2").render_as_string(False)
+    coord = Coordinator(CoordinatorSettings(db_url=url, store_url=str(tmp_path / "artifacts")))
     names = [f"c{i:02d}" for i in range(32)]
     try:
         layout, _ = start_campaign(coord.store, "camp-1")
