@@ -314,7 +314,7 @@ class Connections:
                 if not self._idle:
                     break
                 conn, since = self._idle.pop()
-            if time.monotonic() - since < IDLE_PING_S and not (conn.closed or conn.broken):
+            if time.monotonic() - since < IDLE_PING_S:  # checked in idle, in no transaction
                 return conn
             try:
                 await conn.execute("SELECT 1")

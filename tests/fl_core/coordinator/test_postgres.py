@@ -337,12 +337,7 @@ def test_concurrent_http_uploads_are_batched_on_postgresql(
         layout, _ = start_campaign(coord.store, "camp-1")
         with serving(coord, tls) as server:
             clients = {n: enroll(coord, server, tls, n) for n in names}
-            coord.publish_round("camp-1", 1, base_version=0,
-                                tasks={n: task_dict() for n in names}, deadline_s=60)  # fmt: skip
-            data = {n: update_bytes("camp-1", 1, n, layout, scale=0.01 * (i + 1))
-                    for i, n in enumerate(names)}  # fmt: skip
-            with ThreadPoolExecutor(32) as pool:
-                answers = list(pool.map(lambda n: upload(clients[n], 1, data[n]), names))
+            data, answers = _upload_round(coord, clients, layout, 1)
             for c in clients.values():
                 c.close()
             batches = deps._BATCHES[coord]  # noqa: SLF001 - how the uploads were grouped
@@ -375,15 +370,7 @@ def test_batch_connections_dropped_by_the_server_are_replaced(
                 c.retry = RetryPolicy(attempts=1)  # a failed upload is not retried unseen
             answers: list[dict[str, Any]] = []
             for rnd in (1, 2):
-                tasks = {n: task_dict() for n in names}
-                coord.publish_round("camp-1", rnd, base_version=0, tasks=tasks, deadline_s=60)
-                data = {
-                    n: update_bytes("camp-1", rnd, n, layout, scale=0.01 * (i + 1), base_version=0)
-                    for i, n in enumerate(names)
-                }
-                jobs = [(clients[n], rnd, data[n]) for n in names]
-                with ThreadPoolExecutor(8) as pool:
-                    answers += list(pool.map(lambda job: upload(*job), jobs))
+                answers += _upload_round(coord, clients, layout, rnd)[1]
                 if rnd == 1:
                     assert _drop_connections(pg_url) >= 2  # the batches' own among them
                     time.sleep(db.IDLE_PING_S + 0.2)
@@ -394,6 +381,23 @@ def test_batch_connections_dropped_by_the_server_are_replaced(
         coord.close()
     assert all(a["stored"] is True for a in answers) and len(answers) == 16
     assert sorted(received) == names
+
+
+def _upload_round(
+    coord: Coordinator, clients: dict[str, Any], layout: Any, rnd: int
+) -> tuple[dict[str, bytes], list[dict[str, Any]]]:
+    """Round ``rnd`` of camp-1 published for ``clients`` (on model version 0), then each
+    one's update uploaded over HTTP, all at once: the updates and the answers."""
+    names = list(clients)
+    tasks = {n: task_dict() for n in names}
+    coord.publish_round("camp-1", rnd, base_version=0, tasks=tasks, deadline_s=60)
+    data = {
+        n: update_bytes("camp-1", rnd, n, layout, scale=0.01 * (i + 1), base_version=0)
+        for i, n in enumerate(names)
+    }
+    with ThreadPoolExecutor(len(names)) as pool:
+        answers = list(pool.map(lambda n: upload(clients[n], rnd, data[n]), names))
+    return data, answers
 
 
 def _drop_connections(pg_url: str) -> int:
