@@ -43,6 +43,7 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import gc
 import hashlib
 import os
 import random
@@ -62,7 +63,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 
 from fl_core import wire
-from fl_core.agent.transport import TURN_MIN_BYTES, RetryPolicy, retry_after_s
+from fl_core.agent.transport import TURN_MIN_BYTES, TURN_WAIT_S, RetryPolicy, retry_after_s
 from fl_core.coordinator import protocol
 from fl_core.coordinator.server import DEFAULT_MAX_READING
 
@@ -244,6 +245,8 @@ class Outcome:
     """Uploads/s of each round (the upload phase repeated ``ROUNDS`` times)."""
     cpu_s: float = 0.0
     """The server's CPU seconds over the upload phase (every round)."""
+    driver_cpu_s: float = 0.0
+    """The clients' (this process's) CPU seconds over the upload phase (every round)."""
 
     @property
     def rate(self) -> float:
@@ -258,6 +261,7 @@ def _merged(outs: list[Outcome], n: int) -> Outcome:
         assert out.latencies is not None and out.rates is not None and out.statuses is not None
         out.seconds += o.seconds
         out.cpu_s += o.cpu_s
+        out.driver_cpu_s += o.driver_cpu_s
         out.rates.append(n / o.seconds)
         out.latencies += o.latencies or []
         out.ok += o.ok
@@ -368,7 +372,7 @@ async def _timed_uploads(
         start = time.perf_counter()
         if client in key_of and len(data) >= TURN_MIN_BYTES:  # as the agent does
             await _send(http, "POST", f"{path}/turn", key=key_of[client], client=client,
-                        busy=busy)  # fmt: skip
+                        params={"wait": TURN_WAIT_S}, busy=busy)  # fmt: skip
         r = await _send(
             http, "PUT", path, key=key_of.get(client), client=client, content=data,
             headers=headers, signed=client in key_of, busy=busy,
@@ -382,9 +386,15 @@ async def _timed_uploads(
         else:
             out.rejected += 1
 
-    start = time.perf_counter()
-    await asyncio.gather(*(one(*job) for job in jobs))
-    out.seconds = time.perf_counter() - start
+    gc.collect()  # the driver's collections, not the server, would pause a short burst
+    gc.disable()
+    try:
+        start, cpu = time.perf_counter(), time.process_time()
+        await asyncio.gather(*(one(*job) for job in jobs))
+        out.seconds = time.perf_counter() - start
+        out.driver_cpu_s = time.process_time() - cpu
+    finally:
+        gc.enable()
     out.busy = busy[0]
     return out
 
@@ -619,7 +629,9 @@ def main() -> None:
             for r in rows:
                 rates = ", ".join(f"{x:.0f}" for x in r["out"].rates or [])
                 print(f"{'':>5} {'':<12} {r['endpoint']:<11} uploads/s by round: {rates}; "
-                      f"server CPU {1000 * r['out'].cpu_s / max(1, r['out'].ok):.2f} ms/upload")
+                      f"server CPU {1000 * r['out'].cpu_s / max(1, r['out'].ok):.2f} ms/upload, "
+                      f"clients' {1000 * r['out'].driver_cpu_s / max(1, r['out'].ok):.2f}; "
+                      f"phase {r['out'].seconds / max(1, len(r['out'].rates or [1])):.2f} s")
             print(f"{'':>5} {'':<12} coordinator/bare throughput = {ratio:.2f}", flush=True)
             for r in rows:
                 o = r["out"]

@@ -93,6 +93,11 @@ class RetryPolicy:
 TURN_MIN_BYTES = 64 << 10
 """Updates this large ask for an upload turn first (a refused smaller body costs little)."""
 
+TURN_WAIT_S = 25.0
+"""How long a turn request asks the coordinator to hold it when no place is free (the
+server caps it at its ``long_poll_s``); then, or from a coordinator that does not hold turn
+requests, a busy answer is waited out and the request sent again."""
+
 
 def retry_after_s(response: httpx.Response) -> float | None:
     """The ``Retry-After`` of a busy answer (429 / 503) in seconds, or None (absent, an
@@ -317,7 +322,10 @@ class CoordinatorClient:
     def upload_turn(self, url: str) -> float:
         """Wait for an upload turn for the update at ``url`` (busy answers are waited out);
         the seconds it is held (0 from a coordinator without turns: 404)."""
-        response = self._send("POST", f"{url}/turn", ok=(200, 404))
+        response = self._send(
+            "POST", f"{url}/turn", params={"wait": TURN_WAIT_S}, timeout=TURN_WAIT_S + 30.0,
+            ok=(200, 404),
+        )  # fmt: skip
         return float(response.json()["turn_s"]) if response.status_code == 200 else 0.0
 
     def upload_update(

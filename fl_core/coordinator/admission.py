@@ -26,6 +26,16 @@ hundred bytes. A ``PUT`` from a client holding a turn is admitted without the ch
 ``PUT`` without a turn is admitted as before (small updates skip the turn: a refused small
 body costs little).
 
+A turn request may instead wait for a place (``POST .../turn?wait=S``, :meth:`wait_turn`):
+it is authenticated and held, and each upload that finishes gives its place to the request
+waiting longest, before any later arrival. Refused clients come back at their booked time
+times a jitter, early or late: early ones are refused again, late ones leave places idle.
+A held request is there when the place frees. Measured on PostgreSQL with 1,000 dense
+622 KB uploads at once: 3,900-4,100 busy answers a run and 75-110 uploads/s with
+refusals, none and 114-164 uploads/s with waiting turn requests, the same peak RSS. At most
+``waiting_turns`` wait at once (a connection and headers each); beyond, or after ``S``
+seconds, the request gets the booked 503 as above.
+
 Small uploads have a waiting allowance of their own (``small_queue``, from
 ``max_queued_small_uploads``; default 1,024): an upload that declares at most
 ``SMALL_UPLOAD_BYTES`` (64 KiB) and holds no turn waits for a slot as long as fewer than
@@ -75,6 +85,7 @@ __all__ = [
     "RATE_SAMPLES",
     "SMALL_UPLOAD_BYTES",
     "TURN_S",
+    "WAITING_TURNS",
     "Busy",
     "UploadAdmission",
 ]
@@ -85,6 +96,9 @@ RATE_SAMPLES = 64
 """The slot hold times of this many recent uploads estimate the service rate."""
 TURN_S = 60.0
 """How long a granted upload turn holds its place (the ``PUT`` must start by then)."""
+WAITING_TURNS = 1024
+"""Turn requests held at once waiting for a place (``POST .../turn?wait=S``); beyond, 503 at
+once. A waiting one is a connection and a request with no body: a few KB each."""
 SMALL_UPLOAD_BYTES = 64 * 1024
 """An upload declaring at most this many bytes is small (uvicorn reads up to 64 KiB of a
 body before flow control pauses the connection; the agent asks for a turn from 64 KiB on)."""
@@ -114,6 +128,8 @@ class UploadAdmission:
         beyond ``slots + queue`` (>= 0; 0 counts them like the others).
     retry_after_s
         The shortest ``Retry-After`` a refused client is given, in whole seconds (>= 1).
+    waiting_turns
+        Turn requests that may wait for a place at once (:meth:`wait_turn`, >= 0).
     clock
         Monotonic seconds (tests may pass their own).
     """
@@ -125,6 +141,7 @@ class UploadAdmission:
         queue: int,
         retry_after_s: int,
         small_queue: int = 0,
+        waiting_turns: int = WAITING_TURNS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if slots < 1:
@@ -135,6 +152,8 @@ class UploadAdmission:
             raise ValueError(f"small_queue must be >= 0, got {small_queue}")
         if retry_after_s < 1:
             raise ValueError(f"retry_after_s must be >= 1, got {retry_after_s}")
+        if waiting_turns < 0:
+            raise ValueError(f"waiting_turns must be >= 0, got {waiting_turns}")
         self.slots = slots
         self.queue = queue
         self.small_queue = small_queue
@@ -146,6 +165,8 @@ class UploadAdmission:
         self._holds: deque[float] = deque(maxlen=RATE_SAMPLES)  # recent slot hold times
         self._turns: dict[str, tuple[float, bool]] = {}  # client -> (expires, in use)
         self._booked_until = 0.0  # when the last refused client was told to come back
+        self.waiting_turns = waiting_turns
+        self._waiters: deque[tuple[str, asyncio.Future[float]]] = deque()  # turn requests
         self.refused = 0
         """How many uploads and turns were refused so far (for logs and tests)."""
 
@@ -201,10 +222,45 @@ class UploadAdmission:
         self._turns[client_id] = (self._clock() + TURN_S, in_use)
         return TURN_S
 
+    @property
+    def waiting(self) -> int:
+        """Turn requests waiting for a place now."""
+        return sum(1 for _, fut in self._waiters if not fut.done())
+
+    def can_wait(self) -> bool:
+        """Whether one more turn request may wait for a place (:meth:`wait_turn`)."""
+        return self.waiting < self.waiting_turns
+
+    async def wait_turn(self, client_id: str, timeout_s: float) -> float:
+        """:meth:`grant_turn`, waiting up to ``timeout_s`` for a place when none is free:
+        places go to the waiting requests in arrival order as uploads finish, before any
+        request arriving later. :class:`Busy` (with a booked ``Retry-After``) when
+        :meth:`can_wait` is false or the time is up."""
+        if client_id in self._turns or self.occupied < self.slots + self.queue:
+            return self.grant_turn(client_id)
+        if not self.can_wait():
+            raise self._refuse("no upload turn free and too many waiting")
+        granted: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._waiters.append((client_id, granted))
+        try:
+            return await asyncio.wait_for(granted, timeout_s)
+        except TimeoutError:
+            raise self._refuse("no upload turn freed in time") from None
+
+    def _wake(self) -> None:
+        """Give the places free now to the turn requests waiting longest."""
+        while self._waiters and self.occupied < self.slots + self.queue:
+            client_id, granted = self._waiters.popleft()
+            if not granted.done():  # not timed out or gone meanwhile
+                self._turns[client_id] = (self._clock() + TURN_S, False)
+                granted.set_result(TURN_S)
+
     def check_room(self, client_id: str) -> None:
         """:class:`Busy` unless a turn could be granted to ``client_id`` now (it holds one
         already, or slots + queue have a free place); the turn route checks this before
         authentication, so a refusal costs no database work."""
+        if self._waiters:  # a place freed by an expired turn goes to them first
+            self._wake()
         if client_id not in self._turns and self.occupied >= self.slots + self.queue:
             raise self._refuse("no upload turn free")
 
@@ -258,6 +314,8 @@ class UploadAdmission:
                 self._admitted -= 1
             if holder is not None and not spent and holder in self._turns:
                 self._turns[holder] = (expires, False)  # given back
+            if self._waiters:
+                self._wake()
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
 
 from fl_core.coordinator import protocol
@@ -80,13 +80,18 @@ async def upload_turn(
     request: Request,
     campaign: str = Path(pattern=CAMPAIGN_PATTERN),
     rnd: int = Path(ge=1, le=10**6),
+    wait: float = Query(0.0, ge=0.0, le=300.0),
     coord: Coordinator = Depends(get_coordinator),
 ) -> TurnOut:
     """A place among the uploads admitted, held for the caller's next ``PUT`` (signed, empty
-    body); 503 + ``Retry-After`` when none is free, before authentication. The same checks
-    as the upload's headers: 401, 403 (revoked / not selected), 409 (nonce), 410 (closed)."""
+    body). When none is free: with ``wait`` (seconds, capped by ``long_poll_s``) the
+    request waits for one, authenticated first, in line with the others waiting
+    (:meth:`UploadAdmission.wait_turn`); without, or when too many wait already, 503 +
+    ``Retry-After`` at once, before authentication. The same checks as the upload's
+    headers: 401, 403 (revoked / not selected), 409 (nonce), 410 (closed)."""
     admission: UploadAdmission = request.app.state.upload_admission
-    admission.check_room(request.headers.get(protocol.H_CLIENT, ""))
+    if not (wait > 0 and admission.can_wait()):
+        admission.check_room(request.headers.get(protocol.H_CLIENT, ""))
     async for chunk in request.stream():  # at most one chunk read
         if chunk:
             raise ProtocolError(400, "a turn request has no body")
@@ -95,7 +100,11 @@ async def upload_turn(
     client_id, ctx, _ = await authenticated_upload(request, coord, campaign, rnd)
     if ctx.update_stored:  # nothing to wait for: the PUT will be an idempotent retry
         return TurnOut(client_id=client_id, turn_s=0.0, stored=True)
-    return TurnOut(client_id=client_id, turn_s=admission.grant_turn(client_id), stored=False)
+    if wait > 0:
+        turn_s = await admission.wait_turn(client_id, min(wait, coord.settings.long_poll_s))
+    else:
+        turn_s = admission.grant_turn(client_id)
+    return TurnOut(client_id=client_id, turn_s=turn_s, stored=False)
 
 
 @router.post("/{campaign}/{rnd}/direct", response_model=DirectOut)

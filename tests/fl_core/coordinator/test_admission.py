@@ -351,6 +351,43 @@ def test_a_turn_holds_a_place_until_used_or_expired() -> None:
     assert adm.grant_turn("c") == TURN_S
 
 
+def test_waiting_turn_requests_get_the_places_freed_in_arrival_order() -> None:
+    """``wait_turn``: with every place taken, turn requests wait in line; each upload that
+    finishes gives its place to the one waiting longest (not to a later arrival); one that
+    waited its time out, and one beyond the waiting bound, get Busy and take no place."""
+    adm = UploadAdmission(slots=1, queue=1, retry_after_s=1, waiting_turns=4)
+
+    async def scenario() -> None:
+        first, second = adm.admit("a"), adm.admit("b")  # both places taken by uploads
+        first.__enter__()
+        second.__enter__()
+        waits = [asyncio.create_task(adm.wait_turn(c, timeout_s=30)) for c in "cde"]
+        late = asyncio.create_task(adm.wait_turn("t", timeout_s=0.05))
+        await asyncio.sleep(0.01)  # the woken tasks run
+        assert adm.waiting == 4 and not any(w.done() for w in waits)
+        with pytest.raises(Busy, match="too many waiting"):
+            await adm.wait_turn("f", timeout_s=30)  # beyond the bound: at once
+        with pytest.raises(Busy, match="freed in time"):
+            await late
+        assert adm.waiting == 3 and not adm.has_turn("t")
+        with pytest.raises(Busy, match="no upload turn free"):
+            adm.check_room("g")  # a newcomer does not jump the line
+        first.__exit__(None, None, None)  # a's upload done: its place goes to c, the first
+        await asyncio.sleep(0.01)  # the woken tasks run
+        assert waits[0].result() == TURN_S and adm.has_turn("c")
+        assert not waits[1].done() and adm.occupied == 2
+        second.__exit__(None, None, None)
+        await asyncio.sleep(0.01)  # the woken tasks run
+        assert waits[1].result() == TURN_S and adm.has_turn("d") and not waits[2].done()
+        with adm.admit("c") as spend:  # c uploads on its turn; when done, e gets the place
+            spend()
+        await asyncio.sleep(0.01)  # the woken tasks run
+        assert waits[2].result() == TURN_S and adm.has_turn("e")
+        assert adm.waiting == 0 and adm.occupied == 2  # d's and e's turns
+
+    asyncio.run(scenario())
+
+
 def test_small_uploads_wait_on_their_own_allowance_and_large_ones_are_still_bounded() -> None:
     from fl_core.coordinator.admission import SMALL_UPLOAD_BYTES, Busy
 
@@ -517,17 +554,47 @@ def test_a_large_update_waits_for_a_turn_and_sends_its_body_once(
 
     worker = threading.Thread(target=agent_upload)
     worker.start()
-    wait_until(lambda: adm.refused >= 2, "the agent's turn to be refused twice")
-    assert slow.finish() == 201
+    wait_until(lambda: adm.waiting == 1, "the agent's turn request to be held")
+    assert slow.finish() == 201  # the only place frees: the held request gets it
     worker.join(timeout=60)
 
     assert not worker.is_alive()
-    turns = [s for s in sent if s[1] == PATH + "/turn"]
-    assert [s[2] for s in turns[:-1]] == [503] * (len(turns) - 1) and turns[-1][2] == 200
-    assert [s for s in sent if s[0] == "PUT"] == [("PUT", PATH, 201)]  # the body went once
+    # one turn request, held until the place freed (no refusals to come back to), then
+    # the body, once
+    assert sent == [("POST", PATH + "/turn", 200), ("PUT", PATH, 201)]
+    assert adm.refused == 0
     assert sent[-1][0] == "PUT"
     assert coord.store.get_bytes(update_key(CID, 1, "dev-b")) == data_b
     assert adm.admitted == 0 and adm.occupied == 0
+
+
+def test_a_turn_request_that_cannot_wait_is_refused_and_comes_back(
+    one_slot: OneSlot, tls: TLSFiles
+) -> None:
+    """Without ``wait`` (a client that does not wait, or too many waiting), a turn request
+    gets 503 + Retry-After at once; the agent waits that out and asks again."""
+    coord, server, adm = one_slot
+    a, b, data_a, data_b = two_devices(coord, server, tls)
+    slow = SlowUpload(server, tls, a, data_a)
+    wait_until(lambda: adm.admitted == 1, "the slow upload to hold the only slot")
+    adm.waiting_turns = 0  # nobody may wait
+    sent: list[int] = []
+
+    def agent_turn() -> None:
+        with CoordinatorClient(server.url, ca=tls.ca, identity=b) as client:
+            client._http.event_hooks["response"].append(  # noqa: SLF001 - observe the wire
+                lambda r: sent.append(r.status_code)
+            )
+            assert client.upload_turn(PATH) == TURN_S
+
+    worker = threading.Thread(target=agent_turn)
+    worker.start()
+    wait_until(lambda: adm.refused >= 2, "the agent's turn to be refused twice")
+    assert slow.finish() == 201
+    worker.join(timeout=60)
+    assert not worker.is_alive()
+    assert sent[:-1] == [503] * (len(sent) - 1) and sent[-1] == 200 and len(sent) >= 3
+    assert adm.has_turn("dev-b")
 
 
 def test_a_turn_is_kept_for_its_holder_and_a_forged_request_cannot_spend_it(
