@@ -12,18 +12,19 @@ signs them. The upload phase is ``--rounds`` rounds (default 3), one after anoth
 with every client uploading at once, first to the coordinator, then the same bytes to the
 bare endpoint (the two take turns round by round, so a drift in the machine's speed
 during a run falls on both). Both endpoints keep their files under ``.fl/bench``. Printed
-per (N, codec, endpoint): uploads/s of the median round (and of each), the server's CPU
-time per upload, upload p50 / p99 latency over all rounds, the server's peak RSS
-during the upload phase (``VmHWM`` of a coordinator process started after the
-heartbeat/task/download phase, as after a restart: the registry and store persist; that
-phase's own latency and peak are in the last column), rejected uploads (final non-2xx)
-and lost updates (acknowledged but not in the store).
-A coordinator upload of at least ``TURN_MIN_BYTES`` asks for an upload turn first, as
-the agent does (its latency includes that). Busy answers (503 + ``Retry-After`` from the
-coordinator's upload admission limit, to a turn or an upload) are retried as the agent
-retries them (after ``Retry-After`` times ``U(1, 2)``, not counted as
-attempts) and counted in the ``busy`` column. The rows go to
-``.fl/bench/results/coordinator.json`` (``coordinator_tls.json`` with ``--tls``, a
+per (N, codec, endpoint): uploads/s of the median round (and of each), the server's CPU time
+per upload and the clients' (this process's; its garbage collector is off during each timed
+burst: a collection halved every other bare round), upload p50 / p99 latency over all
+rounds, the server's peak RSS during the upload phase (``VmHWM`` of a coordinator process
+started after the heartbeat/task/download phase, as after a restart: the registry and store
+persist; that phase's own latency and peak are in the last column), rejected uploads (final
+non-2xx) and lost updates (acknowledged but not in the store). A coordinator upload of at
+least ``TURN_MIN_BYTES`` asks for an upload turn first, as the agent does, waiting up to
+``TURN_WAIT_S`` for one (its latency includes that). Busy answers (503 + ``Retry-After``
+from the coordinator's upload admission limit, to a turn or an upload) are retried as the
+agent retries them (after ``Retry-After`` times ``U(1, 2)``, not counted as attempts) and
+counted in the ``busy`` column. The rows go to ``.fl/bench/results/coordinator.json``
+(``coordinator_tls.json`` with ``--tls``, a
 ``_gate<N>`` suffix for another gate; ``python bench/_common.py docs`` renders them into
 ``docs/benchmarks.md``). ``--db-url`` puts the registry on a PostgreSQL server (the
 production path) instead of SQLite under the run's folder: each run makes its own database
@@ -628,10 +629,11 @@ def main() -> None:
             ratio = rows[0]["out"].rate / rows[1]["out"].rate
             for r in rows:
                 rates = ", ".join(f"{x:.0f}" for x in r["out"].rates or [])
-                print(f"{'':>5} {'':<12} {r['endpoint']:<11} uploads/s by round: {rates}; "
-                      f"server CPU {1000 * r['out'].cpu_s / max(1, r['out'].ok):.2f} ms/upload, "
-                      f"clients' {1000 * r['out'].driver_cpu_s / max(1, r['out'].ok):.2f}; "
-                      f"phase {r['out'].seconds / max(1, len(r['out'].rates or [1])):.2f} s")
+                print(
+                    f"{'':>5} {'':<12} {r['endpoint']:<11} uploads/s by round: {rates}; "
+                    f"server CPU {1000 * r['out'].cpu_s / max(1, r['out'].ok):.2f} ms/upload, "
+                    f"clients' {1000 * r['out'].driver_cpu_s / max(1, r['out'].ok):.2f}"
+                )
             print(f"{'':>5} {'':<12} coordinator/bare throughput = {ratio:.2f}", flush=True)
             for r in rows:
                 o = r["out"]
@@ -643,6 +645,7 @@ def main() -> None:
                     "p50 ms": round(_pct(o.latencies or [], 50)),
                     "p99 ms": round(_pct(o.latencies or [], 99)),
                     "server CPU ms per upload": round(1000 * o.cpu_s / max(1, o.ok), 2),
+                    "clients' CPU ms per upload": round(1000 * o.driver_cpu_s / max(1, o.ok), 2),
                     "peak RSS MB": round(r["rss"]),
                     "rejected": o.rejected, "lost": o.lost, "busy (503 retried)": o.busy,
                     "coordinator/bare": round(ratio, 2) if r["endpoint"] == "coordinator" else "",
