@@ -166,7 +166,7 @@ class UploadAdmission:
         self._turns: dict[str, tuple[float, bool]] = {}  # client -> (expires, in use)
         self._booked_until = 0.0  # when the last refused client was told to come back
         self.waiting_turns = waiting_turns
-        self._waiters: deque[tuple[str, asyncio.Future[float]]] = deque()  # turn requests
+        self._waiters: dict[str, asyncio.Future[float]] = {}  # turn requests, oldest first
         self.refused = 0
         """How many uploads and turns were refused so far (for logs and tests)."""
 
@@ -225,7 +225,7 @@ class UploadAdmission:
     @property
     def waiting(self) -> int:
         """Turn requests waiting for a place now."""
-        return sum(1 for _, fut in self._waiters if not fut.done())
+        return len(self._waiters)
 
     def can_wait(self) -> bool:
         """Whether one more turn request may wait for a place (:meth:`wait_turn`)."""
@@ -235,23 +235,30 @@ class UploadAdmission:
         """:meth:`grant_turn`, waiting up to ``timeout_s`` for a place when none is free:
         places go to the waiting requests in arrival order as uploads finish, before any
         request arriving later. :class:`Busy` (with a booked ``Retry-After``) when
-        :meth:`can_wait` is false or the time is up."""
+        :meth:`can_wait` is false, when a request of the same client waits already (one
+        client cannot fill the line), or when the time is up."""
         if client_id in self._turns or self.occupied < self.slots + self.queue:
             return self.grant_turn(client_id)
         if not self.can_wait():
             raise self._refuse("no upload turn free and too many waiting")
+        if client_id in self._waiters:
+            raise self._refuse("a turn request of this client is waiting already")
         granted: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-        self._waiters.append((client_id, granted))
+        self._waiters[client_id] = granted
         try:
             return await asyncio.wait_for(granted, timeout_s)
         except TimeoutError:
             raise self._refuse("no upload turn freed in time") from None
+        finally:
+            if self._waiters.get(client_id) is granted:  # timed out or gone
+                del self._waiters[client_id]
 
     def _wake(self) -> None:
         """Give the places free now to the turn requests waiting longest."""
         while self._waiters and self.occupied < self.slots + self.queue:
-            client_id, granted = self._waiters.popleft()
-            if not granted.done():  # not timed out or gone meanwhile
+            client_id = next(iter(self._waiters))
+            granted = self._waiters.pop(client_id)
+            if not granted.done():  # else timing out or cancelled at this moment
                 self._turns[client_id] = (self._clock() + TURN_S, False)
                 granted.set_result(TURN_S)
 

@@ -354,7 +354,8 @@ def test_a_turn_holds_a_place_until_used_or_expired() -> None:
 def test_waiting_turn_requests_get_the_places_freed_in_arrival_order() -> None:
     """``wait_turn``: with every place taken, turn requests wait in line; each upload that
     finishes gives its place to the one waiting longest (not to a later arrival); one that
-    waited its time out, and one beyond the waiting bound, get Busy and take no place."""
+    waited its time out, one beyond the waiting bound and a client's second one get Busy
+    and take no place."""
     adm = UploadAdmission(slots=1, queue=1, retry_after_s=1, waiting_turns=4)
 
     async def scenario() -> None:
@@ -370,6 +371,8 @@ def test_waiting_turn_requests_get_the_places_freed_in_arrival_order() -> None:
         with pytest.raises(Busy, match="freed in time"):
             await late
         assert adm.waiting == 3 and not adm.has_turn("t")
+        with pytest.raises(Busy, match="waiting already"):
+            await adm.wait_turn("c", timeout_s=30)  # one client cannot fill the line
         with pytest.raises(Busy, match="no upload turn free"):
             adm.check_room("g")  # a newcomer does not jump the line
         first.__exit__(None, None, None)  # a's upload done: its place goes to c, the first
