@@ -67,7 +67,8 @@ class RetryPolicy:
 
     A busy answer (429 / 503 with ``Retry-After``) instead waits ``Retry-After`` times
     ``U(1, 2)`` (at most ``cap_s``); such waits do not count as attempts, but give up once
-    they add up to more than ``busy_s`` seconds for one request.
+    they add up to more than ``busy_s`` seconds for one request (with the time the server
+    held each busy request: a turn request waits in line before its 503).
     """
 
     attempts: int = 6
@@ -263,7 +264,8 @@ class CoordinatorClient:
             wait = retry_after_s(response)
             if wait is not None and busy_waited < self.retry.busy_s:
                 pause = self.retry.busy_delay(wait)
-                busy_waited += pause
+                # the time the server held the request (a turn request waits in line) counts
+                busy_waited += pause + response.elapsed.total_seconds()
                 continue
             attempt += 1
             pause = self.retry.delay(attempt - 1)

@@ -167,6 +167,7 @@ class UploadAdmission:
         self._booked_until = 0.0  # when the last refused client was told to come back
         self.waiting_turns = waiting_turns
         self._waiters: dict[str, asyncio.Future[float]] = {}  # turn requests, oldest first
+        self._expiry_timer: asyncio.TimerHandle | None = None
         self.refused = 0
         """How many uploads and turns were refused so far (for logs and tests)."""
 
@@ -185,7 +186,8 @@ class UploadAdmission:
         """Book the next free turn: after the backlog and the clients refused before."""
         now = self._clock()
         rate = self.rate()
-        start = max(self._booked_until, now + (self.occupied + self._small) / rate)
+        backlog = self.occupied + self._small + len(self._waiters)  # the line goes first
+        start = max(self._booked_until, now + backlog / rate)
         self._booked_until = start + 1.0 / rate
         wait = math.floor((self._booked_until - now) / 1.5)  # clients wait U(1, 2) x this
         return int(min(MAX_RETRY_AFTER_S, max(self.retry_after_s, wait)))
@@ -233,10 +235,13 @@ class UploadAdmission:
 
     async def wait_turn(self, client_id: str, timeout_s: float) -> float:
         """:meth:`grant_turn`, waiting up to ``timeout_s`` for a place when none is free:
-        places go to the waiting requests in arrival order as uploads finish, before any
-        request arriving later. :class:`Busy` (with a booked ``Retry-After``) when
-        :meth:`can_wait` is false, when a request of the same client waits already (one
-        client cannot fill the line), or when the time is up."""
+        places go to the waiting requests in arrival order as uploads finish or turns
+        expire, before any request arriving later. :class:`Busy` (with a booked
+        ``Retry-After``) when :meth:`can_wait` is false, when a request of the same client
+        waits already (one client cannot fill the line), or when the time is up. A waiter
+        cancelled (its client gone) after it was granted gives the place on."""
+        if self._waiters:  # places freed meanwhile go to those waiting longer
+            self._wake()
         if client_id in self._turns or self.occupied < self.slots + self.queue:
             return self.grant_turn(client_id)
         if not self.can_wait():
@@ -245,10 +250,19 @@ class UploadAdmission:
             raise self._refuse("a turn request of this client is waiting already")
         granted: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         self._waiters[client_id] = granted
+        self._watch_expiries()
         try:
-            return await asyncio.wait_for(granted, timeout_s)
+            async with asyncio.timeout(timeout_s):
+                return await granted
         except TimeoutError:
+            if granted.done() and not granted.cancelled():
+                return granted.result()  # granted as the time ran out
             raise self._refuse("no upload turn freed in time") from None
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():  # granted to a request now gone
+                self._turns.pop(client_id, None)
+                self._wake()
+            raise
         finally:
             if self._waiters.get(client_id) is granted:  # timed out or gone
                 del self._waiters[client_id]
@@ -262,10 +276,28 @@ class UploadAdmission:
                 self._turns[client_id] = (self._clock() + TURN_S, False)
                 granted.set_result(TURN_S)
 
+    def _watch_expiries(self) -> None:
+        """While requests wait, wake them when the next unused turn expires (its place is
+        free then, though no upload finished)."""
+        if self._expiry_timer is not None or not self._waiters:
+            return
+        unused = [expires for expires, used in self._turns.values() if not used]
+        if not unused:
+            return  # the places are uploads: each wakes the line when it finishes
+        delay = min(max(min(unused) - self._clock(), 0.0), TURN_S) + 0.01
+
+        def expired() -> None:
+            self._expiry_timer = None
+            self._wake()
+            self._watch_expiries()
+
+        self._expiry_timer = asyncio.get_running_loop().call_later(delay, expired)
+
     def check_room(self, client_id: str) -> None:
         """:class:`Busy` unless a turn could be granted to ``client_id`` now (it holds one
         already, or slots + queue have a free place); the turn route checks this before
-        authentication, so a refusal costs no database work."""
+        authentication (unless the request may wait), so a refusal costs no database
+        work."""
         if self._waiters:  # a place freed by an expired turn goes to them first
             self._wake()
         if client_id not in self._turns and self.occupied >= self.slots + self.queue:
@@ -298,7 +330,9 @@ class UploadAdmission:
         if holder is not None:
             expires, _ = self._turns[holder]
             self._turns[holder] = (expires, True)  # one request at a time on a turn
-        elif not small and self.occupied >= self.slots + self.queue:
+        elif not small and self._waiters:
+            self._wake()  # a place freed by an expired turn goes to the line first
+        if holder is None and not small and self.occupied >= self.slots + self.queue:
             raise self._refuse("upload refused")
         spent = False
 

@@ -50,7 +50,8 @@ class CoordinatorSettings:
     clock_skew_s
         How far a request's signed timestamp may be from the server clock (the replay window).
     long_poll_s
-        Longest time ``GET /v1/tasks/next`` holds a request before answering 204.
+        Longest time ``GET /v1/tasks/next`` holds a request before answering 204, and an
+        upload turn request (``?wait=S``) waits in line before its 503.
     live_window_s
         A client is live when its last heartbeat is at most this old.
     enrollment_ttl_s

@@ -20,7 +20,11 @@ with the uploads read meanwhile (``deps.accept_upload``).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
@@ -48,6 +52,8 @@ from fl_core.coordinator.schemas import (
 router = APIRouter(prefix="/updates", tags=["updates"])
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+T = TypeVar("T")
 
 
 @router.put("/{campaign}/{rnd}", response_model=UploadOut, status_code=201)
@@ -101,10 +107,31 @@ async def upload_turn(
     if ctx.update_stored:  # nothing to wait for: the PUT will be an idempotent retry
         return TurnOut(client_id=client_id, turn_s=0.0, stored=True)
     if wait > 0:
-        turn_s = await admission.wait_turn(client_id, min(wait, coord.settings.long_poll_s))
+        turn_s = await _unless_gone(
+            request, admission.wait_turn(client_id, min(wait, coord.settings.long_poll_s))
+        )
     else:
         turn_s = admission.grant_turn(client_id)
     return TurnOut(client_id=client_id, turn_s=turn_s, stored=False)
+
+
+async def _unless_gone(request: Request, waiting: Coroutine[Any, Any, T]) -> T:
+    """``waiting``'s result, cancelled if the client disconnects first (a request whose
+    body was read: its next ASGI message is the disconnect), so that a client gone does
+    not keep its place in line, nor a turn granted to nobody."""
+    work = asyncio.ensure_future(waiting)
+    gone = asyncio.ensure_future(request.receive())
+    try:
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not work.done():
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work  # its place goes on to the next in line
+    if work.cancelled():
+        raise ProtocolError(503, "the client disconnected while waiting for a turn")
+    return work.result()
 
 
 @router.post("/{campaign}/{rnd}/direct", response_model=DirectOut)

@@ -138,9 +138,9 @@ class SlowUpload:
         return int(reply.split(b" ", 2)[1])
 
 
-def wait_until(condition: Callable[[], bool], what: str) -> None:
+def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 30) -> None:
     """Wait for a server-side state change (not a timing assertion)."""
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + timeout_s
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.01)
@@ -391,6 +391,61 @@ def test_waiting_turn_requests_get_the_places_freed_in_arrival_order() -> None:
     asyncio.run(scenario())
 
 
+def test_a_turn_that_expires_unused_goes_to_the_line_first() -> None:
+    """The only place is held by a turn nobody uses. When it expires, the request waiting
+    gets it though no upload finished to wake the line; and a request arriving after the
+    expiry, before that wake-up, queues behind the waiting one instead of taking the
+    place (so does an upload without a turn)."""
+    now = [0.0]
+
+    async def woken_at_expiry() -> None:
+        adm = UploadAdmission(slots=1, queue=0, retry_after_s=1, clock=lambda: now[0])
+        adm.grant_turn("idle")  # expires at TURN_S, never used
+        now[0] = TURN_S - 0.05  # the wake-up is set 0.05 s (+ 0.01) out
+        first = asyncio.create_task(adm.wait_turn("b", timeout_s=30))
+        await asyncio.sleep(0.01)
+        assert adm.waiting == 1 and not first.done()
+        now[0] = TURN_S + 1
+        assert await asyncio.wait_for(first, 5) == TURN_S  # nobody else arrived
+        assert adm.has_turn("b") and not adm.has_turn("idle")
+
+    async def no_jumping() -> None:
+        now[0] = 0.0
+        adm = UploadAdmission(slots=1, queue=0, retry_after_s=1, clock=lambda: now[0])
+        adm.grant_turn("idle")
+        first = asyncio.create_task(adm.wait_turn("b", timeout_s=30))  # wake-up 60 s out
+        await asyncio.sleep(0.01)
+        now[0] = TURN_S + 1  # expired; the wake-up has not come
+        with pytest.raises(Busy, match="freed in time"):
+            await adm.wait_turn("c", timeout_s=0.2)  # behind b, which got the place
+        assert first.done() and first.result() == TURN_S and adm.has_turn("b")
+        with pytest.raises(Busy), adm.admit("d", length=None):
+            pass
+
+    asyncio.run(woken_at_expiry())
+    asyncio.run(no_jumping())
+
+
+def test_a_waiter_gone_after_its_grant_gives_the_place_to_the_next() -> None:
+    adm = UploadAdmission(slots=1, queue=0, retry_after_s=1)
+
+    async def scenario() -> None:
+        upload = adm.admit("x")
+        upload.__enter__()
+        b = asyncio.create_task(adm.wait_turn("b", timeout_s=30))
+        c = asyncio.create_task(adm.wait_turn("c", timeout_s=30))
+        await asyncio.sleep(0.01)
+        upload.__exit__(None, None, None)  # x done: the place is granted to b ...
+        assert adm.has_turn("b")
+        b.cancel()  # ... whose client is gone before it could answer
+        with pytest.raises(asyncio.CancelledError):
+            await b
+        assert await asyncio.wait_for(c, 5) == TURN_S
+        assert adm.has_turn("c") and not adm.has_turn("b") and adm.occupied == 1
+
+    asyncio.run(scenario())
+
+
 def test_small_uploads_wait_on_their_own_allowance_and_large_ones_are_still_bounded() -> None:
     from fl_core.coordinator.admission import SMALL_UPLOAD_BYTES, Busy
 
@@ -566,9 +621,33 @@ def test_a_large_update_waits_for_a_turn_and_sends_its_body_once(
     # the body, once
     assert sent == [("POST", PATH + "/turn", 200), ("PUT", PATH, 201)]
     assert adm.refused == 0
-    assert sent[-1][0] == "PUT"
     assert coord.store.get_bytes(update_key(CID, 1, "dev-b")) == data_b
     assert adm.admitted == 0 and adm.occupied == 0
+
+
+def test_a_waiting_turn_request_whose_client_disconnects_leaves_the_line(
+    one_slot: OneSlot, tls: TLSFiles
+) -> None:
+    coord, server, adm = one_slot
+    a, b, data_a, _ = two_devices(coord, server, tls)
+    slow = SlowUpload(server, tls, a, data_a)
+    wait_until(lambda: adm.admitted == 1, "the slow upload to hold the only slot")
+    context = ssl.create_default_context(cafile=str(tls.ca))
+    sock = context.wrap_socket(
+        socket.create_connection((HOST, server.port), timeout=30), server_hostname=HOST
+    )
+    head = [f"POST {PATH}/turn?wait=25 HTTP/1.1", f"Host: {HOST}:{server.port}"]
+    head += [f"{k}: {v}" for k, v in protocol.sign_request(
+        b.key, client_id="dev-b", method="POST", path=PATH + "/turn", query="wait=25",
+        body_sha256=hashlib.sha256(b"").hexdigest(),
+    ).items()]  # fmt: skip
+    sock.sendall("\r\n".join([*head, "Content-Length: 0", "", ""]).encode())
+    wait_until(lambda: adm.waiting == 1, "the turn request to wait in line")
+    sock.close()  # the device is gone
+    # at once, not when its 25 s are up
+    wait_until(lambda: adm.waiting == 0, "the gone request to leave the line", timeout_s=10)
+    assert slow.finish() == 201
+    assert not adm.has_turn("dev-b") and adm.occupied == 0  # the place went to nobody
 
 
 def test_a_turn_request_that_cannot_wait_is_refused_and_comes_back(
