@@ -330,10 +330,11 @@ class UploadAdmission:
         if holder is not None:
             expires, _ = self._turns[holder]
             self._turns[holder] = (expires, True)  # one request at a time on a turn
-        elif not small and self._waiters:
-            self._wake()  # a place freed by an expired turn goes to the line first
-        if holder is None and not small and self.occupied >= self.slots + self.queue:
-            raise self._refuse("upload refused")
+        elif not small:
+            if self._waiters:  # a place freed by an expired turn goes to the line first
+                self._wake()
+            if self.occupied >= self.slots + self.queue:
+                raise self._refuse("upload refused")
         spent = False
 
         def authenticated() -> None:

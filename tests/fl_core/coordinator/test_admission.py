@@ -112,19 +112,30 @@ def upload_headers(identity: Identity, data: bytes) -> dict[str, str]:
     }
 
 
+def raw_request(
+    server: ServerThread, tls: TLSFiles, request_line: str, headers: dict[str, str], length: int
+) -> ssl.SSLSocket:
+    """A TLS socket to ``server`` on which the request's line and headers were sent (the
+    body, ``length`` bytes, is the caller's to send, or not)."""
+    context = ssl.create_default_context(cafile=str(tls.ca))
+    raw = socket.create_connection((HOST, server.port), timeout=30)
+    sock = context.wrap_socket(raw, server_hostname=HOST)
+    head = [request_line, f"Host: {HOST}:{server.port}"]
+    head += [f"{k}: {v}" for k, v in headers.items()]
+    head += [f"Content-Length: {length}", "", ""]
+    sock.sendall("\r\n".join(head).encode())
+    return sock
+
+
 class SlowUpload:
     """A signed upload over a raw TLS socket that sends half its body and waits: it holds
     an admission slot until :meth:`finish` sends the rest."""
 
     def __init__(self, server: ServerThread, tls: TLSFiles, identity: Identity, data: bytes):
         self.data = data
-        context = ssl.create_default_context(cafile=str(tls.ca))
-        raw = socket.create_connection((HOST, server.port), timeout=30)
-        self.sock = context.wrap_socket(raw, server_hostname=HOST)
-        head = [f"PUT {PATH} HTTP/1.1", f"Host: {HOST}:{server.port}"]
-        head += [f"{k}: {v}" for k, v in upload_headers(identity, data).items()]
-        head += [f"Content-Length: {len(data)}", "", ""]
-        self.sock.sendall("\r\n".join(head).encode() + data[: len(data) // 2])
+        headers = upload_headers(identity, data)
+        self.sock = raw_request(server, tls, f"PUT {PATH} HTTP/1.1", headers, len(data))
+        self.sock.sendall(data[: len(data) // 2])
 
     def finish(self) -> int:
         """Send the rest of the body; the response's status."""
@@ -167,14 +178,21 @@ def two_devices(
     return a, b, data_a, data_b
 
 
+def slot_held(one_slot: OneSlot, tls: TLSFiles) -> tuple[Identity, bytes, SlowUpload]:
+    """:func:`two_devices`, dev-a's upload holding the only slot half sent; dev-b, its
+    update, and dev-a's upload."""
+    coord, server, adm = one_slot
+    a, b, data_a, data_b = two_devices(coord, server, tls)
+    slow = SlowUpload(server, tls, a, data_a)
+    wait_until(lambda: adm.admitted == 1, "the slow upload to hold the only slot")
+    return b, data_b, slow
+
+
 def test_upload_beyond_the_limit_gets_503_with_retry_after_and_the_retry_is_accepted(
     one_slot: OneSlot, tls: TLSFiles
 ) -> None:
     coord, server, adm = one_slot
-    a, b, data_a, data_b = two_devices(coord, server, tls)
-
-    slow = SlowUpload(server, tls, a, data_a)
-    wait_until(lambda: adm.admitted == 1, "the slow upload to hold the only slot")
+    b, data_b, slow = slot_held(one_slot, tls)
     with httpx.Client(verify=ssl.create_default_context(cafile=str(tls.ca)), timeout=30) as http:
         refused = http.put(server.url + PATH, content=data_b, headers=upload_headers(b, data_b))
 
@@ -205,7 +223,7 @@ def test_upload_beyond_the_limit_gets_503_with_retry_after_and_the_retry_is_acce
         "stored": True,
     }
     assert sorted(u.client_id for u in coord.received_updates(CID, 1)) == ["dev-a", "dev-b"]
-    assert coord.store.get_bytes(update_key(CID, 1, "dev-a")) == data_a
+    assert coord.store.get_bytes(update_key(CID, 1, "dev-a")) == slow.data
     assert coord.store.get_bytes(update_key(CID, 1, "dev-b")) == data_b
     assert adm.admitted == 0
 
@@ -247,9 +265,7 @@ def test_busy_answers_do_not_use_up_attempts_but_are_bounded(
     from fl_core.agent.transport import Unreachable
 
     coord, server, adm = one_slot
-    a, b, data_a, data_b = two_devices(coord, server, tls)
-    slow = SlowUpload(server, tls, a, data_a)
-    wait_until(lambda: adm.admitted == 1, "the slow upload to hold the only slot")
+    b, data_b, slow = slot_held(one_slot, tls)
 
     # one attempt, but busy answers may be waited out for up to 1.5 s: >= 2 refusals
     policy = RetryPolicy(attempts=1, busy_s=1.5)
@@ -594,9 +610,7 @@ def test_a_large_update_waits_for_a_turn_and_sends_its_body_once(
     one_slot: OneSlot, tls: TLSFiles
 ) -> None:
     coord, server, adm = one_slot
-    a, b, data_a, data_b = two_devices(coord, server, tls)
-    slow = SlowUpload(server, tls, a, data_a)
-    wait_until(lambda: adm.admitted == 1, "the slow upload to hold the only slot")
+    b, data_b, slow = slot_held(one_slot, tls)
 
     sent: list[tuple[str, str, int]] = []
     result: dict[str, object] = {}
@@ -629,19 +643,12 @@ def test_a_waiting_turn_request_whose_client_disconnects_leaves_the_line(
     one_slot: OneSlot, tls: TLSFiles
 ) -> None:
     coord, server, adm = one_slot
-    a, b, data_a, _ = two_devices(coord, server, tls)
-    slow = SlowUpload(server, tls, a, data_a)
-    wait_until(lambda: adm.admitted == 1, "the slow upload to hold the only slot")
-    context = ssl.create_default_context(cafile=str(tls.ca))
-    sock = context.wrap_socket(
-        socket.create_connection((HOST, server.port), timeout=30), server_hostname=HOST
-    )
-    head = [f"POST {PATH}/turn?wait=25 HTTP/1.1", f"Host: {HOST}:{server.port}"]
-    head += [f"{k}: {v}" for k, v in protocol.sign_request(
+    b, _, slow = slot_held(one_slot, tls)
+    signed = protocol.sign_request(
         b.key, client_id="dev-b", method="POST", path=PATH + "/turn", query="wait=25",
         body_sha256=hashlib.sha256(b"").hexdigest(),
-    ).items()]  # fmt: skip
-    sock.sendall("\r\n".join([*head, "Content-Length: 0", "", ""]).encode())
+    )  # fmt: skip
+    sock = raw_request(server, tls, f"POST {PATH}/turn?wait=25 HTTP/1.1", signed, 0)
     wait_until(lambda: adm.waiting == 1, "the turn request to wait in line")
     sock.close()  # the device is gone
     # at once, not when its 25 s are up
@@ -656,9 +663,7 @@ def test_a_turn_request_that_cannot_wait_is_refused_and_comes_back(
     """Without ``wait`` (a client that does not wait, or too many waiting), a turn request
     gets 503 + Retry-After at once; the agent waits that out and asks again."""
     coord, server, adm = one_slot
-    a, b, data_a, data_b = two_devices(coord, server, tls)
-    slow = SlowUpload(server, tls, a, data_a)
-    wait_until(lambda: adm.admitted == 1, "the slow upload to hold the only slot")
+    b, data_b, slow = slot_held(one_slot, tls)
     adm.waiting_turns = 0  # nobody may wait
     sent: list[int] = []
 
