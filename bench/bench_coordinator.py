@@ -4,27 +4,27 @@ no authentication or checks, measured in the same run.
 
 Both servers run as their own uvicorn processes on 127.0.0.1 (plain HTTP, or HTTPS with a
 throwaway CA under ``--tls``); ``--max-reading-connections N`` serves the coordinator behind
-its read gate of N (default 64, 0: off), as ``fl coordinator serve`` does. The clients
-are asyncio + httpx in this process, one connection each. The model is the
-default MLP of ``params.yaml`` (MNIST 784 -> 200 -> 10, 159,010 parameters); updates are
-real wire messages (``dense_fp32`` and ``topk:0.1+q8`` by default), signed as the agent
-signs them. The upload phase is ``--rounds`` rounds (default 3), one after another, each
-with every client uploading at once, first to the coordinator, then the same bytes to the
-bare endpoint (the two take turns round by round, so a drift in the machine's speed
-during a run falls on both). Both endpoints keep their files under ``.fl/bench``. Printed
-per (N, codec, endpoint): uploads/s of the median round (and of each), the server's CPU time
-per upload and the clients' (this process's; its garbage collector is off during each timed
-burst: a collection halved every other bare round), upload p50 / p99 latency over all
-rounds, the server's peak RSS during the upload phase (``VmHWM`` of a coordinator process
-started after the heartbeat/task/download phase, as after a restart: the registry and store
-persist; that phase's own latency and peak are in the last column), rejected uploads (final
-non-2xx) and lost updates (acknowledged but not in the store). A coordinator upload of at
-least ``TURN_MIN_BYTES`` asks for an upload turn first, as the agent does, waiting up to
-``TURN_WAIT_S`` for one (its latency includes that). Busy answers (503 + ``Retry-After``
-from the coordinator's upload admission limit, to a turn or an upload) are retried as the
-agent retries them (after ``Retry-After`` times ``U(1, 2)``, not counted as attempts) and
-counted in the ``busy`` column. The rows go to ``.fl/bench/results/coordinator.json``
-(``coordinator_tls.json`` with ``--tls``, a
+its read gate of N (default 64, 0: off), as ``fl coordinator serve`` does. The clients are
+asyncio + httpx in this process, one connection each. The model is the default MLP of
+``params.yaml`` (MNIST 784 -> 200 -> 10, 159,010 parameters); updates are real wire messages
+(``dense_fp32`` and ``topk:0.1+q8`` by default), signed as the agent signs them. The upload
+phase is ``--warmup`` unmeasured rounds (default 1), then ``--rounds`` measured rounds
+(default 3), one after another, each with every client uploading at once, first to the
+coordinator, then the same bytes to the bare endpoint (the two take turns round by round, so
+a drift in the machine's speed during a run falls on both). Both endpoints keep their files
+under ``.fl/bench``. Printed per (N, codec, endpoint): uploads/s of the median round (and of
+each), the server's CPU time per upload and the clients' (this process's; its garbage
+collector is off during each timed burst: a collection halved every other bare round),
+upload p50 / p99 latency over all measured rounds, the server's peak RSS during the upload
+phase (``VmHWM`` of a coordinator process started after the heartbeat/task/download phase,
+as after a restart: the registry and store persist; that phase's own latency and peak are in
+the last column), rejected uploads (final non-2xx) and lost updates (acknowledged but not in
+the store, warm-up included). A coordinator upload of at least ``TURN_MIN_BYTES`` asks for
+an upload turn first, as the agent does, waiting up to ``TURN_WAIT_S`` for one (its latency
+includes that). Busy answers (503 + ``Retry-After`` from the coordinator's upload admission
+limit, to a turn or an upload) are retried as the agent retries them (after ``Retry-After``
+times ``U(1, 2)``, not counted as attempts) and counted in the ``busy`` column. The rows go
+to ``.fl/bench/results/coordinator.json`` (``coordinator_tls.json`` with ``--tls``, a
 ``_gate<N>`` suffix for another gate; ``python bench/_common.py docs`` renders them into
 ``docs/benchmarks.md``). ``--db-url`` puts the registry on a PostgreSQL server (the
 production path) instead of SQLite under the run's folder: each run makes its own database
@@ -35,7 +35,7 @@ is then the sum over the supervisor and its processes; ``_w<N>`` in the file nam
     python bench/bench_coordinator.py [--clients 100 1000] [--codecs dense_fp32 topk:0.1+q8]
         [--max-reading-connections N] [--tls]
         [--db-url postgresql+psycopg://postgres@127.0.0.1:5432/postgres] [--workers N]
-        [--rounds R]
+        [--rounds R] [--warmup W]
 """
 
 from __future__ import annotations
@@ -130,6 +130,13 @@ def _run_database() -> Iterator[str | None]:
 
     with temporary_database(DB_SERVER, "fl_bench") as url:
         yield url
+
+
+def _local(db_url: str) -> bool:
+    """Whether the database server of ``db_url`` runs on this machine (its CPU measured)."""
+    import sqlalchemy as sa
+
+    return sa.engine.make_url(db_url).host in (None, "", "127.0.0.1", "localhost", "::1")
 
 
 def _import_tests() -> None:
@@ -229,6 +236,34 @@ class Server:
         self.proc.wait(timeout=30)
 
 
+def database_cpu() -> dict[int, int]:
+    """CPU clock ticks (user + system) of each of this machine's PostgreSQL processes (the
+    server, its background processes, every connection's backend), by process id."""
+    ticks = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry.name}/stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        name, rest = stat.split(" (", 1)[1].rsplit(") ", 1)
+        if name == "postgres":
+            fields = rest.split()
+            ticks[int(entry.name)] = int(fields[11]) + int(fields[12])
+    return ticks
+
+
+def database_cpu_s(before: dict[int, int]) -> float:
+    """PostgreSQL's CPU seconds since ``before`` (:func:`database_cpu`): the registry's
+    work, which shares the machine's cores with the coordinator. A process that exited
+    meanwhile (an autovacuum worker) takes its time with it; the coordinator keeps its
+    connections open, so its backends do not."""
+    now = database_cpu()
+    ticks = sum(t - before.get(pid, 0) for pid, t in now.items())
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 # --------------------------------------------------------------------------- clients
 
 
@@ -248,6 +283,9 @@ class Outcome:
     """The server's CPU seconds over the upload phase (every round)."""
     driver_cpu_s: float = 0.0
     """The clients' (this process's) CPU seconds over the upload phase (every round)."""
+    db_cpu_s: float | None = None
+    """PostgreSQL's CPU seconds over the upload phase (every round), when the registry is
+    on this machine's PostgreSQL; None otherwise."""
 
     @property
     def rate(self) -> float:
@@ -263,6 +301,8 @@ def _merged(outs: list[Outcome], n: int) -> Outcome:
         out.seconds += o.seconds
         out.cpu_s += o.cpu_s
         out.driver_cpu_s += o.driver_cpu_s
+        if o.db_cpu_s is not None:
+            out.db_cpu_s = (out.db_cpu_s or 0.0) + o.db_cpu_s
         out.rates.append(n / o.seconds)
         out.latencies += o.latencies or []
         out.ok += o.ok
@@ -277,6 +317,10 @@ ROUNDS = 3
 """Upload phases per row (one round each, all N clients uploading at once): the rows report
 the median round's uploads/s. One burst of 100 small uploads lasts about 0.1 s on the bare
 endpoint, so a single one measured mostly scheduling noise."""
+WARMUP = 1
+"""Unmeasured rounds before the measured ones, on both endpoints: a fresh server process
+gets faster over its first bursts (the bare endpoint's top-k rate rose from 632 to 1,265
+uploads/s over 8 rounds here), so without them the ratio depended on the round count."""
 
 
 async def _send(
@@ -452,7 +496,12 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def run_one(
-    n: int, codec: str, max_reading: int | None = None, workers: int = 1, rounds: int = ROUNDS
+    n: int,
+    codec: str,
+    max_reading: int | None = None,
+    workers: int = 1,
+    rounds: int = ROUNDS,
+    warmup: int = WARMUP,
 ) -> list[dict[str, Any]]:
     from fl_core.coordinator.api import Coordinator
     from fl_core.models import ModelSpec, init_vector
@@ -478,7 +527,7 @@ def run_one(
             "weight_decay": 0.0, "prox_mu": 0.0, "codec": codec, "error_feedback": False,
             "downlink_codec": "dense_fp32", "downlink_delta_codec": None, "seed": 0,
         }  # fmt: skip
-        for rnd in range(1, rounds + 1):  # open at once, each on model version 0
+        for rnd in range(1, warmup + rounds + 1):  # open at once, each on model version 0
             coord.publish_round(CID, rnd, base_version=0, tasks={c: task for c in clients},
                                 deadline_s=3600)  # fmt: skip
 
@@ -498,7 +547,7 @@ def run_one(
             server = Server("coordinator", home, max_reading, db_url, workers)
             bare = Server("bare", home)
             outs, outs_b = [], []
-            for rnd in range(1, rounds + 1):
+            for rnd in range(1, warmup + rounds + 1):
                 # each round on the coordinator, then the same bytes on the bare endpoint:
                 # the machine's speed drifts within a run (the bare endpoint's own rate
                 # moved 330-660/s between runs here), so the two take turns, round by round
@@ -511,9 +560,11 @@ def run_one(
                         message_sha256=hashlib.sha256(data).hexdigest()))  # fmt: skip
                     jobs.append((c, f"/v1/updates/{CID}/{rnd}",
                                  {protocol.H_UPDATE_SIGNATURE: sig}, data))  # fmt: skip
-                cpu = server.cpu_s()
+                cpu, db_cpu = server.cpu_s(), database_cpu() if db_url else {}
                 outs.append(asyncio.run(_timed_uploads(server.url, jobs, key_of)))
                 outs[-1].cpu_s = server.cpu_s() - cpu
+                if db_url and _local(db_url):
+                    outs[-1].db_cpu_s = database_cpu_s(db_cpu)
                 del jobs
                 jobs_b = [(c, f"/bare/{c}-r{rnd}", {}, sent[rnd][c]) for c in clients]
                 cpu = bare.cpu_s()
@@ -527,7 +578,7 @@ def run_one(
             if bare is not None:
                 bare.stop()
         size = int(np.mean([len(u) for u in sent[1].values()]))
-        out = _merged(outs, n)
+        out = _merged(outs[warmup:], n)  # the measured rounds; lost: all rounds
         for rnd, o in enumerate(outs, start=1):
             stored = set(coord.round_status(CID, rnd).received)
             out.lost += sum(
@@ -541,7 +592,7 @@ def run_one(
             rss_prep=rss_prep, prep_p50=_pct(prep, 50), prep_p99=_pct(prep, 99), prep_failed=failed,
         ))  # fmt: skip
 
-        out_b = _merged(outs_b, n)
+        out_b = _merged(outs_b[warmup:], n)
         bare_root = home / "bare"
         for rnd, o in enumerate(outs_b, start=1):
             out_b.lost += sum(
@@ -582,6 +633,10 @@ def main() -> None:
         help=f"upload phases per row, each a round of all N clients (default {ROUNDS}); the "
         "rows report the median round",
     )  # fmt: skip
+    parser.add_argument(
+        "--warmup", type=int, default=WARMUP, metavar="W",
+        help=f"unmeasured upload rounds first, on both endpoints (default {WARMUP})",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.serve:
         _serve(args.serve, args.port, args.home, args.max_reading_connections, args.tls_dir,
@@ -607,7 +662,9 @@ def main() -> None:
     table: list[dict[str, Any]] = []
     for n in args.clients:
         for codec in args.codecs:
-            rows = run_one(n, codec, args.max_reading_connections, args.workers, args.rounds)
+            rows = run_one(
+                n, codec, args.max_reading_connections, args.workers, args.rounds, args.warmup
+            )
             for r in rows:
                 o: Outcome = r["out"]
                 lat = o.latencies or []
@@ -633,6 +690,11 @@ def main() -> None:
                     f"{'':>5} {'':<12} {r['endpoint']:<11} uploads/s by round: {rates}; "
                     f"server CPU {1000 * r['out'].cpu_s / max(1, r['out'].ok):.2f} ms/upload, "
                     f"clients' {1000 * r['out'].driver_cpu_s / max(1, r['out'].ok):.2f}"
+                    + (
+                        f", PostgreSQL's {1000 * r['out'].db_cpu_s / max(1, r['out'].ok):.2f}"
+                        if r["out"].db_cpu_s is not None
+                        else ""
+                    )
                 )
             print(f"{'':>5} {'':<12} coordinator/bare throughput = {ratio:.2f}", flush=True)
             for r in rows:
@@ -646,6 +708,9 @@ def main() -> None:
                     "p99 ms": round(_pct(o.latencies or [], 99)),
                     "server CPU ms per upload": round(1000 * o.cpu_s / max(1, o.ok), 2),
                     "clients' CPU ms per upload": round(1000 * o.driver_cpu_s / max(1, o.ok), 2),
+                    **({"PostgreSQL CPU ms per upload": "" if o.db_cpu_s is None
+                        else round(1000 * o.db_cpu_s / max(1, o.ok), 2)}
+                       if args.db_url and _local(args.db_url) else {}),
                     "peak RSS MB": round(r["rss"]),
                     "rejected": o.rejected, "lost": o.lost, "busy (503 retried)": o.busy,
                     "coordinator/bare": round(ratio, 2) if r["endpoint"] == "coordinator" else "",
@@ -717,9 +782,10 @@ def _write(args: argparse.Namespace, table: list[dict[str, Any]], load: float) -
             + (" --tls" if args.tls else "")
             + (f" --db-url {args.db_url}" if args.db_url else "")
             + (f" --workers {args.workers}" if args.workers > 1 else "")
-            + (f" --rounds {args.rounds}" if args.rounds != ROUNDS else ""),
-            "seeds": f"n/a (one run per row, {args.rounds} upload rounds each: the median "
-            "round's uploads/s)",
+            + (f" --rounds {args.rounds}" if args.rounds != ROUNDS else "")
+            + (f" --warmup {args.warmup}" if args.warmup != WARMUP else ""),
+            "seeds": f"n/a (one run per row, {args.rounds} measured upload rounds each after "
+            f"{args.warmup} unmeasured: the median round's uploads/s)",
             "columns": list(table[0]) if table else [],
             "rows": table,
             "goals": goals,
