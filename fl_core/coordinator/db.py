@@ -140,8 +140,13 @@ class UpdateRow(Base):
     """The public key it verified with (the client's key when it uploaded)."""
 
     __table_args__ = (
-        sa.Index("ix_updates_campaign_arrival_seq", "campaign", "arrival_seq", unique=True),
-    )
+        # accepted updates only (migration 0006): a lookup by key has the primary key alone
+        sa.Index(
+            "ix_updates_campaign_arrival_seq", "campaign", "arrival_seq", unique=True,
+            postgresql_where=sa.text("arrival_seq IS NOT NULL"),
+            sqlite_where=sa.text("arrival_seq IS NOT NULL"),
+        ),
+    )  # fmt: skip
 
 
 class StragglerRow(Base):

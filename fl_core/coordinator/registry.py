@@ -504,13 +504,14 @@ def _claimed_query() -> sa.Select[Any, Any, Any]:
 def _mark_stored() -> sa.Update:
     """Accept a claimed update: stored, its time, the campaign's next arrival number.
     SQLite runs this statement; PostgreSQL runs its twin inside ``fl_accept_update``
-    (migration ``0005_accept_function``), so a change here needs a migration that
-    replaces that function too."""
+    (migrations ``0005_accept_function``, ``0006_partial_arrival_index``), so a change here
+    needs a migration that replaces that function too. The next number's query says
+    ``arrival_seq IS NOT NULL`` so that the (partial) arrival index serves it."""
     u = _updates.c
     prior = _updates.alias("prior")  # not correlated with the updated row
     latest = (
         sa.select(sa.func.coalesce(sa.func.max(prior.c.arrival_seq), 0) + 1)
-        .where(prior.c.campaign == sa.bindparam("w_campaign"))
+        .where(prior.c.campaign == sa.bindparam("w_campaign"), prior.c.arrival_seq.is_not(None))
         .scalar_subquery()
     )
     still_open = (
@@ -668,7 +669,7 @@ def mark_stored(session: Session | sa.Connection, campaign: str, rnd: int, clien
     still refuse a number, the acceptance retries with the next one.
 
     On PostgreSQL the lock and the statement run as one call of the server-side function
-    ``fl_accept_update`` (migration ``0005_accept_function``): one round trip instead of
+    ``fl_accept_update`` (migrations 0005 and 0006): one round trip instead of
     four on an autocommit connection, and the lock is held only while they run.
     """
     params = {"w_campaign": campaign, "w_round": rnd, "w_client_id": client_id}

@@ -43,7 +43,7 @@ def test_processes_starting_together_migrate_the_registry_once(tmp_path: Path) -
         version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all()
         tables = set(sa.inspect(conn).get_table_names())
     engine.dispose()
-    assert version == ["0005_accept_function"]  # the head revision
+    assert version == ["0006_partial_arrival_index"]  # the head revision
     assert {"clients", "enrollment_tokens", "nonces", "rounds", "tasks", "updates"} <= tables
     assert {"histograms", "monitoring_reports"} <= tables
 
