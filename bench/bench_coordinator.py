@@ -19,7 +19,9 @@ upload p50 / p99 latency over all measured rounds, the server's peak RSS during 
 phase (``VmHWM`` of a coordinator process started after the heartbeat/task/download phase,
 as after a restart: the registry and store persist; that phase's own latency and peak are in
 the last column), rejected uploads (final non-2xx) and lost updates (acknowledged but not in
-the store, warm-up included). A coordinator upload of at least ``TURN_MIN_BYTES`` asks for
+the store, warm-up included). Each device signs its requests before the timed burst, as it
+would on its own CPU (here a thousand devices share the server's two cores); a retry signs
+anew. A coordinator upload of at least ``TURN_MIN_BYTES`` asks for
 an upload turn first, as the agent does, waiting up to ``TURN_WAIT_S`` for one (its latency
 includes that). Busy answers (503 + ``Retry-After`` from the coordinator's upload admission
 limit, to a turn or an upload) are retried as the agent retries them (after ``Retry-After``
@@ -327,23 +329,28 @@ async def _send(
     http: httpx.AsyncClient, method: str, path: str, *, key: Any, client: str,
     content: bytes = b"", params: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None, signed: bool = True, busy: list[int] | None = None,
+    body_sha256: str | None = None, auth: dict[str, str] | None = None,
 ) -> httpx.Response:  # fmt: skip
     """One request with the agent's retry rule (backoff + full jitter on errors / 5xx; a
-    busy answer waits its ``Retry-After`` spread over [1, 2] times it, not an attempt)."""
+    busy answer waits its ``Retry-After`` spread over [1, 2] times it, not an attempt).
+    ``auth``: the first attempt's signed headers, made beforehand (:func:`_presigned`); a
+    retry signs anew (a nonce is used once)."""
     attempt = 0
     busy_waited = 0.0
-    body_sha256 = hashlib.sha256(content).hexdigest()  # once, as the agent does
+    if body_sha256 is None:
+        body_sha256 = hashlib.sha256(content).hexdigest()  # once, as the agent does
     while attempt < 5:
         request = http.build_request(method, path, content=content, params=params)
         request.headers.update(headers or {})
         if signed:
             request.headers.update(
-                protocol.sign_request(
+                auth or protocol.sign_request(
                     key, client_id=client, method=method, path=request.url.path,
                     query=request.url.query.decode(),
                     body_sha256=body_sha256,
                 )
             )  # fmt: skip
+            auth = None
         try:
             response = await http.send(request)
             if response.status_code < 500:
@@ -400,6 +407,37 @@ def _update(layout: Any, client: str, codec: str, seed: int, rnd: int = 1) -> by
     return wire.encode(header, rng.normal(0, 0.01, layout.num_params).astype(np.float32))
 
 
+TURN_PARAMS = {"wait": TURN_WAIT_S}
+
+
+@dataclass(frozen=True)
+class _Signed:
+    """An upload's body digest and its requests' first signed headers (None: unsigned)."""
+
+    sha256: str
+    put: dict[str, str] | None
+    turn: dict[str, str] | None
+
+
+def _presigned(
+    client: str, path: str, headers: dict[str, str], data: bytes, key_of: dict[str, Any]
+) -> _Signed:
+    """What the device computes before it sends: the body's digest, and, for the
+    coordinator, the signed headers of its upload (and of its turn request first, for an
+    update of at least ``TURN_MIN_BYTES``, as the agent asks for one)."""
+    digest = hashlib.sha256(data).hexdigest()
+    key = key_of.get(client)
+    if key is None:
+        return _Signed(digest, None, None)
+    put = protocol.sign_request(key, client_id=client, method="PUT", path=path,
+                                body_sha256=digest)  # fmt: skip
+    turn = None
+    if len(data) >= TURN_MIN_BYTES:
+        turn = protocol.sign_request(key, client_id=client, method="POST", path=f"{path}/turn",
+                                     query=str(httpx.QueryParams(TURN_PARAMS)))  # fmt: skip
+    return _Signed(digest, put, turn)
+
+
 async def _timed_uploads(
     url: str, jobs: list[tuple[str, str, dict[str, str], bytes]], key_of: dict[str, Any]
 ) -> Outcome:
@@ -407,20 +445,24 @@ async def _timed_uploads(
     out = Outcome(latencies=latencies, acked=set(), statuses={})
     busy = [0]
 
-    async def one(client: str, path: str, headers: dict[str, str], data: bytes) -> None:
+    async def one(
+        client: str, path: str, headers: dict[str, str], data: bytes, signed: _Signed
+    ) -> None:
         async with _device_client(url) as http:
-            await upload(http, client, path, headers, data)
+            await upload(http, client, path, headers, data, signed)
 
     async def upload(
-        http: httpx.AsyncClient, client: str, path: str, headers: dict[str, str], data: bytes
-    ) -> None:
+        http: httpx.AsyncClient, client: str, path: str, headers: dict[str, str], data: bytes,
+        signed: _Signed,
+    ) -> None:  # fmt: skip
         start = time.perf_counter()
-        if client in key_of and len(data) >= TURN_MIN_BYTES:  # as the agent does
+        if signed.turn is not None:  # as the agent does, for a large update
             await _send(http, "POST", f"{path}/turn", key=key_of[client], client=client,
-                        params={"wait": TURN_WAIT_S}, busy=busy)  # fmt: skip
+                        params=TURN_PARAMS, busy=busy, auth=signed.turn)  # fmt: skip
         r = await _send(
             http, "PUT", path, key=key_of.get(client), client=client, content=data,
-            headers=headers, signed=client in key_of, busy=busy,
+            headers=headers, signed=client in key_of, busy=busy, body_sha256=signed.sha256,
+            auth=signed.put,
         )  # fmt: skip
         latencies.append(time.perf_counter() - start)
         assert out.acked is not None and out.statuses is not None
@@ -431,11 +473,14 @@ async def _timed_uploads(
         else:
             out.rejected += 1
 
+    # each device signs its requests on its own CPU; here a thousand share the server's
+    # cores, so they sign before the timed burst (a retry signs then)
+    signed = [_presigned(*job, key_of) for job in jobs]
     gc.collect()  # the driver's collections, not the server, would pause a short burst
     gc.disable()
     try:
         start, cpu = time.perf_counter(), time.process_time()
-        await asyncio.gather(*(one(*job) for job in jobs))
+        await asyncio.gather(*(one(*job, sig) for job, sig in zip(jobs, signed, strict=True)))
         out.seconds = time.perf_counter() - start
         out.driver_cpu_s = time.process_time() - cpu
     finally:
