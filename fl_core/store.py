@@ -32,7 +32,7 @@ import json
 import logging
 import os
 import re
-import tempfile
+import secrets
 import threading
 from pathlib import Path
 from typing import Any
@@ -181,6 +181,9 @@ def _json_bytes(obj: Any) -> bytes:
     return (json.dumps(obj, sort_keys=True, indent=1) + "\n").encode()
 
 
+_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+
+
 class LocalStore(ArtifactStore):
     """A folder on disk.
 
@@ -200,15 +203,23 @@ class LocalStore(ArtifactStore):
         return self.root / check_key(key)
 
     def _write_temp(self, path: Path, data: bytes) -> str:
-        """A complete temporary file holding ``data`` next to ``path``; its name."""
+        """A complete temporary file holding ``data`` next to ``path``; its name. Created
+        as ``tempfile.mkstemp`` does (exclusive, mode 0600, a random name) and written
+        with ``os.write``: without mkstemp's name generator and a file object, which were
+        about 5 % of the coordinator's interpreter time on small uploads."""
+        tmp = os.path.join(path.parent, f".tmp-{secrets.token_hex(8)}")
         try:  # the folder usually exists: no mkdir call on the common path
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            fd = os.open(tmp, _TEMP_FLAGS, 0o600)
         except FileNotFoundError:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            fd = os.open(tmp, _TEMP_FLAGS, 0o600)
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

@@ -32,6 +32,7 @@ any length that is not exactly right.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -123,6 +124,16 @@ def check_indices(payload: bytes, n: int, k: int) -> int:
     return end
 
 
+@functools.lru_cache(maxsize=256)
+def _k_for(fraction: float, n: int) -> int:
+    """:meth:`TopK.k_for`, exact (the fraction as its decimal repr), remembered: the
+    coordinator checks every upload of a campaign against the same (fraction, n)."""
+    if n <= 0:
+        return 0
+    exact = Fraction(repr(fraction)) * n
+    return min(n, max(1, math.ceil(exact)))
+
+
 def _need(payload: bytes, end: int, what: str) -> None:
     if len(payload) < end:
         raise WireError(f"{what} truncated: payload has {len(payload)} bytes, needs {end}")
@@ -174,10 +185,7 @@ class TopK(Codec):
 
     def k_for(self, n: int) -> int:
         """Entries kept out of ``n``: ``ceil(fraction * n)``, clamped to ``[1, n]``."""
-        if n <= 0:
-            return 0
-        exact = Fraction(repr(float(self.fraction))) * n
-        return min(n, max(1, math.ceil(exact)))
+        return _k_for(float(self.fraction), n)
 
     def max_payload_size(self, n: int) -> int:
         k = self.k_for(n)
