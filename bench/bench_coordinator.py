@@ -9,30 +9,31 @@ asyncio + httpx in this process, one connection each. The model is the default M
 ``params.yaml`` (MNIST 784 -> 200 -> 10, 159,010 parameters); updates are real wire messages
 (``dense_fp32`` and ``topk:0.1+q8`` by default), signed as the agent signs them. The upload
 phase is ``--warmup`` unmeasured rounds (default 1), then ``--rounds`` measured rounds
-(default 3), one after another, each with every client uploading at once, first to the
-coordinator, then the same bytes to the bare endpoint (the two take turns round by round, so
-a drift in the machine's speed during a run falls on both). Both endpoints keep their files
-under ``.fl/bench``. Printed per (N, codec, endpoint): uploads/s of the median round (and of
-each), the server's CPU time per upload and the clients' (this process's; its garbage
-collector is off during each timed burst: a collection halved every other bare round),
-upload p50 / p99 latency over all measured rounds, the server's peak RSS during the upload
-phase (``VmHWM`` of a coordinator process started after the heartbeat/task/download phase,
-as after a restart: the registry and store persist; that phase's own latency and peak are in
-the last column), rejected uploads (final non-2xx) and lost updates (acknowledged but not in
-the store, warm-up included). Each device signs its requests before the timed burst, as it
-would on its own CPU (here a thousand devices share the server's two cores); a retry signs
-anew. A coordinator upload of at least ``TURN_MIN_BYTES`` asks for
-an upload turn first, as the agent does, waiting up to ``TURN_WAIT_S`` for one (its latency
-includes that). Busy answers (503 + ``Retry-After`` from the coordinator's upload admission
-limit, to a turn or an upload) are retried as the agent retries them (after ``Retry-After``
-times ``U(1, 2)``, not counted as attempts) and counted in the ``busy`` column. The rows go
-to ``.fl/bench/results/coordinator.json`` (``coordinator_tls.json`` with ``--tls``, a
-``_gate<N>`` suffix for another gate; ``python bench/_common.py docs`` renders them into
-``docs/benchmarks.md``). ``--db-url`` puts the registry on a PostgreSQL server (the
-production path) instead of SQLite under the run's folder: each run makes its own database
-there and drops it after (rows to ``coordinator_pg.json``). ``--workers N`` serves the
-coordinator as ``fl coordinator serve --workers N`` does (N processes on the port; peak RSS
-is then the sum over the supervisor and its processes; ``_w<N>`` in the file name)::
+(default: enough for 2,000 uploads, at least 3), one after another, each with every client
+uploading at once, first to the coordinator, then the same bytes to the bare endpoint (the
+two take turns round by round, so a drift in the machine's speed during a run falls on
+both). Both endpoints keep their files under ``.fl/bench``. Printed per (N, codec,
+endpoint): uploads/s of the median round (and of each), the server's CPU time per upload and
+the clients' (this process's; its garbage collector is off during each timed burst: a
+collection halved every other bare round), upload p50 / p99 latency over all measured
+rounds, the server's peak RSS during the upload phase (``VmHWM`` of a coordinator process
+started after the heartbeat/task/download phase, as after a restart: the registry and store
+persist; that phase's own latency and peak are in the last column), rejected uploads (final
+non-2xx) and lost updates (acknowledged but not in the store, warm-up included). Each device
+signs its requests before the timed burst, as it would on its own CPU (here a thousand
+devices share the server's two cores); a retry signs anew. A coordinator upload of at least
+``TURN_MIN_BYTES`` asks for an upload turn first, as the agent does, waiting up to
+``TURN_WAIT_S`` for one (its latency includes that). Busy answers (503 + ``Retry-After``
+from the coordinator's upload admission limit, to a turn or an upload) are retried as the
+agent retries them (after ``Retry-After`` times ``U(1, 2)``, not counted as attempts) and
+counted in the ``busy`` column. The rows go to ``.fl/bench/results/coordinator.json``
+(``coordinator_tls.json`` with ``--tls``, a ``_gate<N>`` suffix for another gate; ``python
+bench/_common.py docs`` renders them into ``docs/benchmarks.md``). ``--db-url`` puts the
+registry on a PostgreSQL server (the production path) instead of SQLite under the run's
+folder: each run makes its own database there and drops it after (rows to
+``coordinator_pg.json``). ``--workers N`` serves the coordinator as ``fl coordinator serve
+--workers N`` does (N processes on the port; peak RSS is then the sum over the supervisor
+and its processes; ``_w<N>`` in the file name)::
 
     python bench/bench_coordinator.py [--clients 100 1000] [--codecs dense_fp32 topk:0.1+q8]
         [--max-reading-connections N] [--tls]
@@ -316,9 +317,18 @@ def _merged(outs: list[Outcome], n: int) -> Outcome:
 
 
 ROUNDS = 3
-"""Upload phases per row (one round each, all N clients uploading at once): the rows report
-the median round's uploads/s. One burst of 100 small uploads lasts about 0.1 s on the bare
-endpoint, so a single one measured mostly scheduling noise."""
+"""The fewest measured upload phases per row (one round each, all N clients uploading at
+once): the rows report the median round's uploads/s."""
+MIN_UPLOADS = 2000
+"""By default a row measures at least this many uploads per endpoint (``max(ROUNDS,
+ceil(MIN_UPLOADS / N))`` rounds: 20 for N = 100, 3 for N = 1,000). A burst of 100 top-k
+uploads lasts 0.1-0.25 s, and three of them gave medians 0.37-0.62x apart on one commit."""
+
+
+def rounds_for(n: int, rounds: int | None) -> int:
+    """Measured rounds for ``n`` clients: ``rounds`` if given, else enough for
+    ``MIN_UPLOADS``."""
+    return rounds if rounds is not None else max(ROUNDS, -(-MIN_UPLOADS // n))
 WARMUP = 1
 """Unmeasured rounds before the measured ones, on both endpoints: a fresh server process
 gets faster over its first bursts (the bare endpoint's top-k rate rose from 632 to 1,265
@@ -674,8 +684,9 @@ def main() -> None:
         help="coordinator processes, as `fl coordinator serve --workers N` (default 1)",
     )  # fmt: skip
     parser.add_argument(
-        "--rounds", type=int, default=ROUNDS, metavar="R",
-        help=f"upload phases per row, each a round of all N clients (default {ROUNDS}); the "
+        "--rounds", type=int, default=None, metavar="R",
+        help=f"measured upload phases per row, each a round of all N clients (default: "
+        f"enough for {MIN_UPLOADS} uploads, at least {ROUNDS}); the "
         "rows report the median round",
     )  # fmt: skip
     parser.add_argument(
@@ -708,7 +719,8 @@ def main() -> None:
     for n in args.clients:
         for codec in args.codecs:
             rows = run_one(
-                n, codec, args.max_reading_connections, args.workers, args.rounds, args.warmup
+                n, codec, args.max_reading_connections, args.workers, rounds_for(n, args.rounds),
+                args.warmup,
             )
             for r in rows:
                 o: Outcome = r["out"]
@@ -827,10 +839,12 @@ def _write(args: argparse.Namespace, table: list[dict[str, Any]], load: float) -
             + (" --tls" if args.tls else "")
             + (f" --db-url {args.db_url}" if args.db_url else "")
             + (f" --workers {args.workers}" if args.workers > 1 else "")
-            + (f" --rounds {args.rounds}" if args.rounds != ROUNDS else "")
+            + (f" --rounds {args.rounds}" if args.rounds is not None else "")
             + (f" --warmup {args.warmup}" if args.warmup != WARMUP else ""),
-            "seeds": f"n/a (one run per row, {args.rounds} measured upload rounds each after "
-            f"{args.warmup} unmeasured: the median round's uploads/s)",
+            "seeds": "n/a (one run per row, "
+            + ", ".join(f"{rounds_for(n, args.rounds)} measured upload rounds for N = {n}"
+                        for n in args.clients)
+            + f" after {args.warmup} unmeasured: the median round's uploads/s)",
             "columns": list(table[0]) if table else [],
             "rows": table,
             "goals": goals,
