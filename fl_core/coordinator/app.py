@@ -79,6 +79,7 @@ def create_app(
 
     for router in (health, clients, tasks, models, updates, evaluations, monitoring):
         app.include_router(router.router, prefix=protocol.API_PREFIX)
+    app.router.routes.insert(0, updates.UploadRoute(protocol.API_PREFIX))  # the hot path
     return app
 
 

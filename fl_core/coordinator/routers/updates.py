@@ -15,7 +15,8 @@ never buffered whole). After: body digest equals the signed one (401), then
 :meth:`~fl_core.coordinator.api.Coordinator.accept_update`'s checks (401 / 409 / 400 / 403 /
 410): in a worker thread, inline on SQLite where nothing waits, or on PostgreSQL in a batch
 with the uploads read meanwhile (``deps.accept_upload``).
-201 stores it; 200 is an idempotent retry of the same bytes.
+201 stores it; 200 is an idempotent retry of the same bytes. The upload is served by its own
+lean route (:class:`UploadRoute`, a plain Starlette route ahead of the documented one).
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import re
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
+from starlette.routing import Match, Route
+from starlette.types import Scope
 
 from fl_core.coordinator import protocol
 from fl_core.coordinator.admission import UploadAdmission
@@ -62,6 +66,8 @@ async def upload_update(
     campaign: str = Path(pattern=CAMPAIGN_PATTERN),
     rnd: int = Path(ge=1, le=10**6),
 ) -> JSONResponse:
+    """Served by :class:`UploadRoute` for a well-formed path; this route documents it and
+    refuses the others."""
     coord: Coordinator = request.app.state.coordinator  # not a dependency: the hot path
     admission: UploadAdmission = request.app.state.upload_admission
     claimed = request.headers.get(protocol.H_CLIENT)  # a turn is looked up before auth
@@ -79,6 +85,42 @@ async def upload_update(
         async with admission.slot():  # a few bodies read at a time; the queue waits unread
             fresh, rec = await _receive(request, coord, client_id, campaign, rnd, ctx, cap)
     return _uploaded(client_id, rec, fresh)
+
+
+MAX_ROUND = 10**6
+_CAMPAIGN = re.compile(CAMPAIGN_PATTERN)
+
+
+class UploadRoute(Route):
+    """``PUT {prefix}/updates/{campaign}/{round}`` served by :func:`upload_update` without
+    FastAPI's request handling (its dependency solving, exit stacks and parameter
+    validation were about 6 % of the coordinator's interpreter time on small uploads): a
+    plain Starlette route that the app puts ahead of the documented one. It takes only a
+    well-formed path (the campaign's pattern, a round in 1..10^6); any other falls through
+    to the documented route, which refuses it as before (400)."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__(
+            f"{prefix}{router.prefix}/{{campaign}}/{{rnd}}", _upload, methods=["PUT"],
+            include_in_schema=False,
+        )  # fmt: skip
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child = super().matches(scope)
+        if match is Match.FULL:
+            campaign, rnd = child["path_params"]["campaign"], child["path_params"]["rnd"]
+            if not (
+                _CAMPAIGN.match(campaign)
+                and rnd.isascii() and rnd.isdigit() and len(rnd) <= 7
+                and 1 <= int(rnd) <= MAX_ROUND
+            ):  # fmt: skip
+                return Match.NONE, {}
+        return match, child
+
+
+async def _upload(request: Request) -> JSONResponse:
+    params = request.path_params
+    return await upload_update(request, params["campaign"], int(params["rnd"]))
 
 
 @router.post("/{campaign}/{rnd}/turn", response_model=TurnOut)

@@ -145,6 +145,27 @@ def test_unsigned_request_is_401(coord: Coordinator, server: ServerThread, tls: 
     assert "signature" in response.json()["detail"]
 
 
+@pytest.mark.parametrize(
+    "path", ["-camp/1", "camp-1/0", "camp-1/1000001", "camp-1/x", "camp-1/" + "9" * 5000]
+)
+def test_an_upload_to_a_malformed_path_is_400_and_a_wellformed_one_is_served(
+    coord: Coordinator, server: ServerThread, tls: TLSFiles, layout, path: str
+) -> None:
+    """Uploads have their own lean route (``UploadRoute``, ahead of the documented one): a
+    campaign off its pattern or a round outside 1..10^6 (a number of 5,000 digits
+    included) falls through to the documented route and gets its 400, not a 500 or 404;
+    the same client's well-formed upload is then served and stored."""
+    client = enroll(coord, server, tls, "a")
+    publish(coord, ["a"])
+    with httpx.Client(verify=ssl.create_default_context(cafile=str(tls.ca))) as http:
+        response = http.put(f"{server.url}/v1/updates/{path}", content=b"x")
+        documented = http.get(f"{server.url}/openapi.json").json()["paths"]
+    assert response.status_code == 400, response.text
+    assert "put" in documented["/v1/updates/{campaign}/{rnd}"]  # still in the API's docs
+    assert response.json()["detail"].startswith("malformed request: path")
+    assert upload(client, 1, update_bytes(CID, 1, "a", layout))["stored"] is True
+
+
 def test_request_signed_by_another_key_is_401(
     coord: Coordinator, server: ServerThread, tls: TLSFiles
 ) -> None:
