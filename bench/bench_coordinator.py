@@ -19,7 +19,7 @@ collection halved every other bare round), upload p50 / p99 latency over all mea
 rounds, the server's peak RSS during the upload phase (``VmHWM`` of a coordinator process
 started after the heartbeat/task/download phase, as after a restart: the registry and store
 persist; that phase's own latency and peak are in the last column), rejected uploads (final
-non-2xx) and lost updates (acknowledged but not in the store, warm-up included). Each device
+non-2xx) and lost updates (acknowledged but not in the store), the warm-up's too. Each device
 signs its requests before the timed burst, as it would on its own CPU (here a thousand
 devices share the server's two cores); a retry signs anew. A coordinator upload of at least
 ``TURN_MIN_BYTES`` asks for an upload turn first, as the agent does, waiting up to
@@ -135,11 +135,15 @@ def _run_database() -> Iterator[str | None]:
         yield url
 
 
-def _local(db_url: str) -> bool:
-    """Whether the database server of ``db_url`` runs on this machine (its CPU measured)."""
+def sa_url(db_url: str) -> Any:
     import sqlalchemy as sa
 
-    return sa.engine.make_url(db_url).host in (None, "", "127.0.0.1", "localhost", "::1")
+    return sa.engine.make_url(db_url)
+
+
+def _local(db_url: str) -> bool:
+    """Whether the database server of ``db_url`` runs on this machine (its CPU measured)."""
+    return sa_url(db_url).host in (None, "", "127.0.0.1", "localhost", "::1")
 
 
 def _import_tests() -> None:
@@ -239,32 +243,59 @@ class Server:
         self.proc.wait(timeout=30)
 
 
-def database_cpu() -> dict[int, int]:
-    """CPU clock ticks (user + system) of each of this machine's PostgreSQL processes (the
-    server, its background processes, every connection's backend), by process id."""
-    ticks = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry.name}/stat").read_text()
-        except OSError:  # gone meanwhile
-            continue
-        name, rest = stat.split(" (", 1)[1].rsplit(") ", 1)
-        if name == "postgres":
-            fields = rest.split()
-            ticks[int(entry.name)] = int(fields[11]) + int(fields[12])
-    return ticks
+class DatabaseCpu:
+    """The CPU time this machine's PostgreSQL spends for one database (the registry's work,
+    which shares the machine's cores with the coordinator), from /proc: the server process,
+    its background processes (WAL writer, checkpointer, ...) and the database's backends;
+    not the backends of other databases (``pg_stat_activity``). A process that exits
+    meanwhile (a pooled connection closed, an autovacuum worker) is counted through the
+    server process's reaped children's time (any database's: none other is busy while
+    the benchmark runs)."""
 
+    def __init__(self, db_url: str) -> None:
+        import psycopg
 
-def database_cpu_s(before: dict[int, int]) -> float:
-    """PostgreSQL's CPU seconds since ``before`` (:func:`database_cpu`): the registry's
-    work, which shares the machine's cores with the coordinator. A process that exited
-    meanwhile (an autovacuum worker) takes its time with it; the coordinator keeps its
-    connections open, so its backends do not."""
-    now = database_cpu()
-    ticks = sum(t - before.get(pid, 0) for pid, t in now.items())
-    return ticks / os.sysconf("SC_CLK_TCK")
+        url = sa_url(db_url).set(drivername="postgresql")
+        self._conn = psycopg.connect(url.render_as_string(hide_password=False), autocommit=True)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def ticks(self) -> dict[int, int] | None:
+        """CPU clock ticks by PostgreSQL process (the server's reaped children under its
+        negative id); None when /proc shows no PostgreSQL process (another host or
+        container)."""
+        others = {
+            int(pid)
+            for (pid,) in self._conn.execute(
+                "SELECT pid FROM pg_stat_activity "
+                "WHERE datname IS NOT NULL AND datname <> current_database()"
+            )
+        }
+        found: dict[int, list[int]] = {}
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit() or int(entry.name) in others:
+                continue
+            try:
+                stat = Path(f"/proc/{entry.name}/stat").read_text()
+            except OSError:  # gone meanwhile
+                continue
+            name, rest = stat.split(" (", 1)[1].rsplit(") ", 1)
+            if name == "postgres":
+                fields = rest.split()  # state, ppid, ...; utime, stime, cutime, cstime at 11-14
+                found[int(entry.name)] = [int(fields[1]), *map(int, fields[11:15])]
+        ticks = {}
+        for pid, (ppid, utime, stime, cutime, cstime) in found.items():
+            ticks[pid] = utime + stime
+            if ppid not in found:  # the server process: its children that exited
+                ticks[-pid] = cutime + cstime
+        return ticks or None
+
+    def seconds_since(self, before: dict[int, int] | None) -> float | None:
+        now = self.ticks()
+        if before is None or now is None:
+            return None
+        return sum(t - before.get(pid, 0) for pid, t in now.items()) / os.sysconf("SC_CLK_TCK")
 
 
 # --------------------------------------------------------------------------- clients
@@ -296,9 +327,17 @@ class Outcome:
         return float(np.median(self.rates)) if self.rates else float("nan")
 
 
-def _merged(outs: list[Outcome], n: int) -> Outcome:
-    """The rounds' outcomes as one: rates per round, latencies pooled, counts summed."""
+def _merged(outs: list[Outcome], n: int, warmup: list[Outcome] | None = None) -> Outcome:
+    """The measured rounds' outcomes as one: rates per round, latencies pooled, counts
+    summed; the ``warmup`` rounds' refusals added (their lost updates are counted after)."""
     out = Outcome(latencies=[], acked=set(), statuses={}, rates=[])
+    for o in warmup or []:
+        assert out.statuses is not None
+        out.rejected += o.rejected
+        out.busy += o.busy
+        for status, count in (o.statuses or {}).items():
+            if status not in (200, 201):
+                out.statuses[status] = out.statuses.get(status, 0) + count
     for o in outs:
         assert out.latencies is not None and out.rates is not None and out.statuses is not None
         out.seconds += o.seconds
@@ -329,6 +368,8 @@ def rounds_for(n: int, rounds: int | None) -> int:
     """Measured rounds for ``n`` clients: ``rounds`` if given, else enough for
     ``MIN_UPLOADS``."""
     return rounds if rounds is not None else max(ROUNDS, -(-MIN_UPLOADS // n))
+
+
 WARMUP = 1
 """Unmeasured rounds before the measured ones, on both endpoints: a fresh server process
 gets faster over its first bursts (the bare endpoint's top-k rate rose from 632 to 1,265
@@ -347,6 +388,7 @@ async def _send(
     retry signs anew (a nonce is used once)."""
     attempt = 0
     busy_waited = 0.0
+    resigned = False  # a request read too late after signing is signed again, once
     if body_sha256 is None:
         body_sha256 = hashlib.sha256(content).hexdigest()  # once, as the agent does
     while attempt < 5:
@@ -363,6 +405,14 @@ async def _send(
             auth = None
         try:
             response = await http.send(request)
+            if (
+                response.status_code == 401
+                and signed
+                and not resigned
+                and _detail(response).startswith(protocol.STALE_TIMESTAMP_REASON)
+            ):  # read too late after signing: as the agent does
+                resigned = True
+                continue
             if response.status_code < 500:
                 return response
             wait = retry_after_s(response)
@@ -378,6 +428,15 @@ async def _send(
         await asyncio.sleep(random.random() * min(5.0, 0.2 * 2**attempt))
         attempt += 1
     return httpx.Response(599)
+
+
+def _detail(response: httpx.Response) -> str:
+    """The ``detail`` of an error answer ("" when it has none)."""
+    try:
+        detail = response.json().get("detail", "")
+    except ValueError:
+        return ""
+    return detail if isinstance(detail, str) else ""
 
 
 BUSY_POLICY = RetryPolicy()
@@ -592,6 +651,7 @@ def run_one(
         sent: dict[int, dict[str, bytes]] = {}  # every round's updates, for the bare endpoint
         server = Server("coordinator", home, max_reading, db_url, workers)
         bare = None
+        db_cpu = DatabaseCpu(db_url) if db_url and _local(db_url) else None
         try:
             prep, failed = asyncio.run(_prepare_clients(server.url, clients, key_of))
             rss_prep = server.peak_rss_mb()
@@ -615,11 +675,11 @@ def run_one(
                         message_sha256=hashlib.sha256(data).hexdigest()))  # fmt: skip
                     jobs.append((c, f"/v1/updates/{CID}/{rnd}",
                                  {protocol.H_UPDATE_SIGNATURE: sig}, data))  # fmt: skip
-                cpu, db_cpu = server.cpu_s(), database_cpu() if db_url else {}
+                cpu, db_before = server.cpu_s(), db_cpu.ticks() if db_cpu else None
                 outs.append(asyncio.run(_timed_uploads(server.url, jobs, key_of)))
                 outs[-1].cpu_s = server.cpu_s() - cpu
-                if db_url and _local(db_url):
-                    outs[-1].db_cpu_s = database_cpu_s(db_cpu)
+                if db_cpu:
+                    outs[-1].db_cpu_s = db_cpu.seconds_since(db_before)
                 del jobs
                 jobs_b = [(c, f"/bare/{c}-r{rnd}", {}, sent[rnd][c]) for c in clients]
                 cpu = bare.cpu_s()
@@ -632,8 +692,10 @@ def run_one(
             server.stop()
             if bare is not None:
                 bare.stop()
+            if db_cpu is not None:
+                db_cpu.close()
         size = int(np.mean([len(u) for u in sent[1].values()]))
-        out = _merged(outs[warmup:], n)  # the measured rounds; lost: all rounds
+        out = _merged(outs[warmup:], n, warmup=outs[:warmup])
         for rnd, o in enumerate(outs, start=1):
             stored = set(coord.round_status(CID, rnd).received)
             out.lost += sum(
@@ -647,7 +709,7 @@ def run_one(
             rss_prep=rss_prep, prep_p50=_pct(prep, 50), prep_p99=_pct(prep, 99), prep_failed=failed,
         ))  # fmt: skip
 
-        out_b = _merged(outs_b[warmup:], n)
+        out_b = _merged(outs_b[warmup:], n, warmup=outs_b[:warmup])
         bare_root = home / "bare"
         for rnd, o in enumerate(outs_b, start=1):
             out_b.lost += sum(
@@ -719,7 +781,11 @@ def main() -> None:
     for n in args.clients:
         for codec in args.codecs:
             rows = run_one(
-                n, codec, args.max_reading_connections, args.workers, rounds_for(n, args.rounds),
+                n,
+                codec,
+                args.max_reading_connections,
+                args.workers,
+                rounds_for(n, args.rounds),
                 args.warmup,
             )
             for r in rows:
@@ -842,8 +908,10 @@ def _write(args: argparse.Namespace, table: list[dict[str, Any]], load: float) -
             + (f" --rounds {args.rounds}" if args.rounds is not None else "")
             + (f" --warmup {args.warmup}" if args.warmup != WARMUP else ""),
             "seeds": "n/a (one run per row, "
-            + ", ".join(f"{rounds_for(n, args.rounds)} measured upload rounds for N = {n}"
-                        for n in args.clients)
+            + ", ".join(
+                f"{rounds_for(n, args.rounds)} measured upload rounds for N = {n}"
+                for n in args.clients
+            )
             + f" after {args.warmup} unmeasured: the median round's uploads/s)",
             "columns": list(table[0]) if table else [],
             "rows": table,

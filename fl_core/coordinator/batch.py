@@ -77,7 +77,8 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 MAX_BATCH = 128
-"""The most uploads one batch holds (its statements' arrays; the rest wait for the next)."""
+"""The most uploads one batch holds (the rows of its statements' JSON parameter; the rest
+wait for the next)."""
 
 
 class Batcher(Generic[T, R]):

@@ -432,6 +432,13 @@ def test_an_upload_reads_its_own_update_row_not_the_campaigns_on_postgresql(
 
     coord = Coordinator(CoordinatorSettings(db_url=pg_url, store_url=str(tmp_path / "artifacts")))
     try:
+        with coord.engine.connect() as c:
+            version = int(c.execute(sa.text("SHOW server_version_num")).scalar_one())
+        if version < 150000:  # pg_stat_force_next_flush(): statistics read back at once
+            message = f"needs PostgreSQL 15 or newer (this server: {version})"
+            if os.environ.get("CI") == "true":
+                pytest.fail(message)
+            pytest.skip(message)
         enrolled_round(coord, "camp-1", ["a"])
         with coord.engine.begin() as c:  # earlier rounds' accepted updates; a's claim
             c.execute(sa.text(
