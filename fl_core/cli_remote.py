@@ -161,6 +161,13 @@ def serve(
         "reads a refused one's body anyway (default 1024, or "
         "$FL_COORDINATOR_MAX_QUEUED_SMALL_UPLOADS; 0 counts them like the others).",
     ),
+    max_waiting_turns: int | None = typer.Option(
+        None,
+        min=0,
+        help="Upload turn requests (before a large upload) that may wait for a place at once, "
+        "one per client, each a connection and its headers; beyond, 503 + Retry-After "
+        "(default 1024, or $FL_COORDINATOR_MAX_WAITING_TURNS; 0: none waits).",
+    ),
     limit_concurrency: int | None = typer.Option(
         None,
         min=1,
@@ -208,6 +215,7 @@ def serve(
             ("max_concurrent_uploads", max_concurrent_uploads),
             ("max_queued_uploads", max_queued_uploads),
             ("max_queued_small_uploads", max_queued_small_uploads),
+            ("max_waiting_turns", max_waiting_turns),
         )
         if value is not None
     }

@@ -33,8 +33,9 @@ times a jitter, early or late: early ones are refused again, late ones leave pla
 A held request is there when the place frees. Measured on PostgreSQL with 1,000 dense
 622 KB uploads at once: 3,900-4,100 busy answers a run and 75-110 uploads/s with
 refusals, none and 114-164 uploads/s with waiting turn requests, the same peak RSS. At most
-``waiting_turns`` wait at once (a connection and headers each); beyond, or after ``S``
-seconds, the request gets the booked 503 as above.
+``waiting_turns`` wait at once (a connection and headers each; setting
+``max_waiting_turns``, default 1,024); beyond, or after ``S`` seconds, the request gets the
+booked 503 as above.
 
 Small uploads have a waiting allowance of their own (``small_queue``, from
 ``max_queued_small_uploads``; default 1,024): an upload that declares at most
@@ -98,7 +99,8 @@ TURN_S = 60.0
 """How long a granted upload turn holds its place (the ``PUT`` must start by then)."""
 WAITING_TURNS = 1024
 """Turn requests held at once waiting for a place (``POST .../turn?wait=S``); beyond, 503 at
-once. A waiting one is a connection and a request with no body: a few KB each."""
+once. A waiting one is a connection and a request with no body: a few KB each. The default
+of the setting ``max_waiting_turns``."""
 SMALL_UPLOAD_BYTES = 64 * 1024
 """An upload declaring at most this many bytes is small (uvicorn reads up to 64 KiB of a
 body before flow control pauses the connection; the agent asks for a turn from 64 KiB on)."""

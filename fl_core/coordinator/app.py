@@ -51,6 +51,7 @@ def create_app(
         slots=coord.settings.max_concurrent_uploads,
         queue=coord.settings.max_queued_uploads,
         small_queue=coord.settings.max_queued_small_uploads,
+        waiting_turns=coord.settings.max_waiting_turns,
         retry_after_s=coord.settings.busy_retry_after_s,
     )
 

@@ -23,6 +23,7 @@ ENV_LIMITS = {
     "max_concurrent_uploads": "FL_COORDINATOR_MAX_CONCURRENT_UPLOADS",
     "max_queued_uploads": "FL_COORDINATOR_MAX_QUEUED_UPLOADS",
     "max_queued_small_uploads": "FL_COORDINATOR_MAX_QUEUED_SMALL_UPLOADS",
+    "max_waiting_turns": "FL_COORDINATOR_MAX_WAITING_TURNS",
     "direct_upload_min_bytes": "FL_COORDINATOR_DIRECT_UPLOAD_MIN_BYTES",
 }
 """Settings that may also come from the environment (integers)."""
@@ -72,6 +73,11 @@ class CoordinatorSettings:
         upload or refuses it (a client sends its whole body before reading the answer), so
         refusing it saves no memory and only makes it come back. 0: small uploads are
         counted like the others.
+    max_waiting_turns
+        Upload turn requests (``POST .../turn?wait=S``, before a large upload) allowed to
+        wait for a place at once, one per client: each is a connection and its headers, no
+        body. Beyond, a turn request is refused at once with 503 + ``Retry-After``, as
+        without ``wait``. 0: no turn request waits.
     busy_retry_after_s
         The ``Retry-After`` (whole seconds) of that 503.
     direct_upload_min_bytes
@@ -103,6 +109,7 @@ class CoordinatorSettings:
     max_concurrent_uploads: int = 8
     max_queued_uploads: int = 128
     max_queued_small_uploads: int = 1024
+    max_waiting_turns: int = 1024  # admission.WAITING_TURNS
     busy_retry_after_s: int = 1
     direct_upload_min_bytes: int | None = None
     direct_upload_ttl_s: float = 900.0
@@ -125,6 +132,8 @@ class CoordinatorSettings:
             raise ValueError(
                 f"max_queued_small_uploads must be >= 0, got {self.max_queued_small_uploads}"
             )
+        if self.max_waiting_turns < 0:
+            raise ValueError(f"max_waiting_turns must be >= 0, got {self.max_waiting_turns}")
         if self.busy_retry_after_s < 1:
             raise ValueError(f"busy_retry_after_s must be >= 1, got {self.busy_retry_after_s}")
         if self.direct_upload_min_bytes is not None and self.direct_upload_min_bytes < 0:

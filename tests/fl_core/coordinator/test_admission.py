@@ -26,6 +26,7 @@ from fl_core.coordinator.admission import (
     MAX_RETRY_AFTER_S,
     RATE_SAMPLES,
     TURN_S,
+    WAITING_TURNS,
     Busy,
     UploadAdmission,
 )
@@ -523,7 +524,7 @@ def test_busy_delay_spreads_clients_between_one_and_two_retry_afters() -> None:
 
 
 def test_admission_limits_come_from_the_environment_and_are_checked(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv(ENV_LIMITS["max_concurrent_uploads"], "3")
     monkeypatch.setenv(ENV_LIMITS["max_queued_uploads"], "0")
@@ -536,6 +537,15 @@ def test_admission_limits_come_from_the_environment_and_are_checked(
     assert CoordinatorSettings.local("/tmp/x").max_queued_small_uploads == 1024  # the default
     with pytest.raises(ValueError, match="max_queued_small_uploads"):
         CoordinatorSettings.local("/tmp/x", max_queued_small_uploads=-1)
+
+    monkeypatch.setenv(ENV_LIMITS["max_waiting_turns"], "2")
+    assert CoordinatorSettings.from_env().max_waiting_turns == 2
+    app = create_app(CoordinatorSettings.local(str(tmp_path), max_waiting_turns=2))
+    assert app.state.upload_admission.waiting_turns == 2  # what the app's admission holds
+    app.state.coordinator.close()
+    assert CoordinatorSettings.local("/tmp/x").max_waiting_turns == WAITING_TURNS  # default
+    with pytest.raises(ValueError, match="max_waiting_turns"):
+        CoordinatorSettings.local("/tmp/x", max_waiting_turns=-1)
 
     monkeypatch.setenv(ENV_LIMITS["max_queued_uploads"], "many")
     with pytest.raises(ValueError, match="FL_COORDINATOR_MAX_QUEUED_UPLOADS"):
