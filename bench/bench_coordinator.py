@@ -19,21 +19,21 @@ collection halved every other bare round), upload p50 / p99 latency over all mea
 rounds, the server's peak RSS during the upload phase (``VmHWM`` of a coordinator process
 started after the heartbeat/task/download phase, as after a restart: the registry and store
 persist; that phase's own latency and peak are in the last column), rejected uploads (final
-non-2xx) and lost updates (acknowledged but not in the store), the warm-up's too. Each device
-signs its requests before the timed burst, as it would on its own CPU (here a thousand
-devices share the server's two cores); a retry signs anew. A coordinator upload of at least
-``TURN_MIN_BYTES`` asks for an upload turn first, as the agent does, waiting up to
+non-2xx) and lost updates (acknowledged but not in the store), the warm-up's too. Each
+device signs its requests before the timed burst, as it would on its own CPU (here a
+thousand devices share the server's two cores); a retry signs anew. A coordinator upload of
+at least ``TURN_MIN_BYTES`` asks for an upload turn first, as the agent does, waiting up to
 ``TURN_WAIT_S`` for one (its latency includes that). Busy answers (503 + ``Retry-After``
 from the coordinator's upload admission limit, to a turn or an upload) are retried as the
 agent retries them (after ``Retry-After`` times ``U(1, 2)``, not counted as attempts) and
-counted in the ``busy`` column. The rows go to ``.fl/bench/results/coordinator.json``
-(``coordinator_tls.json`` with ``--tls``, a ``_gate<N>`` suffix for another gate; ``python
-bench/_common.py docs`` renders them into ``docs/benchmarks.md``). ``--db-url`` puts the
-registry on a PostgreSQL server (the production path) instead of SQLite under the run's
-folder: each run makes its own database there and drops it after (rows to
-``coordinator_pg.json``). ``--workers N`` serves the coordinator as ``fl coordinator serve
---workers N`` does (N processes on the port; peak RSS is then the sum over the supervisor
-and its processes; ``_w<N>`` in the file name)::
+counted in the ``busy`` column (the warm-up's too). The rows go to
+``.fl/bench/results/coordinator.json`` (``coordinator_tls.json`` with ``--tls``, a
+``_gate<N>`` suffix for another gate; ``python bench/_common.py docs`` renders them into
+``docs/benchmarks.md``). ``--db-url`` puts the registry on a PostgreSQL server (the
+production path) instead of SQLite under the run's folder: each run makes its own database
+there and drops it after (rows to ``coordinator_pg.json``). ``--workers N`` serves the
+coordinator as ``fl coordinator serve --workers N`` does (N processes on the port; peak RSS
+is then the sum over the supervisor and its processes; ``_w<N>`` in the file name)::
 
     python bench/bench_coordinator.py [--clients 100 1000] [--codecs dense_fp32 topk:0.1+q8]
         [--max-reading-connections N] [--tls]
@@ -295,7 +295,8 @@ class DatabaseCpu:
         now = self.ticks()
         if before is None or now is None:
             return None
-        return sum(t - before.get(pid, 0) for pid, t in now.items()) / os.sysconf("SC_CLK_TCK")
+        # a process gone since: its time moved into the server's reaped children's
+        return (sum(now.values()) - sum(before.values())) / os.sysconf("SC_CLK_TCK")
 
 
 # --------------------------------------------------------------------------- clients

@@ -186,7 +186,7 @@ def serve(
         1,
         min=1,
         envvar="FL_COORDINATOR_WORKERS",
-        help="Processes serving the port (SO_REUSEPORT; one takes 210-290 signed top-k "
+        help="Processes serving the port (SO_REUSEPORT; one takes 400-550 signed top-k "
         "uploads/s on 2 cores). The limits above are per worker. A dead worker is restarted.",
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
@@ -195,8 +195,9 @@ def serve(
 
     Memory is bounded by the upload admission limit: at most --max-concurrent-uploads
     bodies in flight and --max-queued-uploads waiting (plus up to
-    --max-queued-small-uploads small ones, whose bodies the server reads anyway); further
-    uploads get 503 with Retry-After, which agents honour. Before that, at most
+    --max-queued-small-uploads small ones, whose bodies the server reads anyway, and
+    --max-waiting-turns turn requests, which have none); further uploads get 503 with
+    Retry-After, which agents honour. Before that, at most
     --max-reading-connections new connections are read at once; the others wait unread."""
     from fl_core.coordinator import server
     from fl_core.coordinator.app import serving_app

@@ -110,7 +110,7 @@ class UploadRoute(Route):
         if match is Match.FULL:
             campaign, rnd = child["path_params"]["campaign"], child["path_params"]["rnd"]
             if not (
-                _CAMPAIGN.match(campaign)
+                _CAMPAIGN.fullmatch(campaign)
                 and rnd.isascii() and rnd.isdigit() and len(rnd) <= 7
                 and 1 <= int(rnd) <= MAX_ROUND
             ):  # fmt: skip

@@ -230,14 +230,17 @@ class ServerThread:
         self.port = port or free_port()
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
+        self.app: Any = None
+        """The app served (once started)."""
 
     @property
     def url(self) -> str:
         return f"https://{HOST}:{self.port}"
 
     def start(self, app: Any = None) -> ServerThread:
+        self.app = app or create_app(coordinator=self.coord)
         config = uvicorn.Config(
-            app or create_app(coordinator=self.coord),
+            self.app,
             host=HOST,
             port=self.port,
             ssl_certfile=str(self.tls.cert),

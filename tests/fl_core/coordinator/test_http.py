@@ -146,15 +146,25 @@ def test_unsigned_request_is_401(coord: Coordinator, server: ServerThread, tls: 
 
 
 @pytest.mark.parametrize(
-    "path", ["-camp/1", "camp-1/0", "camp-1/1000001", "camp-1/x", "camp-1/" + "9" * 5000]
+    "path",
+    ["-camp/1", "camp-1%0A/1", "camp-1/0", "camp-1/1000001", "camp-1/x", "camp-1/" + "9" * 5000],
 )
 def test_an_upload_to_a_malformed_path_is_400_and_a_wellformed_one_is_served(
     coord: Coordinator, server: ServerThread, tls: TLSFiles, layout, path: str
 ) -> None:
     """Uploads have their own lean route (``UploadRoute``, ahead of the documented one): a
-    campaign off its pattern or a round outside 1..10^6 (a number of 5,000 digits
-    included) falls through to the documented route and gets its 400, not a 500 or 404;
-    the same client's well-formed upload is then served and stored."""
+    campaign off its pattern (a trailing newline included) or a round outside 1..10^6 (a
+    number of 5,000 digits included) falls through to the documented route and gets its
+    400, not a 401, 500 or 404; the same client's well-formed upload is then served, by the
+    lean route, and stored."""
+    from starlette.routing import Match
+
+    from fl_core.coordinator.routers.updates import UploadRoute
+
+    lean = server.app.router.routes[0]
+    assert isinstance(lean, UploadRoute)
+    scope = {"type": "http", "method": "PUT", "path": f"/v1/updates/{CID}/1", "root_path": ""}
+    assert lean.matches(scope)[0] is Match.FULL
     client = enroll(coord, server, tls, "a")
     publish(coord, ["a"])
     with httpx.Client(verify=ssl.create_default_context(cafile=str(tls.ca))) as http:
