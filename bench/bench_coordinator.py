@@ -214,12 +214,13 @@ class Server:
         total, todo = 0.0, [self.proc.pid]
         while todo:
             pid = todo.pop()
+            stat = _proc_stat(pid)
             try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
                 todo += map(int, Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
             except OSError:  # gone meanwhile
                 continue
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            if stat is not None:
+                total += (int(stat[1][11]) + int(stat[1][12])) / os.sysconf("SC_CLK_TCK")
         return total
 
     def peak_rss_mb(self) -> float:
@@ -241,6 +242,17 @@ class Server:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=30)
+
+
+def _proc_stat(pid: int) -> tuple[str, list[str]] | None:
+    """A process's name and the fields of its ``/proc/PID/stat`` after the name (its state
+    first: ppid at 1, utime / stime at 11 / 12); None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    name, rest = stat.split(" (", 1)[1].rsplit(") ", 1)
+    return name, rest.split()
 
 
 class DatabaseCpu:
@@ -276,13 +288,9 @@ class DatabaseCpu:
         for entry in os.scandir("/proc"):
             if not entry.name.isdigit() or int(entry.name) in others:
                 continue
-            try:
-                stat = Path(f"/proc/{entry.name}/stat").read_text()
-            except OSError:  # gone meanwhile
-                continue
-            name, rest = stat.split(" (", 1)[1].rsplit(") ", 1)
-            if name == "postgres":
-                fields = rest.split()  # state, ppid, ...; utime, stime, cutime, cstime at 11-14
+            stat = _proc_stat(int(entry.name))
+            if stat is not None and stat[0] == "postgres":
+                fields = stat[1]  # state, ppid, ...; utime, stime, cutime, cstime at 11-14
                 found[int(entry.name)] = [int(fields[1]), *map(int, fields[11:15])]
         ticks = {}
         for pid, (ppid, utime, stime, cutime, cstime) in found.items():

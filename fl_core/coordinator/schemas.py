@@ -8,6 +8,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 CAMPAIGN_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+MAX_ROUND = 10**6
+"""The highest round number a path may name (rounds count from 1)."""
 _SHA256 = r"^[0-9a-f]{64}$"
 
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Path, Request, Response
 from fl_core.coordinator.api import Coordinator
 from fl_core.coordinator.deps import authenticated, get_coordinator, in_thread
 from fl_core.coordinator.routers._body import parse
-from fl_core.coordinator.schemas import CAMPAIGN_PATTERN, EvaluationIn
+from fl_core.coordinator.schemas import CAMPAIGN_PATTERN, MAX_ROUND, EvaluationIn
 
 router = APIRouter(prefix="/evaluations", tags=["evaluations"])
 
@@ -17,7 +17,7 @@ router = APIRouter(prefix="/evaluations", tags=["evaluations"])
 async def report_evaluation(
     request: Request,
     campaign: str = Path(pattern=CAMPAIGN_PATTERN),
-    rnd: int = Path(ge=1, le=10**6),
+    rnd: int = Path(ge=1, le=MAX_ROUND),
     client_id: str = Depends(authenticated),
     coord: Coordinator = Depends(get_coordinator),
 ) -> Response:

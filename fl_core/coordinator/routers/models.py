@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 
 from fl_core.coordinator.api import Coordinator
 from fl_core.coordinator.deps import authenticated, get_coordinator, in_thread
-from fl_core.coordinator.schemas import CAMPAIGN_PATTERN
+from fl_core.coordinator.schemas import CAMPAIGN_PATTERN, MAX_ROUND
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -23,7 +23,7 @@ CHUNK_BYTES = 64 << 10
 async def download_model(
     request: Request,
     campaign: str = Path(pattern=CAMPAIGN_PATTERN),
-    rnd: int = Path(ge=1, le=10**6),
+    rnd: int = Path(ge=1, le=MAX_ROUND),
     known_version: int | None = Query(None, ge=0, le=10**6),
     client_id: str = Depends(authenticated),
     coord: Coordinator = Depends(get_coordinator),

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Path, Request, Response
 from fl_core.coordinator.api import Coordinator
 from fl_core.coordinator.deps import authenticated, get_coordinator, in_thread
 from fl_core.coordinator.routers._body import parse
-from fl_core.coordinator.schemas import CAMPAIGN_PATTERN, HistogramIn, MonitoringIn
+from fl_core.coordinator.schemas import CAMPAIGN_PATTERN, MAX_ROUND, HistogramIn, MonitoringIn
 
 router = APIRouter(tags=["monitoring"])
 
@@ -22,7 +22,7 @@ router = APIRouter(tags=["monitoring"])
 async def report_histogram(
     request: Request,
     campaign: str = Path(pattern=CAMPAIGN_PATTERN),
-    rnd: int = Path(ge=1, le=10**6),
+    rnd: int = Path(ge=1, le=MAX_ROUND),
     client_id: str = Depends(authenticated),
     coord: Coordinator = Depends(get_coordinator),
 ) -> Response:
@@ -42,7 +42,7 @@ async def report_histogram(
 async def report_monitoring(
     request: Request,
     campaign: str = Path(pattern=CAMPAIGN_PATTERN),
-    rnd: int = Path(ge=1, le=10**6),
+    rnd: int = Path(ge=1, le=MAX_ROUND),
     client_id: str = Depends(authenticated),
     coord: Coordinator = Depends(get_coordinator),
 ) -> Response:

@@ -47,6 +47,7 @@ from fl_core.coordinator.registry import ProtocolError, UploadContext
 from fl_core.coordinator.routers._body import parse
 from fl_core.coordinator.schemas import (
     CAMPAIGN_PATTERN,
+    MAX_ROUND,
     DirectIn,
     DirectOut,
     TurnOut,
@@ -64,7 +65,7 @@ T = TypeVar("T")
 async def upload_update(
     request: Request,
     campaign: str = Path(pattern=CAMPAIGN_PATTERN),
-    rnd: int = Path(ge=1, le=10**6),
+    rnd: int = Path(ge=1, le=MAX_ROUND),
 ) -> JSONResponse:
     """Served by :class:`UploadRoute` for a well-formed path; this route documents it and
     refuses the others."""
@@ -87,8 +88,8 @@ async def upload_update(
     return _uploaded(client_id, rec, fresh)
 
 
-MAX_ROUND = 10**6
 _CAMPAIGN = re.compile(CAMPAIGN_PATTERN)
+_ROUND_DIGITS = len(str(MAX_ROUND))
 
 
 class UploadRoute(Route):
@@ -111,7 +112,7 @@ class UploadRoute(Route):
             campaign, rnd = child["path_params"]["campaign"], child["path_params"]["rnd"]
             if not (
                 _CAMPAIGN.fullmatch(campaign)
-                and rnd.isascii() and rnd.isdigit() and len(rnd) <= 7
+                and rnd.isascii() and rnd.isdigit() and len(rnd) <= _ROUND_DIGITS
                 and 1 <= int(rnd) <= MAX_ROUND
             ):  # fmt: skip
                 return Match.NONE, {}
@@ -127,7 +128,7 @@ async def _upload(request: Request) -> JSONResponse:
 async def upload_turn(
     request: Request,
     campaign: str = Path(pattern=CAMPAIGN_PATTERN),
-    rnd: int = Path(ge=1, le=10**6),
+    rnd: int = Path(ge=1, le=MAX_ROUND),
     wait: float = Query(0.0, ge=0.0, le=300.0),
     coord: Coordinator = Depends(get_coordinator),
 ) -> TurnOut:
@@ -180,7 +181,7 @@ async def _unless_gone(request: Request, waiting: Coroutine[Any, Any, T]) -> T:
 async def direct_upload(
     request: Request,
     campaign: str = Path(pattern=CAMPAIGN_PATTERN),
-    rnd: int = Path(ge=1, le=10**6),
+    rnd: int = Path(ge=1, le=MAX_ROUND),
     client_id: str = Depends(authenticated),
     coord: Coordinator = Depends(get_coordinator),
 ) -> DirectOut:
@@ -198,7 +199,7 @@ async def direct_upload(
 async def commit_direct(
     request: Request,
     campaign: str = Path(pattern=CAMPAIGN_PATTERN),
-    rnd: int = Path(ge=1, le=10**6),
+    rnd: int = Path(ge=1, le=MAX_ROUND),
     client_id: str = Depends(authenticated),
     coord: Coordinator = Depends(get_coordinator),
 ) -> JSONResponse:
