@@ -12,6 +12,7 @@ from fastapi.responses import StreamingResponse
 
 from fl_core.coordinator.api import Coordinator
 from fl_core.coordinator.deps import authenticated, get_coordinator, in_thread
+from fl_core.coordinator.routers import ENDS_CONNECTION
 from fl_core.coordinator.schemas import CAMPAIGN_PATTERN, MAX_ROUND
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -42,6 +43,7 @@ async def download_model(
             "ETag": etag,
             "Cache-Control": "private, no-transform",
             "Content-Length": str(len(prefix) + len(payload)),
+            **ENDS_CONNECTION,
         },
     )
 

@@ -44,6 +44,7 @@ from fl_core.coordinator.deps import (
     in_thread,
 )
 from fl_core.coordinator.registry import ProtocolError, UploadContext
+from fl_core.coordinator.routers import ENDS_CONNECTION
 from fl_core.coordinator.routers._body import parse
 from fl_core.coordinator.schemas import (
     CAMPAIGN_PATTERN,
@@ -226,10 +227,10 @@ async def commit_direct(
 def _uploaded(client_id: str, rec: ReceivedUpdate, fresh: bool) -> JSONResponse:
     """201 (stored now) or 200 (an idempotent retry) with the :class:`UploadOut` fields,
     built as a dict: the pydantic model's construction and dump were about 2 % of the
-    upload path's interpreter time."""
+    upload path's interpreter time. The connection ends with it (:data:`ENDS_CONNECTION`)."""
     out = {"client_id": client_id, "key": rec.key, "sha256": rec.sha256, "size": rec.size,
            "stored": fresh}  # fmt: skip
-    return JSONResponse(out, status_code=201 if fresh else 200)
+    return JSONResponse(out, status_code=201 if fresh else 200, headers=ENDS_CONNECTION)
 
 
 async def _receive(

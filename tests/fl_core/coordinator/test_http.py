@@ -580,6 +580,71 @@ def test_model_download_with_etag_and_delta_from_known_version(
     assert first.content == full and cached.status_code == 304 and cached.content == b""
 
 
+def _exchange(server: ServerThread, tls: TLSFiles, request: bytes) -> tuple[bytes, bool]:
+    """``request`` sent on a TLS connection of its own; the response's head and whether the
+    server then ended the connection (a keep-alive connection stays open, idle, for
+    uvicorn's 5 s: no byte and no end within 2 s)."""
+    import socket
+
+    context = ssl.create_default_context(cafile=str(tls.ca))
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    with raw, context.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
+        conn.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        while len(body) < length:
+            body += conn.recv(65536)
+        assert len(body) == length  # nothing more than the one response
+        conn.settimeout(2.0)
+        try:
+            ended = conn.recv(1) == b""
+        except TimeoutError:
+            ended = False
+    return head, ended
+
+
+def _signed(client: CoordinatorClient, method: str, path: str, body: bytes = b"",
+            **extra: str) -> bytes:  # fmt: skip
+    assert client.identity is not None
+    headers = protocol.sign_request(
+        client.identity.key, client_id=client.identity.client_id, method=method, path=path,
+        body_sha256=hashlib.sha256(body).hexdigest(),
+    )  # fmt: skip
+    headers |= {"Host": "127.0.0.1", "Content-Length": str(len(body)), **extra}
+    lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    return f"{method} {path} HTTP/1.1\r\n{lines}\r\n".encode() + body
+
+
+def test_a_model_download_and_an_accepted_upload_end_their_connection(
+    coord: Coordinator, server: ServerThread, tls: TLSFiles, layout
+) -> None:
+    """A device's connection does not outlive its round's transfers: the TLS layer keeps
+    buffers as large as the largest message a connection carried while it stays open
+    (bench/bench_coordinator.py --tls measures what that did to the coordinator's memory)."""
+    client = enroll(coord, server, tls, "a")
+    publish(coord, ["a"])
+    data = update_bytes(CID, 1, "a", layout)
+    path = f"/v1/updates/{CID}/1"
+
+    health, health_ended = _exchange(server, tls, b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+    model, model_ended = _exchange(server, tls, _signed(client, "GET", f"/v1/models/{CID}/1"))
+    stored, stored_ended = _exchange(server, tls, _signed(
+        client, "PUT", path, data, **{protocol.H_UPDATE_SIGNATURE: sign_update(client, 1, data)}))
+    retried, retried_ended = _exchange(server, tls, _signed(
+        client, "PUT", path, data, **{protocol.H_UPDATE_SIGNATURE: sign_update(client, 1, data)}))
+
+    assert health.startswith(b"HTTP/1.1 200") and not health_ended  # small answers keep it
+    assert model.startswith(b"HTTP/1.1 200") and model_ended
+    assert stored.startswith(b"HTTP/1.1 201") and stored_ended
+    assert retried.startswith(b"HTTP/1.1 200") and retried_ended
+    assert coord.store.get_bytes(update_key(CID, 1, "a")) == data
+    # the agent's client opens a fresh connection for what follows and goes on
+    assert upload(client, 1, data)["stored"] is False
+
+
 @pytest.mark.parametrize("downlink", ["dense_fp32", "q8"])
 def test_each_client_gets_its_own_header_and_deterministic_codecs_share_one_payload(
     coord: Coordinator, server: ServerThread, tls: TLSFiles, layout, downlink: str
