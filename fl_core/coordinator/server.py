@@ -24,7 +24,9 @@ devices that connect once per round.
 Measured (``bench/bench_coordinator.py``, docs/benchmarks.md): over plain HTTP a paused
 connection holds nothing of its request. Over TLS the TLS layer reads the socket below the
 protocol; a paused connection's read buffer is set to zero so it stops too, and what
-arrived with the handshake stays buffered. It needs uvicorn's httptools protocol
+arrived with the handshake stays buffered. Over TLS the listener also runs at most N
+handshakes at once (:class:`HandshakeGate`, made by :func:`make_server`): the handshake
+comes before the gate's protocol sees the connection. It needs uvicorn's httptools protocol
 (``uvicorn[standard]``, in the lock). The Airflow-mounted app is served by Airflow's API
 server and is bounded by the upload admission alone.
 
