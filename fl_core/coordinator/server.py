@@ -256,7 +256,10 @@ def make_server(app: Any, **options: Any) -> Any:
                 await super().startup(sockets)
                 return
             # uvicorn's startup with its listener replaced (uvicorn 0.54: the lifespan, the
-            # protocol factory, self.servers closed at shutdown, self.started)
+            # protocol factory, self.servers closed at shutdown, self.started). The socket
+            # is bound first, as uvicorn binds it for its workers (bind_socket: exits when
+            # the port is taken), so a bind failure leaves no lifespan to shut down.
+            listeners = sockets if sockets is not None else [conf.bind_socket()]
             await self.lifespan.startup()
             if self.lifespan.should_exit:
                 sys.exit(3)  # uvicorn.server.STARTUP_FAILURE
@@ -266,7 +269,6 @@ def make_server(app: Any, **options: Any) -> Any:
                     config=conf, server_state=self.server_state, app_state=self.lifespan.state
                 )
 
-            listeners = sockets if sockets is not None else [conf.bind_socket()]
             gates = [HandshakeGate(s, create_protocol, conf.ssl, max_handshakes, conf.backlog)
                      for s in listeners]  # fmt: skip
             for gate in gates:
@@ -279,19 +281,23 @@ def make_server(app: Any, **options: Any) -> Any:
 
 
 class HandshakeGate:
-    """A listener that runs at most ``max_handshakes`` TLS handshakes at once; the other new
-    connections wait in the kernel's accept queue, not yet accepted (``backlog`` long).
+    """A listener that runs at most ``max_handshakes`` TLS handshakes at once.
 
-    uvicorn's own listener (``loop.create_server(ssl=...)``) accepts every connection at
-    once and starts its handshake at once. A handshake in flight holds OpenSSL's handshake
-    state and buffers, and a thousand at once fragment the heap for good (measured with
-    uvloop's TLS: 1,000 connections opened at once left the process 30 MB larger than the
-    same connections opened 50 at a time). The gate's connections go on to uvicorn's
-    protocol when their handshake is done; one whose handshake fails or times out
-    (``HANDSHAKE_TIMEOUT_S``) is closed and gives its place back. A handshake gives its
-    place back after ``GRACE_S`` in any case and goes on uncounted: clients that connect
-    and send nothing cannot hold the door shut (over loopback a handshake takes about a
-    millisecond of CPU; a device 300 ms away needs about two round trips). Stands in for the
+    uvicorn's own listener (``loop.create_server(ssl=...)``) starts every connection's
+    handshake at once. A handshake in flight holds OpenSSL's handshake state and buffers,
+    and a thousand at once fragment the heap for good (measured with uvloop's TLS: 1,000
+    connections opened at once left the process 30 MB larger than the same connections
+    opened 50 at a time).
+
+    Every connection is accepted at once and waits, unread, until its client has sent
+    something (its ClientHello): a client that connects and stays silent never takes a
+    place, and is closed after ``HANDSHAKE_TIMEOUT_S``. Then it waits for a place, in
+    arrival order, and its handshake runs; the connection goes on to uvicorn's protocol
+    when the handshake is done. A handshake gives its place back when it ends, fails (the
+    connection is closed) or after ``HANDSHAKE_GRACE_S`` in any case, going on uncounted:
+    a slow link, or a client that stalls after its ClientHello, holds a place for a
+    moment only (so new connections start at ``max_handshakes / HANDSHAKE_GRACE_S`` a
+    second at least, 256 at the default, whatever the round trip). Stands in for the
     ``asyncio.Server`` uvicorn closes at shutdown (``close``, ``wait_closed``,
     ``sockets``)."""
 
@@ -315,13 +321,17 @@ class HandshakeGate:
         self._slots: asyncio.Semaphore | None = None
         self._accepting: asyncio.Task[None] | None = None
         self._handshakes: set[asyncio.Task[None]] = set()
+        self._unsettled: set[socket.socket] = set()  # accepted, not yet handed to a transport
+        self._closed = False
         self.handshakes = 0
         """Handshakes done."""
         self.failed = 0
-        """Handshakes failed or timed out."""
+        """Connections closed before their handshake was done (failed, timed out, silent)."""
         self.holding = 0
         """Handshakes holding a place now."""
         self.peak_holding = 0
+        self.silent = 0
+        """Connections accepted whose client has sent nothing yet."""
 
     def start(self) -> None:
         sock = self.sockets[0]
@@ -332,24 +342,55 @@ class HandshakeGate:
 
     async def _accept(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
-        assert self._slots is not None
-        while True:
-            await self._slots.acquire()
+        while not self._closed:
             try:
                 conn, _ = await loop.sock_accept(sock)
-            except OSError as exc:  # out of descriptors, or a connection reset while queued
-                self._slots.release()
-                if sock.fileno() < 0:
+            except Exception as exc:  # out of descriptors, a connection reset while queued
+                if self._closed:
                     return
-                logger.warning("coordinator: accepting a connection failed: %s", exc)
-                await asyncio.sleep(0.1)
+                logger.warning("coordinator: accepting a connection failed: %r", exc)
+                await asyncio.sleep(1.0)  # as asyncio's own server does
                 continue
+            self._unsettled.add(conn)
             task = loop.create_task(self._handshake(conn))
             self._handshakes.add(task)
             task.add_done_callback(self._handshakes.discard)
 
     async def _handshake(self, conn: socket.socket) -> None:
+        try:
+            if await self._spoke(conn):
+                await self._handshake_in_turn(conn)
+            else:
+                self.failed += 1
+                conn.close()
+        finally:
+            self._unsettled.discard(conn)
+
+    async def _spoke(self, conn: socket.socket) -> bool:
+        """Whether the client sent something (or closed) within the handshake timeout."""
         loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+        fd = conn.fileno()
+
+        def readable() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        loop.add_reader(fd, readable)
+        self.silent += 1
+        try:
+            await asyncio.wait_for(ready, HANDSHAKE_TIMEOUT_S)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self.silent -= 1
+            loop.remove_reader(fd)
+
+    async def _handshake_in_turn(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._slots is not None
+        await self._slots.acquire()
         holding = True
         self.holding += 1
         self.peak_holding = max(self.peak_holding, self.holding)
@@ -362,27 +403,31 @@ class HandshakeGate:
                 assert self._slots is not None
                 self._slots.release()
 
-        # a client that connects and stays silent (or a very slow link) keeps its place for
-        # GRACE_S at most; its handshake goes on outside the count, up to the timeout
-        timer = loop.call_later(GRACE_S, give_back)
+        timer = loop.call_later(HANDSHAKE_GRACE_S, give_back)
         try:
             await loop.connect_accepted_socket(
                 self._factory, conn, ssl=self._ssl, ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S
             )
             self.handshakes += 1
-        except OSError as exc:  # ssl.SSLError and TimeoutError are OSErrors
+        except Exception as exc:  # ssl.SSLError, TimeoutError and resets are OSErrors
             self.failed += 1
-            logger.debug("coordinator: a TLS handshake failed: %r", exc)
+            if isinstance(exc, OSError):
+                logger.debug("coordinator: a TLS handshake failed: %r", exc)
+            else:
+                logger.warning("coordinator: a TLS handshake failed: %r", exc)
             conn.close()
         finally:
             timer.cancel()
             give_back()
 
     def close(self) -> None:
+        self._closed = True
         if self._accepting is not None:
             self._accepting.cancel()
         for task in self._handshakes:
             task.cancel()
+        for conn in self._unsettled:  # a task cancelled before it ran holds one
+            conn.close()
         self.sockets[0].close()
 
     async def wait_closed(self) -> None:
@@ -391,7 +436,12 @@ class HandshakeGate:
 
 
 HANDSHAKE_TIMEOUT_S = 60.0
-"""How long a new connection's TLS handshake may take (asyncio's default)."""
+"""How long a new connection may stay silent, and its TLS handshake take (asyncio's
+default handshake timeout)."""
+
+HANDSHAKE_GRACE_S = 0.25
+"""How long a handshake holds its place at most (over loopback one takes about a
+millisecond of CPU; a device 300 ms away needs a round trip after its ClientHello)."""
 
 
 def run(app: Any, *, reuse_port: bool = False, **options: Any) -> None:

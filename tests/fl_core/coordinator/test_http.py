@@ -592,11 +592,15 @@ def _exchange(server: ServerThread, tls: TLSFiles, request: bytes) -> tuple[byte
         conn.sendall(request)
         data = b""
         while b"\r\n\r\n" not in data:
-            data += conn.recv(65536)
+            chunk = conn.recv(65536)
+            assert chunk, f"the connection ended before the response's head: {data!r}"
+            data += chunk
         head, _, body = data.partition(b"\r\n\r\n")
         length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
         while len(body) < length:
-            body += conn.recv(65536)
+            chunk = conn.recv(65536)
+            assert chunk, "the connection ended before the response's body"
+            body += chunk
         assert len(body) == length  # nothing more than the one response
         conn.settimeout(2.0)
         try:
