@@ -24,9 +24,7 @@ devices that connect once per round.
 Measured (``bench/bench_coordinator.py``, docs/benchmarks.md): over plain HTTP a paused
 connection holds nothing of its request. Over TLS the TLS layer reads the socket below the
 protocol; a paused connection's read buffer is set to zero so it stops too, and what
-arrived with the handshake stays buffered. Over TLS the listener also runs at most N
-handshakes at once (:class:`HandshakeGate`, made by :func:`make_server`): the handshake
-comes before the gate's protocol sees the connection. It needs uvicorn's httptools protocol
+arrived with the handshake stays buffered. It needs uvicorn's httptools protocol
 (``uvicorn[standard]``, in the lock). The Airflow-mounted app is served by Airflow's API
 server and is bounded by the upload admission alone.
 
@@ -42,7 +40,6 @@ import contextlib
 import logging
 import signal
 import socket
-import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -50,10 +47,7 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "DEFAULT_MAX_READING", "HandshakeGate", "ReadGate", "config", "gated_protocol", "make_server",
-    "run", "serve_workers",
-]  # fmt: skip
+__all__ = ["DEFAULT_MAX_READING", "ReadGate", "config", "gated_protocol", "run", "serve_workers"]
 
 DEFAULT_MAX_READING = 64
 """``fl coordinator serve``'s gate: new connections read and answered at once (0: off)."""
@@ -244,212 +238,14 @@ def config(
     return uvicorn.Config(app, host=host, port=port, **uvicorn_options)
 
 
-def make_server(app: Any, **options: Any) -> Any:
-    """The uvicorn server of :func:`config`; over TLS, behind a read gate, its listener also
-    runs at most ``max_reading`` TLS handshakes at once (:class:`HandshakeGate`)."""
-    import uvicorn
-
-    class Server(uvicorn.Server):
-        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-            conf = self.config
-            if not (max_handshakes and conf.ssl is not None and conf.fd is None and not conf.uds):
-                await super().startup(sockets)
-                return
-            # uvicorn's startup with its listener replaced (uvicorn 0.54: the lifespan, the
-            # protocol factory, self.servers closed at shutdown, self.started). The socket
-            # is bound first, as uvicorn binds it for its workers (bind_socket: exits when
-            # the port is taken), so a bind failure leaves no lifespan to shut down.
-            listeners = sockets if sockets is not None else [conf.bind_socket()]
-            await self.lifespan.startup()
-            if self.lifespan.should_exit:
-                sys.exit(3)  # uvicorn.server.STARTUP_FAILURE
-
-            def create_protocol() -> asyncio.Protocol:
-                return conf.http_protocol_class(  # type: ignore[call-arg]
-                    config=conf, server_state=self.server_state, app_state=self.lifespan.state
-                )
-
-            gates = [HandshakeGate(s, create_protocol, conf.ssl, max_handshakes, conf.backlog)
-                     for s in listeners]  # fmt: skip
-            for gate in gates:
-                gate.start()
-            self.servers = gates  # type: ignore[assignment]
-            self.started = True
-
-    max_handshakes = options.get("max_reading")
-    return Server(config(app, **options))
-
-
-class HandshakeGate:
-    """A listener that runs at most ``max_handshakes`` TLS handshakes at once.
-
-    uvicorn's own listener (``loop.create_server(ssl=...)``) starts every connection's
-    handshake at once. A handshake in flight holds OpenSSL's handshake state and buffers,
-    and a thousand at once fragment the heap for good (measured with uvloop's TLS: 1,000
-    connections opened at once left the process 30 MB larger than the same connections
-    opened 50 at a time).
-
-    Every connection is accepted at once and waits, unread, until its client has sent
-    something (its ClientHello): a client that connects and stays silent never takes a
-    place, and is closed after ``HANDSHAKE_TIMEOUT_S``. Then it waits for a place, in
-    arrival order, and its handshake runs; the connection goes on to uvicorn's protocol
-    when the handshake is done. A handshake gives its place back when it ends, fails (the
-    connection is closed) or after ``HANDSHAKE_GRACE_S`` in any case, going on uncounted:
-    a slow link, or a client that stalls after its ClientHello, holds a place for a
-    moment only (so new connections start at ``max_handshakes / HANDSHAKE_GRACE_S`` a
-    second at least, 256 at the default, whatever the round trip). Stands in for the
-    ``asyncio.Server`` uvicorn closes at shutdown (``close``, ``wait_closed``,
-    ``sockets``)."""
-
-    def __init__(
-        self,
-        sock: socket.socket,
-        protocol_factory: Callable[[], asyncio.Protocol],
-        ssl_context: Any,
-        max_handshakes: int,
-        backlog: int = 2048,
-    ) -> None:
-        if isinstance(max_handshakes, bool) or not isinstance(max_handshakes, int) or (
-            max_handshakes < 1
-        ):
-            raise ValueError(f"max_handshakes must be an integer >= 1, got {max_handshakes!r}")
-        self.sockets = [sock]
-        self._factory = protocol_factory
-        self._ssl = ssl_context
-        self._backlog = backlog
-        self.max_handshakes = max_handshakes
-        self._slots: asyncio.Semaphore | None = None
-        self._accepting: asyncio.Task[None] | None = None
-        self._handshakes: set[asyncio.Task[None]] = set()
-        self._unsettled: set[socket.socket] = set()  # accepted, not yet handed to a transport
-        self._closed = False
-        self.handshakes = 0
-        """Handshakes done."""
-        self.failed = 0
-        """Connections closed before their handshake was done (failed, timed out, silent)."""
-        self.holding = 0
-        """Handshakes holding a place now."""
-        self.peak_holding = 0
-        self.silent = 0
-        """Connections accepted whose client has sent nothing yet."""
-
-    def start(self) -> None:
-        sock = self.sockets[0]
-        sock.setblocking(False)
-        sock.listen(self._backlog)
-        self._slots = asyncio.Semaphore(self.max_handshakes)
-        self._accepting = asyncio.get_running_loop().create_task(self._accept(sock))
-
-    async def _accept(self, sock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        while not self._closed:
-            try:
-                conn, _ = await loop.sock_accept(sock)
-            except Exception as exc:  # out of descriptors, a connection reset while queued
-                if self._closed:
-                    return
-                logger.warning("coordinator: accepting a connection failed: %r", exc)
-                await asyncio.sleep(1.0)  # as asyncio's own server does
-                continue
-            self._unsettled.add(conn)
-            task = loop.create_task(self._handshake(conn))
-            self._handshakes.add(task)
-            task.add_done_callback(self._handshakes.discard)
-
-    async def _handshake(self, conn: socket.socket) -> None:
-        try:
-            if await self._spoke(conn):
-                await self._handshake_in_turn(conn)
-            else:
-                self.failed += 1
-                conn.close()
-        finally:
-            self._unsettled.discard(conn)
-
-    async def _spoke(self, conn: socket.socket) -> bool:
-        """Whether the client sent something (or closed) within the handshake timeout."""
-        loop = asyncio.get_running_loop()
-        ready: asyncio.Future[None] = loop.create_future()
-        fd = conn.fileno()
-
-        def readable() -> None:
-            if not ready.done():
-                ready.set_result(None)
-
-        loop.add_reader(fd, readable)
-        self.silent += 1
-        try:
-            await asyncio.wait_for(ready, HANDSHAKE_TIMEOUT_S)
-            return True
-        except TimeoutError:
-            return False
-        finally:
-            self.silent -= 1
-            loop.remove_reader(fd)
-
-    async def _handshake_in_turn(self, conn: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        assert self._slots is not None
-        await self._slots.acquire()
-        holding = True
-        self.holding += 1
-        self.peak_holding = max(self.peak_holding, self.holding)
-
-        def give_back() -> None:
-            nonlocal holding
-            if holding:
-                holding = False
-                self.holding -= 1
-                assert self._slots is not None
-                self._slots.release()
-
-        timer = loop.call_later(HANDSHAKE_GRACE_S, give_back)
-        try:
-            await loop.connect_accepted_socket(
-                self._factory, conn, ssl=self._ssl, ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S
-            )
-            self.handshakes += 1
-        except Exception as exc:  # ssl.SSLError, TimeoutError and resets are OSErrors
-            self.failed += 1
-            if isinstance(exc, OSError):
-                logger.debug("coordinator: a TLS handshake failed: %r", exc)
-            else:
-                logger.warning("coordinator: a TLS handshake failed: %r", exc)
-            conn.close()
-        finally:
-            timer.cancel()
-            give_back()
-
-    def close(self) -> None:
-        self._closed = True
-        if self._accepting is not None:
-            self._accepting.cancel()
-        for task in self._handshakes:
-            task.cancel()
-        for conn in self._unsettled:  # a task cancelled before it ran holds one
-            conn.close()
-        self.sockets[0].close()
-
-    async def wait_closed(self) -> None:
-        tasks = [t for t in (self._accepting, *self._handshakes) if t is not None]
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
-HANDSHAKE_TIMEOUT_S = 60.0
-"""How long a new connection may stay silent, and its TLS handshake take (asyncio's
-default handshake timeout)."""
-
-HANDSHAKE_GRACE_S = 0.25
-"""How long a handshake holds its place at most (over loopback one takes about a
-millisecond of CPU; a device 300 ms away needs a round trip after its ClientHello)."""
-
-
 def run(app: Any, *, reuse_port: bool = False, **options: Any) -> None:
     """Serve ``app`` until interrupted (``options`` as for :func:`config`); with
     ``reuse_port`` on a socket of its own that shares the port with other workers
     (``SO_REUSEPORT``: the kernel spreads new connections over the workers)."""
+    import uvicorn
+
     _release_large_blocks_promptly()
-    server = make_server(app, **options)
+    server = uvicorn.Server(config(app, **options))
     if not reuse_port:
         server.run()
         return

@@ -63,19 +63,14 @@ class Counting:
 
 
 @contextmanager
-def gated(
-    app: FastAPI, max_reading: int | None, tls: TLSFiles | None = None,
-    seen: list[uvicorn.Server] | None = None,
-) -> Iterator[str]:  # fmt: skip
-    """The URL of ``app`` served as ``server.run`` serves it (its server appended to
-    ``seen``)."""
+def gated(app: FastAPI, max_reading: int | None, tls: TLSFiles | None = None) -> Iterator[str]:
     port = free_port()
     options: dict[str, Any] = {"log_level": "warning", "lifespan": "off"}
     if tls is not None:
         options.update(ssl_certfile=str(tls.cert), ssl_keyfile=str(tls.key))
-    srv = server.make_server(app, host=HOST, port=port, max_reading=max_reading, **options)
-    if seen is not None:
-        seen.append(srv)
+    srv = uvicorn.Server(
+        server.config(app, host=HOST, port=port, max_reading=max_reading, **options)
+    )
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -116,39 +111,6 @@ def test_the_gate_bounds_the_connections_read_at_once_and_serves_every_one(
         gate: server.ReadGate = counting.app.state.read_gate
         assert gate.waits >= 12 - max_reading - gate.peak_reading
         assert gate.reading == 0 and gate.waiting == 0
-
-
-def test_over_tls_at_most_n_handshakes_run_at_once_and_silent_or_plaintext_clients_hold_none(
-    tls: TLSFiles,
-) -> None:
-    """Behind a gate of 2, the TLS listener runs at most 2 handshakes at once and serves
-    every client. Twenty clients that connect and say nothing take no place (they would
-    have shut the door for 10 s at a second each), and a plaintext request to the TLS port
-    fails its handshake and is closed."""
-    counting = Counting()
-    seen: list[uvicorn.Server] = []
-    with gated(counting.app, 2, tls, seen) as url:
-        gate = seen[0].servers[0]
-        assert isinstance(gate, server.HandshakeGate)
-        port = int(url.rsplit(":", 1)[1])
-        silent = [socket.create_connection((HOST, port)) for _ in range(20)]
-        plain = socket.create_connection((HOST, port))
-        try:
-            plain.sendall(b"GET /upload HTTP/1.1\r\nHost: x\r\n\r\n")
-            verify = ssl.create_default_context(cafile=str(tls.ca))
-            statuses = asyncio.run(asyncio.wait_for(_uploads(url, 12, 20_000, verify), 5))
-            plain.settimeout(10)
-            while plain.recv(4096):  # at most a TLS alert, then the end
-                pass
-            parked = gate.silent
-        finally:
-            for sock in (*silent, plain):
-                sock.close()
-        handshakes, failed, peak = gate.handshakes, gate.failed, gate.peak_holding
-    assert statuses == [200] * 12 and counting.done == 12
-    assert parked == 20  # still waiting for a ClientHello, holding nothing
-    assert handshakes == 12 and failed >= 1
-    assert 1 <= peak <= 2
 
 
 def test_long_polls_hold_no_place() -> None:
