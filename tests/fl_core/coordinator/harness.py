@@ -8,6 +8,7 @@ import datetime as dt
 import hashlib
 import ipaddress
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -265,6 +266,21 @@ class ServerThread:
             self._server.force_exit = True  # do not wait for idle keep-alive clients
             self._thread.join(timeout=20)
         self._server = None
+
+
+def raw_request(
+    server: ServerThread, tls: TLSFiles, request_line: str, headers: dict[str, str], length: int
+) -> ssl.SSLSocket:
+    """A TLS socket to ``server`` on which the request's line and headers were sent (the
+    body, ``length`` bytes, is the caller's to send, or not)."""
+    context = ssl.create_default_context(cafile=str(tls.ca))
+    raw = socket.create_connection((HOST, server.port), timeout=30)
+    sock = context.wrap_socket(raw, server_hostname=HOST)
+    head = [request_line, f"Host: {HOST}:{server.port}"]
+    head += [f"{k}: {v}" for k, v in headers.items()]
+    head += [f"Content-Length: {length}", "", ""]
+    sock.sendall("\r\n".join(head).encode())
+    return sock
 
 
 @contextmanager

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import hashlib
 import math
-import socket
 import ssl
 import threading
 import time
@@ -36,9 +35,9 @@ from fl_core.coordinator.settings import ENV_LIMITS, CoordinatorSettings
 from fl_core.models import Layout
 from fl_core.rounds.layout import update_key
 from tests.fl_core.coordinator.harness import (
-    HOST,
     ServerThread,
     TLSFiles,
+    raw_request,
     start_campaign,
     task_dict,
     update_bytes,
@@ -111,21 +110,6 @@ def upload_headers(identity: Identity, data: bytes) -> dict[str, str]:
             body_sha256=hashlib.sha256(data).hexdigest(),
         ),
     }
-
-
-def raw_request(
-    server: ServerThread, tls: TLSFiles, request_line: str, headers: dict[str, str], length: int
-) -> ssl.SSLSocket:
-    """A TLS socket to ``server`` on which the request's line and headers were sent (the
-    body, ``length`` bytes, is the caller's to send, or not)."""
-    context = ssl.create_default_context(cafile=str(tls.ca))
-    raw = socket.create_connection((HOST, server.port), timeout=30)
-    sock = context.wrap_socket(raw, server_hostname=HOST)
-    head = [request_line, f"Host: {HOST}:{server.port}"]
-    head += [f"{k}: {v}" for k, v in headers.items()]
-    head += [f"Content-Length: {length}", "", ""]
-    sock.sendall("\r\n".join(head).encode())
-    return sock
 
 
 class SlowUpload:

@@ -25,6 +25,7 @@ from fl_core.rounds.layout import signature_key, update_key
 from tests.fl_core.coordinator.harness import (
     ServerThread,
     TLSFiles,
+    raw_request,
     start_campaign,
     task_dict,
     update_bytes,
@@ -580,46 +581,40 @@ def test_model_download_with_etag_and_delta_from_known_version(
     assert first.content == full and cached.status_code == 304 and cached.content == b""
 
 
-def _exchange(server: ServerThread, tls: TLSFiles, request: bytes) -> tuple[bytes, bool]:
-    """``request`` sent on a TLS connection of its own; the response's head and whether the
-    server then ended the connection (a keep-alive connection stays open, idle, for
-    uvicorn's 5 s: no byte and no end within 2 s)."""
-    import socket
-
-    context = ssl.create_default_context(cafile=str(tls.ca))
-    raw = socket.create_connection(("127.0.0.1", server.port), timeout=30)
-    with raw, context.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
-        conn.sendall(request)
+def _exchange(sock: ssl.SSLSocket, body: bytes = b"") -> tuple[bytes, bool]:
+    """``body`` sent on ``sock`` (a :func:`raw_request`), then the response's head and
+    whether the server ended the connection after it (a keep-alive connection stays open,
+    idle, for uvicorn's 5 s: no byte and no end within 2 s)."""
+    with sock:
+        sock.sendall(body)
         data = b""
         while b"\r\n\r\n" not in data:
-            chunk = conn.recv(65536)
+            chunk = sock.recv(65536)
             assert chunk, f"the connection ended before the response's head: {data!r}"
             data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
+        head, _, rest = data.partition(b"\r\n\r\n")
         length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-        while len(body) < length:
-            chunk = conn.recv(65536)
+        while len(rest) < length:
+            chunk = sock.recv(65536)
             assert chunk, "the connection ended before the response's body"
-            body += chunk
-        assert len(body) == length  # nothing more than the one response
-        conn.settimeout(2.0)
+            rest += chunk
+        assert len(rest) == length  # nothing more than the one response
+        sock.settimeout(2.0)
         try:
-            ended = conn.recv(1) == b""
+            ended = sock.recv(1) == b""
         except TimeoutError:
             ended = False
     return head, ended
 
 
 def _signed(client: CoordinatorClient, method: str, path: str, body: bytes = b"",
-            **extra: str) -> bytes:  # fmt: skip
+            **extra: str) -> dict[str, str]:  # fmt: skip
+    """The agent's authentication headers for the request (and ``extra``)."""
     assert client.identity is not None
-    headers = protocol.sign_request(
+    return protocol.sign_request(
         client.identity.key, client_id=client.identity.client_id, method=method, path=path,
         body_sha256=hashlib.sha256(body).hexdigest(),
-    )  # fmt: skip
-    headers |= {"Host": "127.0.0.1", "Content-Length": str(len(body)), **extra}
-    lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-    return f"{method} {path} HTTP/1.1\r\n{lines}\r\n".encode() + body
+    ) | extra  # fmt: skip
 
 
 def test_a_model_download_and_an_accepted_upload_end_their_connection(
@@ -633,12 +628,17 @@ def test_a_model_download_and_an_accepted_upload_end_their_connection(
     data = update_bytes(CID, 1, "a", layout)
     path = f"/v1/updates/{CID}/1"
 
-    health, health_ended = _exchange(server, tls, b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
-    model, model_ended = _exchange(server, tls, _signed(client, "GET", f"/v1/models/{CID}/1"))
-    stored, stored_ended = _exchange(server, tls, _signed(
-        client, "PUT", path, data, **{protocol.H_UPDATE_SIGNATURE: sign_update(client, 1, data)}))
-    retried, retried_ended = _exchange(server, tls, _signed(
-        client, "PUT", path, data, **{protocol.H_UPDATE_SIGNATURE: sign_update(client, 1, data)}))
+    def put() -> tuple[bytes, bool]:
+        signature = {protocol.H_UPDATE_SIGNATURE: sign_update(client, 1, data)}
+        headers = _signed(client, "PUT", path, data, **signature)
+        return _exchange(raw_request(server, tls, f"PUT {path} HTTP/1.1", headers, len(data)), data)
+
+    model_path = f"/v1/models/{CID}/1"
+    health, health_ended = _exchange(raw_request(server, tls, "GET /v1/health HTTP/1.1", {}, 0))
+    model, model_ended = _exchange(raw_request(
+        server, tls, f"GET {model_path} HTTP/1.1", _signed(client, "GET", model_path), 0))
+    stored, stored_ended = put()
+    retried, retried_ended = put()
 
     assert health.startswith(b"HTTP/1.1 200") and not health_ended  # small answers keep it
     assert model.startswith(b"HTTP/1.1 200") and model_ended
