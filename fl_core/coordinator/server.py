@@ -24,7 +24,8 @@ devices that connect once per round.
 Measured (``bench/bench_coordinator.py``, docs/benchmarks.md): over plain HTTP a paused
 connection holds nothing of its request. Over TLS the TLS layer reads the socket below the
 protocol; a paused connection's read buffer is set to zero so it stops too, and what
-arrived with the handshake stays buffered. It needs uvicorn's httptools protocol
+arrived with the handshake stays buffered. Over TLS the gate sees a connection only after
+its handshake, so the listener paces the handshakes (:class:`PacedListener`). It needs uvicorn's httptools protocol
 (``uvicorn[standard]``, in the lock). The Airflow-mounted app is served by Airflow's API
 server and is bounded by the upload admission alone.
 
@@ -40,6 +41,7 @@ import contextlib
 import logging
 import signal
 import socket
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -47,7 +49,16 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_MAX_READING", "ReadGate", "config", "gated_protocol", "run", "serve_workers"]
+__all__ = [
+    "DEFAULT_MAX_READING",
+    "PacedListener",
+    "ReadGate",
+    "config",
+    "gated_protocol",
+    "make_server",
+    "run",
+    "serve_workers",
+]
 
 DEFAULT_MAX_READING = 64
 """``fl coordinator serve``'s gate: new connections read and answered at once (0: off)."""
@@ -238,14 +249,221 @@ def config(
     return uvicorn.Config(app, host=host, port=port, **uvicorn_options)
 
 
+def make_server(app: Any, **options: Any) -> Any:
+    """The uvicorn server of :func:`config` (``options`` as there). Over TLS its listener is
+    a :class:`PacedListener`: one new connection per turn of the event loop, at most
+    ``max_reading`` (or ``DEFAULT_MAX_READING``) TLS handshakes at once."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            conf = self.config
+            if conf.ssl is None or conf.fd is not None or conf.uds:
+                await super().startup(sockets)
+                return
+            # uvicorn's startup (0.54) with its listener replaced: the lifespan, the protocol
+            # factory, self.servers (closed at shutdown), self.started. The socket is bound
+            # first, as uvicorn binds it for its workers (bind_socket logs the address and
+            # exits when the port is taken), so a bind failure leaves no lifespan running.
+            listeners = sockets if sockets is not None else [conf.bind_socket()]
+            await self.lifespan.startup()
+            if self.lifespan.should_exit:
+                sys.exit(3)  # uvicorn.server.STARTUP_FAILURE
+
+            def create_protocol() -> asyncio.Protocol:
+                return conf.http_protocol_class(  # type: ignore[call-arg]
+                    config=conf, server_state=self.server_state, app_state=self.lifespan.state
+                )
+
+            paced = [PacedListener(s, create_protocol, conf.ssl, max_handshakes, conf.backlog)
+                     for s in listeners]  # fmt: skip
+            for listener in paced:
+                listener.start()
+            self.servers = paced  # type: ignore[assignment]
+            self.started = True
+
+    max_handshakes = options.get("max_reading") or DEFAULT_MAX_READING
+    return Server(config(app, **options))
+
+
+class PacedListener:
+    """A TLS listener that accepts one connection per turn of the event loop (as nginx does
+    by default, ``multi_accept off``) and runs at most ``max_handshakes`` TLS handshakes at
+    once; the other connections wait in the kernel's accept queue (``backlog`` long), where
+    they cost the process nothing.
+
+    uvicorn's listener (``loop.create_server``; libuv underneath) accepts every queued
+    connection at once and starts each one's handshake. With a thousand devices connecting
+    together the process then holds a thousand handshakes and, once they are done, a
+    thousand connections waiting to be served, each with its TLS state (its buffers and
+    OpenSSL's, 50-100 KB); the read gate can pause a connection only after its handshake.
+    Measured with 1,000 HTTPS devices uploading 622 KB at once (``bench/bench_coordinator.py
+    --tls --clients 1000 --codecs dense_fp32``): peak RSS 298-314 MB with uvicorn's
+    listener, 309-312 MB accepting one per turn alone (an idle loop turns fast and takes the
+    whole herd in before the work starts), 243 MB with the handshakes bounded too (273 MB
+    with a 0.25 s grace).
+
+    A handshake gives its place back when it ends, or after ``HANDSHAKE_GRACE_S`` in any
+    case and goes on uncounted, up to ``HANDSHAKE_TIMEOUT_S``: a client that connects and
+    says nothing, or a slow link, holds a place for a moment only, as a silent connection
+    holds a place of the read gate. So new connections start at ``max_handshakes /
+    HANDSHAKE_GRACE_S`` a second at least (64 at the defaults), whatever the clients do.
+    Silent connections arriving faster than that delay the others' handshakes (they wait
+    their turn in the accept queue), as they would hold every place of the read gate over
+    plain HTTP; uvicorn's listener would hold each of them, a descriptor and its TLS state,
+    for the handshake timeout (3,840 at 64 a second). Bounding that is the load balancer's
+    work (connection rate limits per source). A connection goes on to uvicorn's protocol
+    once its handshake is done; one whose handshake fails is closed by its TLS transport.
+    Stands in for the ``asyncio.Server`` uvicorn closes at shutdown (``close``,
+    ``wait_closed``, ``sockets``)."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        protocol_factory: Callable[[], asyncio.Protocol],
+        ssl_context: Any,
+        max_handshakes: int = DEFAULT_MAX_READING,
+        backlog: int = 2048,
+    ) -> None:
+        if (
+            isinstance(max_handshakes, bool)
+            or not isinstance(max_handshakes, int)
+            or (max_handshakes < 1)
+        ):
+            raise ValueError(f"max_handshakes must be an integer >= 1, got {max_handshakes!r}")
+        self.sockets = [sock]
+        self._factory = protocol_factory
+        self._ssl = ssl_context
+        self._backlog = backlog
+        self.max_handshakes = max_handshakes
+        self._places: asyncio.Semaphore | None = None
+        self._accepting: asyncio.Task[None] | None = None
+        self._handshakes: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self.accepted = 0
+        self.handshakes = 0
+        """Handshakes done."""
+        self.failed = 0
+        """Handshakes failed or timed out (their connections closed)."""
+        self.holding = 0
+        """Handshakes holding a place now."""
+        self.peak_holding = 0
+        self.graced = 0
+        """Handshakes that gave their place back unfinished, after the grace period."""
+
+    def start(self) -> None:
+        sock = self.sockets[0]
+        sock.setblocking(False)
+        sock.listen(self._backlog)
+        self._places = asyncio.Semaphore(self.max_handshakes)
+        self._accepting = asyncio.get_running_loop().create_task(self._accept(sock))
+
+    async def _accept(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._places is not None
+        while not self._closed:
+            await self._places.acquire()
+            try:
+                conn, _ = sock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                # nothing queued (or a connection reset while it was): wait for the next
+                self._places.release()
+                await _readable(loop, sock)
+                continue
+            except OSError as exc:  # out of descriptors or memory
+                self._places.release()
+                if self._closed:
+                    return
+                logger.warning("coordinator: accepting a connection failed: %r", exc)
+                await asyncio.sleep(ACCEPT_RETRY_S)
+                continue
+            self.accepted += 1
+            self.holding += 1
+            self.peak_holding = max(self.peak_holding, self.holding)
+            conn.setblocking(False)
+            task = loop.create_task(self._handshake(conn))
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshakes.discard)
+            await asyncio.sleep(0)  # one connection per turn of the loop
+
+    async def _handshake(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        holding = True
+
+        def give_back(graced: bool) -> None:
+            nonlocal holding
+            if holding:
+                holding = False
+                self.holding -= 1
+                self.graced += graced
+                assert self._places is not None
+                self._places.release()
+
+        timer = loop.call_later(HANDSHAKE_GRACE_S, give_back, True)
+        try:
+            await loop.connect_accepted_socket(
+                self._factory, conn, ssl=self._ssl, ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S
+            )
+        except Exception as exc:  # ssl.SSLError, TimeoutError and resets are OSErrors
+            # the TLS transport owns the socket and has closed it: it holds an I/O reference
+            # (this close only marks it) and detaches it when it closes
+            self.failed += 1
+            if isinstance(exc, OSError):
+                logger.debug("coordinator: a TLS handshake failed: %r", exc)
+            else:
+                logger.warning("coordinator: a TLS handshake failed: %r", exc)
+            conn.close()  # a no-op once detached; closes it if the transport never took it
+        else:
+            self.handshakes += 1
+        finally:
+            timer.cancel()
+            give_back(False)
+
+    def close(self) -> None:
+        self._closed = True
+        if self._accepting is not None:
+            self._accepting.cancel()
+        for task in self._handshakes:
+            task.cancel()
+        self.sockets[0].close()
+
+    async def wait_closed(self) -> None:
+        tasks = [t for t in (self._accepting, *self._handshakes) if t is not None]
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(sock.fileno(), readable)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(sock.fileno())
+
+
+HANDSHAKE_TIMEOUT_S = 60.0
+"""How long a TLS handshake may take (asyncio's default)."""
+
+HANDSHAKE_GRACE_S = GRACE_S
+"""How long a handshake holds its place at most: as long as the read gate lets a silent
+connection keep its place (over loopback a handshake takes about a millisecond of the
+coordinator's CPU; a device 300 ms away needs one round trip after its ClientHello)."""
+
+ACCEPT_RETRY_S = 1.0
+"""The pause after accepting failed for want of descriptors or memory (asyncio's)."""
+
+
 def run(app: Any, *, reuse_port: bool = False, **options: Any) -> None:
     """Serve ``app`` until interrupted (``options`` as for :func:`config`); with
     ``reuse_port`` on a socket of its own that shares the port with other workers
     (``SO_REUSEPORT``: the kernel spreads new connections over the workers)."""
-    import uvicorn
-
     _release_large_blocks_promptly()
-    server = uvicorn.Server(config(app, **options))
+    server = make_server(app, **options)
     if not reuse_port:
         server.run()
         return
