@@ -25,9 +25,10 @@ Measured (``bench/bench_coordinator.py``, docs/benchmarks.md): over plain HTTP a
 connection holds nothing of its request. Over TLS the TLS layer reads the socket below the
 protocol; a paused connection's read buffer is set to zero so it stops too, and what
 arrived with the handshake stays buffered. Over TLS the gate sees a connection only after
-its handshake, so the listener paces the handshakes (:class:`PacedListener`). It needs uvicorn's httptools protocol
-(``uvicorn[standard]``, in the lock). The Airflow-mounted app is served by Airflow's API
-server and is bounded by the upload admission alone.
+its handshake, so the listener paces the handshakes (:class:`PacedListener`). The gate
+needs uvicorn's httptools protocol (``uvicorn[standard]``, in the lock). The
+Airflow-mounted app is served by Airflow's API server and is bounded by the upload
+admission alone.
 
 :func:`serve_workers` (``fl coordinator serve --workers N``) runs N such servers as
 processes of their own on one port (``SO_REUSEPORT``), each with its own gate and
