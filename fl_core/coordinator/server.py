@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
 import socket
@@ -289,9 +290,9 @@ def make_server(app: Any, **options: Any) -> Any:
 
 class PacedListener:
     """A TLS listener that accepts one connection per turn of the event loop (as nginx does
-    by default, ``multi_accept off``) and runs at most ``max_handshakes`` TLS handshakes at
-    once; the other connections wait in the kernel's accept queue (``backlog`` long), where
-    they cost the process nothing.
+    by default, ``multi_accept off``) and gives at most ``max_handshakes`` new handshakes a
+    place at once; the other connections wait in the kernel's accept queue (``backlog``
+    long), where they cost the process nothing.
 
     uvicorn's listener (``loop.create_server``; libuv underneath) accepts every queued
     connection at once and starts each one's handshake. With a thousand devices connecting
@@ -299,24 +300,26 @@ class PacedListener:
     thousand connections waiting to be served, each with its TLS state (its buffers and
     OpenSSL's, 50-100 KB); the read gate can pause a connection only after its handshake.
     Measured with 1,000 HTTPS devices uploading 622 KB at once (``bench/bench_coordinator.py
-    --tls --clients 1000 --codecs dense_fp32``): peak RSS 298-314 MB with uvicorn's
-    listener, 309-312 MB accepting one per turn alone (an idle loop turns fast and takes the
-    whole herd in before the work starts), 243 MB with the handshakes bounded too (273 MB
-    with a 0.25 s grace).
+    --tls``, docs/benchmarks.md): peak RSS 298-328 MB with uvicorn's listener, 271 MB with
+    this one. Accepting one per turn alone did not help (an idle loop turns fast and takes
+    the whole herd in before the work starts); bounding the handshakes does.
 
     A handshake gives its place back when it ends, or after ``HANDSHAKE_GRACE_S`` in any
-    case and goes on uncounted, up to ``HANDSHAKE_TIMEOUT_S``: a client that connects and
-    says nothing, or a slow link, holds a place for a moment only, as a silent connection
-    holds a place of the read gate. So new connections start at ``max_handshakes /
-    HANDSHAKE_GRACE_S`` a second at least (64 at the defaults), whatever the clients do.
-    Silent connections arriving faster than that delay the others' handshakes (they wait
-    their turn in the accept queue), as they would hold every place of the read gate over
-    plain HTTP; uvicorn's listener would hold each of them, a descriptor and its TLS state,
-    for the handshake timeout (3,840 at 64 a second). Bounding that is the load balancer's
-    work (connection rate limits per source). A connection goes on to uvicorn's protocol
-    once its handshake is done; one whose handshake fails is closed by its TLS transport.
-    Stands in for the ``asyncio.Server`` uvicorn closes at shutdown (``close``,
-    ``wait_closed``, ``sockets``)."""
+    case, and goes on uncounted up to ``HANDSHAKE_TIMEOUT_S``: a client that connects and
+    says nothing, or a slow link, holds a place for a moment only. So the bound is on
+    handshakes younger than the grace period; links so slow that a handshake takes longer
+    run uncounted, as under uvicorn's listener. New connections start at ``max_handshakes /
+    HANDSHAKE_GRACE_S`` a second at least (64 at the defaults) whatever the clients do. The
+    price: connections that connect and stay silent, arriving faster than that (plain TCP
+    connects, about 64 open at a time from one host), make the others wait in the accept
+    queue, and once it is full (2,048) new connections are dropped until they stop.
+    uvicorn's listener would accept them all and fail only when out of descriptors. The
+    read gate has the same kind of limit (clients that complete a handshake and then stay
+    silent hold its places), so rate limits per source belong in front of the coordinator,
+    at the load balancer. A connection goes on to uvicorn's protocol once its handshake is
+    done; one whose handshake fails is closed by its TLS transport. Stands in for the
+    ``asyncio.Server`` uvicorn closes at shutdown (``close``, ``wait_closed``,
+    ``sockets``)."""
 
     def __init__(
         self,
@@ -341,6 +344,8 @@ class PacedListener:
         self._accepting: asyncio.Task[None] | None = None
         self._handshakes: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._fd = -1
+        self._unstarted: set[socket.socket] = set()
         self.accepted = 0
         self.handshakes = 0
         """Handshakes done."""
@@ -356,8 +361,14 @@ class PacedListener:
         sock = self.sockets[0]
         sock.setblocking(False)
         sock.listen(self._backlog)
+        self._fd = sock.fileno()
         self._places = asyncio.Semaphore(self.max_handshakes)
         self._accepting = asyncio.get_running_loop().create_task(self._accept(sock))
+        self._accepting.add_done_callback(self._accept_ended)
+
+    def _accept_ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:  # a bug: say so loudly
+            logger.error("coordinator: the TLS listener stopped", exc_info=task.exception())
 
     async def _accept(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -366,28 +377,45 @@ class PacedListener:
             await self._places.acquire()
             try:
                 conn, _ = sock.accept()
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                # nothing queued (or a connection reset while it was): wait for the next
-                self._places.release()
-                await _readable(loop, sock)
-                continue
-            except OSError as exc:  # out of descriptors or memory
+            except OSError as exc:
                 self._places.release()
                 if self._closed:
                     return
-                logger.warning("coordinator: accepting a connection failed: %r", exc)
-                await asyncio.sleep(ACCEPT_RETRY_S)
+                if exc.errno in _OUT_OF_RESOURCES:
+                    logger.warning("coordinator: accepting a connection failed: %r", exc)
+                    await asyncio.sleep(ACCEPT_RETRY_S)
+                elif isinstance(exc, (BlockingIOError, InterruptedError)):
+                    await self._readable()  # nothing queued: wait for the next
+                # else a connection reset or unreachable while queued (accept(2) says to
+                # retry those as EAGAIN): take the next
                 continue
             self.accepted += 1
             self.holding += 1
             self.peak_holding = max(self.peak_holding, self.holding)
             conn.setblocking(False)
+            self._unstarted.add(conn)
             task = loop.create_task(self._handshake(conn))
             self._handshakes.add(task)
             task.add_done_callback(self._handshakes.discard)
             await asyncio.sleep(0)  # one connection per turn of the loop
 
+    async def _readable(self) -> None:
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+
+        def readable() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        loop.add_reader(self._fd, readable)
+        try:
+            await ready
+        finally:
+            if not self._closed:  # close() removed it, and the descriptor may be reused
+                loop.remove_reader(self._fd)
+
     async def _handshake(self, conn: socket.socket) -> None:
+        self._unstarted.discard(conn)
         loop = asyncio.get_running_loop()
         holding = True
 
@@ -421,30 +449,20 @@ class PacedListener:
             give_back(False)
 
     def close(self) -> None:
+        if not self._closed and self._fd >= 0:
+            asyncio.get_running_loop().remove_reader(self._fd)  # before the fd can be reused
         self._closed = True
         if self._accepting is not None:
             self._accepting.cancel()
         for task in self._handshakes:
             task.cancel()
+        for conn in self._unstarted:  # accepted, its handshake cancelled before it began
+            conn.close()
         self.sockets[0].close()
 
     async def wait_closed(self) -> None:
         tasks = [t for t in (self._accepting, *self._handshakes) if t is not None]
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
-    ready: asyncio.Future[None] = loop.create_future()
-
-    def readable() -> None:
-        if not ready.done():
-            ready.set_result(None)
-
-    loop.add_reader(sock.fileno(), readable)
-    try:
-        await ready
-    finally:
-        loop.remove_reader(sock.fileno())
 
 
 HANDSHAKE_TIMEOUT_S = 60.0
@@ -457,6 +475,8 @@ coordinator's CPU; a device 300 ms away needs one round trip after its ClientHel
 
 ACCEPT_RETRY_S = 1.0
 """The pause after accepting failed for want of descriptors or memory (asyncio's)."""
+
+_OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
 def run(app: Any, *, reuse_port: bool = False, **options: Any) -> None:

@@ -151,10 +151,14 @@ def test_over_tls_at_most_n_handshakes_run_at_once_and_silent_or_plaintext_clien
     assert graced >= 2
 
 
-def test_the_tls_listener_accepts_one_connection_per_turn_of_the_loop(tls: TLSFiles) -> None:
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_the_tls_listener_accepts_one_connection_per_turn_of_the_loop(
+    tls: TLSFiles, loop: str
+) -> None:
     """Ten connections queued at once are taken in one per turn of the event loop, not all
     in one turn as uvicorn's listener takes them: a busy coordinator leaves the herd in the
-    kernel's accept queue."""
+    kernel's accept queue. On asyncio's loop and on uvloop (``fl coordinator serve``'s over
+    TLS); it closes cleanly on both."""
     listening = socket.create_server((HOST, 0))
     port = listening.getsockname()[1]
     clients = [socket.create_connection((HOST, port)) for _ in range(10)]
@@ -172,10 +176,16 @@ def test_the_tls_listener_accepts_one_connection_per_turn_of_the_loop(tls: TLSFi
             await asyncio.sleep(0.01)
         listener.close()
         await listener.wait_closed()
+        assert listener._accepting is not None and listener._accepting.cancelled()  # cleanly
         return seen
 
+    factory = None
+    if loop == "uvloop":
+        uvloop = pytest.importorskip("uvloop")  # in the lock (uvicorn[standard])
+        factory = uvloop.new_event_loop
     try:
-        accepted = asyncio.run(asyncio.wait_for(scenario(), 10))
+        with asyncio.Runner(loop_factory=factory) as runner:
+            accepted = runner.run(asyncio.wait_for(scenario(), 10))
     finally:
         for sock in clients:
             sock.close()
