@@ -24,11 +24,9 @@ devices that connect once per round.
 Measured (``bench/bench_coordinator.py``, docs/benchmarks.md): over plain HTTP a paused
 connection holds nothing of its request. Over TLS the TLS layer reads the socket below the
 protocol; a paused connection's read buffer is set to zero so it stops too, and what
-arrived with the handshake stays buffered. Over TLS the gate sees a connection only after
-its handshake, so the listener paces the handshakes (:class:`PacedListener`). The gate
-needs uvicorn's httptools protocol (``uvicorn[standard]``, in the lock). The
-Airflow-mounted app is served by Airflow's API server and is bounded by the upload
-admission alone.
+arrived with the handshake stays buffered. It needs uvicorn's httptools protocol
+(``uvicorn[standard]``, in the lock). The Airflow-mounted app is served by Airflow's API
+server and is bounded by the upload admission alone.
 
 :func:`serve_workers` (``fl coordinator serve --workers N``) runs N such servers as
 processes of their own on one port (``SO_REUSEPORT``), each with its own gate and
@@ -39,11 +37,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import signal
 import socket
-import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -51,16 +47,7 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "DEFAULT_MAX_READING",
-    "PacedListener",
-    "ReadGate",
-    "config",
-    "gated_protocol",
-    "make_server",
-    "run",
-    "serve_workers",
-]
+__all__ = ["DEFAULT_MAX_READING", "ReadGate", "config", "gated_protocol", "run", "serve_workers"]
 
 DEFAULT_MAX_READING = 64
 """``fl coordinator serve``'s gate: new connections read and answered at once (0: off)."""
@@ -251,240 +238,14 @@ def config(
     return uvicorn.Config(app, host=host, port=port, **uvicorn_options)
 
 
-def make_server(app: Any, **options: Any) -> Any:
-    """The uvicorn server of :func:`config` (``options`` as there). Over TLS its listener is
-    a :class:`PacedListener`: one new connection per turn of the event loop, at most
-    ``max_reading`` (or ``DEFAULT_MAX_READING``) TLS handshakes at once."""
-    import uvicorn
-
-    class Server(uvicorn.Server):
-        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-            conf = self.config
-            if conf.ssl is None or conf.fd is not None or conf.uds:
-                await super().startup(sockets)
-                return
-            # uvicorn's startup (0.54) with its listener replaced: the lifespan, the protocol
-            # factory, self.servers (closed at shutdown), self.started. The socket is bound
-            # first, as uvicorn binds it for its workers (bind_socket logs the address and
-            # exits when the port is taken), so a bind failure leaves no lifespan running.
-            listeners = sockets if sockets is not None else [conf.bind_socket()]
-            await self.lifespan.startup()
-            if self.lifespan.should_exit:
-                sys.exit(3)  # uvicorn.server.STARTUP_FAILURE
-
-            def create_protocol() -> asyncio.Protocol:
-                return conf.http_protocol_class(  # type: ignore[call-arg]
-                    config=conf, server_state=self.server_state, app_state=self.lifespan.state
-                )
-
-            paced = [PacedListener(s, create_protocol, conf.ssl, max_handshakes, conf.backlog)
-                     for s in listeners]  # fmt: skip
-            for listener in paced:
-                listener.start()
-            self.servers = paced  # type: ignore[assignment]
-            self.started = True
-
-    max_handshakes = options.get("max_reading") or DEFAULT_MAX_READING
-    return Server(config(app, **options))
-
-
-class PacedListener:
-    """A TLS listener that accepts one connection per turn of the event loop (as nginx does
-    by default, ``multi_accept off``) and gives at most ``max_handshakes`` new handshakes a
-    place at once; the other connections wait in the kernel's accept queue (``backlog``
-    long), where they cost the process nothing.
-
-    uvicorn's listener (``loop.create_server``; libuv underneath) accepts every queued
-    connection at once and starts each one's handshake. With a thousand devices connecting
-    together the process then holds a thousand handshakes and, once they are done, a
-    thousand connections waiting to be served, each with its TLS state (its buffers and
-    OpenSSL's, 50-100 KB); the read gate can pause a connection only after its handshake.
-    Measured with 1,000 HTTPS devices uploading 622 KB at once (``bench/bench_coordinator.py
-    --tls``, docs/benchmarks.md): peak RSS 298-328 MB with uvicorn's listener, 271 MB with
-    this one. Accepting one per turn alone did not help (an idle loop turns fast and takes
-    the whole herd in before the work starts); bounding the handshakes does.
-
-    A handshake gives its place back when it ends, or after ``HANDSHAKE_GRACE_S`` in any
-    case, and goes on uncounted up to ``HANDSHAKE_TIMEOUT_S``: a client that connects and
-    says nothing, or a slow link, holds a place for a moment only. So the bound is on
-    handshakes younger than the grace period; links so slow that a handshake takes longer
-    run uncounted, as under uvicorn's listener. New connections start at ``max_handshakes /
-    HANDSHAKE_GRACE_S`` a second at least (64 at the defaults) whatever the clients do. The
-    price: connections that connect and stay silent, arriving faster than that (plain TCP
-    connects, about 64 open at a time from one host), make the others wait in the accept
-    queue, and once it is full (2,048) new connections are dropped until they stop.
-    uvicorn's listener would accept them all and fail only when out of descriptors. The
-    read gate has the same kind of limit (clients that complete a handshake and then stay
-    silent hold its places), so rate limits per source belong in front of the coordinator,
-    at the load balancer. A connection goes on to uvicorn's protocol once its handshake is
-    done; one whose handshake fails is closed by its TLS transport. Stands in for the
-    ``asyncio.Server`` uvicorn closes at shutdown (``close``, ``wait_closed``,
-    ``sockets``)."""
-
-    def __init__(
-        self,
-        sock: socket.socket,
-        protocol_factory: Callable[[], asyncio.Protocol],
-        ssl_context: Any,
-        max_handshakes: int = DEFAULT_MAX_READING,
-        backlog: int = 2048,
-    ) -> None:
-        if (
-            isinstance(max_handshakes, bool)
-            or not isinstance(max_handshakes, int)
-            or (max_handshakes < 1)
-        ):
-            raise ValueError(f"max_handshakes must be an integer >= 1, got {max_handshakes!r}")
-        self.sockets = [sock]
-        self._factory = protocol_factory
-        self._ssl = ssl_context
-        self._backlog = backlog
-        self.max_handshakes = max_handshakes
-        self._places: asyncio.Semaphore | None = None
-        self._accepting: asyncio.Task[None] | None = None
-        self._handshakes: set[asyncio.Task[None]] = set()
-        self._closed = False
-        self._fd = -1
-        self._unstarted: set[socket.socket] = set()
-        self.accepted = 0
-        self.handshakes = 0
-        """Handshakes done."""
-        self.failed = 0
-        """Handshakes failed or timed out (their connections closed)."""
-        self.holding = 0
-        """Handshakes holding a place now."""
-        self.peak_holding = 0
-        self.graced = 0
-        """Handshakes that gave their place back unfinished, after the grace period."""
-
-    def start(self) -> None:
-        sock = self.sockets[0]
-        sock.setblocking(False)
-        sock.listen(self._backlog)
-        self._fd = sock.fileno()
-        self._places = asyncio.Semaphore(self.max_handshakes)
-        self._accepting = asyncio.get_running_loop().create_task(self._accept(sock))
-        self._accepting.add_done_callback(self._accept_ended)
-
-    def _accept_ended(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:  # a bug: say so loudly
-            logger.error("coordinator: the TLS listener stopped", exc_info=task.exception())
-
-    async def _accept(self, sock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        assert self._places is not None
-        while not self._closed:
-            await self._places.acquire()
-            try:
-                conn, _ = sock.accept()
-            except OSError as exc:
-                self._places.release()
-                if self._closed:
-                    return
-                if exc.errno in _OUT_OF_RESOURCES:
-                    logger.warning("coordinator: accepting a connection failed: %r", exc)
-                    await asyncio.sleep(ACCEPT_RETRY_S)
-                elif isinstance(exc, (BlockingIOError, InterruptedError)):
-                    await self._readable()  # nothing queued: wait for the next
-                # else a connection reset or unreachable while queued (accept(2) says to
-                # retry those as EAGAIN): take the next
-                continue
-            self.accepted += 1
-            self.holding += 1
-            self.peak_holding = max(self.peak_holding, self.holding)
-            conn.setblocking(False)
-            self._unstarted.add(conn)
-            task = loop.create_task(self._handshake(conn))
-            self._handshakes.add(task)
-            task.add_done_callback(self._handshakes.discard)
-            await asyncio.sleep(0)  # one connection per turn of the loop
-
-    async def _readable(self) -> None:
-        loop = asyncio.get_running_loop()
-        ready: asyncio.Future[None] = loop.create_future()
-
-        def readable() -> None:
-            if not ready.done():
-                ready.set_result(None)
-
-        loop.add_reader(self._fd, readable)
-        try:
-            await ready
-        finally:
-            if not self._closed:  # close() removed it, and the descriptor may be reused
-                loop.remove_reader(self._fd)
-
-    async def _handshake(self, conn: socket.socket) -> None:
-        self._unstarted.discard(conn)
-        loop = asyncio.get_running_loop()
-        holding = True
-
-        def give_back(graced: bool) -> None:
-            nonlocal holding
-            if holding:
-                holding = False
-                self.holding -= 1
-                self.graced += graced
-                assert self._places is not None
-                self._places.release()
-
-        timer = loop.call_later(HANDSHAKE_GRACE_S, give_back, True)
-        try:
-            await loop.connect_accepted_socket(
-                self._factory, conn, ssl=self._ssl, ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S
-            )
-        except Exception as exc:  # ssl.SSLError, TimeoutError and resets are OSErrors
-            # the TLS transport owns the socket and has closed it: it holds an I/O reference
-            # (this close only marks it) and detaches it when it closes
-            self.failed += 1
-            if isinstance(exc, OSError):
-                logger.debug("coordinator: a TLS handshake failed: %r", exc)
-            else:
-                logger.warning("coordinator: a TLS handshake failed: %r", exc)
-            conn.close()  # a no-op once detached; closes it if the transport never took it
-        else:
-            self.handshakes += 1
-        finally:
-            timer.cancel()
-            give_back(False)
-
-    def close(self) -> None:
-        if not self._closed and self._fd >= 0:
-            asyncio.get_running_loop().remove_reader(self._fd)  # before the fd can be reused
-        self._closed = True
-        if self._accepting is not None:
-            self._accepting.cancel()
-        for task in self._handshakes:
-            task.cancel()
-        for conn in self._unstarted:  # accepted, its handshake cancelled before it began
-            conn.close()
-        self.sockets[0].close()
-
-    async def wait_closed(self) -> None:
-        tasks = [t for t in (self._accepting, *self._handshakes) if t is not None]
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
-HANDSHAKE_TIMEOUT_S = 60.0
-"""How long a TLS handshake may take (asyncio's default)."""
-
-HANDSHAKE_GRACE_S = GRACE_S
-"""How long a handshake holds its place at most: as long as the read gate lets a silent
-connection keep its place (over loopback a handshake takes about a millisecond of the
-coordinator's CPU; a device 300 ms away needs one round trip after its ClientHello)."""
-
-ACCEPT_RETRY_S = 1.0
-"""The pause after accepting failed for want of descriptors or memory (asyncio's)."""
-
-_OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
-
-
 def run(app: Any, *, reuse_port: bool = False, **options: Any) -> None:
     """Serve ``app`` until interrupted (``options`` as for :func:`config`); with
     ``reuse_port`` on a socket of its own that shares the port with other workers
     (``SO_REUSEPORT``: the kernel spreads new connections over the workers)."""
+    import uvicorn
+
     _release_large_blocks_promptly()
-    server = make_server(app, **options)
+    server = uvicorn.Server(config(app, **options))
     if not reuse_port:
         server.run()
         return

@@ -63,19 +63,14 @@ class Counting:
 
 
 @contextmanager
-def gated(
-    app: FastAPI, max_reading: int | None, tls: TLSFiles | None = None,
-    seen: list[uvicorn.Server] | None = None,
-) -> Iterator[str]:  # fmt: skip
-    """The URL of ``app`` served as ``server.run`` serves it (its server appended to
-    ``seen``)."""
+def gated(app: FastAPI, max_reading: int | None, tls: TLSFiles | None = None) -> Iterator[str]:
     port = free_port()
     options: dict[str, Any] = {"log_level": "warning", "lifespan": "off"}
     if tls is not None:
         options.update(ssl_certfile=str(tls.cert), ssl_keyfile=str(tls.key))
-    srv = server.make_server(app, host=HOST, port=port, max_reading=max_reading, **options)
-    if seen is not None:
-        seen.append(srv)
+    srv = uvicorn.Server(
+        server.config(app, host=HOST, port=port, max_reading=max_reading, **options)
+    )
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -116,82 +111,6 @@ def test_the_gate_bounds_the_connections_read_at_once_and_serves_every_one(
         gate: server.ReadGate = counting.app.state.read_gate
         assert gate.waits >= 12 - max_reading - gate.peak_reading
         assert gate.reading == 0 and gate.waiting == 0
-
-
-def test_over_tls_at_most_n_handshakes_run_at_once_and_silent_or_plaintext_clients_hold_none(
-    tls: TLSFiles,
-) -> None:
-    """Behind a gate of 2, the TLS listener runs at most 2 handshakes at once (the other
-    connections wait in the accept queue) and serves every client: three clients that
-    connect and say nothing hold their places for the grace period only, a plaintext
-    request to the TLS port fails its handshake and is closed."""
-    counting = Counting()
-    seen: list[uvicorn.Server] = []
-    with gated(counting.app, 2, tls, seen) as url:
-        port = int(url.rsplit(":", 1)[1])
-        silent = [socket.create_connection((HOST, port)) for _ in range(3)]
-        plain = socket.create_connection((HOST, port))
-        try:
-            plain.sendall(b"GET /upload HTTP/1.1\r\nHost: x\r\n\r\n")
-            verify = ssl.create_default_context(cafile=str(tls.ca))
-            statuses = asyncio.run(asyncio.wait_for(_uploads(url, 12, 20_000, verify), 30))
-            plain.settimeout(10)
-            while plain.recv(4096):  # at most a TLS alert, then the end
-                pass
-        finally:
-            for sock in (*silent, plain):
-                sock.close()
-        listener = seen[0].servers[0]
-        assert isinstance(listener, server.PacedListener)
-        done, failed = listener.handshakes, listener.failed
-        peak, graced = listener.peak_holding, listener.graced
-    assert statuses == [200] * 12 and counting.done == 12
-    assert done == 12 and failed >= 1
-    assert peak == 2  # the silent ones filled it, then gave way
-    assert graced >= 2
-
-
-@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
-def test_the_tls_listener_accepts_one_connection_per_turn_of_the_loop(
-    tls: TLSFiles, loop: str
-) -> None:
-    """Ten connections queued at once are taken in one per turn of the event loop, not all
-    in one turn as uvicorn's listener takes them: a busy coordinator leaves the herd in the
-    kernel's accept queue. On asyncio's loop and on uvloop (``fl coordinator serve``'s over
-    TLS); it closes cleanly on both."""
-    listening = socket.create_server((HOST, 0))
-    port = listening.getsockname()[1]
-    clients = [socket.create_connection((HOST, port)) for _ in range(10)]
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(str(tls.cert), str(tls.key))
-
-    async def scenario() -> list[int]:
-        listener = server.PacedListener(listening, asyncio.Protocol, ctx, max_handshakes=64)
-        listener.start()
-        seen = []
-        for _ in range(12):
-            await asyncio.sleep(0)
-            seen.append(listener.accepted)
-        while listener.accepted < 10:  # then all of them, in the end
-            await asyncio.sleep(0.01)
-        listener.close()
-        await listener.wait_closed()
-        assert listener._accepting is not None and listener._accepting.cancelled()  # cleanly
-        return seen
-
-    factory = None
-    if loop == "uvloop":
-        uvloop = pytest.importorskip("uvloop")  # in the lock (uvicorn[standard])
-        factory = uvloop.new_event_loop
-    try:
-        with asyncio.Runner(loop_factory=factory) as runner:
-            accepted = runner.run(asyncio.wait_for(scenario(), 10))
-    finally:
-        for sock in clients:
-            sock.close()
-    assert accepted[0] <= 1 and accepted[-1] <= 10
-    assert all(b - a <= 1 for a, b in zip(accepted, accepted[1:], strict=False))
-    assert accepted[-1] >= 5  # it does not wait for anything else between two
 
 
 def test_long_polls_hold_no_place() -> None:
@@ -240,5 +159,3 @@ def test_the_gate_refuses_a_bad_size() -> None:
     for bad in (0, -1, True, 1.5):
         with pytest.raises(ValueError, match="max_reading"):
             server.ReadGate(bad)  # type: ignore[arg-type]
-        with socket.socket() as sock, pytest.raises(ValueError, match="max_handshakes"):
-            server.PacedListener(sock, asyncio.Protocol, None, bad)  # type: ignore[arg-type]
