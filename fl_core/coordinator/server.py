@@ -71,7 +71,7 @@ class ReadGate:
         if isinstance(max_reading, bool) or not isinstance(max_reading, int) or max_reading < 1:
             raise ValueError(f"max_reading must be an integer >= 1, got {max_reading!r}")
         self.max_reading = max_reading
-        self._holders: dict[Any, int] = {}  # connection -> its grant number
+        self._holders: dict[Any, asyncio.TimerHandle] = {}  # connection -> its grace timer
         self._silent: set[Any] = set()  # holders whose first request has not begun
         self._waiting: OrderedDict[Any, None] = OrderedDict()
         self.grants = 0
@@ -103,7 +103,11 @@ class ReadGate:
 
     def release(self, conn: Any) -> None:
         """``conn``'s first request is answered (or has no body): the place is free."""
-        if self._holders.pop(conn, None) is not None:
+        timer = self._holders.pop(conn, None)
+        if timer is not None:
+            # the grace timer's arguments would keep a closed connection (its TLS state and
+            # buffers) alive until it fires
+            timer.cancel()
             self._silent.discard(conn)
             self._admit()
 
@@ -114,20 +118,20 @@ class ReadGate:
 
     def _grant(self, conn: Any) -> None:
         self.grants += 1
-        self._holders[conn] = self.grants
+        self._holders[conn] = conn.loop.call_later(GRACE_S, self._still_silent, conn)
         self._silent.add(conn)
         self.peak_reading = max(self.peak_reading, len(self._holders))
-        conn.loop.call_later(GRACE_S, self._still_silent, conn, self.grants)
 
-    def _still_silent(self, conn: Any, grant: int) -> None:
-        if conn not in self._silent or self._holders.get(conn) != grant:
+    def _still_silent(self, conn: Any) -> None:
+        """``conn``'s grace is over (a released place's timer is cancelled)."""
+        if conn not in self._silent:  # its first request began
             return
         if self._waiting:
             self.release(conn)  # to the back of the line
             conn.gate_pause()
             self._waiting[conn] = None
         else:  # nobody to give way to yet: look again later
-            conn.loop.call_later(GRACE_S, self._still_silent, conn, grant)
+            self._holders[conn] = conn.loop.call_later(GRACE_S, self._still_silent, conn)
 
     def _admit(self) -> None:
         while self._waiting and len(self._holders) < self.max_reading:
