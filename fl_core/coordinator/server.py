@@ -21,6 +21,9 @@ sends nothing for ``GRACE_S`` while others wait goes to the back of the line. So
 bounds the herd of new connections: a fleet reconnecting after a coordinator restart, or
 devices that connect once per round.
 
+After a burst of connections (a thousand TLS handshakes at once fragment the heap) a
+:class:`HeapTrimmer` gives the heap's free pages back to the system.
+
 Measured (``bench/bench_coordinator.py``, docs/benchmarks.md): over plain HTTP a paused
 connection holds nothing of its request. Over TLS the TLS layer reads the socket below the
 protocol; a paused connection's read buffer is set to zero so it stops too, and what
@@ -37,17 +40,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_MAX_READING", "ReadGate", "config", "gated_protocol", "run", "serve_workers"]
+__all__ = [
+    "DEFAULT_MAX_READING",
+    "HeapTrimmer",
+    "ReadGate",
+    "config",
+    "gated_protocol",
+    "run",
+    "serve_workers",
+]
 
 DEFAULT_MAX_READING = 64
 """``fl coordinator serve``'s gate: new connections read and answered at once (0: off)."""
@@ -140,6 +152,74 @@ class ReadGate:
             conn.gate_resume()
 
 
+TRIM_CHURN = 64
+"""Connections opened or closed after which :class:`HeapTrimmer` trims the heap."""
+
+TRIM_DELAY_S = 0.25
+"""How long after that it trims (a burst of handshakes is over, or nearly)."""
+
+
+class HeapTrimmer:
+    """Gives the heap's free pages back to the system after a burst of connections.
+
+    A thousand TLS handshakes at once leave the heap fragmented: their temporaries are
+    freed, but between the connections' lasting state, so glibc cannot shrink the heap and
+    the freed pages stay resident (measured: 1,000 idle TLS connections on uvloop, 56 MB of
+    heap, 29 MB after ``malloc_trim``). After ``churn`` connections opened or closed, this
+    runs ``malloc_trim(0)`` once, ``delay_s`` later, in a worker thread (it takes 10-20 ms
+    on a 130 MB heap). No-op without glibc."""
+
+    def __init__(
+        self,
+        churn: int = TRIM_CHURN,
+        delay_s: float = TRIM_DELAY_S,
+        trim: Callable[[], object] | None | Literal["glibc"] = "glibc",
+    ) -> None:
+        self.churn = churn
+        self.delay_s = delay_s
+        self.seen = 0
+        """Connections opened or closed since the last trim began."""
+        self.trims = 0
+        self._pending = False
+        self._trim = _malloc_trim() if trim == "glibc" else trim
+
+    def note(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A connection opened or closed."""
+        self.seen += 1
+        if self._trim is None or self._pending or self.seen < self.churn:
+            return
+        self._pending = True
+        loop.call_later(self.delay_s, self._start, loop)
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.seen = 0
+        assert self._trim is not None  # note() schedules none without it
+        try:
+            done = loop.run_in_executor(None, self._trim)
+        except RuntimeError:  # the loop is shutting down (its executor is gone)
+            self._pending = False
+            return
+        done.add_done_callback(self._done)
+
+    def _done(self, done: asyncio.Future[Any]) -> None:
+        self._pending = False
+        self.trims += 1
+        if not done.cancelled() and done.exception() is not None:  # pragma: no cover
+            logger.warning("coordinator: malloc_trim failed: %r", done.exception())
+
+
+def _malloc_trim() -> Callable[[], object] | None:
+    """glibc's ``malloc_trim(0)``: every arena's free pages back to the system."""
+    import ctypes
+
+    try:
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    return functools.partial(trim, 0)
+
+
 def gated_protocol(gate: ReadGate) -> type[asyncio.Protocol] | None:
     """uvicorn's httptools protocol with ``gate`` in front of each connection's first
     request (None without httptools)."""
@@ -148,8 +228,11 @@ def gated_protocol(gate: ReadGate) -> type[asyncio.Protocol] | None:
     except ImportError:  # pragma: no cover - httptools ships with uvicorn[standard]
         return None
 
+    trimmer = HeapTrimmer()
+
     class GatedHttpToolsProtocol(HttpToolsProtocol):
         read_gate = gate
+        heap_trimmer = trimmer
         _gated = True  # until its first request is answered
 
         def gate_pause(self) -> None:
@@ -171,10 +254,12 @@ def gated_protocol(gate: ReadGate) -> type[asyncio.Protocol] | None:
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self.read_gate.want(self)
+            trimmer.note(self.loop)
 
         def connection_lost(self, exc: Exception | None) -> None:
             self.read_gate.forget(self)
             super().connection_lost(exc)
+            trimmer.note(self.loop)
 
         def on_message_begin(self) -> None:
             super().on_message_begin()

@@ -185,6 +185,46 @@ def test_a_closed_connection_is_freed_at_once(
         assert gate.grants == 3 and gate.reading == 0
 
 
+def test_the_heap_is_trimmed_once_after_a_burst_of_connections() -> None:
+    """After ``churn`` connections opened or closed, one trim runs ``delay_s`` later, off
+    the event loop; events while it is due or running schedule no other; the count starts
+    again after it."""
+    calls: list[str] = []
+
+    async def scenario() -> None:
+        def trim() -> None:
+            calls.append(threading.current_thread().name)
+            time.sleep(0.05)  # a trim takes a while: events meanwhile add none
+
+        async def until(done: Any) -> None:
+            deadline = time.monotonic() + 10
+            while not done() and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+
+        loop = asyncio.get_running_loop()
+        trimmer = server.HeapTrimmer(churn=4, delay_s=0.05, trim=trim)
+        for _ in range(3):
+            trimmer.note(loop)
+        await asyncio.sleep(0.2)
+        assert calls == []  # fewer than churn: no trim
+        for _ in range(20):  # the burst: one trim for all of it
+            trimmer.note(loop)
+        assert calls == []  # not at once: delay_s later
+        await until(lambda: calls)
+        assert len(calls) == 1 and calls[0] != threading.current_thread().name
+        for _ in range(10):
+            trimmer.note(loop)  # while the trim runs
+        await until(lambda: trimmer.trims)
+        await asyncio.sleep(0.2)
+        assert len(calls) == 1 and trimmer.trims == 1
+        for _ in range(4):  # counted again from the trim's start: the next burst trims
+            trimmer.note(loop)
+        await until(lambda: trimmer.trims == 2)
+        assert len(calls) == 2
+
+    asyncio.run(scenario())
+
+
 def test_the_gate_refuses_a_bad_size() -> None:
     for bad in (0, -1, True, 1.5):
         with pytest.raises(ValueError, match="max_reading"):
