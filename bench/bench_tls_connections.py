@@ -6,7 +6,9 @@ The server is a process of its own on 127.0.0.1 with the coordinator's event loo
 (uvloop, Python's ``ssl``, a test CA, ECDSA P-256 as in the tests) and a protocol that keeps
 what it is sent, so the figures are the transport's and TLS's own, not the app's. They
 explain what grows with N in ``bench_coordinator.py --tls``: a device waiting for an upload
-turn holds one such connection (docs/protocol.md, "Sizing the coordinator's memory")::
+turn holds one such connection (docs/protocol.md, "Sizing the coordinator's memory").
+The baseline is taken after a few connections came and went (OpenSSL's one-time set-up is
+not charged to the connections). Linux with glibc only (``/proc``, ``malloc_trim``)::
 
     python bench/bench_tls_connections.py [--connections 1000]
 """
@@ -63,17 +65,31 @@ def _memory() -> dict[str, float]:
     return out
 
 
+WARM_UP = 10
+"""Connections made and closed before the baseline is read."""
+
+
+def _more_descriptors() -> None:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def _serve(loop_kind: str, tls_dir: str | None, n: int) -> None:
-    """Child: accept ``n`` connections, report memory on stdout (JSON lines), trim, report."""
+    """Child: report its memory on stdout (JSON lines) after the warm-up connections
+    closed, with ``n`` more open, and after a trim."""
     import ctypes
 
-    ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # as the coordinator (server.run)
+    _more_descriptors()
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(-3, 128 * 1024)  # as the coordinator (server.run)
     ctx = None
     if tls_dir:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(f"{tls_dir}/server.pem", f"{tls_dir}/server.key")
     conns: list[Any] = []
-    received = [0]
+    sent: set[Any] = set()  # connections whose request arrived
 
     class Holding(asyncio.Protocol):
         def connection_made(self, transport: Any) -> None:
@@ -82,20 +98,32 @@ def _serve(loop_kind: str, tls_dir: str | None, n: int) -> None:
 
         def data_received(self, data: bytes) -> None:
             self.data = data
-            received[0] += 1
+            sent.add(self)
+
+    async def arrived(count: int) -> None:
+        deadline = time.monotonic() + 120
+        while len(sent) < count and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(Holding, HOST, 0, ssl=ctx, backlog=4096)
-        port = server.sockets[0].getsockname()[1]
-        print(json.dumps({"port": port, **_memory()}), flush=True)
-        deadline = time.monotonic() + 120
-        while received[0] < n and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        print(json.dumps({"port": server.sockets[0].getsockname()[1]}), flush=True)
+        await arrived(WARM_UP)
+        for conn in conns:
+            conn.transport.close()
         await asyncio.sleep(0.5)
+        conns.clear()
+        sent.clear()
+        libc.malloc_trim(0)
+        print(json.dumps({"open": 0, **_memory()}), flush=True)
+        await arrived(n)
         print(json.dumps({"open": len(conns), **_memory()}), flush=True)
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-        print(json.dumps({"open": len(conns), **_memory()}), flush=True)
+        start = time.perf_counter()
+        libc.malloc_trim(0)
+        trim_ms = (time.perf_counter() - start) * 1000
+        print(json.dumps({"open": len(conns), "trim_ms": trim_ms, **_memory()}), flush=True)
         await asyncio.sleep(3600)  # until the parent kills it
 
     if loop_kind == "uvloop":
@@ -128,20 +156,29 @@ def measure(name: str, n: int, tls_dir: Path) -> dict[str, Any]:
         stdout=subprocess.PIPE,
         text=True,
     )
-    try:
+    ca = tls_dir / "ca.pem" if tls else None
+
+    def report() -> dict[str, Any]:
         assert proc.stdout is not None
-        idle = json.loads(proc.stdout.readline())
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{name}: the server exited ({proc.wait()}) before reporting")
+        return dict(json.loads(line))
 
-        async def hold() -> tuple[dict[str, Any], dict[str, Any]]:
-            writers = await _connect(idle["port"], n, tls_dir / "ca.pem" if tls else None)
-            assert proc.stdout is not None
-            loaded = await asyncio.to_thread(proc.stdout.readline)
-            trimmed = await asyncio.to_thread(proc.stdout.readline)
-            for w in writers:
-                w.close()
-            return json.loads(loaded), json.loads(trimmed)
+    async def hold() -> tuple[dict[str, Any], ...]:
+        port = (await asyncio.to_thread(report))["port"]
+        for w in await _connect(port, WARM_UP, ca):
+            w.close()
+        idle = await asyncio.to_thread(report)
+        writers = await _connect(port, n, ca)
+        loaded = await asyncio.to_thread(report)
+        trimmed = await asyncio.to_thread(report)
+        for w in writers:
+            w.close()
+        return idle, loaded, trimmed
 
-        loaded, trimmed = asyncio.run(hold())
+    try:
+        idle, loaded, trimmed = asyncio.run(hold())
     finally:
         proc.kill()
         proc.wait()
@@ -159,6 +196,7 @@ def measure(name: str, n: int, tls_dir: Path) -> dict[str, Any]:
         "other mappings KB": per_conn("anon", loaded),
         "KB after malloc_trim": per_conn("rss", trimmed),
         "heap KB after malloc_trim": per_conn("heap", trimmed),
+        "malloc_trim ms": round(trimmed["trim_ms"], 1),
     }
 
 
@@ -172,6 +210,7 @@ def main() -> None:
     if args.serve:
         _serve(args.serve, args.tls_dir, args.n)
         return
+    _more_descriptors()
     from tests.fl_core.coordinator.harness import make_tls
 
     rows = []
@@ -190,10 +229,13 @@ def main() -> None:
         {
             "title": "What one open connection costs the coordinator",
             "question": "Resident memory per open connection that has sent one small "
-            "request (a turn request), by transport; before and after malloc_trim(0).",
+            "request (a turn request), by transport; before and after malloc_trim(0), and "
+            "how long that trim took. 'Other mappings' are the unnamed ones: uvloop's "
+            "256 KiB read buffers (the pages touched), but also pymalloc's arenas and "
+            "blocks over 128 KiB.",
             "command": f"python bench/bench_tls_connections.py --connections {args.connections}",
             "configurations": {"variants": VARIANTS, "connections": args.connections},
-            "seeds": "n/a (one run; the figures repeat to within 0.5 KB)",
+            "seeds": "n/a (one run)",
             "cpus": os.cpu_count(),
             "columns": columns,
             "rows": rows,

@@ -22,7 +22,8 @@ bounds the herd of new connections: a fleet reconnecting after a coordinator res
 devices that connect once per round.
 
 After a burst of connections (a thousand TLS handshakes at once fragment the heap) a
-:class:`HeapTrimmer` gives the heap's free pages back to the system.
+:class:`HeapTrimmer` gives the heap's free pages back to the system. It comes with the
+gate's protocol: ``--max-reading-connections 0`` turns both off.
 
 Measured (``bench/bench_coordinator.py``, docs/benchmarks.md): over plain HTTP a paused
 connection holds nothing of its request. Over TLS the TLS layer reads the socket below the
@@ -39,9 +40,11 @@ admission, for more uploads per second than one interpreter lock allows.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import logging
+import math
 import signal
 import socket
 import time
@@ -158,47 +161,73 @@ TRIM_CHURN = 64
 TRIM_DELAY_S = 0.25
 """How long after that it trims (a burst of handshakes is over, or nearly)."""
 
+TRIM_INTERVAL_S = 1.0
+"""The least time from one trim's start to the next one's: a trim holds the allocator's
+locks while it works, so under steady churn the event loop waits for one at most this
+often."""
+
 
 class HeapTrimmer:
     """Gives the heap's free pages back to the system after a burst of connections.
 
     A thousand TLS handshakes at once leave the heap fragmented: their temporaries are
     freed, but between the connections' lasting state, so glibc cannot shrink the heap and
-    the freed pages stay resident (measured: 1,000 idle TLS connections on uvloop, 56 MB of
-    heap, 29 MB after ``malloc_trim``). After ``churn`` connections opened or closed, this
-    runs ``malloc_trim(0)`` once, ``delay_s`` later, in a worker thread (it takes 10-20 ms
-    on a 130 MB heap). No-op without glibc."""
+    the freed pages stay resident (``python bench/bench_tls_connections.py``, docs/
+    benchmarks.md: 51 KB of heap for each idle TLS connection on uvloop, 26 KB after
+    ``malloc_trim``). After ``churn`` connections opened or closed since the last trim
+    began, this runs ``malloc_trim(0)`` once, ``delay_s`` later and no sooner than
+    ``interval_s`` after the last trim began. Connections that come and go while a trim is
+    due or running count toward the next one.
+
+    The trim runs in a thread of its own, but it holds each malloc arena's lock while it
+    works there, so the event loop may wait for it when it allocates (the benchmark above
+    times one trim). No-op without glibc. Used from one event loop's thread at a time."""
 
     def __init__(
         self,
         churn: int = TRIM_CHURN,
         delay_s: float = TRIM_DELAY_S,
+        interval_s: float = TRIM_INTERVAL_S,
         trim: Callable[[], object] | None | Literal["glibc"] = "glibc",
     ) -> None:
         self.churn = churn
         self.delay_s = delay_s
+        self.interval_s = interval_s
         self.seen = 0
         """Connections opened or closed since the last trim began."""
         self.trims = 0
-        self._pending = False
         self._trim = _malloc_trim() if trim == "glibc" else trim
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending = False  # a trim is due or running
+        self._last_start = -math.inf
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
 
     def note(self, loop: asyncio.AbstractEventLoop) -> None:
-        """A connection opened or closed."""
+        """A connection opened or closed (on ``loop``, from its thread)."""
+        if loop is not self._loop:  # a new server run: nothing is due on this loop
+            self._loop, self._pending, self._last_start = loop, False, -math.inf
         self.seen += 1
-        if self._trim is None or self._pending or self.seen < self.churn:
+        self._schedule()
+
+    def _schedule(self) -> None:
+        loop = self._loop
+        if self._trim is None or loop is None or self._pending or self.seen < self.churn:
             return
         self._pending = True
-        loop.call_later(self.delay_s, self._start, loop)
+        wait = max(self.delay_s, self._last_start + self.interval_s - loop.time())
+        loop.call_later(wait, self._start, loop)
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.seen = 0
-        assert self._trim is not None  # note() schedules none without it
-        try:
-            done = loop.run_in_executor(None, self._trim)
-        except RuntimeError:  # the loop is shutting down (its executor is gone)
-            self._pending = False
+        assert self._trim is not None  # _schedule() schedules none without it
+        if loop is not self._loop:  # pragma: no cover - a later run took over
             return
+        self.seen = 0
+        self._last_start = loop.time()
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="fl-heap-trim"
+            )
+        done = loop.run_in_executor(self._executor, self._trim)
         done.add_done_callback(self._done)
 
     def _done(self, done: asyncio.Future[Any]) -> None:
@@ -206,17 +235,20 @@ class HeapTrimmer:
         self.trims += 1
         if not done.cancelled() and done.exception() is not None:  # pragma: no cover
             logger.warning("coordinator: malloc_trim failed: %r", done.exception())
+        self._schedule()  # the connections that came and went meanwhile
 
 
 def _malloc_trim() -> Callable[[], object] | None:
-    """glibc's ``malloc_trim(0)``: every arena's free pages back to the system."""
+    """glibc's ``malloc_trim(0)``: every arena's free pages back to the system (None
+    without it: musl, macOS)."""
     import ctypes
 
     try:
-        trim = ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
         return None
     trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
     return functools.partial(trim, 0)
 
 

@@ -160,13 +160,13 @@ def test_a_silent_connection_does_not_keep_its_place(silent_for_s: float) -> Non
 def test_a_closed_connection_is_freed_at_once(
     tls: TLSFiles, over_tls: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A connection that closed is not kept alive by the gate: its grace timer held it (and
-    with it, over TLS, its TLS state and read buffers, ~100 KB or more a connection) until
-    the timer fired. With clients coming and going fast, those add up: 606 closed
-    connections were alive at the peak when 1,000 clients were refused a turn and came back
-    (``bench/bench_coordinator.py``, 0 waiting turns allowed), none with this fix. The grace
-    is made long here, so that a timer still holding a connection cannot fire while the
-    test looks."""
+    """A connection that closed is not kept alive by the gate: its grace timer held it
+    until the timer fired, and with it, over TLS, its TLS state and read buffers (62 KB for
+    an idle one on uvloop, ``bench/bench_tls_connections.py``; more after an upload). With
+    clients coming and going fast, those add up: 606 closed connections were alive at the
+    peak when 1,000 clients were refused a turn and came back (``bench/bench_coordinator.py``
+    with 0 waiting turns allowed, a single run), none with this fix. The grace is made long
+    here, so that a timer still holding a connection cannot fire while the test looks."""
     monkeypatch.setattr(server, "GRACE_S", 30.0)
     counting = Counting()
     with gated(counting.app, 4, tls if over_tls else None) as url:
@@ -186,43 +186,65 @@ def test_a_closed_connection_is_freed_at_once(
 
 
 def test_the_heap_is_trimmed_once_after_a_burst_of_connections() -> None:
-    """After ``churn`` connections opened or closed, one trim runs ``delay_s`` later, off
-    the event loop; events while it is due or running schedule no other; the count starts
-    again after it."""
-    calls: list[str] = []
+    """After ``churn`` connections opened or closed, one trim runs ``delay_s`` later, in a
+    thread of its own; the connections that come and go while it is due or running count
+    toward one more, which runs no sooner than ``interval_s`` after the first began; with
+    fewer than ``churn`` since, none."""
+    starts: list[float] = []
+    threads: list[str] = []
+    running = threading.Event()
+    finish = threading.Event()
+
+    def trim() -> None:
+        starts.append(time.monotonic())
+        threads.append(threading.current_thread().name)
+        running.set()
+        assert finish.wait(10)  # the test decides when it ends
+
+    async def until(done: Any) -> None:
+        deadline = time.monotonic() + 10
+        while not done() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
 
     async def scenario() -> None:
-        def trim() -> None:
-            calls.append(threading.current_thread().name)
-            time.sleep(0.05)  # a trim takes a while: events meanwhile add none
-
-        async def until(done: Any) -> None:
-            deadline = time.monotonic() + 10
-            while not done() and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
-
         loop = asyncio.get_running_loop()
-        trimmer = server.HeapTrimmer(churn=4, delay_s=0.05, trim=trim)
+        trimmer = server.HeapTrimmer(churn=4, delay_s=0.05, interval_s=0.5, trim=trim)
         for _ in range(3):
             trimmer.note(loop)
         await asyncio.sleep(0.2)
-        assert calls == []  # fewer than churn: no trim
+        assert starts == []  # fewer than churn: no trim
+        noted = time.monotonic()
         for _ in range(20):  # the burst: one trim for all of it
             trimmer.note(loop)
-        assert calls == []  # not at once: delay_s later
-        await until(lambda: calls)
-        assert len(calls) == 1 and calls[0] != threading.current_thread().name
+        assert starts == []  # not at once: delay_s later
+        await until(running.is_set)
+        assert len(starts) == 1 and starts[0] - noted >= 0.05
+        assert threads[0] != threading.current_thread().name
         for _ in range(10):
-            trimmer.note(loop)  # while the trim runs
-        await until(lambda: trimmer.trims)
-        await asyncio.sleep(0.2)
-        assert len(calls) == 1 and trimmer.trims == 1
-        for _ in range(4):  # counted again from the trim's start: the next burst trims
-            trimmer.note(loop)
+            trimmer.note(loop)  # while it runs: they count toward the next one
+        await asyncio.sleep(0.1)
+        assert len(starts) == 1
+        running.clear()
+        finish.set()  # the first ends; the second is due interval_s after the first began
         await until(lambda: trimmer.trims == 2)
-        assert len(calls) == 2
+        assert len(starts) == 2 and starts[1] - starts[0] >= 0.5
+        for _ in range(3):  # churn - 1 since the second began: none
+            trimmer.note(loop)
+        await asyncio.sleep(0.8)
+        assert len(starts) == 2
+        trimmer.note(loop)  # the churn-th: one more
+        await until(lambda: trimmer.trims == 3)
+        assert len(starts) == 3
 
     asyncio.run(scenario())
+
+
+def test_the_real_trim_runs() -> None:
+    """glibc's ``malloc_trim`` is found and called (where there is glibc)."""
+    trim = server._malloc_trim()  # noqa: SLF001
+    if trim is None:
+        pytest.skip("no glibc malloc_trim here (musl, macOS)")
+    assert trim() in (0, 1)  # 1: memory was released, 0: none could be
 
 
 def test_the_gate_refuses_a_bad_size() -> None:
