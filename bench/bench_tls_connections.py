@@ -79,11 +79,13 @@ def _more_descriptors() -> None:
 def _serve(loop_kind: str, tls_dir: str | None, n: int) -> None:
     """Child: report its memory on stdout (JSON lines) after the warm-up connections
     closed, with ``n`` more open, and after a trim."""
-    import ctypes
+    from fl_core.coordinator.server import _malloc_trim, _release_large_blocks_promptly
 
     _more_descriptors()
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallopt(-3, 128 * 1024)  # as the coordinator (server.run)
+    _release_large_blocks_promptly()  # as the coordinator (server.run)
+    trim = _malloc_trim()
+    if trim is None:
+        raise SystemExit("this benchmark needs glibc's malloc_trim")
     ctx = None
     if tls_dir:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -116,12 +118,12 @@ def _serve(loop_kind: str, tls_dir: str | None, n: int) -> None:
         await asyncio.sleep(0.5)
         conns.clear()
         sent.clear()
-        libc.malloc_trim(0)
+        trim()
         print(json.dumps({"open": 0, **_memory()}), flush=True)
         await arrived(n)
         print(json.dumps({"open": len(conns), **_memory()}), flush=True)
         start = time.perf_counter()
-        libc.malloc_trim(0)
+        trim()
         trim_ms = (time.perf_counter() - start) * 1000
         print(json.dumps({"open": len(conns), "trim_ms": trim_ms, **_memory()}), flush=True)
         await asyncio.sleep(3600)  # until the parent kills it

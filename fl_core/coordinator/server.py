@@ -262,11 +262,9 @@ def gated_protocol(gate: ReadGate) -> type[asyncio.Protocol] | None:
     except ImportError:  # pragma: no cover - httptools ships with uvicorn[standard]
         return None
 
-    trimmer = HeapTrimmer()
-
     class GatedHttpToolsProtocol(HttpToolsProtocol):
         read_gate = gate
-        heap_trimmer = trimmer
+        heap_trimmer = HeapTrimmer()
         _gated = True  # until its first request is answered
 
         def gate_pause(self) -> None:
@@ -288,12 +286,12 @@ def gated_protocol(gate: ReadGate) -> type[asyncio.Protocol] | None:
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self.read_gate.want(self)
-            trimmer.note(self.loop)
+            self.heap_trimmer.note(self.loop)
 
         def connection_lost(self, exc: Exception | None) -> None:
             self.read_gate.forget(self)
             super().connection_lost(exc)
-            trimmer.note(self.loop)
+            self.heap_trimmer.note(self.loop)
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
