@@ -180,14 +180,52 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _tree_cpu_s(root: int) -> float:
+    """CPU seconds (user + system) process ``root`` and every process under it have used.
+    Unlike wall time, not stretched when the machine is slow for a while."""
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        stat = _proc_stat(pid)
+        try:
+            todo += map(int, Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
+        except OSError:  # gone meanwhile
+            continue
+        if stat is not None:
+            total += (int(stat[1][11]) + int(stat[1][12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _tree_peak_rss_mb(root: int) -> float:
+    """The peak RSS of process ``root`` plus each process's under it (each one's own peak:
+    an upper bound of the peak of the sum)."""
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+            todo += map(int, Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
+        except OSError:  # gone meanwhile
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                total += int(line.split()[1]) / 1024
+    return total or float("nan")
+
+
+PROXY_CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "haproxy" / "haproxy.cfg"
+"""With ``--tls-proxy``: the production stack's haproxy configuration, used as is."""
+
+
 class Server:
     def __init__(
         self, kind: str, home: Path, max_reading: int | None = None, db_url: str | None = None,
         workers: int = 1,
     ) -> None:  # fmt: skip
         self.port = _free_port()
+        self.proxy: subprocess.Popen[bytes] | None = None
         gate = [] if max_reading is None else ["--max-reading-connections", str(max_reading)]
-        tls = ["--tls-dir", str(TLS_DIR)] if TLS_DIR else []
+        tls = ["--tls-dir", str(TLS_DIR)] if TLS_DIR and not PROXY else []
         db = ["--db-url", db_url] if db_url else []
         many = ["--workers", str(workers)] if workers > 1 else []
         self.proc = subprocess.Popen(
@@ -195,53 +233,58 @@ class Server:
              str(home), *gate, *tls, *db, *many],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
-        self.url = f"{'https' if TLS_DIR else 'http'}://{HOST}:{self.port}"
+        self.url = f"{'https' if TLS_DIR and not PROXY else 'http'}://{HOST}:{self.port}"
+        self._wait_up(kind, self.url, lambda: _listening(self.port) >= workers)
+        if PROXY:  # haproxy in front, TLS terminated there, plain HTTP behind it
+            assert TLS_DIR is not None
+            proxy_port = _free_port()
+            env = {**os.environ, "FL_PROXY_BIND": f"{HOST}:{proxy_port}",
+                   "FL_TLS_CERT": str(TLS_DIR / "proxy.crt"),
+                   "FL_COORDINATOR_ADDR": f"{HOST}:{self.port}"}  # fmt: skip
+            self.proxy = subprocess.Popen(
+                ["haproxy", "-db", "-f", str(PROXY_CONFIG)], env=env,
+                stdout=subprocess.DEVNULL,
+            )  # fmt: skip
+            self.url = f"https://{HOST}:{proxy_port}"
+            self._wait_up(f"{kind}'s TLS proxy", self.url, lambda: _listening(proxy_port) >= 1)
+
+    def _wait_up(self, what: str, url: str, listening: Any) -> None:
         deadline = time.monotonic() + 120
         while True:
             # every worker listening (one socket each): until then the kernel gives all
             # connections to those that are, while the others still import
             with contextlib.suppress(httpx.TransportError):
-                if _listening(self.port) >= workers:
-                    httpx.get(self.url + "/docs", timeout=2, verify=_SSL)
+                if listening():
+                    httpx.get(url + "/docs", timeout=2, verify=_SSL)
                     return
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{kind} server did not start")
+            dead = self.proc.poll() is not None or (self.proxy and self.proxy.poll() is not None)
+            if dead or time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not start")
             time.sleep(0.2)
 
     def cpu_s(self) -> float:
         """CPU seconds (user + system) the server has used: with workers, its processes'
-        sum. Unlike wall time, not stretched when the machine is slow for a while."""
-        total, todo = 0.0, [self.proc.pid]
-        while todo:
-            pid = todo.pop()
-            stat = _proc_stat(pid)
-            try:
-                todo += map(int, Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
-            except OSError:  # gone meanwhile
-                continue
-            if stat is not None:
-                total += (int(stat[1][11]) + int(stat[1][12])) / os.sysconf("SC_CLK_TCK")
-        return total
+        sum (not its TLS proxy's: :meth:`proxy_cpu_s`)."""
+        return _tree_cpu_s(self.proc.pid)
 
     def peak_rss_mb(self) -> float:
         """The server's peak RSS: with workers, the sum over the supervisor and every
         process under it (each one's own peak: an upper bound of the peak of the sum)."""
-        total, todo = 0.0, [self.proc.pid]
-        while todo:
-            pid = todo.pop()
-            try:
-                status = Path(f"/proc/{pid}/status").read_text()
-                todo += map(int, Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
-            except OSError:  # gone meanwhile
-                continue
-            for line in status.splitlines():
-                if line.startswith("VmHWM:"):
-                    total += int(line.split()[1]) / 1024
-        return total or float("nan")
+        return _tree_peak_rss_mb(self.proc.pid)
+
+    def proxy_cpu_s(self) -> float | None:
+        """The TLS proxy's CPU seconds (None: no proxy)."""
+        return None if self.proxy is None else _tree_cpu_s(self.proxy.pid)
+
+    def proxy_peak_rss_mb(self) -> float | None:
+        """The TLS proxy's peak RSS (None: no proxy)."""
+        return None if self.proxy is None else _tree_peak_rss_mb(self.proxy.pid)
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
+        for proc in (self.proxy, self.proc):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(timeout=30)
 
 
 def _proc_stat(pid: int) -> tuple[str, list[str]] | None:
@@ -329,6 +372,9 @@ class Outcome:
     db_cpu_s: float | None = None
     """PostgreSQL's CPU seconds over the upload phase (every round), when the registry is
     on this machine's PostgreSQL; None otherwise."""
+    proxy_cpu_s: float | None = None
+    """The TLS proxy's CPU seconds over the upload phase (every round), with
+    ``--tls-proxy``; None otherwise."""
 
     @property
     def rate(self) -> float:
@@ -354,6 +400,8 @@ def _merged(outs: list[Outcome], n: int, warmup: list[Outcome] | None = None) ->
         out.driver_cpu_s += o.driver_cpu_s
         if o.db_cpu_s is not None:
             out.db_cpu_s = (out.db_cpu_s or 0.0) + o.db_cpu_s
+        if o.proxy_cpu_s is not None:
+            out.proxy_cpu_s = (out.proxy_cpu_s or 0.0) + o.proxy_cpu_s
         out.rates.append(n / o.seconds)
         out.latencies += o.latencies or []
         out.ok += o.ok
@@ -455,6 +503,8 @@ BUSY_POLICY = RetryPolicy()
 _SSL = ssl.create_default_context()
 TLS_DIR: Path | None = None
 """With ``--tls``: the test CA and the servers' certificate (both servers serve HTTPS)."""
+PROXY = False
+"""With ``--tls-proxy``: TLS at an haproxy in front of each server, plain HTTP behind it."""
 
 
 def _use_tls(folder: Path) -> None:
@@ -466,6 +516,9 @@ def _use_tls(folder: Path) -> None:
     files = make_tls(folder)  # folder/server.pem and folder/server.key, as _serve reads
     _SSL = ssl.create_default_context(cafile=str(files.ca))
     TLS_DIR = folder
+    # haproxy reads the key beside a *.crt certificate (deploy/haproxy/haproxy.cfg)
+    (folder / "proxy.crt").write_bytes(files.cert.read_bytes())
+    (folder / "proxy.key").write_bytes(files.key.read_bytes())
 
 
 def _device_client(url: str) -> httpx.AsyncClient:
@@ -685,18 +738,23 @@ def run_one(
                     jobs.append((c, f"/v1/updates/{CID}/{rnd}",
                                  {protocol.H_UPDATE_SIGNATURE: sig}, data))  # fmt: skip
                 cpu, db_before = server.cpu_s(), db_cpu.ticks() if db_cpu else None
+                proxy_cpu = server.proxy_cpu_s()
                 outs.append(asyncio.run(_timed_uploads(server.url, jobs, key_of)))
                 outs[-1].cpu_s = server.cpu_s() - cpu
+                if proxy_cpu is not None:
+                    outs[-1].proxy_cpu_s = (server.proxy_cpu_s() or 0.0) - proxy_cpu
                 if db_cpu:
                     outs[-1].db_cpu_s = db_cpu.seconds_since(db_before)
                 del jobs
                 jobs_b = [(c, f"/bare/{c}-r{rnd}", {}, sent[rnd][c]) for c in clients]
-                cpu = bare.cpu_s()
+                cpu, proxy_cpu = bare.cpu_s(), bare.proxy_cpu_s()
                 outs_b.append(asyncio.run(_timed_uploads(bare.url, jobs_b, {})))
                 outs_b[-1].cpu_s = bare.cpu_s() - cpu
+                if proxy_cpu is not None:
+                    outs_b[-1].proxy_cpu_s = (bare.proxy_cpu_s() or 0.0) - proxy_cpu
                 del jobs_b
-            rss = server.peak_rss_mb()
-            rss_b = bare.peak_rss_mb()
+            rss, rss_proxy = server.peak_rss_mb(), server.proxy_peak_rss_mb()
+            rss_b, rss_proxy_b = bare.peak_rss_mb(), bare.proxy_peak_rss_mb()
         finally:
             server.stop()
             if bare is not None:
@@ -715,6 +773,7 @@ def run_one(
         coord.close()
         rows.append(dict(
             n=n, codec=codec, endpoint="coordinator", size=size, out=out, rss=rss,
+            rss_proxy=rss_proxy,
             rss_prep=rss_prep, prep_p50=_pct(prep, 50), prep_p99=_pct(prep, 99), prep_failed=failed,
         ))  # fmt: skip
 
@@ -727,6 +786,7 @@ def run_one(
                 or (bare_root / f"{c}-r{rnd}.flw").read_bytes() != sent[rnd][c]
             )  # fmt: skip
         rows.append(dict(n=n, codec=codec, endpoint="bare", size=size, out=out_b, rss=rss_b,
+                         rss_proxy=rss_proxy_b,
                          prep_p50=float("nan"), prep_p99=float("nan"), prep_failed=0))  # fmt: skip
     return rows
 
@@ -744,6 +804,11 @@ def main() -> None:
         f"N` (default {DEFAULT_MAX_READING}, as there; 0: off)",
     )  # fmt: skip
     parser.add_argument("--tls", action="store_true", help="both servers over HTTPS (a test CA)")
+    parser.add_argument(
+        "--tls-proxy", action="store_true",
+        help="HTTPS terminated at an haproxy in front of each server (deploy/haproxy/"
+        "haproxy.cfg), the servers on plain HTTP behind it; needs haproxy on the PATH",
+    )  # fmt: skip
     parser.add_argument("--tls-dir", help=argparse.SUPPRESS)
     parser.add_argument(
         "--db-url", metavar="URL",
@@ -772,12 +837,21 @@ def main() -> None:
     global DB_SERVER
     DB_SERVER = args.db_url
     tls_tmp = tempfile.TemporaryDirectory(prefix="bench-tls-")
-    if args.tls:
+    if args.tls and args.tls_proxy:
+        parser.error("--tls serves TLS in the servers, --tls-proxy in front of them: pick one")
+    if args.tls_proxy:
+        import shutil
+
+        if shutil.which("haproxy") is None:
+            parser.error("--tls-proxy needs haproxy (Debian: apt-get install haproxy)")
+        global PROXY
+        PROXY = True
+    if args.tls or args.tls_proxy:
         _use_tls(Path(tls_tmp.name))
     load = os.getloadavg()[0]
     print(
         f"cpus={os.cpu_count()} load={load:.1f}  coordinator: {args.workers} worker(s), bare: 1, "
-        f"{'HTTPS' if args.tls else 'plain HTTP'} on {HOST}; "
+        f"{_transport(args)} on {HOST}; "
         f"coordinator read gate: {args.max_reading_connections or 'off'}; registry: "
         f"{'PostgreSQL' if args.db_url else 'SQLite'}"
     )
@@ -823,6 +897,12 @@ def main() -> None:
                     f"server CPU {1000 * r['out'].cpu_s / max(1, r['out'].ok):.2f} ms/upload, "
                     f"clients' {1000 * r['out'].driver_cpu_s / max(1, r['out'].ok):.2f}"
                     + (
+                        f", TLS proxy's {1000 * r['out'].proxy_cpu_s / max(1, r['out'].ok):.2f}"
+                        f" (peak RSS {r['rss_proxy']:.0f} MB)"
+                        if r["out"].proxy_cpu_s is not None
+                        else ""
+                    )
+                    + (
                         f", PostgreSQL's {1000 * r['out'].db_cpu_s / max(1, r['out'].ok):.2f}"
                         if r["out"].db_cpu_s is not None
                         else ""
@@ -844,10 +924,20 @@ def main() -> None:
                         else round(1000 * o.db_cpu_s / max(1, o.ok), 2)}
                        if args.db_url and _local(args.db_url) else {}),
                     "peak RSS MB": round(r["rss"]),
+                    **({"TLS proxy CPU ms per upload": round(
+                            1000 * (o.proxy_cpu_s or 0.0) / max(1, o.ok), 2),
+                        "TLS proxy peak RSS MB": round(r["rss_proxy"])}
+                       if args.tls_proxy else {}),
                     "rejected": o.rejected, "lost": o.lost, "busy (503 retried)": o.busy,
                     "coordinator/bare": round(ratio, 2) if r["endpoint"] == "coordinator" else "",
                 })  # fmt: skip
     _write(args, table, load)
+
+
+def _transport(args: argparse.Namespace) -> str:
+    if args.tls_proxy:
+        return "HTTPS terminated at an haproxy in front of each server (plain HTTP behind it)"
+    return "HTTPS" if args.tls else "plain HTTP"
 
 
 def _write(args: argparse.Namespace, table: list[dict[str, Any]], load: float) -> None:
@@ -875,6 +965,9 @@ def _write(args: argparse.Namespace, table: list[dict[str, Any]], load: float) -
         f"bare {per_client_kb('bare', codec)} per extra client"
         for codec in args.codecs
     )
+    if args.tls_proxy:  # what the proxy holds instead, in the same words
+        proxy = [(r["N"], r["codec"], r["TLS proxy peak RSS MB"]) for r in coord]
+        growth += f"; the coordinator's TLS proxy's peak RSS MB by N: {proxy}"
     goals = [
         {"goal": "coordinator upload throughput >= 0.5 x the bare endpoint, every row",
          "holds": min(ratios) >= 0.5, "evidence": f"ratios {ratios}"},
@@ -886,7 +979,12 @@ def _write(args: argparse.Namespace, table: list[dict[str, Any]], load: float) -
     ]  # fmt: skip
     clients = " ".join(str(n) for n in args.clients)
     nice = f"nice -n {os.nice(0)} " if os.nice(0) else ""  # as it was run
-    name = "coordinator" + ("_tls" if args.tls else "") + ("_pg" if args.db_url else "")
+    name = (
+        "coordinator"
+        + ("_tls" if args.tls else "")
+        + ("_tlsproxy" if args.tls_proxy else "")
+        + ("_pg" if args.db_url else "")
+    )
     if args.workers > 1:
         name += f"_w{args.workers}"
     if args.max_reading_connections != DEFAULT_MAX_READING:
@@ -895,7 +993,13 @@ def _write(args: argparse.Namespace, table: list[dict[str, Any]], load: float) -
         name,
         {
             "title": "Coordinator under load: N concurrent clients, signed uploads"
-            + (", HTTPS" if args.tls else ", plain HTTP")
+            + (
+                ", HTTPS"
+                if args.tls
+                else ", HTTPS at an haproxy"
+                if args.tls_proxy
+                else ", plain HTTP"
+            )
             + (f", read gate {args.max_reading_connections or 'off'}")
             + (", registry on PostgreSQL" if args.db_url else "")
             + (f", {args.workers} coordinator workers" if args.workers > 1 else ""),
@@ -912,6 +1016,7 @@ def _write(args: argparse.Namespace, table: list[dict[str, Any]], load: float) -
                 else ""
             )
             + (" --tls" if args.tls else "")
+            + (" --tls-proxy" if args.tls_proxy else "")
             + (f" --db-url {args.db_url}" if args.db_url else "")
             + (f" --workers {args.workers}" if args.workers > 1 else "")
             + (f" --rounds {args.rounds}" if args.rounds is not None else "")

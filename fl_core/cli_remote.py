@@ -142,6 +142,14 @@ def serve(
     port: int = typer.Option(8443, min=1, max=65535),
     tls_cert: Path | None = typer.Option(None, "--tls-cert", exists=True, dir_okay=False),
     tls_key: Path | None = typer.Option(None, "--tls-key", exists=True, dir_okay=False),
+    behind_tls_proxy: bool = typer.Option(
+        False,
+        "--behind-tls-proxy",
+        envvar="FL_COORDINATOR_BEHIND_TLS_PROXY",
+        help="Serve plain HTTP on --host (off loopback too) for a proxy in front that "
+        "terminates the devices' TLS on a private network, e.g. deploy/haproxy/haproxy.cfg: "
+        "the proxy then holds each device's TLS connection (docs/protocol.md).",
+    ),
     max_concurrent_uploads: int | None = typer.Option(
         None,
         min=1,
@@ -191,7 +199,8 @@ def serve(
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Run the coordinator (HTTPS with --tls-cert/--tls-key; plain HTTP only on loopback).
+    """Run the coordinator (HTTPS with --tls-cert/--tls-key; plain HTTP only on loopback,
+    or behind a TLS-terminating proxy with --behind-tls-proxy).
 
     Memory is bounded by the upload admission limit: at most --max-concurrent-uploads
     bodies in flight and --max-queued-uploads waiting (plus up to
@@ -207,8 +216,15 @@ def serve(
     if (tls_cert is None) != (tls_key is None):
         typer.echo("give both --tls-cert and --tls-key, or neither", err=True)
         raise typer.Exit(2)
-    if tls_cert is None and host not in LOOPBACK:
-        typer.echo(f"refusing plain HTTP on {host}: pass --tls-cert and --tls-key", err=True)
+    if behind_tls_proxy and tls_cert is not None:
+        typer.echo("--behind-tls-proxy serves plain HTTP: drop --tls-cert/--tls-key", err=True)
+        raise typer.Exit(2)
+    if tls_cert is None and host not in LOOPBACK and not behind_tls_proxy:
+        typer.echo(
+            f"refusing plain HTTP on {host}: pass --tls-cert and --tls-key, or "
+            "--behind-tls-proxy when a proxy in front terminates TLS",
+            err=True,
+        )
         raise typer.Exit(2)
     limits = {
         name: value

@@ -432,7 +432,7 @@ def services(cfg: Settings) -> list[Service]:
     # --- coordinator (issue 11: fl_core.coordinator, `fl coordinator serve`) -------------
     # Started only when that package imports. It shares the registry (FL_COORDINATOR_DB_URL,
     # PostgreSQL) and the artifact store (S3) with the DAG's tasks through service_env.
-    # Plain HTTP on loopback here (compose: TLS on 8443).
+    # Plain HTTP on loopback here (compose: TLS at haproxy on 8443, plain HTTP behind it).
     if importlib.util.find_spec("fl_core.coordinator") is not None:
         out.append(
             Service(

@@ -178,3 +178,26 @@ def test_one_client_registry_for_every_service_that_touches_remote_rounds(
     urls = {n: services[n]["environment"].get("FL_COORDINATOR_DB_URL") for n in users}
     assert len(set(urls.values())) == 1, urls
     assert next(iter(urls.values())).endswith(f"@postgres:5432/{values['COORDINATOR_DB']}")
+
+
+def test_devices_reach_the_coordinator_only_through_its_tls_proxy(
+    rendered: tuple[dict[str, Any], dict[str, str]],
+) -> None:
+    """TLS ends at haproxy (deploy/haproxy/haproxy.cfg, run as is by
+    tests/fl_core/coordinator/test_tls_proxy.py): it publishes the devices' port and
+    forwards to the port the coordinator serves plain HTTP on, which publishes none."""
+    config, _ = rendered
+    coordinator, proxy = config["services"]["coordinator"], config["services"]["coordinator-tls"]
+    command = coordinator["command"]
+    assert "--behind-tls-proxy" in command and "--tls-cert" not in command
+    port = command[command.index("--port") + 1]
+    assert not coordinator.get("ports")
+    assert proxy["environment"]["FL_COORDINATOR_ADDR"] == f"coordinator:{port}"
+    mounts = " ".join(str(v.get("source", v) if isinstance(v, dict) else v)
+                      for v in proxy["volumes"])  # fmt: skip
+    assert "deploy/haproxy/haproxy.cfg" in mounts and "deploy/tls" in mounts
+    assert proxy["environment"]["FL_TLS_CERT"].endswith(".crt")  # its .key is read beside it
+    [published] = proxy["ports"]
+    bind_port = proxy["environment"]["FL_PROXY_BIND"].rsplit(":", 1)[1]
+    target = published.get("target") if isinstance(published, dict) else published.split(":")[-1]
+    assert str(target).removesuffix("/tcp") == bind_port
