@@ -21,9 +21,12 @@ sends nothing for ``GRACE_S`` while others wait goes to the back of the line. So
 bounds the herd of new connections: a fleet reconnecting after a coordinator restart, or
 devices that connect once per round.
 
-After a burst of connections (a thousand TLS handshakes at once fragment the heap) a
-:class:`HeapTrimmer` gives the heap's free pages back to the system. It comes with the
-gate's protocol: ``--max-reading-connections 0`` turns both off.
+Over TLS, after a burst of connections (a thousand TLS handshakes at once fragment the
+heap) a :class:`HeapTrimmer` gives the heap's free pages back to the system. It comes with
+the gate's protocol: ``--max-reading-connections 0`` turns both off. Over plain HTTP (on
+loopback, or behind a TLS proxy) there is none: a plain connection leaves about 1 KB, so a
+trim has little to give back, and in five A/B pairs of 1,000 top-k devices uploading at
+once the coordinator took more CPU per upload with trims in every pair.
 
 Measured (``bench/bench_coordinator.py``, docs/benchmarks.md): over plain HTTP a paused
 connection holds nothing of its request. Over TLS the TLS layer reads the socket below the
@@ -254,9 +257,10 @@ def _malloc_trim() -> Callable[[], object] | None:
     return functools.partial(trim, 0)
 
 
-def gated_protocol(gate: ReadGate) -> type[asyncio.Protocol] | None:
+def gated_protocol(gate: ReadGate, *, trim_heap: bool = True) -> type[asyncio.Protocol] | None:
     """uvicorn's httptools protocol with ``gate`` in front of each connection's first
-    request (None without httptools)."""
+    request, and a :class:`HeapTrimmer` counting its connections when ``trim_heap`` (None
+    without httptools)."""
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     except ImportError:  # pragma: no cover - httptools ships with uvicorn[standard]
@@ -264,7 +268,7 @@ def gated_protocol(gate: ReadGate) -> type[asyncio.Protocol] | None:
 
     class GatedHttpToolsProtocol(HttpToolsProtocol):
         read_gate = gate
-        heap_trimmer = HeapTrimmer()
+        heap_trimmer = HeapTrimmer() if trim_heap else None
         _gated = True  # until its first request is answered
 
         def gate_pause(self) -> None:
@@ -286,12 +290,14 @@ def gated_protocol(gate: ReadGate) -> type[asyncio.Protocol] | None:
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self.read_gate.want(self)
-            self.heap_trimmer.note(self.loop)
+            if self.heap_trimmer is not None:
+                self.heap_trimmer.note(self.loop)
 
         def connection_lost(self, exc: Exception | None) -> None:
             self.read_gate.forget(self)
             super().connection_lost(exc)
-            self.heap_trimmer.note(self.loop)
+            if self.heap_trimmer is not None:
+                self.heap_trimmer.note(self.loop)
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
@@ -342,16 +348,17 @@ def config(
 
     if max_reading:
         gate = ReadGate(max_reading)
-        protocol = gated_protocol(gate)
+        protocol = gated_protocol(gate, trim_heap=bool(uvicorn_options.get("ssl_certfile")))
         if protocol is None:  # pragma: no cover
             logger.warning("httptools is not installed: connections are read without a gate")
         else:
             app.state.read_gate = gate
             uvicorn_options["http"] = protocol
             if not uvicorn_options.get("ssl_certfile"):
-                # plain HTTP (loopback only): uvloop starts reading a TCP connection *after*
-                # connection_made, undoing a pause made there (measured: 1,000 gated
-                # connections grew RSS as much as ungated ones); asyncio's loop keeps it.
+                # plain HTTP (loopback, or behind a TLS proxy): uvloop starts reading a TCP
+                # connection *after* connection_made, undoing a pause made there (measured:
+                # 1,000 gated connections grew RSS as much as ungated ones); asyncio's loop
+                # keeps it.
                 # Over TLS, connection_made comes after the handshake and the pause holds
                 # on uvloop, whose TLS needs far less memory than asyncio's (measured: 345
                 # against 472 MB for 1,000 uploads).

@@ -247,6 +247,19 @@ def test_the_real_trim_runs() -> None:
     assert trim() in (0, 1)  # 1: memory was released, 0: none could be
 
 
+def test_the_heap_is_trimmed_when_serving_tls_only(tls: TLSFiles) -> None:
+    """``serve`` over TLS counts connections toward trims; over plain HTTP (loopback, or
+    behind a TLS proxy) it does not: a plain connection leaves little to give back, and
+    trims cost CPU per upload there (docs/protocol.md)."""
+    plain = server.config(FastAPI(), host=HOST, port=free_port(), max_reading=8)
+    secure = server.config(
+        FastAPI(), host=HOST, port=free_port(), max_reading=8,
+        ssl_certfile=str(tls.cert), ssl_keyfile=str(tls.key),
+    )  # fmt: skip
+    assert plain.http.read_gate is not None and plain.http.heap_trimmer is None
+    assert isinstance(secure.http.heap_trimmer, server.HeapTrimmer)
+
+
 def test_the_gate_refuses_a_bad_size() -> None:
     for bad in (0, -1, True, 1.5):
         with pytest.raises(ValueError, match="max_reading"):
