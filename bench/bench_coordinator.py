@@ -33,10 +33,14 @@ counted in the ``busy`` column (the warm-up's too). The rows go to
 production path) instead of SQLite under the run's folder: each run makes its own database
 there and drops it after (rows to ``coordinator_pg.json``). ``--workers N`` serves the
 coordinator as ``fl coordinator serve --workers N`` does (N processes on the port; peak RSS
-is then the sum over the supervisor and its processes; ``_w<N>`` in the file name)::
+is then the sum over the supervisor and its processes; ``_w<N>`` in the file name).
+``--tls-proxy`` ends the devices' TLS at an haproxy in front of each server, with the
+production stack's configuration (``deploy/haproxy/haproxy.cfg``), the servers on plain HTTP
+behind it (``_tlsproxy``): the proxy's CPU per upload and peak RSS get columns of their own,
+and the servers' columns are the servers' alone::
 
     python bench/bench_coordinator.py [--clients 100 1000] [--codecs dense_fp32 topk:0.1+q8]
-        [--max-reading-connections N] [--tls]
+        [--max-reading-connections N] [--tls | --tls-proxy]
         [--db-url postgresql+psycopg://postgres@127.0.0.1:5432/postgres] [--workers N]
         [--rounds R] [--warmup W]
 """
