@@ -53,6 +53,7 @@ import contextlib
 import functools
 import gc
 import hashlib
+import math
 import os
 import random
 import socket
@@ -238,6 +239,13 @@ class Server:
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
         self.url = f"{'https' if TLS_DIR and not PROXY else 'http'}://{HOST}:{self.port}"
+        try:
+            self._start(kind, workers)
+        except BaseException:  # nothing left running: the caller has no object to stop
+            self.stop()
+            raise
+
+    def _start(self, kind: str, workers: int) -> None:
         self._wait_up(kind, self.url, lambda: _listening(self.port) >= workers)
         if PROXY:  # haproxy in front, TLS terminated there, plain HTTP behind it
             assert TLS_DIR is not None
@@ -285,10 +293,10 @@ class Server:
         return None if self.proxy is None else _tree_peak_rss_mb(self.proxy.pid)
 
     def stop(self) -> None:
-        for proc in (self.proxy, self.proc):
-            if proc is not None:
-                proc.terminate()
-                proc.wait(timeout=30)
+        _import_tests()
+        from tests.fl_core.coordinator.harness import stop_processes
+
+        stop_processes([p for p in (self.proxy, self.proc) if p is not None])
 
 
 def _proc_stat(pid: int) -> tuple[str, list[str]] | None:
@@ -902,7 +910,7 @@ def main() -> None:
                     f"clients' {1000 * r['out'].driver_cpu_s / max(1, r['out'].ok):.2f}"
                     + (
                         f", TLS proxy's {1000 * r['out'].proxy_cpu_s / max(1, r['out'].ok):.2f}"
-                        f" (peak RSS {r['rss_proxy']:.0f} MB)"
+                        f" (peak RSS {_mb(r['rss_proxy'])} MB)"
                         if r["out"].proxy_cpu_s is not None
                         else ""
                     )
@@ -930,12 +938,17 @@ def main() -> None:
                     "peak RSS MB": round(r["rss"]),
                     **({"TLS proxy CPU ms per upload": round(
                             1000 * (o.proxy_cpu_s or 0.0) / max(1, o.ok), 2),
-                        "TLS proxy peak RSS MB": round(r["rss_proxy"])}
+                        "TLS proxy peak RSS MB": _mb(r["rss_proxy"])}
                        if args.tls_proxy else {}),
                     "rejected": o.rejected, "lost": o.lost, "busy (503 retried)": o.busy,
                     "coordinator/bare": round(ratio, 2) if r["endpoint"] == "coordinator" else "",
                 })  # fmt: skip
     _write(args, table, load)
+
+
+def _mb(value: float | None) -> int | str:
+    """A peak RSS for the table ("n/a" when it could not be read: the process was gone)."""
+    return "n/a" if value is None or math.isnan(value) else round(value)
 
 
 def _transport(args: argparse.Namespace) -> str:

@@ -3,7 +3,9 @@
 * ``fl clients enroll NAME`` prints a one-time enrollment token (expires; single use; stored
   hashed); ``fl clients list`` shows the registry; ``fl clients revoke NAME`` cuts a client off.
 * ``fl coordinator serve --host 127.0.0.1 --port 8443 --tls-cert C --tls-key K`` runs the
-  coordinator on its own (the Airflow plugin also mounts it on the API server).
+  coordinator on its own (the Airflow plugin also mounts it on the API server);
+  ``--behind-tls-proxy`` instead of the certificate serves plain HTTP for a TLS-terminating
+  proxy in front (``deploy/haproxy/haproxy.cfg``).
 * ``fl client run --coordinator URL --ca ca.pem --enroll-token T --data local.parquet`` is the
   device side; later runs need no token (the identity is in ``--home``).
 
@@ -194,7 +196,7 @@ def serve(
         1,
         min=1,
         envvar="FL_COORDINATOR_WORKERS",
-        help="Processes serving the port (SO_REUSEPORT; one takes 400-550 signed top-k "
+        help="Processes serving the port (SO_REUSEPORT; one takes 340-550 signed top-k "
         "uploads/s on 2 cores). The limits above are per worker. A dead worker is restarted.",
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v"),

@@ -30,7 +30,7 @@ from fl_core.data.io import read_json, read_table, write_table
 from fl_core.engine import run_campaign
 from fl_core.rounds import records
 from fl_core.store import LocalStore
-from tests.fl_core.coordinator.harness import free_port, make_tls
+from tests.fl_core.coordinator.harness import free_port, make_tls, stop_processes
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -175,13 +175,7 @@ def test_ten_agents_over_https_train_the_same_model_as_the_simulation(tmp_path: 
         )  # fmt: skip
         assert mon.returncode == 0, mon.stdout[-3000:] + mon.stderr[-3000:]
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs)
         coord.close()
 
     store = LocalStore(home / "artifacts")

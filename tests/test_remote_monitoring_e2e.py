@@ -34,7 +34,7 @@ from fl_core.remote_monitoring import check_progress, collect_check, publish_che
 from fl_core.rounds import ROUND_STEPS, records, state, step
 from fl_core.rounds.campaign import start_campaign
 from fl_core.store import LocalStore
-from tests.fl_core.coordinator.harness import free_port, make_tls
+from tests.fl_core.coordinator.harness import free_port, make_tls, stop_processes
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_CLIENTS = 4
@@ -188,13 +188,7 @@ def test_agents_check_the_champion_on_fresh_data_and_drift_triggers_retraining(
             write_table(fresh[client], x, y)
         degraded = check("scheduled__2026-12-02T13:00:00+00:00")
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs)
         coord.close()
 
     per_client = degraded["federated"]["clients"]

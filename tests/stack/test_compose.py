@@ -201,3 +201,8 @@ def test_devices_reach_the_coordinator_only_through_its_tls_proxy(
     bind_port = proxy["environment"]["FL_PROXY_BIND"].rsplit(":", 1)[1]
     target = published.get("target") if isinstance(published, dict) else published.split(":")[-1]
     assert str(target).removesuffix("/tcp") == bind_port
+    # the plain HTTP leg on a network of its own, and the proxy on no other of the stack's
+    backend = set(coordinator["networks"]) & set(proxy["networks"])
+    assert backend == {"coordinator-backend"}
+    assert config["networks"]["coordinator-backend"].get("internal") is True
+    assert "default" not in proxy["networks"]

@@ -9,6 +9,7 @@ import hashlib
 import ipaddress
 import socket
 import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -144,6 +145,19 @@ def registry_file(coord: Coordinator) -> str:
     database = sa.make_url(coord.settings.db_url).database
     assert database, f"not a SQLite file: {coord.settings.db_url}"
     return database
+
+
+def stop_processes(procs: list[subprocess.Popen[Any]], timeout: float = 30) -> None:
+    """Terminate every process first, then wait for each (killed after ``timeout``): one
+    slow to exit does not keep the others running."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def free_port() -> int:

@@ -25,7 +25,14 @@ from fl_core.coordinator.api import Coordinator
 from fl_core.coordinator.settings import CoordinatorSettings
 from fl_core.data.io import write_table
 from fl_core.rounds.layout import update_key
-from tests.fl_core.coordinator.harness import SPEC, TLSFiles, free_port, start_campaign, task_dict
+from tests.fl_core.coordinator.harness import (
+    SPEC,
+    TLSFiles,
+    free_port,
+    start_campaign,
+    stop_processes,
+    task_dict,
+)
 
 CID = "proxy-camp"
 REPO = Path(__file__).resolve().parents[3]
@@ -70,7 +77,7 @@ def _wait_for(url: str, proc: subprocess.Popen[bytes], verify: ssl.SSLContext | 
                 return
         except httpx.TransportError:
             pass
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else "exited"
+        assert proc.poll() is None, f"{proc.args[:3]} exited with {proc.returncode}"
         assert time.monotonic() < deadline, f"{url} did not come up"
         time.sleep(0.3)
 
@@ -78,34 +85,35 @@ def _wait_for(url: str, proc: subprocess.Popen[bytes], verify: ssl.SSLContext | 
 @pytest.fixture
 def behind_proxy(env: dict[str, str], tls: TLSFiles, tmp_path: Path) -> Iterator[str]:
     """The coordinator on plain HTTP at 127.0.0.2, haproxy terminating TLS in front of it on
-    127.0.0.1: the devices' URL."""
+    127.0.0.1: the devices' URL. Their output goes to files under ``tmp_path``."""
     haproxy = _haproxy()
     port, proxy_port = free_port(), free_port()
-    coordinator = subprocess.Popen(
-        [sys.executable, "-m", "fl_core.cli", "coordinator", "serve", "--host", BACKEND_HOST,
-         "--port", str(port), "--behind-tls-proxy"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
     certs = tmp_path / "proxy-tls"
     certs.mkdir()
     shutil.copy(tls.cert, certs / "coordinator.crt")  # the key beside it, as in the stack
     shutil.copy(tls.key, certs / "coordinator.key")
-    proxy = subprocess.Popen(
-        [haproxy, "-db", "-f", str(PROXY_CONFIG)],
-        env={**env, "FL_PROXY_BIND": f"127.0.0.1:{proxy_port}",
-             "FL_TLS_CERT": str(certs / "coordinator.crt"),
-             "FL_COORDINATOR_ADDR": f"{BACKEND_HOST}:{port}"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+    procs: list[subprocess.Popen[bytes]] = []
     try:
-        _wait_for(f"http://{BACKEND_HOST}:{port}", coordinator, verify=False)
+        with open(tmp_path / "coordinator.log", "wb") as log:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "fl_core.cli", "coordinator", "serve", "--host",
+                 BACKEND_HOST, "--port", str(port), "--behind-tls-proxy"],
+                env=env, stdout=subprocess.DEVNULL, stderr=log,
+            ))  # fmt: skip
+        _wait_for(f"http://{BACKEND_HOST}:{port}", procs[0], verify=False)
+        with open(tmp_path / "haproxy.log", "wb") as log:
+            procs.append(subprocess.Popen(
+                [haproxy, "-db", "-f", str(PROXY_CONFIG)],
+                env={**env, "FL_PROXY_BIND": f"127.0.0.1:{proxy_port}",
+                     "FL_TLS_CERT": str(certs / "coordinator.crt"),
+                     "FL_COORDINATOR_ADDR": f"{BACKEND_HOST}:{port}"},
+                stdout=subprocess.DEVNULL, stderr=log,
+            ))  # fmt: skip
         url = f"https://127.0.0.1:{proxy_port}"
-        _wait_for(url, proxy, verify=ssl.create_default_context(cafile=str(tls.ca)))
+        _wait_for(url, procs[1], verify=ssl.create_default_context(cafile=str(tls.ca)))
         yield url
     finally:
-        for proc in (proxy, coordinator):
-            proc.terminate()
-            proc.wait(timeout=30)
+        stop_processes(procs)
 
 
 def test_a_device_trains_and_uploads_through_the_tls_proxy(
@@ -135,7 +143,7 @@ def test_a_device_trains_and_uploads_through_the_tls_proxy(
         header, _ = wire.decode(coord.store.get_bytes(update_key(CID, 1, "hospital-7")))
         assert header.client == "hospital-7"
         assert coord.round_status(CID, 1).received == ["hospital-7"]
-        # the proxy adds no trust: an unsigned request through it is still refused
+        # requests arriving through the proxy are still authenticated by the coordinator
         ctx = ssl.create_default_context(cafile=str(tls.ca))
         r = httpx.post(behind_proxy + "/v1/clients/heartbeat", json={}, verify=ctx)
         assert r.status_code == 401
