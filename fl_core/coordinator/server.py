@@ -243,14 +243,23 @@ class HeapTrimmer:
         self._schedule()  # the connections that came and went meanwhile
 
 
+def _glibc() -> Any:
+    """glibc, for its allocator's calls (None without it: musl, macOS)."""
+    import ctypes
+
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
 def _malloc_trim() -> Callable[[], object] | None:
     """glibc's ``malloc_trim(0)``: every arena's free pages back to the system (None
     without it: musl, macOS)."""
     import ctypes
 
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
+    trim = getattr(_glibc(), "malloc_trim", None)
+    if trim is None:
         return None
     trim.argtypes = [ctypes.c_size_t]
     trim.restype = ctypes.c_int
@@ -507,11 +516,8 @@ def _release_large_blocks_promptly() -> None:
     128 KiB threshold keeps each one in its own mapping, returned when freed. Measured with
     1,000 dense uploads at once: peak RSS 176 -> 152 MB, throughput unchanged. No-op
     without glibc."""
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc
+    libc = _glibc()
+    if libc is None:
         return
     m_mmap_threshold = -3  # <malloc.h>
     libc.mallopt(m_mmap_threshold, 128 * 1024)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,3 +31,14 @@ def server(coord: Coordinator, tls: TLSFiles) -> Iterator[ServerThread]:
     srv = ServerThread(coord, tls).start()
     yield srv
     srv.stop()
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """The environment of an ``fl`` command run as a process (:func:`harness.run_fl`): this
+    one's without its ``FL_*`` settings, the server's state under ``tmp_path``, the
+    repository importable."""
+    out = {k: v for k, v in os.environ.items() if not k.startswith("FL_")}
+    out["FL_HOME"] = str(tmp_path / "server-home")
+    out["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[3]), *sys.path])
+    return out

@@ -10,6 +10,7 @@ import ipaddress
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -158,6 +159,20 @@ def stop_processes(procs: list[subprocess.Popen[Any]], timeout: float = 30) -> N
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def run_fl(
+    env: dict[str, str], *args: str, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """``fl ARGS`` in a process of its own with ``env``, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "fl_core.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def free_port() -> int:

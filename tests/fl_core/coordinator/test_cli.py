@@ -5,7 +5,6 @@ own data file, with a round published through the Python API in between."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -13,35 +12,22 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import pytest
 
 from fl_core import wire
 from fl_core.coordinator.api import Coordinator
 from fl_core.coordinator.settings import CoordinatorSettings
 from fl_core.data.io import write_table
 from fl_core.rounds.layout import update_key
-from tests.fl_core.coordinator.harness import SPEC, TLSFiles, free_port, start_campaign, task_dict
+from tests.fl_core.coordinator.harness import (
+    SPEC,
+    TLSFiles,
+    free_port,
+    run_fl,
+    start_campaign,
+    task_dict,
+)
 
 CID = "cli-camp"
-
-
-def fl(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "fl_core.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    out = {k: v for k, v in os.environ.items() if not k.startswith("FL_")}
-    out["FL_HOME"] = str(tmp_path / "server-home")
-    out["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[3]), *sys.path])
-    return out
 
 
 def test_enroll_serve_run_list_revoke(env: dict[str, str], tls: TLSFiles, tmp_path: Path) -> None:
@@ -49,7 +35,7 @@ def test_enroll_serve_run_list_revoke(env: dict[str, str], tls: TLSFiles, tmp_pa
 
     coord = Coordinator(CoordinatorSettings.local(env["FL_HOME"]))
     start_campaign(coord.store, CID)
-    enrolled = fl(env, "clients", "enroll", "hospital-3", "--ttl", "600")
+    enrolled = run_fl(env, "clients", "enroll", "hospital-3", "--ttl", "600")
     assert enrolled.returncode == 0, enrolled.stderr
     token = enrolled.stdout.strip()
     assert token.startswith("flenroll_") and "\n" not in token
@@ -83,7 +69,7 @@ def test_enroll_serve_run_list_revoke(env: dict[str, str], tls: TLSFiles, tmp_pa
         write_table(data, rng.normal(size=(40, SPEC.num_features)).astype(np.float32),
                     rng.integers(0, SPEC.num_classes, 40))  # fmt: skip
         device_env = {**env, "FL_HOME": str(tmp_path / "device" / ".fl")}
-        run = fl(
+        run = run_fl(
             device_env,
             "client", "run", "--coordinator", url, "--ca", str(tls.ca),
             "--enroll-token", token, "--data", str(data),
@@ -94,13 +80,13 @@ def test_enroll_serve_run_list_revoke(env: dict[str, str], tls: TLSFiles, tmp_pa
 
         header, _ = wire.decode(coord.store.get_bytes(update_key(CID, 1, "hospital-3")))
         assert header.client == "hospital-3"
-        listed = fl(env, "clients", "list", "--json")
+        listed = run_fl(env, "clients", "list", "--json")
         [row] = [json.loads(line) for line in listed.stdout.splitlines()]
         assert row["client_id"] == "hospital-3" and row["enrolled"] and not row["revoked"]
         assert row["data_sha256"] and row["num_examples"] == 32 and row["last_heartbeat"]
 
-        assert fl(env, "clients", "revoke", "hospital-3").returncode == 0
-        again = fl(
+        assert run_fl(env, "clients", "revoke", "hospital-3").returncode == 0
+        again = run_fl(
             device_env,
             "client", "run", "--coordinator", url, "--ca", str(tls.ca), "--data", str(data),
             "--home", str(tmp_path / "device" / "home"), "--max-tasks", "1", "--wait", "0",
@@ -113,5 +99,5 @@ def test_enroll_serve_run_list_revoke(env: dict[str, str], tls: TLSFiles, tmp_pa
 
 
 def test_serve_refuses_plain_http_off_loopback(env: dict[str, str]) -> None:
-    out = fl(env, "coordinator", "serve", "--host", "0.0.0.0", "--port", "18443")
+    out = run_fl(env, "coordinator", "serve", "--host", "0.0.0.0", "--port", "18443")
     assert out.returncode == 2 and "--tls-cert" in out.stderr

@@ -29,6 +29,7 @@ from tests.fl_core.coordinator.harness import (
     SPEC,
     TLSFiles,
     free_port,
+    run_fl,
     start_campaign,
     stop_processes,
     task_dict,
@@ -38,25 +39,6 @@ CID = "proxy-camp"
 REPO = Path(__file__).resolve().parents[3]
 PROXY_CONFIG = REPO / "deploy" / "haproxy" / "haproxy.cfg"
 BACKEND_HOST = "127.0.0.2"
-
-
-def fl(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "fl_core.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    out = {k: v for k, v in os.environ.items() if not k.startswith("FL_")}
-    out["FL_HOME"] = str(tmp_path / "server-home")
-    out["PYTHONPATH"] = os.pathsep.join([str(REPO), *sys.path])
-    return out
 
 
 def _haproxy() -> str:
@@ -122,7 +104,7 @@ def test_a_device_trains_and_uploads_through_the_tls_proxy(
     coord = Coordinator(CoordinatorSettings.local(env["FL_HOME"]))
     try:
         start_campaign(coord.store, CID)
-        enrolled = fl(env, "clients", "enroll", "hospital-7", "--ttl", "600")
+        enrolled = run_fl(env, "clients", "enroll", "hospital-7", "--ttl", "600")
         assert enrolled.returncode == 0, enrolled.stderr
         coord.publish_round(
             CID, 1, base_version=0, tasks={"hospital-7": task_dict(seed=5)}, deadline_s=300
@@ -131,7 +113,7 @@ def test_a_device_trains_and_uploads_through_the_tls_proxy(
         data = tmp_path / "device" / "local.parquet"
         write_table(data, rng.normal(size=(40, SPEC.num_features)).astype(np.float32),
                     rng.integers(0, SPEC.num_classes, 40))  # fmt: skip
-        run = fl(
+        run = run_fl(
             {**env, "FL_HOME": str(tmp_path / "device" / ".fl")},
             "client", "run", "--coordinator", behind_proxy, "--ca", str(tls.ca),
             "--enroll-token", enrolled.stdout.strip(), "--data", str(data),
@@ -152,9 +134,9 @@ def test_a_device_trains_and_uploads_through_the_tls_proxy(
 
 
 def test_plain_http_off_loopback_needs_the_proxy_flag(env: dict[str, str]) -> None:
-    refused = fl(env, "coordinator", "serve", "--host", BACKEND_HOST, "--port", "18443")
+    refused = run_fl(env, "coordinator", "serve", "--host", BACKEND_HOST, "--port", "18443")
     assert refused.returncode == 2
     assert "--tls-cert" in refused.stderr and "--behind-tls-proxy" in refused.stderr
-    both = fl(env, "coordinator", "serve", "--behind-tls-proxy", "--tls-cert", __file__,
+    both = run_fl(env, "coordinator", "serve", "--behind-tls-proxy", "--tls-cert", __file__,
               "--tls-key", __file__)  # fmt: skip
     assert both.returncode == 2 and "drop --tls-cert" in both.stderr
