@@ -204,13 +204,14 @@ class HeapTrimmer:
         self._trim = _malloc_trim() if trim == "glibc" else trim
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending = False  # a trim is due or running
-        self._last_start = -math.inf
+        self.last_start = -math.inf
+        """When the last trim began, on its event loop's clock (the interval counts from it)."""
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
 
     def note(self, loop: asyncio.AbstractEventLoop) -> None:
         """A connection opened or closed (on ``loop``, from its thread)."""
         if loop is not self._loop:  # a new server run: nothing is due on this loop
-            self._loop, self._pending, self._last_start = loop, False, -math.inf
+            self._loop, self._pending, self.last_start = loop, False, -math.inf
         self.seen += 1
         self._schedule()
 
@@ -219,7 +220,7 @@ class HeapTrimmer:
         if self._trim is None or loop is None or self._pending or self.seen < self.churn:
             return
         self._pending = True
-        wait = max(self.delay_s, self._last_start + self.interval_s - loop.time())
+        wait = max(self.delay_s, self.last_start + self.interval_s - loop.time())
         loop.call_later(wait, self._start, loop)
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -227,7 +228,7 @@ class HeapTrimmer:
         if loop is not self._loop:  # pragma: no cover - a later run took over
             return
         self.seen = 0
-        self._last_start = loop.time()
+        self.last_start = loop.time()
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 max_workers=1, thread_name_prefix="fl-heap-trim"
